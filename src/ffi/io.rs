@@ -1,0 +1,384 @@
+//! `SwapperIo`: the asynchronous I/O engine handle.
+
+use once_cell::sync::Lazy;
+
+use super::boundary::{arg_path, arg_ref, write_opt, write_out, Registry};
+use crate::config::{Backend, DirectIo, IoConfig, IO_ALIGNMENT};
+use crate::io::handle::IoHandle;
+use crate::status::Status;
+use crate::sys::RawBuf;
+
+/// A `SwapperBackend` as C stores it (see `StatusCode` in common.rs).
+pub type BackendCode = i32;
+/// A `SwapperDirectIo` as C stores it.
+pub type DirectIoCode = i32;
+
+/// An I/O engine: worker threads that read and write files with O_DIRECT, `block_size`
+/// bytes per request and `queue_depth` requests in flight per thread. Create with
+/// `swapper_io_create`, destroy with `swapper_io_destroy`. Every function taking a
+/// `SwapperIo` is thread-safe: several threads may submit and wait on one handle.
+pub struct SwapperIo {
+    _opaque: [u8; 0],
+}
+
+/// The engine's settings. Fill with `swapper_io_config_default`, then change fields.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SwapperIoConfig {
+    /// Bytes per I/O request: a power of two from 4096 to 1 GiB. Default 1048576
+    /// (DeepSpeed `aio.block_size`).
+    pub block_size: u64,
+    /// Requests each worker thread keeps in flight, 1 to 4096. Default 8
+    /// (DeepSpeed `aio.queue_depth`).
+    pub queue_depth: u32,
+    /// Worker threads, 1 to 256; every operation is spread over all of them, whatever its
+    /// size. Default 1 (DeepSpeed `aio.intra_op_parallelism`, formerly `thread_count`).
+    pub thread_count: u32,
+    /// Submit each request to the kernel as soon as it is prepared instead of in one batch
+    /// per refill (io_uring backend). Default false (DeepSpeed `aio.single_submit`).
+    pub single_submit: bool,
+    /// Refill a worker's queue as each completion arrives (true) or only once all its
+    /// requests have completed (false). Default true (DeepSpeed `aio.overlap_events`).
+    pub overlap_events: bool,
+    /// `SWAPPER_BACKEND_AUTO` (io_uring where the kernel allows it, else blocking calls),
+    /// `SWAPPER_BACKEND_IO_URING` or `SWAPPER_BACKEND_BLOCKING` (each worker runs
+    /// `queue_depth` threads making pread/pwrite calls). Default auto.
+    pub backend: BackendCode,
+    /// `SWAPPER_DIRECT_IO_AUTO` (O_DIRECT, falling back to buffered I/O with a log line on
+    /// file systems without it), `SWAPPER_DIRECT_IO_ON` (refuse such file systems) or
+    /// `SWAPPER_DIRECT_IO_OFF` (page cache). Default auto.
+    pub direct_io: DirectIoCode,
+}
+
+impl From<&IoConfig> for SwapperIoConfig {
+    fn from(c: &IoConfig) -> SwapperIoConfig {
+        SwapperIoConfig {
+            block_size: c.block_size,
+            queue_depth: c.queue_depth,
+            thread_count: c.thread_count,
+            single_submit: c.single_submit,
+            overlap_events: c.overlap_events,
+            backend: c.backend as i32,
+            direct_io: c.direct_io as i32,
+        }
+    }
+}
+
+impl TryFrom<&SwapperIoConfig> for IoConfig {
+    type Error = crate::Error;
+    fn try_from(c: &SwapperIoConfig) -> crate::Result<IoConfig> {
+        let config = IoConfig {
+            block_size: c.block_size,
+            queue_depth: c.queue_depth,
+            thread_count: c.thread_count,
+            single_submit: c.single_submit,
+            overlap_events: c.overlap_events,
+            backend: Backend::from_raw(c.backend)?,
+            direct_io: DirectIo::from_raw(c.direct_io)?,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+static HANDLES: Lazy<Registry<IoHandle>> = Lazy::new(|| Registry::new("SwapperIo handle", 1));
+
+fn handle(io: *const SwapperIo) -> crate::Result<std::sync::Arc<IoHandle>> {
+    HANDLES.get(io as usize)
+}
+
+/// Fills `*out` with the defaults (DeepSpeed's: block 1 MiB, queue depth 8, 1 thread,
+/// batched submit, overlapped events; auto backend and auto O_DIRECT). NULL is ignored.
+/// Thread-safe.
+///
+/// # Safety
+/// `out` must be NULL or valid for writing one `SwapperIoConfig`.
+#[no_mangle]
+pub unsafe extern "C" fn swapper_io_config_default(out: *mut SwapperIoConfig) {
+    // SAFETY: the caller's contract.
+    unsafe { write_opt(out, SwapperIoConfig::from(&IoConfig::default())) }
+}
+
+/// Starts an engine with `*config` and stores its handle in `*out`; the caller owns it
+/// and frees it with `swapper_io_destroy`. Thread-safe.
+///
+/// Errors: `SWAPPER_STATUS_NULL_POINTER` (config or out NULL),
+/// `SWAPPER_STATUS_INVALID_ARGUMENT` (a setting out of range: the message names it),
+/// `SWAPPER_STATUS_UNSUPPORTED` (io_uring asked for and refused by the kernel),
+/// `SWAPPER_STATUS_OUT_OF_MEMORY` (threads could not be started).
+///
+/// # Safety
+/// `config` must be NULL or point to a `SwapperIoConfig`; `out` must be NULL or valid for
+/// writing one pointer.
+#[no_mangle]
+pub unsafe extern "C" fn swapper_io_create(
+    config: *const SwapperIoConfig,
+    out: *mut *mut SwapperIo,
+) -> Status {
+    crate::ffi_boundary!("swapper_io_create", {
+        // SAFETY: the caller's contract.
+        let config = IoConfig::try_from(unsafe { arg_ref(config, "config") }?)?;
+        if out.is_null() {
+            return Err(crate::Error::new(Status::NullPointer, "out is NULL"));
+        }
+        let key = HANDLES.insert(IoHandle::new(config)?);
+        // SAFETY: `out` is non-NULL and valid for writing (the caller's contract).
+        unsafe { write_out(out, "out", key as *mut SwapperIo) }
+    })
+}
+
+/// Destroys an engine: waits for every operation still in flight, then stops its threads
+/// and frees it. NULL is ignored; a handle that is not live is reported through the last
+/// error and otherwise ignored. Results of asynchronous operations not yet waited for are
+/// dropped (their data transfers do complete). The handle must not be used afterwards.
+/// If another thread is inside a call on the same handle, the engine is freed when that
+/// call returns.
+#[no_mangle]
+pub extern "C" fn swapper_io_destroy(io: *mut SwapperIo) {
+    if io.is_null() {
+        return;
+    }
+    let _ = crate::ffi_boundary!("swapper_io_destroy", {
+        match HANDLES.remove(io as usize) {
+            Some(h) => {
+                drop(h);
+                Ok(())
+            }
+            None => Err(crate::Error::invalid(format!(
+                "{io:p} is not a live SwapperIo handle"
+            ))),
+        }
+    });
+}
+
+// One body for pread and pwrite; the arguments are the exports' own, forwarded.
+#[allow(clippy::too_many_arguments)]
+unsafe fn submit(
+    name: &str,
+    io: *mut SwapperIo,
+    write: bool,
+    buffer: *mut libc::c_void,
+    nbytes: u64,
+    path: *const libc::c_char,
+    file_offset: u64,
+    async_op: bool,
+) -> Status {
+    crate::ffi_boundary!(name, {
+        let h = handle(io)?;
+        if buffer.is_null() && nbytes > 0 {
+            return Err(crate::Error::new(Status::NullPointer, "buffer is NULL"));
+        }
+        if nbytes > isize::MAX as u64 {
+            return Err(crate::Error::invalid(format!("nbytes {nbytes} is too large")));
+        }
+        // SAFETY: the caller's contract.
+        let path = unsafe { arg_path(path, "path") }?;
+        // SAFETY: the caller keeps `buffer` valid as the exported function's doc requires.
+        unsafe {
+            h.submit(
+                write,
+                RawBuf(buffer as *mut u8),
+                nbytes,
+                &path,
+                file_offset,
+                async_op,
+            )
+        }
+    })
+}
+
+/// Reads `nbytes` at `file_offset` of the file `path` into `buffer`. Any length, offset and
+/// buffer address are accepted: the 4096-aligned part goes straight to the buffer with
+/// O_DIRECT, the rest through a small bounce buffer. With `async_op` false the call returns
+/// when the data is in `buffer`; with true it returns once the read is queued, and
+/// `swapper_io_wait` reports its outcome: `buffer` must stay valid, and untouched, until
+/// then. The buffer is borrowed, never freed. Thread-safe.
+///
+/// Errors (returned here, or by `swapper_io_wait` for asynchronous reads):
+/// `SWAPPER_STATUS_NULL_POINTER` (io, path, or buffer with nbytes > 0),
+/// `SWAPPER_STATUS_INVALID_ARGUMENT` (a dead handle), `SWAPPER_STATUS_NOT_FOUND` (no such
+/// file), `SWAPPER_STATUS_IO_ERROR` (a read past the end of the file, or an I/O error:
+/// the message names the path, offset and errno), `SWAPPER_STATUS_UNSUPPORTED` (no O_DIRECT
+/// on that file system with direct_io on).
+///
+/// # Safety
+/// `buffer` must be valid for writing `nbytes` bytes for as long as stated above; `path`
+/// must be NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn swapper_io_pread(
+    io: *mut SwapperIo,
+    buffer: *mut libc::c_void,
+    nbytes: u64,
+    path: *const libc::c_char,
+    file_offset: u64,
+    async_op: bool,
+) -> Status {
+    // SAFETY: forwarded contract.
+    unsafe {
+        submit(
+            "swapper_io_pread",
+            io,
+            false,
+            buffer,
+            nbytes,
+            path,
+            file_offset,
+            async_op,
+        )
+    }
+}
+
+/// Writes `nbytes` of `buffer` at `file_offset` of the file `path`, which is created with
+/// mode 0600 if missing (never truncated). Alignment, synchronous and asynchronous
+/// behaviour as for `swapper_io_pread`: a synchronous write returns when the data has been
+/// handed to the device (O_DIRECT) or to the page cache (buffered fallback); it is not an
+/// fsync. `buffer` is borrowed and only read. Thread-safe.
+///
+/// Errors: as `swapper_io_pread`, plus `SWAPPER_STATUS_IO_ERROR` for a full disk (ENOSPC)
+/// or an unwritable folder (EACCES), with the path and offset in the message.
+///
+/// # Safety
+/// `buffer` must be valid for reading `nbytes` bytes for as long as stated above; `path`
+/// must be NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn swapper_io_pwrite(
+    io: *mut SwapperIo,
+    buffer: *const libc::c_void,
+    nbytes: u64,
+    path: *const libc::c_char,
+    file_offset: u64,
+    async_op: bool,
+) -> Status {
+    // SAFETY: forwarded contract; a write only reads the buffer.
+    unsafe {
+        submit(
+            "swapper_io_pwrite",
+            io,
+            true,
+            buffer as *mut libc::c_void,
+            nbytes,
+            path,
+            file_offset,
+            async_op,
+        )
+    }
+}
+
+/// Waits for every asynchronous operation submitted on `io` before this call and stores in
+/// `*completed_ops` (if not NULL) how many it reaped, failed ones included. Returns the
+/// status of the first failure among them; the last error then lists every failed
+/// operation with its path, offset and errno. With nothing pending it returns
+/// `SWAPPER_STATUS_OK` at once with 0. Thread-safe: concurrent waiters each reap a share.
+///
+/// # Safety
+/// `completed_ops` must be NULL or valid for writing one `uint64_t`.
+#[no_mangle]
+pub unsafe extern "C" fn swapper_io_wait(io: *mut SwapperIo, completed_ops: *mut u64) -> Status {
+    crate::ffi_boundary!("swapper_io_wait", {
+        let h = handle(io)?;
+        let (n, result) = h.wait();
+        // SAFETY: the caller's contract.
+        unsafe { write_opt(completed_ops, n) };
+        result
+    })
+}
+
+/// Stores the engine's settings in `*out`, with `backend` resolved to the one in use
+/// (never auto). Thread-safe.
+///
+/// Errors: `SWAPPER_STATUS_NULL_POINTER`, `SWAPPER_STATUS_INVALID_ARGUMENT` (a dead handle).
+///
+/// # Safety
+/// `out` must be NULL or valid for writing one `SwapperIoConfig`.
+#[no_mangle]
+pub unsafe extern "C" fn swapper_io_get_config(io: *const SwapperIo, out: *mut SwapperIoConfig) -> Status {
+    crate::ffi_boundary!("swapper_io_get_config", {
+        let h = handle(io)?;
+        let mut c = SwapperIoConfig::from(h.engine().config());
+        c.backend = h.engine().backend() as i32;
+        // SAFETY: the caller's contract.
+        unsafe { write_out(out, "out", c) }
+    })
+}
+
+fn getter<T>(name: &str, io: *const SwapperIo, fallback: T, f: impl FnOnce(&IoHandle) -> T) -> T {
+    crate::ffi_boundary!(name, fallback, {
+        let h = handle(io)?;
+        Ok(f(&h))
+    })
+}
+
+/// The engine's block size in bytes; 0 for a NULL or dead handle. Thread-safe.
+#[no_mangle]
+pub extern "C" fn swapper_io_block_size(io: *const SwapperIo) -> u64 {
+    getter("swapper_io_block_size", io, 0, |h| h.engine().config().block_size)
+}
+
+/// The engine's queue depth per thread; 0 for a NULL or dead handle. Thread-safe.
+#[no_mangle]
+pub extern "C" fn swapper_io_queue_depth(io: *const SwapperIo) -> u32 {
+    getter("swapper_io_queue_depth", io, 0, |h| {
+        h.engine().config().queue_depth
+    })
+}
+
+/// The engine's worker thread count; 0 for a NULL or dead handle. Thread-safe.
+#[no_mangle]
+pub extern "C" fn swapper_io_thread_count(io: *const SwapperIo) -> u32 {
+    getter("swapper_io_thread_count", io, 0, |h| {
+        h.engine().config().thread_count
+    })
+}
+
+/// The engine's `single_submit` setting; false for a NULL or dead handle. Thread-safe.
+#[no_mangle]
+pub extern "C" fn swapper_io_single_submit(io: *const SwapperIo) -> bool {
+    getter("swapper_io_single_submit", io, false, |h| {
+        h.engine().config().single_submit
+    })
+}
+
+/// The engine's `overlap_events` setting; false for a NULL or dead handle. Thread-safe.
+#[no_mangle]
+pub extern "C" fn swapper_io_overlap_events(io: *const SwapperIo) -> bool {
+    getter("swapper_io_overlap_events", io, false, |h| {
+        h.engine().config().overlap_events
+    })
+}
+
+/// The backend in use (`SWAPPER_BACKEND_IO_URING` or `SWAPPER_BACKEND_BLOCKING`, never
+/// auto); `SWAPPER_BACKEND_AUTO` for a NULL or dead handle. Thread-safe.
+#[no_mangle]
+pub extern "C" fn swapper_io_backend(io: *const SwapperIo) -> Backend {
+    getter("swapper_io_backend", io, Backend::Auto, |h| h.engine().backend())
+}
+
+/// The engine's `direct_io` setting; `SWAPPER_DIRECT_IO_AUTO` for a NULL or dead handle.
+/// Thread-safe.
+#[no_mangle]
+pub extern "C" fn swapper_io_direct_io(io: *const SwapperIo) -> DirectIo {
+    getter("swapper_io_direct_io", io, DirectIo::Auto, |h| {
+        h.engine().config().direct_io
+    })
+}
+
+/// Asynchronous operations submitted on `io` and not yet reaped by `swapper_io_wait`;
+/// 0 for a NULL or dead handle. Thread-safe.
+#[no_mangle]
+pub extern "C" fn swapper_io_pending(io: *const SwapperIo) -> u64 {
+    getter("swapper_io_pending", io, 0, |h| h.pending() as u64)
+}
+
+/// The alignment, in bytes, that lets a transfer go straight between the buffer and the
+/// device: buffer address, file offset and length multiples of it (4096). Other
+/// transfers work too, partly through a bounce buffer. Thread-safe.
+#[no_mangle]
+pub extern "C" fn swapper_io_alignment() -> u64 {
+    IO_ALIGNMENT
+}
+
+/// How many `SwapperIo` handles are live in this process (for leak checks). Thread-safe.
+#[no_mangle]
+pub extern "C" fn swapper_io_live_handles() -> u64 {
+    HANDLES.len() as u64
+}

@@ -1,0 +1,14 @@
+//! The C ABI. Every export is written with [`ffi_fn!`](crate::ffi_fn): the macro wraps
+//! the body in the panic boundary, and the body checks its pointers, converts C values
+//! to Rust ones, calls the core and converts the result. Nothing else lives here.
+//!
+//! - [`boundary`]: the panic boundary, the thread's last error, pointer checks.
+//! - [`common`]: version, status names, last error, logging.
+//! - [`alloc`]: aligned (page-locked) allocations for callers.
+//! - [`io`]: the I/O engine handle, `SwapperIo`.
+
+#[macro_use]
+pub mod boundary;
+pub mod alloc;
+pub mod common;
+pub mod io;

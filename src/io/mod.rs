@@ -1,0 +1,280 @@
+//! The asynchronous I/O engine.
+//!
+//! An operation (read or write `len` bytes of a buffer at a file offset) is split into
+//! requests of `block_size` bytes ([`op::Plan`]). Operations wait in one queue; each
+//! worker claims the next request of the operation at the front, so one large
+//! operation is spread over every worker, and keeps up to `queue_depth` requests in
+//! flight (an io_uring ring per worker, or `queue_depth` threads per worker making
+//! blocking calls). A [`Ticket`] waits for one operation; [`handle::IoHandle`] adds the
+//! "wait for everything submitted" semantics of the C API.
+//!
+//! O_DIRECT needs the buffer address, file offset and length aligned to 4 KiB. The
+//! engine never refuses a misaligned operation: the aligned body goes direct, the
+//! unaligned head and tail (under 4 KiB each) go through a buffered descriptor, and a
+//! misaligned buffer is copied through a per-request bounce buffer of `block_size`
+//! bytes, allocated the first time a worker needs it and kept.
+
+pub mod handle;
+pub mod op;
+mod worker;
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use crate::config::{Backend, DirectIo, IoConfig};
+use crate::status::{Error, Result, Status};
+use crate::sys::uring::Ring;
+use crate::sys::RawBuf;
+use op::Op;
+pub use op::Request;
+
+/// State shared by the engine and its workers.
+pub(crate) struct Shared {
+    queue: Mutex<Queue>,
+    work: Condvar,
+    fallback_logged: AtomicBool,
+    bytes_read: AtomicU64,
+    bytes_written: AtomicU64,
+}
+
+struct Queue {
+    ops: VecDeque<Arc<Op>>,
+    shutdown: bool,
+}
+
+impl Shared {
+    /// Claims the next request: the operation and the request's index. With `block`, waits
+    /// for work; returns None when the engine is shutting down and the queue is empty
+    /// (or, without `block`, when the queue is empty).
+    pub(crate) fn claim(&self, block: bool) -> Option<(Arc<Op>, usize)> {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(op) = q.ops.front() {
+                let i = op.next.fetch_add(1, Ordering::Relaxed);
+                let op = Arc::clone(op);
+                if i + 1 >= op.request_count() {
+                    q.ops.pop_front();
+                }
+                return Some((op, i));
+            }
+            if q.shutdown || !block {
+                return None;
+            }
+            q = self.work.wait(q).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    pub(crate) fn count_bytes(&self, write: bool, n: u64) {
+        let counter = if write {
+            &self.bytes_written
+        } else {
+            &self.bytes_read
+        };
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Waits for one operation.
+#[derive(Clone)]
+pub struct Ticket(Arc<Op>);
+
+impl Ticket {
+    /// Blocks until the operation has finished; its result, with the path and offset of
+    /// the first failed request.
+    pub fn wait(&self) -> Result<()> {
+        self.0.wait()
+    }
+
+    /// Whether the operation has finished.
+    pub fn is_finished(&self) -> bool {
+        self.0.is_finished()
+    }
+
+    /// The operation's file.
+    pub fn path(&self) -> &Path {
+        &self.0.path
+    }
+
+    /// Whether two tickets are for the same operation.
+    pub fn same(&self, other: &Ticket) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+/// The engine: worker threads and their queue. Dropping it finishes every submitted
+/// operation, then stops the workers.
+pub struct IoEngine {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+    config: IoConfig,
+    backend: Backend,
+}
+
+impl IoEngine {
+    /// Starts the workers. `Backend::Auto` picks io_uring when the kernel allows it.
+    pub fn new(config: IoConfig) -> Result<IoEngine> {
+        config.validate()?;
+        let backend = match config.backend {
+            Backend::Auto if Ring::available() => Backend::IoUring,
+            Backend::Auto => {
+                crate::log!(Info, "io_uring is not available here; using blocking pread/pwrite");
+                Backend::Blocking
+            }
+            Backend::IoUring if !Ring::available() => {
+                return Err(Error::new(
+                    Status::Unsupported,
+                    "io_uring is not available (kernel too old, disabled by sysctl kernel.io_uring_disabled, or blocked by seccomp); use the auto or blocking backend",
+                ))
+            }
+            b => b,
+        };
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                ops: VecDeque::new(),
+                shutdown: false,
+            }),
+            work: Condvar::new(),
+            fallback_logged: AtomicBool::new(false),
+            bytes_read: AtomicU64::new(0),
+            bytes_written: AtomicU64::new(0),
+        });
+        let mut engine = IoEngine {
+            shared,
+            workers: Vec::new(),
+            config,
+            backend,
+        };
+        let threads = match backend {
+            Backend::IoUring => config.thread_count,
+            _ => config.thread_count * config.queue_depth,
+        };
+        for i in 0..threads {
+            let shared = Arc::clone(&engine.shared);
+            let builder = std::thread::Builder::new().name(format!("swapper-io-{i}"));
+            let spawned = match backend {
+                Backend::IoUring => {
+                    let ring = Ring::new(config.queue_depth).map_err(|e| {
+                        Error::new(
+                            Status::Unsupported,
+                            format!("cannot create an io_uring ring: {}", crate::status::errno_text(e)),
+                        )
+                    })?;
+                    builder.spawn(move || worker::run_uring(shared, ring, config))
+                }
+                _ => builder.spawn(move || worker::run_blocking(shared, config)),
+            };
+            match spawned {
+                Ok(h) => engine.workers.push(h),
+                Err(e) => {
+                    return Err(Error::new(
+                        Status::OutOfMemory,
+                        format!("cannot start I/O worker thread {i}: {e}"),
+                    ))
+                }
+            }
+        }
+        crate::log!(
+            Debug,
+            "I/O engine started: backend {}, {} threads, block {} bytes, queue depth {}",
+            backend.name(),
+            threads,
+            config.block_size,
+            config.queue_depth
+        );
+        Ok(engine)
+    }
+
+    /// Queues an operation and returns at once. Errors found before queueing (a missing
+    /// file, a read past the end of the file, O_DIRECT refused with `direct_io` on) are
+    /// returned here; errors of the transfer come from [`Ticket::wait`].
+    ///
+    /// # Safety
+    /// `req.buf` must be valid for `req.len` bytes (writable for a read) until the
+    /// operation has finished, and not be written by anyone else meanwhile (nor read, for
+    /// a read operation).
+    pub unsafe fn submit(&self, req: &Request<'_>) -> Result<Ticket> {
+        let direct = match self.config.direct_io {
+            DirectIo::Off => None,
+            DirectIo::Auto => Some(false),
+            DirectIo::On => Some(true),
+        };
+        let (op, fell_back) = Op::new(req, self.config.block_size, direct)?;
+        if fell_back && !self.shared.fallback_logged.swap(true, Ordering::Relaxed) {
+            crate::log!(
+                Warn,
+                "the file system of {} does not support O_DIRECT; using buffered I/O for such files",
+                req.path.display()
+            );
+        }
+        let op = Arc::new(op);
+        if op.request_count() > 0 {
+            let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.ops.push_back(Arc::clone(&op));
+            drop(q);
+            self.shared.work.notify_all();
+        }
+        Ok(Ticket(op))
+    }
+
+    /// Reads `buf.len()` bytes at `offset` of `path` and waits.
+    pub fn read(&self, buf: &mut [u8], path: &Path, offset: u64) -> Result<()> {
+        let req = Request {
+            write: false,
+            buf: RawBuf(buf.as_mut_ptr()),
+            len: buf.len() as u64,
+            path,
+            offset,
+            nofollow: false,
+        };
+        // SAFETY: `buf` is borrowed mutably until the wait below returns.
+        unsafe { self.submit(&req) }?.wait()
+    }
+
+    /// Writes `buf` at `offset` of `path` (created with mode 0600 if missing) and waits.
+    pub fn write(&self, buf: &[u8], path: &Path, offset: u64) -> Result<()> {
+        let req = Request {
+            write: true,
+            buf: RawBuf(buf.as_ptr() as *mut u8),
+            len: buf.len() as u64,
+            path,
+            offset,
+            nofollow: false,
+        };
+        // SAFETY: `buf` is borrowed until the wait below returns; a write only reads it.
+        unsafe { self.submit(&req) }?.wait()
+    }
+
+    /// The settings the engine was created with.
+    pub fn config(&self) -> &IoConfig {
+        &self.config
+    }
+
+    /// The backend in use (never `Auto`).
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Bytes read and written since the engine started.
+    pub fn bytes_moved(&self) -> (u64, u64) {
+        (
+            self.shared.bytes_read.load(Ordering::Relaxed),
+            self.shared.bytes_written.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl Drop for IoEngine {
+    fn drop(&mut self) {
+        {
+            let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.shutdown = true;
+        }
+        self.shared.work.notify_all();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! One read or write operation: its files, how it splits into requests, and its outcome.
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, OnceLock};
+
+use crate::config::IO_ALIGNMENT;
+use crate::status::{Error, Result};
+use crate::sys::file::{self, OpenMode};
+use crate::sys::RawBuf;
+
+/// How an operation's bytes split into requests. With O_DIRECT, the unaligned head
+/// (up to the first aligned file offset) and tail (after the last one) are requests of
+/// their own, so that every body request starts and ends on an aligned file offset;
+/// the body is cut into `block` bytes. Without O_DIRECT the whole range is cut into
+/// `block` bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// Bytes before the aligned body.
+    pub head: u64,
+    /// Bytes of the aligned body.
+    pub body: u64,
+    /// Bytes after the aligned body.
+    pub tail: u64,
+    /// Bytes per body request.
+    pub block: u64,
+}
+
+/// One request of a plan: `len` bytes at `file_offset`, `buf_offset` bytes into the buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chunk {
+    /// Where in the file.
+    pub file_offset: u64,
+    /// Where in the caller's buffer, from its start.
+    pub buf_offset: u64,
+    /// How many bytes.
+    pub len: u64,
+}
+
+impl Plan {
+    /// The plan for `len` bytes at `offset`.
+    pub fn new(offset: u64, len: u64, block: u64, direct: bool) -> Plan {
+        let end = offset + len;
+        let a_start = offset.div_ceil(IO_ALIGNMENT) * IO_ALIGNMENT;
+        let a_end = end / IO_ALIGNMENT * IO_ALIGNMENT;
+        if !direct || a_start >= a_end {
+            return Plan {
+                head: 0,
+                body: len,
+                tail: 0,
+                block,
+            };
+        }
+        Plan {
+            head: a_start - offset,
+            body: a_end - a_start,
+            tail: end - a_end,
+            block,
+        }
+    }
+
+    fn body_chunks(&self) -> usize {
+        self.body.div_ceil(self.block) as usize
+    }
+
+    /// How many requests.
+    pub fn count(&self) -> usize {
+        usize::from(self.head > 0) + self.body_chunks() + usize::from(self.tail > 0)
+    }
+
+    /// Request `i` (0-based) of an operation at file `offset`.
+    pub fn chunk(&self, offset: u64, i: usize) -> Chunk {
+        let mut i = i;
+        if self.head > 0 {
+            if i == 0 {
+                return Chunk {
+                    file_offset: offset,
+                    buf_offset: 0,
+                    len: self.head,
+                };
+            }
+            i -= 1;
+        }
+        if i < self.body_chunks() {
+            let start = i as u64 * self.block;
+            return Chunk {
+                file_offset: offset + self.head + start,
+                buf_offset: self.head + start,
+                len: self.block.min(self.body - start),
+            };
+        }
+        Chunk {
+            file_offset: offset + self.head + self.body,
+            buf_offset: self.head + self.body,
+            len: self.tail,
+        }
+    }
+}
+
+/// What an operation asks for.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    /// Write (true) or read (false).
+    pub write: bool,
+    /// The caller's buffer.
+    pub buf: RawBuf,
+    /// Bytes to move.
+    pub len: u64,
+    /// The file.
+    pub path: &'a Path,
+    /// Where in the file.
+    pub offset: u64,
+    /// Refuse a path whose last component is a symbolic link.
+    pub nofollow: bool,
+}
+
+#[derive(Default)]
+struct Outcome {
+    finished: bool,
+    error: Option<Error>,
+    more_errors: u64,
+}
+
+/// An operation under way. Workers claim its requests one by one (under the engine's
+/// queue lock) and report each one's end; the last one finishes the operation.
+pub struct Op {
+    pub(crate) write: bool,
+    pub(crate) path: PathBuf,
+    pub(crate) buf: RawBuf,
+    pub(crate) offset: u64,
+    pub(crate) plan: Plan,
+    /// Copy the body through a bounce buffer: O_DIRECT with a misaligned caller buffer.
+    pub(crate) bounce: bool,
+    nofollow: bool,
+    direct_fd: Option<OwnedFd>,
+    buffered_fd: OnceLock<std::result::Result<OwnedFd, i32>>,
+    /// The next request to claim (touched only under the engine's queue lock).
+    pub(crate) next: AtomicUsize,
+    remaining: AtomicUsize,
+    outcome: Mutex<Outcome>,
+    done: Condvar,
+}
+
+impl Op {
+    /// Builds an operation: opens its file (O_DIRECT where asked and possible), checks a
+    /// read against the file's size, and plans its requests. `direct` is `None` for
+    /// buffered I/O, `Some(required)` for O_DIRECT, where `required` makes a file system
+    /// without O_DIRECT an error instead of a fallback.
+    pub(crate) fn new(req: &Request<'_>, block: u64, direct: Option<bool>) -> Result<(Op, bool)> {
+        let what = if req.write {
+            "open for writing"
+        } else {
+            "open for reading"
+        };
+        let mode = OpenMode {
+            write: req.write,
+            direct: false,
+            nofollow: req.nofollow,
+        };
+        let mut fell_back = false;
+        let direct_fd = match direct {
+            None => None,
+            Some(required) => match file::open(req.path, OpenMode { direct: true, ..mode }) {
+                Ok(fd) => Some(fd),
+                Err(libc::EINVAL) if !required => {
+                    fell_back = true;
+                    None
+                }
+                Err(libc::EINVAL) => {
+                    return Err(Error::new(
+                        crate::Status::Unsupported,
+                        format!(
+                            "the file system of {} does not support O_DIRECT (direct_io is on; set it to auto or off)",
+                            req.path.display()
+                        ),
+                    ))
+                }
+                Err(e) => return Err(Error::os(what, req.path, None, e)),
+            },
+        };
+        let buffered_fd = OnceLock::new();
+        if direct_fd.is_none() {
+            let fd = file::open(req.path, mode).map_err(|e| Error::os(what, req.path, None, e))?;
+            let _ = buffered_fd.set(Ok(fd));
+        }
+        let end = req.offset.checked_add(req.len).ok_or_else(|| {
+            Error::invalid(format!(
+                "offset {} + length {} overflows for {}",
+                req.offset,
+                req.len,
+                req.path.display()
+            ))
+        })?;
+        if !req.write {
+            let fd = match (&direct_fd, buffered_fd.get()) {
+                (Some(fd), _) | (None, Some(Ok(fd))) => fd,
+                _ => unreachable!("a file descriptor was opened above"),
+            };
+            let size = file::file_size(fd).map_err(|e| Error::os("stat", req.path, None, e))?;
+            if req.len > 0 && end > size {
+                return Err(Error::new(
+                    crate::Status::IoError,
+                    format!(
+                        "read past end of file: {} holds {size} bytes, the read asks for bytes {} to {end}",
+                        req.path.display(),
+                        req.offset
+                    ),
+                ));
+            }
+        }
+        let plan = Plan::new(req.offset, req.len, block, direct_fd.is_some());
+        let bounce = direct_fd.is_some() && (req.buf.addr() as u64 + plan.head) % IO_ALIGNMENT != 0;
+        let count = plan.count();
+        let op = Op {
+            write: req.write,
+            path: req.path.to_path_buf(),
+            buf: req.buf,
+            offset: req.offset,
+            plan,
+            bounce,
+            nofollow: req.nofollow,
+            direct_fd,
+            buffered_fd,
+            next: AtomicUsize::new(0),
+            remaining: AtomicUsize::new(count),
+            outcome: Mutex::new(Outcome {
+                finished: count == 0,
+                ..Outcome::default()
+            }),
+            done: Condvar::new(),
+        };
+        Ok((op, fell_back))
+    }
+
+    /// How many requests the operation has.
+    pub(crate) fn request_count(&self) -> usize {
+        self.plan.count()
+    }
+
+    /// The O_DIRECT descriptor, if the file has one.
+    pub(crate) fn direct_fd(&self) -> Option<RawFd> {
+        self.direct_fd.as_ref().map(|fd| fd.as_raw_fd())
+    }
+
+    /// The buffered descriptor, opened on first use.
+    pub(crate) fn buffered_fd(&self) -> Result<RawFd> {
+        let fd = self.buffered_fd.get_or_init(|| {
+            file::open(
+                &self.path,
+                OpenMode {
+                    write: self.write,
+                    direct: false,
+                    nofollow: self.nofollow,
+                },
+            )
+        });
+        match fd {
+            Ok(fd) => Ok(fd.as_raw_fd()),
+            Err(e) => Err(Error::os("open", &self.path, None, *e)),
+        }
+    }
+
+    /// Records a failed request; the first error is the operation's, later ones are counted.
+    pub(crate) fn fail(&self, error: Error) {
+        let mut o = self.outcome.lock().unwrap_or_else(|e| e.into_inner());
+        if o.error.is_none() {
+            o.error = Some(error);
+        } else {
+            crate::log!(Debug, "further failure in the same operation: {error}");
+            o.more_errors += 1;
+        }
+    }
+
+    /// Marks one request finished; the last one wakes the waiters.
+    pub(crate) fn finish_request(&self) {
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let mut o = self.outcome.lock().unwrap_or_else(|e| e.into_inner());
+            o.finished = true;
+            self.done.notify_all();
+        }
+    }
+
+    /// Blocks until every request has finished; returns the operation's result.
+    pub(crate) fn wait(&self) -> Result<()> {
+        let mut o = self.outcome.lock().unwrap_or_else(|e| e.into_inner());
+        while !o.finished {
+            o = self.done.wait(o).unwrap_or_else(|e| e.into_inner());
+        }
+        match &o.error {
+            None => Ok(()),
+            Some(e) if o.more_errors > 0 => Err(e.clone().context(format!(
+                "{} of the operation's requests failed, the first",
+                o.more_errors + 1
+            ))),
+            Some(e) => Err(e.clone()),
+        }
+    }
+
+    /// Whether every request has finished.
+    pub(crate) fn is_finished(&self) -> bool {
+        self.outcome.lock().unwrap_or_else(|e| e.into_inner()).finished
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn covered(plan: &Plan, offset: u64) -> Vec<Chunk> {
+        (0..plan.count()).map(|i| plan.chunk(offset, i)).collect()
+    }
+
+    #[test]
+    fn plans_cover_the_range_exactly_once() {
+        for &(offset, len) in &[
+            (0u64, 0u64),
+            (0, 1),
+            (0, 511),
+            (0, 4096),
+            (3, 4096),
+            (4093, 10),
+            (0, (1 << 20) + 3),
+            (5, 3 << 20),
+            (4096, 64 << 20),
+        ] {
+            for direct in [false, true] {
+                let plan = Plan::new(offset, len, 1 << 20, direct);
+                let chunks = covered(&plan, offset);
+                let mut pos = 0;
+                for c in &chunks {
+                    assert_eq!(c.buf_offset, pos, "{offset} {len} {direct}");
+                    assert_eq!(c.file_offset, offset + pos);
+                    assert!(c.len > 0 && c.len <= 1 << 20);
+                    pos += c.len;
+                }
+                assert_eq!(pos, len, "{offset} {len} {direct}");
+                if direct && offset.div_ceil(IO_ALIGNMENT) * IO_ALIGNMENT + IO_ALIGNMENT <= offset + len {
+                    for c in &chunks[usize::from(plan.head > 0)..chunks.len() - usize::from(plan.tail > 0)] {
+                        assert_eq!(c.file_offset % IO_ALIGNMENT, 0);
+                        assert_eq!(c.len % IO_ALIGNMENT, 0);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn unaligned_tail_is_its_own_request() {
+        let plan = Plan::new(0, (1 << 20) + 3, 1 << 20, true);
+        assert_eq!(
+            plan,
+            Plan {
+                head: 0,
+                body: 1 << 20,
+                tail: 3,
+                block: 1 << 20
+            }
+        );
+        assert_eq!(plan.count(), 2);
+        let plan = Plan::new(5, 100, 1 << 20, true);
+        assert_eq!(plan.count(), 1);
+    }
+}

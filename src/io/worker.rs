@@ -1,0 +1,334 @@
+//! The worker loops: one per io_uring ring, or one per blocking thread. Both run the
+//! same request life cycle ([`Active`]): start (fill the bounce buffer for a write),
+//! issue system calls until the request is whole (retrying EINTR and short transfers),
+//! finish (empty the bounce buffer for a read, count bytes, tell the operation).
+
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use super::op::{Chunk, Op};
+use super::Shared;
+use crate::config::{IoConfig, IO_ALIGNMENT};
+use crate::status::{Error, Result, Status};
+use crate::sys::alloc::AlignedBuf;
+use crate::sys::fault::{self, Call, Fault};
+use crate::sys::uring::Ring;
+use crate::sys::{self, file, RawBuf};
+
+/// One request being carried out.
+struct Active {
+    op: Arc<Op>,
+    chunk: Chunk,
+    done: u64,
+}
+
+/// One system call to make.
+struct Call_ {
+    fd: RawFd,
+    buf: RawBuf,
+    len: usize,
+    offset: u64,
+}
+
+enum Step {
+    /// Issue the next call for the rest of the request.
+    Again,
+    /// The request is over (successful or failed).
+    Finished,
+}
+
+impl Active {
+    /// Claims request `index` of `op`; fills the bounce buffer first when the operation
+    /// copies through one.
+    fn start(op: Arc<Op>, index: usize, bounce: &mut Option<AlignedBuf>, block: u64) -> Result<Active> {
+        let chunk = op.plan.chunk(op.offset, index);
+        if op.bounce {
+            if bounce.is_none() {
+                *bounce = Some(AlignedBuf::new(block as usize, false)?);
+            }
+            if op.write {
+                if let Some(b) = bounce.as_ref() {
+                    // SAFETY: the caller's buffer holds the chunk (submit's contract) and the
+                    // bounce buffer holds `block` >= chunk.len bytes and is this request's alone.
+                    unsafe {
+                        sys::copy(
+                            op.buf.offset_by(chunk.buf_offset as usize),
+                            b.raw(),
+                            chunk.len as usize,
+                        )
+                    };
+                }
+            }
+        }
+        Ok(Active { op, chunk, done: 0 })
+    }
+
+    /// The call that moves the rest of the request: O_DIRECT when buffer, offset and length
+    /// are aligned, the buffered descriptor otherwise.
+    fn next_call(&self, bounce: Option<&AlignedBuf>) -> Result<Call_> {
+        let rest = self.chunk.len - self.done;
+        let offset = self.chunk.file_offset + self.done;
+        let buf = match (self.op.bounce, bounce) {
+            (true, Some(b)) => b.raw().offset_by(self.done as usize),
+            (true, None) => return Err(Error::new(Status::Panic, "bounce buffer missing")),
+            (false, _) => self
+                .op
+                .buf
+                .offset_by((self.chunk.buf_offset + self.done) as usize),
+        };
+        let aligned =
+            buf.addr() as u64 % IO_ALIGNMENT == 0 && offset % IO_ALIGNMENT == 0 && rest % IO_ALIGNMENT == 0;
+        let fd = match self.op.direct_fd() {
+            Some(fd) if aligned => fd,
+            _ => self.op.buffered_fd()?,
+        };
+        Ok(Call_ {
+            fd,
+            buf,
+            len: rest as usize,
+            offset,
+        })
+    }
+
+    /// Takes the result of a call: bytes moved, or an errno.
+    fn on_result(&mut self, res: std::result::Result<usize, i32>) -> Step {
+        let offset = self.chunk.file_offset + self.done;
+        let what = if self.op.write { "write" } else { "read" };
+        match res {
+            Err(libc::EINTR) | Err(libc::EAGAIN) => Step::Again,
+            Err(errno) => {
+                self.op.fail(Error::os(what, &self.op.path, Some(offset), errno));
+                Step::Finished
+            }
+            Ok(0) => {
+                let msg = if self.op.write {
+                    format!(
+                        "write of {} made no progress at offset {offset}",
+                        self.op.path.display()
+                    )
+                } else {
+                    format!(
+                        "unexpected end of file {} at offset {offset} (the file shrank during the read)",
+                        self.op.path.display()
+                    )
+                };
+                self.op.fail(Error::new(Status::IoError, msg));
+                Step::Finished
+            }
+            Ok(n) => {
+                self.done += n as u64;
+                if self.done < self.chunk.len {
+                    Step::Again
+                } else {
+                    Step::Finished
+                }
+            }
+        }
+    }
+
+    /// Ends the request: copies a bounced read out, counts bytes, tells the operation.
+    fn finish(self, bounce: Option<&AlignedBuf>, shared: &Shared) {
+        if self.done == self.chunk.len {
+            if self.op.bounce && !self.op.write {
+                if let Some(b) = bounce {
+                    // SAFETY: the caller's buffer holds the chunk and is writable (submit's
+                    // contract); the bounce buffer holds the `chunk.len` bytes just read.
+                    unsafe {
+                        sys::copy(
+                            b.raw(),
+                            self.op.buf.offset_by(self.chunk.buf_offset as usize),
+                            self.chunk.len as usize,
+                        )
+                    };
+                }
+            }
+            shared.count_bytes(self.op.write, self.chunk.len);
+        }
+        self.op.finish_request();
+    }
+}
+
+/// A blocking worker: one request at a time with pread/pwrite.
+pub(super) fn run_blocking(shared: Arc<Shared>, config: IoConfig) {
+    let mut bounce: Option<AlignedBuf> = None;
+    while let Some((op, index)) = shared.claim(true) {
+        let mut active = match Active::start(Arc::clone(&op), index, &mut bounce, config.block_size) {
+            Ok(a) => a,
+            Err(e) => {
+                op.fail(e);
+                op.finish_request();
+                continue;
+            }
+        };
+        loop {
+            let step = match active.next_call(bounce.as_ref()) {
+                Ok(c) => {
+                    // SAFETY: the call's buffer is the caller's (valid until the operation
+                    // finishes) or this worker's bounce buffer.
+                    let res = unsafe {
+                        file::transfer(c.fd, active.op.write, c.buf, c.len, c.offset, &active.op.path)
+                    };
+                    active.on_result(res)
+                }
+                Err(e) => {
+                    active.op.fail(e);
+                    Step::Finished
+                }
+            };
+            if let Step::Finished = step {
+                active.finish(bounce.as_ref(), &shared);
+                break;
+            }
+        }
+    }
+}
+
+/// An io_uring worker: up to `queue_depth` requests in flight on one ring.
+struct UringWorker {
+    shared: Arc<Shared>,
+    ring: Ring,
+    config: IoConfig,
+    slots: Vec<Option<Active>>,
+    bounces: Vec<Option<AlignedBuf>>,
+    free: Vec<usize>,
+    /// Requests pushed to the ring whose completion has not been popped.
+    in_kernel: usize,
+    /// Results known without the kernel (injected faults, failed opens): (slot, result).
+    ready: Vec<(usize, std::result::Result<usize, i32>)>,
+}
+
+pub(super) fn run_uring(shared: Arc<Shared>, ring: Ring, config: IoConfig) {
+    let qd = config.queue_depth as usize;
+    let mut w = UringWorker {
+        shared,
+        ring,
+        config,
+        slots: (0..qd).map(|_| None).collect(),
+        bounces: (0..qd).map(|_| None).collect(),
+        free: (0..qd).rev().collect(),
+        in_kernel: 0,
+        ready: Vec::with_capacity(qd),
+    };
+    w.run();
+}
+
+impl UringWorker {
+    fn idle(&self) -> bool {
+        self.free.len() == self.slots.len() && self.ready.is_empty()
+    }
+
+    fn run(&mut self) {
+        loop {
+            if self.config.overlap_events || self.idle() {
+                while let Some(&slot) = self.free.last() {
+                    let idle = self.idle();
+                    match self.shared.claim(idle) {
+                        Some((op, index)) => {
+                            self.free.pop();
+                            self.start(slot, op, index);
+                        }
+                        None if idle => return,
+                        None => break,
+                    }
+                }
+            }
+            if self.in_kernel > 0 {
+                let want = usize::from(self.ready.is_empty());
+                if let Err(errno) = self.ring.submit_and_wait(want) {
+                    crate::log!(
+                        Error,
+                        "io_uring submit failed: {}",
+                        crate::status::errno_text(errno)
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                while let Some((slot, res)) = self.ring.pop() {
+                    self.in_kernel -= 1;
+                    let res = if res < 0 { Err(-res) } else { Ok(res as usize) };
+                    self.ready.push((slot as usize, res));
+                }
+            }
+            while let Some((slot, res)) = self.ready.pop() {
+                self.on_result(slot, res);
+            }
+        }
+    }
+
+    fn start(&mut self, slot: usize, op: Arc<Op>, index: usize) {
+        match Active::start(
+            Arc::clone(&op),
+            index,
+            &mut self.bounces[slot],
+            self.config.block_size,
+        ) {
+            Ok(a) => {
+                self.slots[slot] = Some(a);
+                self.issue(slot);
+            }
+            Err(e) => {
+                op.fail(e);
+                op.finish_request();
+                self.free.push(slot);
+            }
+        }
+    }
+
+    fn issue(&mut self, slot: usize) {
+        let Some(active) = self.slots[slot].as_ref() else {
+            return;
+        };
+        let call = match active.next_call(self.bounces[slot].as_ref()) {
+            Ok(c) => c,
+            Err(e) => {
+                active.op.fail(e);
+                self.end(slot);
+                return;
+            }
+        };
+        let kind = if active.op.write { Call::Write } else { Call::Read };
+        let len = match fault::check(kind, &active.op.path) {
+            Some(Fault::Errno(e)) => {
+                self.ready.push((slot, Err(e)));
+                return;
+            }
+            Some(Fault::Short(n)) => call.len.min(n),
+            None => call.len,
+        };
+        let write = active.op.write;
+        loop {
+            // SAFETY: the buffer is the caller's (valid until the operation finishes) or this
+            // slot's bounce buffer; the descriptor belongs to the operation, which the slot
+            // keeps alive until the completion is popped.
+            let pushed = unsafe {
+                self.ring
+                    .push(call.fd, write, call.buf, len as u32, call.offset, slot as u64)
+            };
+            if pushed {
+                break;
+            }
+            let _ = self.ring.submit_and_wait(0);
+        }
+        self.in_kernel += 1;
+        if self.config.single_submit {
+            let _ = self.ring.submit_and_wait(0);
+        }
+    }
+
+    fn on_result(&mut self, slot: usize, res: std::result::Result<usize, i32>) {
+        let step = match self.slots[slot].as_mut() {
+            Some(a) => a.on_result(res),
+            None => return,
+        };
+        match step {
+            Step::Again => self.issue(slot),
+            Step::Finished => self.end(slot),
+        }
+    }
+
+    fn end(&mut self, slot: usize) {
+        if let Some(a) = self.slots[slot].take() {
+            a.finish(self.bounces[slot].as_ref(), &self.shared);
+        }
+        self.free.push(slot);
+    }
+}

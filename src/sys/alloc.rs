@@ -1,0 +1,198 @@
+//! Page-aligned memory from mmap, optionally locked in RAM with mlock.
+
+use std::ptr::NonNull;
+
+use crate::status::{Error, Result, Status};
+
+/// A zero-filled, page-aligned allocation, unmapped on drop.
+pub struct AlignedBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+    map_len: usize,
+    locked: bool,
+}
+
+// SAFETY: the mapping is owned by this value alone; access goes through &self / &mut self.
+unsafe impl Send for AlignedBuf {}
+// SAFETY: shared access only hands out shared slices.
+unsafe impl Sync for AlignedBuf {}
+
+/// The page size, the alignment of every [`AlignedBuf`].
+pub fn page_size() -> usize {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 {
+        p as usize
+    } else {
+        4096
+    }
+}
+
+/// Total physical memory in bytes (0 if unknown).
+pub fn physical_memory() -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let (pages, size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    if pages > 0 && size > 0 {
+        pages as u64 * size as u64
+    } else {
+        0
+    }
+}
+
+impl AlignedBuf {
+    /// Maps `len` bytes (at least one page), zero-filled and page-aligned. With `lock`, tries
+    /// to lock the pages in RAM; when the limit refuses, the memory stays unlocked and a
+    /// warning is logged ([`AlignedBuf::is_locked`] tells). A request larger than the
+    /// machine's memory fails with `OutOfMemory` instead of being overcommitted.
+    pub fn new(len: usize, lock: bool) -> Result<AlignedBuf> {
+        let page = page_size();
+        let map_len = len
+            .max(1)
+            .checked_add(page - 1)
+            .map(|v| v / page * page)
+            .ok_or_else(|| Error::new(Status::OutOfMemory, format!("cannot allocate {len} bytes")))?;
+        let phys = physical_memory();
+        if phys > 0 && map_len as u64 > phys {
+            return Err(Error::new(
+                Status::OutOfMemory,
+                format!("cannot allocate {len} bytes: the machine has {phys} bytes of memory"),
+            ));
+        }
+        // SAFETY: an anonymous private mapping with no address hint touches no existing memory.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            return Err(Error::new(
+                Status::OutOfMemory,
+                format!(
+                    "cannot allocate {len} bytes: {}",
+                    crate::status::errno_text(errno)
+                ),
+            ));
+        }
+        let ptr = NonNull::new(ptr as *mut u8)
+            .ok_or_else(|| Error::new(Status::OutOfMemory, "mmap returned NULL"))?;
+        let mut buf = AlignedBuf {
+            ptr,
+            len,
+            map_len,
+            locked: false,
+        };
+        if lock {
+            // SAFETY: the range is the mapping just created.
+            let rc = unsafe { libc::mlock(buf.ptr.as_ptr() as *const libc::c_void, map_len) };
+            if rc == 0 {
+                buf.locked = true;
+            } else {
+                let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+                crate::log!(
+                    Warn,
+                    "could not page-lock {map_len} bytes ({}); the buffer stays unlocked (raise RLIMIT_MEMLOCK, `ulimit -l`)",
+                    crate::status::errno_text(errno)
+                );
+            }
+        }
+        Ok(buf)
+    }
+
+    /// The first byte.
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// The first byte, for writing.
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// The address as a [`super::RawBuf`] for I/O. Writing through it needs the
+    /// caller to hold the buffer exclusively, as the `unsafe` I/O functions state.
+    pub fn raw(&self) -> super::RawBuf {
+        super::RawBuf(self.ptr.as_ptr())
+    }
+
+    /// Bytes asked for.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether zero bytes were asked for.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether the pages are locked in RAM.
+    pub fn is_locked(&self) -> bool {
+        self.locked
+    }
+
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: the mapping holds at least `len` initialised (zero-filled) bytes.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// The bytes, for writing.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and &mut self is exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was created in `new` with this length and is not used after drop.
+        unsafe {
+            if self.locked {
+                libc::munlock(self.ptr.as_ptr() as *const libc::c_void, self.map_len);
+            }
+            libc::munmap(self.ptr.as_ptr() as *mut libc::c_void, self.map_len);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligned_zeroed_and_writable() {
+        for len in [0usize, 1, 4095, 4096, 1 << 20] {
+            let mut b = AlignedBuf::new(len, false).unwrap();
+            assert_eq!(b.as_ptr() as usize % 4096, 0);
+            assert_eq!(b.len(), len);
+            assert!(b.as_slice().iter().all(|&x| x == 0));
+            b.as_mut_slice().fill(7);
+            assert!(b.as_slice().iter().all(|&x| x == 7));
+        }
+    }
+
+    #[test]
+    fn lock_is_reported() {
+        let b = AlignedBuf::new(1 << 16, true).unwrap();
+        // Locking may be refused by the limit; either way the answer is consistent.
+        let _ = b.is_locked();
+        let u = AlignedBuf::new(1 << 16, false).unwrap();
+        assert!(!u.is_locked());
+    }
+
+    #[test]
+    fn larger_than_memory_is_refused() {
+        let e = AlignedBuf::new(usize::MAX / 2, false).err().unwrap();
+        assert_eq!(e.status(), Status::OutOfMemory);
+    }
+}

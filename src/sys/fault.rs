@@ -1,0 +1,126 @@
+//! Fault injection into the system-call layer, for tests.
+//!
+//! Compiled in only with the cargo feature `fault-injection`; without it [`check`]
+//! is an empty inline function and no rule can be installed. A rule makes the
+//! matching calls (by kind and by a substring of the path) fail with an errno or
+//! transfer fewer bytes than asked, after skipping a number of matches, a number of
+//! times. Both backends consult it before every read and write request, and opens
+//! consult it too.
+
+use std::path::Path;
+
+/// Which call a rule applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Call {
+    /// Opening a file.
+    Open,
+    /// Opening a file with O_DIRECT (EINVAL here imitates a file system without it).
+    OpenDirect,
+    /// A read request.
+    Read,
+    /// A write request.
+    Write,
+}
+
+/// What happens to a matching call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The call fails with this errno (ENOSPC, EIO, EINTR, ...).
+    Errno(i32),
+    /// The call transfers at most this many bytes (a short read or write).
+    Short(usize),
+}
+
+/// One injected fault.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    /// The call it applies to.
+    pub call: Call,
+    /// Only paths containing this text match ("" matches every path).
+    pub path_contains: String,
+    /// The fault.
+    pub fault: Fault,
+    /// Matching calls to let through before the first fault.
+    pub skip: u64,
+    /// Faults to inject, then the rule is spent (u64::MAX for ever).
+    pub times: u64,
+}
+
+#[cfg(feature = "fault-injection")]
+mod imp {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Mutex;
+
+    static ACTIVE: AtomicBool = AtomicBool::new(false);
+    static RULES: Mutex<Vec<Rule>> = Mutex::new(Vec::new());
+    static INJECTED: AtomicU64 = AtomicU64::new(0);
+
+    pub fn install(rule: Rule) {
+        let mut rules = RULES.lock().unwrap_or_else(|e| e.into_inner());
+        rules.push(rule);
+        ACTIVE.store(true, Ordering::SeqCst);
+    }
+
+    pub fn clear() {
+        let mut rules = RULES.lock().unwrap_or_else(|e| e.into_inner());
+        rules.clear();
+        ACTIVE.store(false, Ordering::SeqCst);
+    }
+
+    pub fn injected() -> u64 {
+        INJECTED.load(Ordering::SeqCst)
+    }
+
+    pub fn check(call: Call, path: &Path) -> Option<Fault> {
+        if !ACTIVE.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut rules = RULES.lock().unwrap_or_else(|e| e.into_inner());
+        let text = path.to_string_lossy();
+        for rule in rules.iter_mut() {
+            if rule.call != call || rule.times == 0 || !text.contains(rule.path_contains.as_str()) {
+                continue;
+            }
+            if rule.skip > 0 {
+                rule.skip -= 1;
+                continue;
+            }
+            rule.times -= 1;
+            INJECTED.fetch_add(1, Ordering::SeqCst);
+            return Some(rule.fault);
+        }
+        None
+    }
+}
+
+/// Installs a rule (feature `fault-injection` only).
+#[cfg(feature = "fault-injection")]
+pub fn install(rule: Rule) {
+    imp::install(rule)
+}
+
+/// Removes every rule (feature `fault-injection` only).
+#[cfg(feature = "fault-injection")]
+pub fn clear() {
+    imp::clear()
+}
+
+/// How many faults have been injected since the process started (feature `fault-injection` only).
+#[cfg(feature = "fault-injection")]
+pub fn injected() -> u64 {
+    imp::injected()
+}
+
+/// The fault to inject into this call, if a rule matches.
+#[cfg(feature = "fault-injection")]
+pub fn check(call: Call, path: &Path) -> Option<Fault> {
+    imp::check(call, path)
+}
+
+/// The fault to inject into this call: never, in a build without `fault-injection`.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn check(_call: Call, _path: &Path) -> Option<Fault> {
+    None
+}

@@ -1,0 +1,149 @@
+//! Opening files and single read and write calls on raw buffers.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use super::fault::{self, Call, Fault};
+use super::RawBuf;
+
+/// How to open a file.
+#[derive(Clone, Copy, Debug)]
+pub struct OpenMode {
+    /// Open for writing (created with mode 0600 if missing) instead of reading.
+    pub write: bool,
+    /// Add O_DIRECT.
+    pub direct: bool,
+    /// Refuse a path whose last component is a symbolic link (O_NOFOLLOW).
+    pub nofollow: bool,
+}
+
+/// Opens `path`; the error is the errno.
+pub fn open(path: &Path, mode: OpenMode) -> Result<OwnedFd, i32> {
+    if let Some(Fault::Errno(e)) = fault::check(Call::Open, path) {
+        return Err(e);
+    }
+    if mode.direct {
+        if let Some(Fault::Errno(e)) = fault::check(Call::OpenDirect, path) {
+            return Err(e);
+        }
+    }
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| libc::EINVAL)?;
+    let mut flags = libc::O_CLOEXEC;
+    flags |= if mode.write {
+        libc::O_WRONLY | libc::O_CREAT
+    } else {
+        libc::O_RDONLY
+    };
+    if mode.direct {
+        flags |= libc::O_DIRECT;
+    }
+    if mode.nofollow {
+        flags |= libc::O_NOFOLLOW;
+    }
+    loop {
+        // SAFETY: `c` is a valid NUL-terminated string; the mode argument is read only with O_CREAT.
+        let fd = unsafe { libc::open(c.as_ptr(), flags, 0o600 as libc::c_uint) };
+        if fd >= 0 {
+            // SAFETY: `fd` was just opened and is owned by nobody else.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        let errno = last_errno();
+        if errno != libc::EINTR {
+            return Err(errno);
+        }
+    }
+}
+
+/// The size of the open file in bytes.
+pub fn file_size(fd: &OwnedFd) -> Result<u64, i32> {
+    // SAFETY: a zeroed stat is a valid out-parameter for fstat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is open and `st` is writable.
+    let rc = unsafe { libc::fstat(fd.as_raw_fd(), &mut st) };
+    if rc == 0 {
+        Ok(st.st_size as u64)
+    } else {
+        Err(last_errno())
+    }
+}
+
+/// Sets the open file's size.
+pub fn set_file_size(fd: &OwnedFd, size: u64) -> Result<(), i32> {
+    // SAFETY: `fd` is open; ftruncate touches no memory of ours.
+    let rc = unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(last_errno())
+    }
+}
+
+/// One pread or pwrite call of `len` bytes at `offset`, with fault injection applied.
+/// Returns the bytes transferred or the errno (EINTR included: the caller retries).
+///
+/// # Safety
+/// `buf` must be valid for `len` bytes: writable for a read, readable for a write, and not
+/// used by anyone else during the call.
+pub unsafe fn transfer(
+    fd: RawFd,
+    write: bool,
+    buf: RawBuf,
+    len: usize,
+    offset: u64,
+    path: &Path,
+) -> Result<usize, i32> {
+    let len = match fault::check(if write { Call::Write } else { Call::Read }, path) {
+        Some(Fault::Errno(e)) => return Err(e),
+        Some(Fault::Short(n)) => len.min(n),
+        None => len,
+    };
+    // SAFETY: the caller's contract covers `buf` for `len` bytes.
+    let rc = unsafe {
+        if write {
+            libc::pwrite(fd, buf.0 as *const libc::c_void, len, offset as libc::off_t)
+        } else {
+            libc::pread(fd, buf.0 as *mut libc::c_void, len, offset as libc::off_t)
+        }
+    };
+    if rc >= 0 {
+        Ok(rc as usize)
+    } else {
+        Err(last_errno())
+    }
+}
+
+fn last_errno() -> i32 {
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_creates_0600_and_refuses_symlinks() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let mode = OpenMode {
+            write: true,
+            direct: false,
+            nofollow: true,
+        };
+        let fd = open(&p, mode).unwrap();
+        drop(fd);
+        let perm = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(perm, 0o600);
+        let link = dir.path().join("l");
+        std::os::unix::fs::symlink(&p, &link).unwrap();
+        assert_eq!(open(&link, mode).err(), Some(libc::ELOOP));
+        assert_eq!(
+            open(&dir.path().join("missing"), OpenMode { write: false, ..mode }).err(),
+            Some(libc::ENOENT)
+        );
+    }
+}

@@ -1,0 +1,46 @@
+//! The unsafe boundary: every system call, raw pointer and foreign allocation of
+//! libswapper lives below this module. What it exports is either safe, or `unsafe`
+//! with its contract stated, so the engine, the pool and the swapper above it are
+//! plain Rust.
+//!
+//! - [`alloc`]: page-aligned, optionally page-locked memory.
+//! - [`file`]: opening files and single pread/pwrite calls.
+//! - [`uring`]: a small io_uring ring for read and write requests.
+//! - [`fault`]: fault injection into the calls above (feature `fault-injection`).
+
+pub mod alloc;
+pub mod fault;
+pub mod file;
+pub mod uring;
+
+/// A raw buffer address that crosses threads. Whoever builds one promises that the
+/// memory stays valid, and is not used elsewhere, until the I/O on it has completed.
+#[derive(Clone, Copy, Debug)]
+pub struct RawBuf(pub *mut u8);
+
+// SAFETY: a RawBuf is only an address; the promise above is made by the `unsafe`
+// functions that take one, and the memory is touched by one request at a time.
+unsafe impl Send for RawBuf {}
+// SAFETY: as above.
+unsafe impl Sync for RawBuf {}
+
+impl RawBuf {
+    /// The address `offset` bytes further on.
+    pub fn offset_by(self, offset: usize) -> RawBuf {
+        RawBuf(self.0.wrapping_add(offset))
+    }
+
+    /// The address as an integer, to test alignment.
+    pub fn addr(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// Copies `len` bytes between two buffers that do not overlap.
+///
+/// # Safety
+/// `src` must be valid for reads and `dst` for writes of `len` bytes, and they must not overlap.
+pub unsafe fn copy(src: RawBuf, dst: RawBuf, len: usize) {
+    // SAFETY: the caller's contract.
+    unsafe { std::ptr::copy_nonoverlapping(src.0 as *const u8, dst.0, len) }
+}

@@ -39,6 +39,16 @@
 #define SWAPPER_MAX_THREADS 256
 
 /**
+ * DeepSpeed's `offload_param.buffer_count`.
+ */
+#define SWAPPER_DEFAULT_BUFFER_COUNT 5
+
+/**
+ * DeepSpeed's `offload_param.buffer_size`.
+ */
+#define SWAPPER_DEFAULT_BUFFER_NUMEL 100000000
+
+/**
  * The result of every libswapper function that can fail. `SWAPPER_STATUS_OK` (0)
  * is success; every other value names one kind of failure, and
  * `swapper_last_error()` returns the calling thread's message with the detail.
@@ -162,6 +172,52 @@ typedef enum {
 } SwapperDirectIo;
 
 /**
+ * Where a param's data lives in memory.
+ */
+typedef enum {
+  /**
+   * The data is in a buffer and usable.
+   */
+  SWAPPER_PARAM_STATUS_AVAILABLE = 1,
+  /**
+   * The data is only on disk.
+   */
+  SWAPPER_PARAM_STATUS_NOT_AVAILABLE = 2,
+  /**
+   * A read into a buffer is under way; `swapper_wait_reads` makes it AVAILABLE.
+   */
+  SWAPPER_PARAM_STATUS_INFLIGHT = 3,
+} SwapperParamStatus;
+
+/**
+ * The element types a swapper stores.
+ */
+typedef enum {
+  /**
+   * 32-bit IEEE float.
+   */
+  SWAPPER_DTYPE_FP32 = 0,
+  /**
+   * 16-bit IEEE float (the default).
+   */
+  SWAPPER_DTYPE_FP16 = 1,
+  /**
+   * bfloat16.
+   */
+  SWAPPER_DTYPE_BF16 = 2,
+} SwapperDtype;
+
+/**
+ * A parameter swapper: ZeRO-Infinity parameter offload to NVMe. Create with
+ * `swapper_create` or `swapper_create_from_json`, destroy with `swapper_destroy`. Every
+ * function taking a `Swapper` is thread-safe (a prefetch thread beside a compute thread
+ * is the normal case). Calls that block: the `wait` functions, synchronous swaps,
+ * `swapper_swap_into_buffer`, `swapper_swap_out_partitioned` and `swapper_destroy`;
+ * the others return at once.
+ */
+typedef struct Swapper Swapper;
+
+/**
  * An I/O engine: worker threads that read and write files with O_DIRECT, `block_size`
  * bytes per request and `queue_depth` requests in flight per thread. Create with
  * `swapper_io_create`, destroy with `swapper_io_destroy`. Every function taking a
@@ -219,6 +275,137 @@ typedef struct {
    */
   SwapperDirectIo direct_io;
 } SwapperIoConfig;
+
+/**
+ * Allocates the pool's memory: `nbytes` aligned to `alignment` (4096); returns NULL on
+ * failure. Called from the thread that creates the swapper.
+ */
+typedef void *(*SwapperAllocFn)(uint64_t nbytes, uint64_t alignment, void *user_data);
+
+/**
+ * Frees memory from the matching `SwapperAllocFn`, with its size. Called when the
+ * swapper is destroyed (from the destroying thread).
+ */
+typedef void (*SwapperFreeFn)(void *ptr, uint64_t nbytes, void *user_data);
+
+/**
+ * The swapper's settings. Fill with `swapper_config_default`, then set `nvme_path`.
+ */
+typedef struct {
+  /**
+   * Root folder of the swap files (required; must exist, be a real folder, not a
+   * symbolic link). The swapper uses `<nvme_path>/zero_stage_3/<dtype>params/rank<R>/`,
+   * created with mode 0700, locked for the handle's life and emptied at creation.
+   * Borrowed during `swapper_create` only. DeepSpeed `offload_param.nvme_path`.
+   */
+  const char *nvme_path;
+  /**
+   * This process's rank; each rank has its own folder. Default 0.
+   */
+  uint32_t rank;
+  /**
+   * Element type of the params: `SWAPPER_DTYPE_FP32`, `SWAPPER_DTYPE_FP16` (default)
+   * or `SWAPPER_DTYPE_BF16`.
+   */
+  SwapperDtype dtype;
+  /**
+   * Buffers in the pool. Default 5 (DeepSpeed `offload_param.buffer_count`).
+   */
+  uint32_t buffer_count;
+  /**
+   * Elements per buffer. Default 100000000 (DeepSpeed `offload_param.buffer_size`).
+   */
+  uint64_t buffer_numel;
+  /**
+   * Page-lock the pool (when the memlock limit allows; otherwise a warning is logged).
+   * Default false (DeepSpeed `offload_param.pin_memory`).
+   */
+  bool pin_memory;
+  /**
+   * Keep a crc32c of every MiB of each param when it is written and check it when it is
+   * read back; a mismatch is `SWAPPER_STATUS_CORRUPT_DATA`. Default true.
+   */
+  bool verify_checksums;
+  /**
+   * The I/O engine's settings (DeepSpeed `aio`).
+   */
+  SwapperIoConfig io;
+  /**
+   * Optional allocator for the pool (for example cudaHostAlloc); NULL uses libswapper's
+   * own page-aligned memory. Set both `alloc_fn` and `free_fn`, or neither.
+   */
+  SwapperAllocFn alloc_fn;
+  /**
+   * Frees what `alloc_fn` allocated.
+   */
+  SwapperFreeFn free_fn;
+  /**
+   * Passed to `alloc_fn` and `free_fn`; never touched by libswapper.
+   */
+  void *allocator_user_data;
+} SwapperConfig;
+
+/**
+ * The swapper's bookkeeping (DeepSpeed's counters, plus totals).
+ */
+typedef struct {
+  /**
+   * Params the swapper knows.
+   */
+  uint64_t params;
+  /**
+   * Reads submitted and not yet waited for.
+   */
+  uint64_t pending_reads;
+  /**
+   * Writes submitted and not yet waited for.
+   */
+  uint64_t pending_writes;
+  /**
+   * Params INFLIGHT.
+   */
+  uint64_t inflight_params;
+  /**
+   * Elements of the INFLIGHT params.
+   */
+  uint64_t inflight_numel;
+  /**
+   * Params AVAILABLE.
+   */
+  uint64_t available_params;
+  /**
+   * Elements of the AVAILABLE params.
+   */
+  uint64_t available_numel;
+  /**
+   * Pool buffers free.
+   */
+  uint64_t free_buffers;
+  /**
+   * Pool buffers taken by `swapper_reserve_available_buffers`.
+   */
+  uint64_t reserved_buffers;
+  /**
+   * Pool buffers in all.
+   */
+  uint64_t total_buffers;
+  /**
+   * Bytes read by completed swap-ins.
+   */
+  uint64_t bytes_read;
+  /**
+   * Bytes written by completed swap-outs.
+   */
+  uint64_t bytes_written;
+  /**
+   * Nanoseconds callers spent blocked waiting for reads.
+   */
+  uint64_t read_wait_ns;
+  /**
+   * Nanoseconds callers spent blocked waiting for writes.
+   */
+  uint64_t write_wait_ns;
+} SwapperStats;
 
 #ifdef __cplusplus
 extern "C" {
@@ -446,6 +633,330 @@ uint64_t swapper_io_alignment(void);
  * How many `SwapperIo` handles are live in this process (for leak checks). Thread-safe.
  */
 uint64_t swapper_io_live_handles(void);
+
+/**
+ * Fills `*out` with the defaults: no nvme_path, rank 0, fp16, 5 buffers of 100000000
+ * elements, not pinned, checksums on, the engine's defaults, no allocator. NULL is
+ * ignored. Thread-safe.
+ *
+ * # Safety
+ * `out` must be NULL or valid for writing one `SwapperConfig`.
+ */
+void swapper_config_default(SwapperConfig *out);
+
+/**
+ * Creates a swapper with `*config` and stores its handle in `*out`; the caller owns it and
+ * frees it with `swapper_destroy`. Thread-safe.
+ *
+ * Errors: `SWAPPER_STATUS_NULL_POINTER` (config, out or nvme_path NULL);
+ * `SWAPPER_STATUS_INVALID_ARGUMENT` (a setting out of range, nvme_path not a folder or a
+ * symbolic link); `SWAPPER_STATUS_NOT_FOUND` (nvme_path missing);
+ * `SWAPPER_STATUS_IO_ERROR` (nvme_path not writable); `SWAPPER_STATUS_BUSY` (another
+ * swapper, in this process or another, holds the same rank folder);
+ * `SWAPPER_STATUS_OUT_OF_MEMORY` (the pool cannot be allocated; larger than the machine's
+ * memory is refused up front).
+ *
+ * # Safety
+ * `config` must be NULL or point to a `SwapperConfig` whose `nvme_path` is NULL or a
+ * NUL-terminated string; `out` must be NULL or valid for writing one pointer.
+ */
+SwapperStatus swapper_create(const SwapperConfig *config, Swapper **out);
+
+/**
+ * Creates a swapper from a DeepSpeed configuration (JSON text): the `aio` block
+ * (block_size, queue_depth, intra_op_parallelism or thread_count, single_submit,
+ * overlap_events) and `zero_optimization.offload_param` (nvme_path, buffer_count,
+ * buffer_size, pin_memory), with DeepSpeed's defaults for missing keys. `dtype` is one
+ * of `SWAPPER_DTYPE_*`. Ownership and thread-safety as `swapper_create`.
+ *
+ * Errors: as `swapper_create`, plus `SWAPPER_STATUS_INVALID_ARGUMENT` for text that is
+ * not JSON, a key of the wrong type (the message names it) or a missing nvme_path.
+ *
+ * # Safety
+ * `deepspeed_config_json` must be NULL or a NUL-terminated string; `out` must be NULL or
+ * valid for writing one pointer.
+ */
+SwapperStatus swapper_create_from_json(const char *deepspeed_config_json,
+                                       uint32_t rank,
+                                       SwapperDtype dtype,
+                                       Swapper **out);
+
+/**
+ * Destroys a swapper: waits for every read and write in flight, frees the pool, unlocks
+ * the folder (the swap files stay). NULL is ignored; a handle that is not live is
+ * reported through the last error and otherwise ignored. Buffers obtained from the
+ * swapper must not be used afterwards. If another thread is inside a call on the same
+ * handle, the swapper is freed when that call returns.
+ */
+void swapper_destroy(Swapper *swapper);
+
+/**
+ * Gives param `param_id` a free pool buffer for `numel` elements and stores its address
+ * in `*out_buffer`; the param becomes AVAILABLE. A new id is registered; a known one must
+ * be NOT_AVAILABLE. Fill the buffer, then swap the param out. The buffer belongs to the
+ * swapper: valid until the param is released or the swapper destroyed. Its contents are
+ * whatever was there before. Thread-safe; does not block.
+ *
+ * Errors: `SWAPPER_STATUS_INVALID_ARGUMENT` (numel 0, dead handle),
+ * `SWAPPER_STATUS_NO_BUFFER` (numel larger than a buffer, or no free buffer),
+ * `SWAPPER_STATUS_BAD_STATE` (the param already has a buffer), `SWAPPER_STATUS_NULL_POINTER`.
+ *
+ * # Safety
+ * `out_buffer` must be NULL or valid for writing one pointer.
+ */
+SwapperStatus swapper_get_buffer(Swapper *swapper,
+                                 uint64_t param_id,
+                                 uint64_t numel,
+                                 void **out_buffer);
+
+/**
+ * Writes each param's buffer to its swap file. Every param must be AVAILABLE with no
+ * write in flight; the batch is checked whole first, so one bad id (unknown, wrong state,
+ * duplicate) changes nothing. With `async_op` the call returns once the writes are queued:
+ * do not modify the buffers until `swapper_wait_writes` returns. The params stay
+ * AVAILABLE. Thread-safe; blocks only when synchronous.
+ *
+ * Errors: `SWAPPER_STATUS_NOT_FOUND`, `SWAPPER_STATUS_BAD_STATE`,
+ * `SWAPPER_STATUS_INVALID_ARGUMENT` (duplicate id), `SWAPPER_STATUS_NULL_POINTER` (param_ids
+ * NULL with count > 0), `SWAPPER_STATUS_IO_ERROR` (a synchronous write failed: the param
+ * stays AVAILABLE with its data, retry later).
+ *
+ * # Safety
+ * `param_ids` must be NULL or point to `count` ids.
+ */
+SwapperStatus swapper_swap_out(Swapper *swapper,
+                               const uint64_t *param_ids,
+                               size_t count,
+                               bool async_op);
+
+/**
+ * As `swapper_swap_out`, then gives the buffers back to the pool once the writes have
+ * completed successfully; the params become NOT_AVAILABLE. Asynchronous use
+ * (`async_op` true) must be confirmed with `force_buffer_release` true, as in DeepSpeed;
+ * the release then happens inside `swapper_wait_writes`. A failed write keeps its param
+ * AVAILABLE with its buffer. Thread-safe.
+ *
+ * Errors: as `swapper_swap_out`, plus `SWAPPER_STATUS_INVALID_ARGUMENT` for an
+ * asynchronous call without `force_buffer_release`.
+ *
+ * # Safety
+ * `param_ids` must be NULL or point to `count` ids.
+ */
+SwapperStatus swapper_swap_out_and_release(Swapper *swapper,
+                                           const uint64_t *param_ids,
+                                           size_t count,
+                                           bool async_op,
+                                           bool force_buffer_release);
+
+/**
+ * Reads each param back from its swap file. Every param must be NOT_AVAILABLE, with a
+ * complete copy on disk and no write in flight; the batch is checked whole first. With
+ * `dest_buffers` NULL each param gets a free pool buffer (not enough free buffers is
+ * `SWAPPER_STATUS_NO_BUFFER`, and nothing changes); otherwise `dest_buffers[i]` receives
+ * param i and must hold its elements, stay valid and untouched until the param is
+ * released (it stays the caller's). The params become INFLIGHT; `swapper_wait_reads`
+ * makes them AVAILABLE (a synchronous call waits itself). Thread-safe.
+ *
+ * Errors: `SWAPPER_STATUS_NOT_FOUND`, `SWAPPER_STATUS_BAD_STATE`,
+ * `SWAPPER_STATUS_NO_BUFFER`, `SWAPPER_STATUS_INVALID_ARGUMENT` (duplicate id),
+ * `SWAPPER_STATUS_NULL_POINTER`, `SWAPPER_STATUS_CORRUPT_DATA` (a swap file deleted,
+ * truncated, or failing its checksum), `SWAPPER_STATUS_IO_ERROR`.
+ *
+ * # Safety
+ * `param_ids` must be NULL or point to `count` ids; `dest_buffers` must be NULL or point
+ * to `count` pointers, each valid as stated above.
+ */
+SwapperStatus swapper_swap_in(Swapper *swapper,
+                              const uint64_t *param_ids,
+                              size_t count,
+                              bool async_op,
+                              void *const *dest_buffers);
+
+/**
+ * Reads param `param_id` synchronously into `dest`, which holds `dest_numel` elements (at
+ * least the param's), without using a pool buffer; any address works. The param stays
+ * NOT_AVAILABLE. `dest` is borrowed for the call. Thread-safe; blocks.
+ *
+ * Errors: as `swapper_swap_in`, plus `SWAPPER_STATUS_NO_BUFFER` when `dest_numel` is
+ * smaller than the param.
+ *
+ * # Safety
+ * `dest` must be NULL or valid for writing `dest_numel` elements.
+ */
+SwapperStatus swapper_swap_into_buffer(Swapper *swapper,
+                                       uint64_t param_id,
+                                       void *dest,
+                                       uint64_t dest_numel);
+
+/**
+ * Waits for every read submitted before the call; the params become AVAILABLE. A failed
+ * read (I/O error or checksum mismatch) returns its buffer to the pool and leaves its
+ * param NOT_AVAILABLE; the status is the first failure's and the last error names every
+ * failed param. With nothing pending: `SWAPPER_STATUS_OK` at once. Thread-safe; blocks.
+ */
+SwapperStatus swapper_wait_reads(Swapper *swapper);
+
+/**
+ * Waits for every write submitted before the call; params swapped out with release give
+ * their buffers back. A failed write leaves its param AVAILABLE with its buffer and data
+ * (retry the swap-out); the last error names every failed param. With nothing pending:
+ * `SWAPPER_STATUS_OK` at once. Thread-safe; blocks.
+ */
+SwapperStatus swapper_wait_writes(Swapper *swapper);
+
+/**
+ * Gives back the buffers of AVAILABLE params (DeepSpeed's
+ * `remove_partition_and_release_buffers`): pool buffers return to the pool, caller buffers
+ * are let go. The params become NOT_AVAILABLE. Checked whole first. Thread-safe.
+ *
+ * Errors: `SWAPPER_STATUS_NOT_FOUND`, `SWAPPER_STATUS_BAD_STATE` (no buffer to release, or
+ * a write in flight), `SWAPPER_STATUS_INVALID_ARGUMENT` (duplicate id).
+ *
+ * # Safety
+ * `param_ids` must be NULL or point to `count` ids.
+ */
+SwapperStatus swapper_release(Swapper *swapper, const uint64_t *param_ids, size_t count);
+
+/**
+ * Stores the param's status in `*out`. Thread-safe.
+ *
+ * Errors: `SWAPPER_STATUS_NOT_FOUND` for an id the swapper has never seen.
+ *
+ * # Safety
+ * `out` must be NULL or valid for writing one `SwapperParamStatus`.
+ */
+SwapperStatus swapper_param_status(const Swapper *swapper,
+                                   uint64_t param_id,
+                                   SwapperParamStatus *out);
+
+/**
+ * Stores the buffer of an AVAILABLE param in `*out_buffer` and its element count in
+ * `*out_numel` (either may be NULL). The buffer is valid until the param is released.
+ * Thread-safe.
+ *
+ * Errors: `SWAPPER_STATUS_NOT_FOUND`; `SWAPPER_STATUS_BAD_STATE` when the param is not
+ * AVAILABLE (INFLIGHT: wait for reads first).
+ *
+ * # Safety
+ * Each out-pointer must be NULL or valid for writing.
+ */
+SwapperStatus swapper_param_buffer(const Swapper *swapper,
+                                   uint64_t param_id,
+                                   void **out_buffer,
+                                   uint64_t *out_numel);
+
+/**
+ * Free buffers in the pool; 0 for a NULL or dead handle. Thread-safe.
+ */
+uint64_t swapper_available_buffers(const Swapper *swapper);
+
+/**
+ * Takes free buffers out of the pool for the caller's own use (DeepSpeed's
+ * `reserve_available_buffers`): up to `capacity` of them, their addresses stored in
+ * `out_buffers[0..*out_count]`. Each holds `buffer_numel` elements (rounded up to the
+ * I/O alignment) and stays the swapper's memory: valid until the swapper is destroyed;
+ * `swapper_release_reserved_buffers` gives them all back. Thread-safe.
+ *
+ * Errors: `SWAPPER_STATUS_NULL_POINTER` (out_buffers NULL with capacity > 0, or out_count NULL).
+ *
+ * # Safety
+ * `out_buffers` must be NULL or valid for writing `capacity` pointers; `out_count` must be
+ * NULL or valid for writing one `size_t`.
+ */
+SwapperStatus swapper_reserve_available_buffers(Swapper *swapper,
+                                                void **out_buffers,
+                                                size_t capacity,
+                                                size_t *out_count);
+
+/**
+ * Puts every reserved buffer back into the pool. Thread-safe.
+ *
+ * Errors: `SWAPPER_STATUS_BAD_STATE` while a param still uses a reserved buffer as its
+ * swap-in destination (release the param first).
+ */
+SwapperStatus swapper_release_reserved_buffers(Swapper *swapper);
+
+/**
+ * Whether a tensor of `numel` elements is worth swapping: at least max(1 MiB,
+ * block_size) bytes (DeepSpeed's `swappable_tensor`). False for a NULL or dead handle.
+ * Thread-safe.
+ */
+bool swapper_swappable(const Swapper *swapper, uint64_t numel);
+
+/**
+ * `numel` rounded up so that its bytes are a multiple of 4096, the length a swap file
+ * holds for it. (DeepSpeed aligns to 1024 bytes times the thread count; libswapper
+ * needs no divisibility by the thread count.) 0 for a NULL or dead handle. Thread-safe.
+ */
+uint64_t swapper_io_aligned_numel(const Swapper *swapper, uint64_t numel);
+
+/**
+ * Allocates the staging buffer for `swapper_swap_out_partitioned`: one aligned slot per
+ * partition, `numels[i]` elements each (pinned when `pin_memory` is set). Replaces an
+ * earlier one. Thread-safe.
+ *
+ * Errors: `SWAPPER_STATUS_INVALID_ARGUMENT` (count 0), `SWAPPER_STATUS_NULL_POINTER`,
+ * `SWAPPER_STATUS_OUT_OF_MEMORY`.
+ *
+ * # Safety
+ * `numels` must be NULL or point to `count` values.
+ */
+SwapperStatus swapper_reserve_partitioned_swap_space(Swapper *swapper,
+                                                     const uint64_t *numels,
+                                                     size_t count);
+
+/**
+ * Converts each fp32 source (`src_fp32[i]`, `numels[i]` elements) to the swapper's dtype
+ * (round to nearest even; NaN and infinities kept; a copy for fp32) in the staging
+ * buffer, and writes it over the swap file of `dst_param_ids[i]`. Waits for pending
+ * writes first; synchronous. Each destination must be NOT_AVAILABLE, have a swap file,
+ * and as many elements as its source; the params stay NOT_AVAILABLE. The sources are
+ * borrowed for the call. Thread-safe; blocks.
+ *
+ * Errors: `SWAPPER_STATUS_BAD_STATE` (no staging buffer, a param in the wrong state or
+ * without a file), `SWAPPER_STATUS_NO_BUFFER` (more partitions or elements than reserved),
+ * `SWAPPER_STATUS_INVALID_ARGUMENT` (element counts differ, misaligned source),
+ * `SWAPPER_STATUS_NULL_POINTER`, `SWAPPER_STATUS_IO_ERROR`.
+ *
+ * # Safety
+ * Each array must be NULL or hold `count` entries; each `src_fp32[i]` must be valid for
+ * reading `numels[i]` floats.
+ */
+SwapperStatus swapper_swap_out_partitioned(Swapper *swapper,
+                                           const uint64_t *dst_param_ids,
+                                           const float *const *src_fp32,
+                                           const uint64_t *numels,
+                                           size_t count);
+
+/**
+ * Stores the swapper's bookkeeping in `*out`. Thread-safe.
+ *
+ * # Safety
+ * `out` must be NULL or valid for writing one `SwapperStats`.
+ */
+SwapperStatus swapper_stats(const Swapper *swapper, SwapperStats *out);
+
+/**
+ * Bytes per element of the swapper's dtype (4 or 2); 0 for a NULL or dead handle.
+ * Thread-safe.
+ */
+uint32_t swapper_element_size(const Swapper *swapper);
+
+/**
+ * Writes a human-readable dump of the swapper's state (settings, counters, every param)
+ * into `buffer` (`capacity` bytes, NUL-terminated, cut short if needed) and stores the
+ * full length, without the NUL, in `*out_len` (if not NULL): call with capacity 0 to ask
+ * the size. DeepSpeed's `print_object`. Thread-safe.
+ *
+ * # Safety
+ * `buffer` must be NULL or valid for writing `capacity` bytes; `out_len` NULL or valid.
+ */
+SwapperStatus swapper_dump(const Swapper *swapper, char *buffer, size_t capacity, size_t *out_len);
+
+/**
+ * How many `Swapper` handles are live in this process (for leak checks). Thread-safe.
+ */
+uint64_t swapper_live_handles(void);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -6,9 +6,11 @@
 //! - [`common`]: version, status names, last error, logging.
 //! - [`alloc`]: aligned (page-locked) allocations for callers.
 //! - [`io`]: the I/O engine handle, `SwapperIo`.
+//! - [`swapper`]: the parameter swapper handle, `Swapper`.
 
 #[macro_use]
 pub mod boundary;
 pub mod alloc;
 pub mod common;
 pub mod io;
+pub mod swapper;

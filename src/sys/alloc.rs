@@ -165,6 +165,144 @@ impl Drop for AlignedBuf {
     }
 }
 
+/// A C allocator for the buffer pool: `alloc(nbytes, alignment, user_data)` returns memory
+/// aligned to `alignment` or NULL; `free(ptr, nbytes, user_data)` gives it back.
+#[derive(Clone, Copy, Debug)]
+pub struct ExternalAllocator {
+    /// Allocates.
+    pub alloc: extern "C" fn(nbytes: u64, alignment: u64, user_data: *mut libc::c_void) -> *mut libc::c_void,
+    /// Frees.
+    pub free: extern "C" fn(ptr: *mut libc::c_void, nbytes: u64, user_data: *mut libc::c_void),
+    /// Passed back to both, never touched.
+    pub user_data: usize,
+}
+
+/// Memory for a buffer pool: ours (mmap) or the caller's allocator's.
+pub enum Memory {
+    /// From [`AlignedBuf`].
+    Own(AlignedBuf),
+    /// From an [`ExternalAllocator`], given back to it on drop.
+    External {
+        /// The first byte.
+        ptr: std::ptr::NonNull<u8>,
+        /// Bytes.
+        len: usize,
+        /// Who frees it.
+        allocator: ExternalAllocator,
+    },
+}
+
+// SAFETY: the memory is owned by this value; the external allocator's callbacks are
+// documented as callable from any thread.
+unsafe impl Send for Memory {}
+// SAFETY: as above.
+unsafe impl Sync for Memory {}
+
+impl Memory {
+    /// `len` bytes, page-aligned, zero-filled, from `allocator` if given (checked for
+    /// alignment) or from mmap (locked when `lock`).
+    pub fn allocate(len: usize, lock: bool, allocator: Option<ExternalAllocator>) -> Result<Memory> {
+        let Some(allocator) = allocator else {
+            return AlignedBuf::new(len, lock).map(Memory::Own);
+        };
+        let align = page_size() as u64;
+        let raw = (allocator.alloc)(len as u64, align, allocator.user_data as *mut libc::c_void);
+        let Some(ptr) = std::ptr::NonNull::new(raw as *mut u8) else {
+            return Err(Error::new(
+                Status::OutOfMemory,
+                format!("the caller's allocator returned NULL for {len} bytes"),
+            ));
+        };
+        if ptr.as_ptr() as u64 % align != 0 {
+            (allocator.free)(raw, len as u64, allocator.user_data as *mut libc::c_void);
+            return Err(Error::invalid(format!(
+                "the caller's allocator returned {raw:p}, which is not aligned to {align} bytes"
+            )));
+        }
+        // SAFETY: the allocator returned `len` writable bytes at `ptr`.
+        unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0, len) };
+        Ok(Memory::External { ptr, len, allocator })
+    }
+
+    /// The first byte, for I/O.
+    pub fn raw(&self) -> super::RawBuf {
+        match self {
+            Memory::Own(b) => b.raw(),
+            Memory::External { ptr, .. } => super::RawBuf(ptr.as_ptr()),
+        }
+    }
+
+    /// Bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Memory::Own(b) => b.len(),
+            Memory::External { len, .. } => *len,
+        }
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether the pages are locked by us (external memory: the allocator's business, false).
+    pub fn is_locked(&self) -> bool {
+        matches!(self, Memory::Own(b) if b.is_locked())
+    }
+
+    /// `len` bytes at `offset`, for reading.
+    ///
+    /// # Safety
+    /// No I/O may be writing to that range while the slice lives.
+    pub unsafe fn slice(&self, offset: usize, len: usize) -> &[u8] {
+        assert!(offset.checked_add(len).is_some_and(|end| end <= self.len()));
+        // SAFETY: in bounds (checked); the caller's contract covers concurrent writes.
+        unsafe { std::slice::from_raw_parts(self.raw().0.add(offset), len) }
+    }
+
+    /// `len` bytes at `offset`, for writing.
+    ///
+    /// # Safety
+    /// No I/O may be reading or writing that range, and no other slice of it may live,
+    /// while the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn slice_mut(&self, offset: usize, len: usize) -> &mut [u8] {
+        assert!(offset.checked_add(len).is_some_and(|end| end <= self.len()));
+        // SAFETY: in bounds (checked); exclusivity is the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.raw().0.add(offset), len) }
+    }
+}
+
+impl Drop for Memory {
+    fn drop(&mut self) {
+        if let Memory::External { ptr, len, allocator } = self {
+            (allocator.free)(
+                ptr.as_ptr() as *mut libc::c_void,
+                *len as u64,
+                allocator.user_data as *mut libc::c_void,
+            );
+        }
+    }
+}
+
+/// Reads `len` bytes at `buf` as a slice.
+///
+/// # Safety
+/// `buf` must be valid for reading `len` bytes, and nothing may write them while the slice lives.
+pub unsafe fn borrow<'a>(buf: super::RawBuf, len: usize) -> &'a [u8] {
+    // SAFETY: the caller's contract.
+    unsafe { std::slice::from_raw_parts(buf.0, len) }
+}
+
+/// Reads `len` f32 values at `ptr` as a slice.
+///
+/// # Safety
+/// `ptr` must be valid, aligned for f32, for reading `len` values, and not written while the slice lives.
+pub unsafe fn borrow_f32<'a>(ptr: *const f32, len: usize) -> &'a [f32] {
+    // SAFETY: the caller's contract.
+    unsafe { std::slice::from_raw_parts(ptr, len) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,677 @@
+//! `Swapper`: the parameter swapper handle.
+
+use once_cell::sync::Lazy;
+
+use super::boundary::{arg_path, arg_ref, arg_slice, arg_str, write_opt, write_out, Registry};
+use super::io::SwapperIoConfig;
+use crate::config::IoConfig;
+use crate::convert::Dtype;
+use crate::status::{Error, Result, Status};
+use crate::swapper::{ParamStatus, Settings, Stats, Swapper as Core};
+use crate::sys::alloc::ExternalAllocator;
+use crate::sys::RawBuf;
+
+/// A `SwapperDtype` as C stores it (see `StatusCode` in common.rs).
+pub type DtypeCode = i32;
+
+/// Allocates the pool's memory: `nbytes` aligned to `alignment` (4096); returns NULL on
+/// failure. Called from the thread that creates the swapper.
+pub type SwapperAllocFn =
+    Option<extern "C" fn(nbytes: u64, alignment: u64, user_data: *mut libc::c_void) -> *mut libc::c_void>;
+/// Frees memory from the matching `SwapperAllocFn`, with its size. Called when the
+/// swapper is destroyed (from the destroying thread).
+pub type SwapperFreeFn =
+    Option<extern "C" fn(ptr: *mut libc::c_void, nbytes: u64, user_data: *mut libc::c_void)>;
+
+/// A parameter swapper: ZeRO-Infinity parameter offload to NVMe. Create with
+/// `swapper_create` or `swapper_create_from_json`, destroy with `swapper_destroy`. Every
+/// function taking a `Swapper` is thread-safe (a prefetch thread beside a compute thread
+/// is the normal case). Calls that block: the `wait` functions, synchronous swaps,
+/// `swapper_swap_into_buffer`, `swapper_swap_out_partitioned` and `swapper_destroy`;
+/// the others return at once.
+pub struct Swapper {
+    _opaque: [u8; 0],
+}
+
+/// The swapper's settings. Fill with `swapper_config_default`, then set `nvme_path`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SwapperConfig {
+    /// Root folder of the swap files (required; must exist, be a real folder, not a
+    /// symbolic link). The swapper uses `<nvme_path>/zero_stage_3/<dtype>params/rank<R>/`,
+    /// created with mode 0700, locked for the handle's life and emptied at creation.
+    /// Borrowed during `swapper_create` only. DeepSpeed `offload_param.nvme_path`.
+    pub nvme_path: *const libc::c_char,
+    /// This process's rank; each rank has its own folder. Default 0.
+    pub rank: u32,
+    /// Element type of the params: `SWAPPER_DTYPE_FP32`, `SWAPPER_DTYPE_FP16` (default)
+    /// or `SWAPPER_DTYPE_BF16`.
+    pub dtype: DtypeCode,
+    /// Buffers in the pool. Default 5 (DeepSpeed `offload_param.buffer_count`).
+    pub buffer_count: u32,
+    /// Elements per buffer. Default 100000000 (DeepSpeed `offload_param.buffer_size`).
+    pub buffer_numel: u64,
+    /// Page-lock the pool (when the memlock limit allows; otherwise a warning is logged).
+    /// Default false (DeepSpeed `offload_param.pin_memory`).
+    pub pin_memory: bool,
+    /// Keep a crc32c of every MiB of each param when it is written and check it when it is
+    /// read back; a mismatch is `SWAPPER_STATUS_CORRUPT_DATA`. Default true.
+    pub verify_checksums: bool,
+    /// The I/O engine's settings (DeepSpeed `aio`).
+    pub io: SwapperIoConfig,
+    /// Optional allocator for the pool (for example cudaHostAlloc); NULL uses libswapper's
+    /// own page-aligned memory. Set both `alloc_fn` and `free_fn`, or neither.
+    pub alloc_fn: SwapperAllocFn,
+    /// Frees what `alloc_fn` allocated.
+    pub free_fn: SwapperFreeFn,
+    /// Passed to `alloc_fn` and `free_fn`; never touched by libswapper.
+    pub allocator_user_data: *mut libc::c_void,
+}
+
+impl TryFrom<&SwapperConfig> for Settings {
+    type Error = Error;
+    fn try_from(c: &SwapperConfig) -> Result<Settings> {
+        // SAFETY: the caller of swapper_create promises a NUL-terminated string or NULL.
+        let nvme_path = unsafe { arg_path(c.nvme_path, "config->nvme_path") }?;
+        let allocator = match (c.alloc_fn, c.free_fn) {
+            (Some(alloc), Some(free)) => Some(ExternalAllocator {
+                alloc,
+                free,
+                user_data: c.allocator_user_data as usize,
+            }),
+            (None, None) => None,
+            _ => return Err(Error::invalid("set both alloc_fn and free_fn, or neither")),
+        };
+        let s = Settings {
+            nvme_path,
+            rank: c.rank,
+            dtype: Dtype::from_raw(c.dtype)?,
+            buffer_count: c.buffer_count,
+            buffer_numel: c.buffer_numel,
+            pin_memory: c.pin_memory,
+            verify_checksums: c.verify_checksums,
+            io: IoConfig::try_from(&c.io)?,
+            allocator,
+        };
+        s.validate()?;
+        Ok(s)
+    }
+}
+
+static HANDLES: Lazy<Registry<Core>> = Lazy::new(|| Registry::new("Swapper handle", 2));
+
+fn handle(s: *const Swapper) -> Result<std::sync::Arc<Core>> {
+    HANDLES.get(s as usize)
+}
+
+fn getter<T>(name: &str, s: *const Swapper, fallback: T, f: impl FnOnce(&Core) -> T) -> T {
+    crate::ffi_boundary!(name, fallback, { Ok(f(&*handle(s)?)) })
+}
+
+/// Fills `*out` with the defaults: no nvme_path, rank 0, fp16, 5 buffers of 100000000
+/// elements, not pinned, checksums on, the engine's defaults, no allocator. NULL is
+/// ignored. Thread-safe.
+///
+/// # Safety
+/// `out` must be NULL or valid for writing one `SwapperConfig`.
+#[no_mangle]
+pub unsafe extern "C" fn swapper_config_default(out: *mut SwapperConfig) {
+    let d = Settings::default();
+    let c = SwapperConfig {
+        nvme_path: std::ptr::null(),
+        rank: d.rank,
+        dtype: d.dtype as i32,
+        buffer_count: d.buffer_count,
+        buffer_numel: d.buffer_numel,
+        pin_memory: d.pin_memory,
+        verify_checksums: d.verify_checksums,
+        io: SwapperIoConfig::from(&d.io),
+        alloc_fn: None,
+        free_fn: None,
+        allocator_user_data: std::ptr::null_mut(),
+    };
+    // SAFETY: the caller's contract.
+    unsafe { write_opt(out, c) }
+}
+
+fn create(settings: Settings, out: *mut *mut Swapper) -> Result<()> {
+    if out.is_null() {
+        return Err(Error::new(Status::NullPointer, "out is NULL"));
+    }
+    let key = HANDLES.insert(Core::new(settings)?);
+    // SAFETY: `out` is non-NULL and valid for writing (the exports' contract).
+    unsafe { write_out(out, "out", key as *mut Swapper) }
+}
+
+/// Creates a swapper with `*config` and stores its handle in `*out`; the caller owns it and
+/// frees it with `swapper_destroy`. Thread-safe.
+///
+/// Errors: `SWAPPER_STATUS_NULL_POINTER` (config, out or nvme_path NULL);
+/// `SWAPPER_STATUS_INVALID_ARGUMENT` (a setting out of range, nvme_path not a folder or a
+/// symbolic link); `SWAPPER_STATUS_NOT_FOUND` (nvme_path missing);
+/// `SWAPPER_STATUS_IO_ERROR` (nvme_path not writable); `SWAPPER_STATUS_BUSY` (another
+/// swapper, in this process or another, holds the same rank folder);
+/// `SWAPPER_STATUS_OUT_OF_MEMORY` (the pool cannot be allocated; larger than the machine's
+/// memory is refused up front).
+///
+/// # Safety
+/// `config` must be NULL or point to a `SwapperConfig` whose `nvme_path` is NULL or a
+/// NUL-terminated string; `out` must be NULL or valid for writing one pointer.
+#[no_mangle]
+pub unsafe extern "C" fn swapper_create(config: *const SwapperConfig, out: *mut *mut Swapper) -> Status {
+    crate::ffi_boundary!("swapper_create", {
+        // SAFETY: the caller's contract.
+        let c = unsafe { arg_ref(config, "config") }?;
+        create(Settings::try_from(c)?, out)
+    })
+}
+
+/// Creates a swapper from a DeepSpeed configuration (JSON text): the `aio` block
+/// (block_size, queue_depth, intra_op_parallelism or thread_count, single_submit,
+/// overlap_events) and `zero_optimization.offload_param` (nvme_path, buffer_count,
+/// buffer_size, pin_memory), with DeepSpeed's defaults for missing keys. `dtype` is one
+/// of `SWAPPER_DTYPE_*`. Ownership and thread-safety as `swapper_create`.
+///
+/// Errors: as `swapper_create`, plus `SWAPPER_STATUS_INVALID_ARGUMENT` for text that is
+/// not JSON, a key of the wrong type (the message names it) or a missing nvme_path.
+///
+/// # Safety
+/// `deepspeed_config_json` must be NULL or a NUL-terminated string; `out` must be NULL or
+/// valid for writing one pointer.
+#[no_mangle]
+pub unsafe extern "C" fn swapper_create_from_json(
+    deepspeed_config_json: *const libc::c_char,
+    rank: u32,
+    dtype: DtypeCode,
+    out: *mut *mut Swapper,
+) -> Status {
+    crate::ffi_boundary!("swapper_create_from_json", {
+        // SAFETY: the caller's contract.
+        let text = unsafe { arg_str(deepspeed_config_json, "deepspeed_config_json") }?;
+        create(
+            Settings::from_deepspeed_json(text, rank, Dtype::from_raw(dtype)?)?,
+            out,
+        )
+    })
+}
+
+/// Destroys a swapper: waits for every read and write in flight, frees the pool, unlocks
+/// the folder (the swap files stay). NULL is ignored; a handle that is not live is
+/// reported through the last error and otherwise ignored. Buffers obtained from the
+/// swapper must not be used afterwards. If another thread is inside a call on the same
+/// handle, the swapper is freed when that call returns.
+#[no_mangle]
+pub extern "C" fn swapper_destroy(swapper: *mut Swapper) {
+    if swapper.is_null() {
+        return;
+    }
+    let _ = crate::ffi_boundary!("swapper_destroy", {
+        match HANDLES.remove(swapper as usize) {
+            Some(s) => {
+                drop(s);
+                Ok(())
+            }
+            None => Err(Error::invalid(format!(
+                "{swapper:p} is not a live Swapper handle"
+            ))),
+        }
+    });
+}
+
+/// Gives param `param_id` a free pool buffer for `numel` elements and stores its address
+/// in `*out_buffer`; the param becomes AVAILABLE. A new id is registered; a known one must
+/// be NOT_AVAILABLE. Fill the buffer, then swap the param out. The buffer belongs to the
+/// swapper: valid until the param is released or the swapper destroyed. Its contents are
+/// whatever was there before. Thread-safe; does not block.
+///
+/// Errors: `SWAPPER_STATUS_INVALID_ARGUMENT` (numel 0, dead handle),
+/// `SWAPPER_STATUS_NO_BUFFER` (numel larger than a buffer, or no free buffer),
+/// `SWAPPER_STATUS_BAD_STATE` (the param already has a buffer), `SWAPPER_STATUS_NULL_POINTER`.
+///
+/// # Safety
+/// `out_buffer` must be NULL or valid for writing one pointer.
+#[no_mangle]
+pub unsafe extern "C" fn swapper_get_buffer(
+    swapper: *mut Swapper,
+    param_id: u64,
+    numel: u64,
+    out_buffer: *mut *mut libc::c_void,
+) -> Status {
+    crate::ffi_boundary!("swapper_get_buffer", {
+        let s = handle(swapper)?;
+        if out_buffer.is_null() {
+            return Err(Error::new(Status::NullPointer, "out_buffer is NULL"));
+        }
+        let buf = s.get_buffer(param_id, numel)?;
+        // SAFETY: checked non-NULL; the caller's contract.
+        unsafe { write_out(out_buffer, "out_buffer", buf.0 as *mut libc::c_void) }
+    })
+}
+
+/// Writes each param's buffer to its swap file. Every param must be AVAILABLE with no
+/// write in flight; the batch is checked whole first, so one bad id (unknown, wrong state,
+/// duplicate) changes nothing. With `async_op` the call returns once the writes are queued:
+/// do not modify the buffers until `swapper_wait_writes` returns. The params stay
+/// AVAILABLE. Thread-safe; blocks only when synchronous.
+///
+/// Errors: `SWAPPER_STATUS_NOT_FOUND`, `SWAPPER_STATUS_BAD_STATE`,
+/// `SWAPPER_STATUS_INVALID_ARGUMENT` (duplicate id), `SWAPPER_STATUS_NULL_POINTER` (param_ids
+/// NULL with count > 0), `SWAPPER_STATUS_IO_ERROR` (a synchronous write failed: the param
+/// stays AVAILABLE with its data, retry later).
+///
+/// # Safety
+/// `param_ids` must be NULL or point to `count` ids.
+#[no_mangle]
+pub unsafe extern "C" fn swapper_swap_out(
+    swapper: *mut Swapper,
+    param_ids: *const u64,
+    count: usize,
+    async_op: bool,
+) -> Status {
+    crate::ffi_boundary!("swapper_swap_out", {
+        let s = handle(swapper)?;
+        // SAFETY: the caller's contract.
+        let ids = unsafe { arg_slice(param_ids, count, "param_ids") }?;
+        s.swap_out(ids, async_op)
+    })
+}
+
+/// As `swapper_swap_out`, then gives the buffers back to the pool once the writes have
+/// completed successfully; the params become NOT_AVAILABLE. Asynchronous use
+/// (`async_op` true) must be confirmed with `force_buffer_release` true, as in DeepSpeed;
+/// the release then happens inside `swapper_wait_writes`. A failed write keeps its param
+/// AVAILABLE with its buffer. Thread-safe.
+///
+/// Errors: as `swapper_swap_out`, plus `SWAPPER_STATUS_INVALID_ARGUMENT` for an
+/// asynchronous call without `force_buffer_release`.
+///
+/// # Safety
+/// `param_ids` must be NULL or point to `count` ids.
+#[no_mangle]
+pub unsafe extern "C" fn swapper_swap_out_and_release(
+    swapper: *mut Swapper,
+    param_ids: *const u64,
+    count: usize,
+    async_op: bool,
+    force_buffer_release: bool,
+) -> Status {
+    crate::ffi_boundary!("swapper_swap_out_and_release", {
+        let s = handle(swapper)?;
+        // SAFETY: the caller's contract.
+        let ids = unsafe { arg_slice(param_ids, count, "param_ids") }?;
+        s.swap_out_and_release(ids, async_op, force_buffer_release)
+    })
+}
+
+/// Reads each param back from its swap file. Every param must be NOT_AVAILABLE, with a
+/// complete copy on disk and no write in flight; the batch is checked whole first. With
+/// `dest_buffers` NULL each param gets a free pool buffer (not enough free buffers is
+/// `SWAPPER_STATUS_NO_BUFFER`, and nothing changes); otherwise `dest_buffers[i]` receives
+/// param i and must hold its elements, stay valid and untouched until the param is
+/// released (it stays the caller's). The params become INFLIGHT; `swapper_wait_reads`
+/// makes them AVAILABLE (a synchronous call waits itself). Thread-safe.
+///
+/// Errors: `SWAPPER_STATUS_NOT_FOUND`, `SWAPPER_STATUS_BAD_STATE`,
+/// `SWAPPER_STATUS_NO_BUFFER`, `SWAPPER_STATUS_INVALID_ARGUMENT` (duplicate id),
+/// `SWAPPER_STATUS_NULL_POINTER`, `SWAPPER_STATUS_CORRUPT_DATA` (a swap file deleted,
+/// truncated, or failing its checksum), `SWAPPER_STATUS_IO_ERROR`.
+///
+/// # Safety
+/// `param_ids` must be NULL or point to `count` ids; `dest_buffers` must be NULL or point
+/// to `count` pointers, each valid as stated above.
+#[no_mangle]
+pub unsafe extern "C" fn swapper_swap_in(
+    swapper: *mut Swapper,
+    param_ids: *const u64,
+    count: usize,
+    async_op: bool,
+    dest_buffers: *const *mut libc::c_void,
+) -> Status {
+    crate::ffi_boundary!("swapper_swap_in", {
+        let s = handle(swapper)?;
+        // SAFETY: the caller's contract.
+        let ids = unsafe { arg_slice(param_ids, count, "param_ids") }?;
+        let dest: Option<Vec<RawBuf>> = if dest_buffers.is_null() {
+            None
+        } else {
+            // SAFETY: the caller's contract.
+            let d = unsafe { arg_slice(dest_buffers, count, "dest_buffers") }?;
+            Some(d.iter().map(|p| RawBuf(*p as *mut u8)).collect())
+        };
+        // SAFETY: the caller's contract covers the destination buffers.
+        unsafe { s.swap_in(ids, async_op, dest.as_deref()) }
+    })
+}
+
+/// Reads param `param_id` synchronously into `dest`, which holds `dest_numel` elements (at
+/// least the param's), without using a pool buffer; any address works. The param stays
+/// NOT_AVAILABLE. `dest` is borrowed for the call. Thread-safe; blocks.
+///
+/// Errors: as `swapper_swap_in`, plus `SWAPPER_STATUS_NO_BUFFER` when `dest_numel` is
+/// smaller than the param.
+///
+/// # Safety
+/// `dest` must be NULL or valid for writing `dest_numel` elements.
+#[no_mangle]
+pub unsafe extern "C" fn swapper_swap_into_buffer(
+    swapper: *mut Swapper,
+    param_id: u64,
+    dest: *mut libc::c_void,
+    dest_numel: u64,
+) -> Status {
+    crate::ffi_boundary!("swapper_swap_into_buffer", {
+        let s = handle(swapper)?;
+        // SAFETY: the caller's contract.
+        unsafe { s.swap_into_buffer(param_id, RawBuf(dest as *mut u8), dest_numel) }
+    })
+}
+
+/// Waits for every read submitted before the call; the params become AVAILABLE. A failed
+/// read (I/O error or checksum mismatch) returns its buffer to the pool and leaves its
+/// param NOT_AVAILABLE; the status is the first failure's and the last error names every
+/// failed param. With nothing pending: `SWAPPER_STATUS_OK` at once. Thread-safe; blocks.
+#[no_mangle]
+pub extern "C" fn swapper_wait_reads(swapper: *mut Swapper) -> Status {
+    crate::ffi_boundary!("swapper_wait_reads", { handle(swapper)?.wait_reads() })
+}
+
+/// Waits for every write submitted before the call; params swapped out with release give
+/// their buffers back. A failed write leaves its param AVAILABLE with its buffer and data
+/// (retry the swap-out); the last error names every failed param. With nothing pending:
+/// `SWAPPER_STATUS_OK` at once. Thread-safe; blocks.
+#[no_mangle]
+pub extern "C" fn swapper_wait_writes(swapper: *mut Swapper) -> Status {
+    crate::ffi_boundary!("swapper_wait_writes", { handle(swapper)?.wait_writes() })
+}
+
+/// Gives back the buffers of AVAILABLE params (DeepSpeed's
+/// `remove_partition_and_release_buffers`): pool buffers return to the pool, caller buffers
+/// are let go. The params become NOT_AVAILABLE. Checked whole first. Thread-safe.
+///
+/// Errors: `SWAPPER_STATUS_NOT_FOUND`, `SWAPPER_STATUS_BAD_STATE` (no buffer to release, or
+/// a write in flight), `SWAPPER_STATUS_INVALID_ARGUMENT` (duplicate id).
+///
+/// # Safety
+/// `param_ids` must be NULL or point to `count` ids.
+#[no_mangle]
+pub unsafe extern "C" fn swapper_release(
+    swapper: *mut Swapper,
+    param_ids: *const u64,
+    count: usize,
+) -> Status {
+    crate::ffi_boundary!("swapper_release", {
+        let s = handle(swapper)?;
+        // SAFETY: the caller's contract.
+        let ids = unsafe { arg_slice(param_ids, count, "param_ids") }?;
+        s.release(ids)
+    })
+}
+
+/// Stores the param's status in `*out`. Thread-safe.
+///
+/// Errors: `SWAPPER_STATUS_NOT_FOUND` for an id the swapper has never seen.
+///
+/// # Safety
+/// `out` must be NULL or valid for writing one `SwapperParamStatus`.
+#[no_mangle]
+pub unsafe extern "C" fn swapper_param_status(
+    swapper: *const Swapper,
+    param_id: u64,
+    out: *mut ParamStatus,
+) -> Status {
+    crate::ffi_boundary!("swapper_param_status", {
+        let s = handle(swapper)?;
+        if out.is_null() {
+            return Err(Error::new(Status::NullPointer, "out is NULL"));
+        }
+        let st = s.param_status(param_id)?;
+        // SAFETY: checked non-NULL; the caller's contract.
+        unsafe { write_out(out, "out", st) }
+    })
+}
+
+/// Stores the buffer of an AVAILABLE param in `*out_buffer` and its element count in
+/// `*out_numel` (either may be NULL). The buffer is valid until the param is released.
+/// Thread-safe.
+///
+/// Errors: `SWAPPER_STATUS_NOT_FOUND`; `SWAPPER_STATUS_BAD_STATE` when the param is not
+/// AVAILABLE (INFLIGHT: wait for reads first).
+///
+/// # Safety
+/// Each out-pointer must be NULL or valid for writing.
+#[no_mangle]
+pub unsafe extern "C" fn swapper_param_buffer(
+    swapper: *const Swapper,
+    param_id: u64,
+    out_buffer: *mut *mut libc::c_void,
+    out_numel: *mut u64,
+) -> Status {
+    crate::ffi_boundary!("swapper_param_buffer", {
+        let s = handle(swapper)?;
+        let (buf, numel) = s.param_buffer(param_id)?;
+        // SAFETY: the caller's contract.
+        unsafe {
+            write_opt(out_buffer, buf.0 as *mut libc::c_void);
+            write_opt(out_numel, numel);
+        }
+        Ok(())
+    })
+}
+
+/// Free buffers in the pool; 0 for a NULL or dead handle. Thread-safe.
+#[no_mangle]
+pub extern "C" fn swapper_available_buffers(swapper: *const Swapper) -> u64 {
+    getter("swapper_available_buffers", swapper, 0, |s| {
+        s.available_buffers() as u64
+    })
+}
+
+/// Takes free buffers out of the pool for the caller's own use (DeepSpeed's
+/// `reserve_available_buffers`): up to `capacity` of them, their addresses stored in
+/// `out_buffers[0..*out_count]`. Each holds `buffer_numel` elements (rounded up to the
+/// I/O alignment) and stays the swapper's memory: valid until the swapper is destroyed;
+/// `swapper_release_reserved_buffers` gives them all back. Thread-safe.
+///
+/// Errors: `SWAPPER_STATUS_NULL_POINTER` (out_buffers NULL with capacity > 0, or out_count NULL).
+///
+/// # Safety
+/// `out_buffers` must be NULL or valid for writing `capacity` pointers; `out_count` must be
+/// NULL or valid for writing one `size_t`.
+#[no_mangle]
+pub unsafe extern "C" fn swapper_reserve_available_buffers(
+    swapper: *mut Swapper,
+    out_buffers: *mut *mut libc::c_void,
+    capacity: usize,
+    out_count: *mut usize,
+) -> Status {
+    crate::ffi_boundary!("swapper_reserve_available_buffers", {
+        let s = handle(swapper)?;
+        if out_count.is_null() {
+            return Err(Error::new(Status::NullPointer, "out_count is NULL"));
+        }
+        if out_buffers.is_null() && capacity > 0 {
+            return Err(Error::new(
+                Status::NullPointer,
+                "out_buffers is NULL but capacity is not 0",
+            ));
+        }
+        let bufs = s.reserve_available_buffers(capacity);
+        for (i, b) in bufs.iter().enumerate() {
+            // SAFETY: i < capacity; the caller's contract.
+            unsafe { out_buffers.add(i).write(b.0 as *mut libc::c_void) };
+        }
+        // SAFETY: checked non-NULL; the caller's contract.
+        unsafe { write_out(out_count, "out_count", bufs.len()) }
+    })
+}
+
+/// Puts every reserved buffer back into the pool. Thread-safe.
+///
+/// Errors: `SWAPPER_STATUS_BAD_STATE` while a param still uses a reserved buffer as its
+/// swap-in destination (release the param first).
+#[no_mangle]
+pub extern "C" fn swapper_release_reserved_buffers(swapper: *mut Swapper) -> Status {
+    crate::ffi_boundary!("swapper_release_reserved_buffers", {
+        handle(swapper)?.release_reserved_buffers()
+    })
+}
+
+/// Whether a tensor of `numel` elements is worth swapping: at least max(1 MiB,
+/// block_size) bytes (DeepSpeed's `swappable_tensor`). False for a NULL or dead handle.
+/// Thread-safe.
+#[no_mangle]
+pub extern "C" fn swapper_swappable(swapper: *const Swapper, numel: u64) -> bool {
+    getter("swapper_swappable", swapper, false, |s| s.swappable(numel))
+}
+
+/// `numel` rounded up so that its bytes are a multiple of 4096, the length a swap file
+/// holds for it. (DeepSpeed aligns to 1024 bytes times the thread count; libswapper
+/// needs no divisibility by the thread count.) 0 for a NULL or dead handle. Thread-safe.
+#[no_mangle]
+pub extern "C" fn swapper_io_aligned_numel(swapper: *const Swapper, numel: u64) -> u64 {
+    getter("swapper_io_aligned_numel", swapper, 0, |s| {
+        s.io_aligned_numel(numel)
+    })
+}
+
+/// Allocates the staging buffer for `swapper_swap_out_partitioned`: one aligned slot per
+/// partition, `numels[i]` elements each (pinned when `pin_memory` is set). Replaces an
+/// earlier one. Thread-safe.
+///
+/// Errors: `SWAPPER_STATUS_INVALID_ARGUMENT` (count 0), `SWAPPER_STATUS_NULL_POINTER`,
+/// `SWAPPER_STATUS_OUT_OF_MEMORY`.
+///
+/// # Safety
+/// `numels` must be NULL or point to `count` values.
+#[no_mangle]
+pub unsafe extern "C" fn swapper_reserve_partitioned_swap_space(
+    swapper: *mut Swapper,
+    numels: *const u64,
+    count: usize,
+) -> Status {
+    crate::ffi_boundary!("swapper_reserve_partitioned_swap_space", {
+        let s = handle(swapper)?;
+        // SAFETY: the caller's contract.
+        let numels = unsafe { arg_slice(numels, count, "numels") }?;
+        s.reserve_partitioned_swap_space(numels)
+    })
+}
+
+/// Converts each fp32 source (`src_fp32[i]`, `numels[i]` elements) to the swapper's dtype
+/// (round to nearest even; NaN and infinities kept; a copy for fp32) in the staging
+/// buffer, and writes it over the swap file of `dst_param_ids[i]`. Waits for pending
+/// writes first; synchronous. Each destination must be NOT_AVAILABLE, have a swap file,
+/// and as many elements as its source; the params stay NOT_AVAILABLE. The sources are
+/// borrowed for the call. Thread-safe; blocks.
+///
+/// Errors: `SWAPPER_STATUS_BAD_STATE` (no staging buffer, a param in the wrong state or
+/// without a file), `SWAPPER_STATUS_NO_BUFFER` (more partitions or elements than reserved),
+/// `SWAPPER_STATUS_INVALID_ARGUMENT` (element counts differ, misaligned source),
+/// `SWAPPER_STATUS_NULL_POINTER`, `SWAPPER_STATUS_IO_ERROR`.
+///
+/// # Safety
+/// Each array must be NULL or hold `count` entries; each `src_fp32[i]` must be valid for
+/// reading `numels[i]` floats.
+#[no_mangle]
+pub unsafe extern "C" fn swapper_swap_out_partitioned(
+    swapper: *mut Swapper,
+    dst_param_ids: *const u64,
+    src_fp32: *const *const f32,
+    numels: *const u64,
+    count: usize,
+) -> Status {
+    crate::ffi_boundary!("swapper_swap_out_partitioned", {
+        let s = handle(swapper)?;
+        // SAFETY: the caller's contract for all three arrays.
+        let (ids, srcs, numels) = unsafe {
+            (
+                arg_slice(dst_param_ids, count, "dst_param_ids")?,
+                arg_slice(src_fp32, count, "src_fp32")?,
+                arg_slice(numels, count, "numels")?,
+            )
+        };
+        let mut slices: Vec<&[f32]> = Vec::with_capacity(count);
+        for (i, (&p, &n)) in srcs.iter().zip(numels).enumerate() {
+            if n == 0 {
+                slices.push(&[]);
+                continue;
+            }
+            if p.is_null() {
+                return Err(Error::new(Status::NullPointer, format!("src_fp32[{i}] is NULL")));
+            }
+            if (p as usize) % std::mem::align_of::<f32>() != 0 {
+                return Err(Error::invalid(format!("src_fp32[{i}] is not aligned for float")));
+            }
+            let n = usize::try_from(n)
+                .ok()
+                .filter(|n| n.checked_mul(4).is_some_and(|b| b <= isize::MAX as usize))
+                .ok_or_else(|| Error::invalid(format!("numels[{i}] is too large")))?;
+            // SAFETY: the caller's contract; alignment and size checked above.
+            slices.push(unsafe { crate::sys::alloc::borrow_f32(p, n) });
+        }
+        s.swap_out_partitioned(ids, &slices)
+    })
+}
+
+/// Stores the swapper's bookkeeping in `*out`. Thread-safe.
+///
+/// # Safety
+/// `out` must be NULL or valid for writing one `SwapperStats`.
+#[no_mangle]
+pub unsafe extern "C" fn swapper_stats(swapper: *const Swapper, out: *mut Stats) -> Status {
+    crate::ffi_boundary!("swapper_stats", {
+        let s = handle(swapper)?;
+        // SAFETY: the caller's contract.
+        unsafe { write_out(out, "out", s.stats()) }
+    })
+}
+
+/// Bytes per element of the swapper's dtype (4 or 2); 0 for a NULL or dead handle.
+/// Thread-safe.
+#[no_mangle]
+pub extern "C" fn swapper_element_size(swapper: *const Swapper) -> u32 {
+    getter("swapper_element_size", swapper, 0, |s| s.element_size() as u32)
+}
+
+/// Writes a human-readable dump of the swapper's state (settings, counters, every param)
+/// into `buffer` (`capacity` bytes, NUL-terminated, cut short if needed) and stores the
+/// full length, without the NUL, in `*out_len` (if not NULL): call with capacity 0 to ask
+/// the size. DeepSpeed's `print_object`. Thread-safe.
+///
+/// # Safety
+/// `buffer` must be NULL or valid for writing `capacity` bytes; `out_len` NULL or valid.
+#[no_mangle]
+pub unsafe extern "C" fn swapper_dump(
+    swapper: *const Swapper,
+    buffer: *mut libc::c_char,
+    capacity: usize,
+    out_len: *mut usize,
+) -> Status {
+    crate::ffi_boundary!("swapper_dump", {
+        let s = handle(swapper)?;
+        let text = s.dump();
+        if buffer.is_null() && capacity > 0 {
+            return Err(Error::new(
+                Status::NullPointer,
+                "buffer is NULL but capacity is not 0",
+            ));
+        }
+        if capacity > 0 {
+            let n = text.len().min(capacity - 1);
+            // SAFETY: n + 1 <= capacity bytes; the caller's contract.
+            unsafe {
+                std::ptr::copy_nonoverlapping(text.as_ptr(), buffer as *mut u8, n);
+                buffer.add(n).write(0);
+            }
+        }
+        // SAFETY: the caller's contract.
+        unsafe { write_opt(out_len, text.len()) };
+        Ok(())
+    })
+}
+
+/// How many `Swapper` handles are live in this process (for leak checks). Thread-safe.
+#[no_mangle]
+pub extern "C" fn swapper_live_handles() -> u64 {
+    HANDLES.len() as u64
+}

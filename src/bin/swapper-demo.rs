@@ -1,18 +1,22 @@
-//! swapper-demo: a real swap through a temporary folder, with throughput printed.
+//! swapper-demo: a real swap of parameters through a temporary folder, with throughput.
 //!
-//! Writes 256 MiB of "parameters" to files with the I/O engine (O_DIRECT), reads them
-//! back, checks every byte and prints the throughput of each direction.
+//! Parks 32 fp16 params of 16 MiB (512 MiB) on disk through the parameter swapper, then
+//! runs a forward pass that prefetches the next param while checking the current one,
+//! and prints the throughput of each direction. Every byte is verified.
 //! usage: swapper-demo [FOLDER]   (default: a temporary folder under the current one)
 
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use swapper::io::handle::IoHandle;
-use swapper::sys::alloc::AlignedBuf;
-use swapper::IoConfig;
+use swapper::{Dtype, Settings, Swapper};
 
-const PARAMS: usize = 16;
-const PARAM_BYTES: usize = 16 << 20;
+const PARAMS: u64 = 32;
+const NUMEL: u64 = 8 << 20; // fp16: 16 MiB each
+const BUFFERS: u32 = 4;
+
+fn value(id: u64, i: u64) -> u16 {
+    (id.wrapping_mul(7919).wrapping_add(i.wrapping_mul(31))) as u16
+}
 
 fn main() -> Result<()> {
     let base = std::env::args().nth(1).unwrap_or_else(|| ".".into());
@@ -20,58 +24,76 @@ fn main() -> Result<()> {
         .prefix("swapper-demo-")
         .tempdir_in(&base)
         .with_context(|| format!("cannot make a temporary folder in {base}"))?;
-    let io = IoHandle::new(IoConfig::default())?;
+    let s = Swapper::new(Settings {
+        nvme_path: dir.path().to_path_buf(),
+        dtype: Dtype::Fp16,
+        buffer_count: BUFFERS,
+        buffer_numel: NUMEL,
+        ..Settings::default()
+    })?;
+    let mib = (PARAMS * NUMEL * 2) as f64 / (1u64 << 20) as f64;
     println!(
-        "libswapper {} demo: {PARAMS} params of {} MiB in {} (backend {}, block {} KiB, queue depth {})",
+        "libswapper {} demo: {PARAMS} fp16 params of {} MiB ({mib:.0} MiB) through {} buffers in {}",
         swapper::VERSION,
-        PARAM_BYTES >> 20,
-        dir.path().display(),
-        io.engine().backend().name(),
-        io.engine().config().block_size >> 10,
-        io.engine().config().queue_depth
+        (NUMEL * 2) >> 20,
+        BUFFERS,
+        s.folder().display()
     );
-    let mut bufs = Vec::new();
-    for p in 0..PARAMS {
-        let mut b = AlignedBuf::new(PARAM_BYTES, false)?;
-        for (i, chunk) in b.as_mut_slice().chunks_mut(8).enumerate() {
-            chunk.copy_from_slice(&((p * PARAM_BYTES + i) as u64).to_le_bytes());
-        }
-        bufs.push(b);
-    }
-    let path = |p: usize| dir.path().join(format!("{p}_param.tensor.swp"));
+    let io = s.engine().config();
+    println!(
+        "engine: backend {}, block {} KiB, queue depth {}, threads {}",
+        s.engine().backend().name(),
+        io.block_size >> 10,
+        io.queue_depth,
+        io.thread_count
+    );
+
     let start = Instant::now();
-    for (p, b) in bufs.iter().enumerate() {
-        // SAFETY: `bufs` lives until the wait below has returned.
-        unsafe { io.submit(true, b.raw(), PARAM_BYTES as u64, &path(p), 0, true) }?;
+    for id in 0..PARAMS {
+        let buf = s.get_buffer(id, NUMEL)?;
+        // SAFETY: the param's fresh pool buffer holds NUMEL fp16 elements, ours until swap-out.
+        let data = unsafe { std::slice::from_raw_parts_mut(buf.0 as *mut u16, NUMEL as usize) };
+        for (i, v) in data.iter_mut().enumerate() {
+            *v = value(id, i as u64);
+        }
+        s.swap_out_and_release(&[id], true, true)?;
+        if s.available_buffers() == 0 {
+            s.wait_writes()?;
+        }
     }
-    io.wait().1?;
+    s.wait_writes()?;
     let out_secs = start.elapsed().as_secs_f64();
-    for b in &mut bufs {
-        b.as_mut_slice().fill(0);
-    }
+
     let start = Instant::now();
-    for (p, b) in bufs.iter().enumerate() {
-        // SAFETY: as above.
-        unsafe { io.submit(false, b.raw(), PARAM_BYTES as u64, &path(p), 0, true) }?;
-    }
-    io.wait().1?;
-    let in_secs = start.elapsed().as_secs_f64();
-    for (p, b) in bufs.iter().enumerate() {
-        for (i, chunk) in b.as_slice().chunks(8).enumerate() {
-            if chunk != ((p * PARAM_BYTES + i) as u64).to_le_bytes() {
-                bail!("param {p} differs at byte {}", i * 8);
-            }
+    // SAFETY: pool buffers only (no caller destination).
+    unsafe { s.swap_in(&[0], true, None) }?;
+    for id in 0..PARAMS {
+        s.wait_reads()?;
+        if id + 1 < PARAMS {
+            // SAFETY: as above.
+            unsafe { s.swap_in(&[id + 1], true, None) }?;
         }
+        let (buf, numel) = s.param_buffer(id)?;
+        // SAFETY: the param is AVAILABLE; its buffer holds `numel` elements.
+        let data = unsafe { std::slice::from_raw_parts(buf.0 as *const u16, numel as usize) };
+        if let Some(i) = data
+            .iter()
+            .enumerate()
+            .position(|(i, v)| *v != value(id, i as u64))
+        {
+            bail!("param {id} differs at element {i}");
+        }
+        s.release(&[id])?;
     }
-    let mib = (PARAMS * PARAM_BYTES) as f64 / (1 << 20) as f64;
+    let in_secs = start.elapsed().as_secs_f64();
     println!(
         "swap out: {mib:.0} MiB in {out_secs:.3} s = {:.0} MiB/s",
         mib / out_secs
     );
     println!(
-        "swap in:  {mib:.0} MiB in {in_secs:.3} s = {:.0} MiB/s",
+        "swap in (prefetch one ahead, verified): {mib:.0} MiB in {in_secs:.3} s = {:.0} MiB/s",
         mib / in_secs
     );
-    println!("every byte verified; {} removed", dir.path().display());
+    println!("every byte verified; {} is removed on exit", dir.path().display());
     Ok(())
 }

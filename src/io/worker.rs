@@ -195,6 +195,8 @@ struct UringWorker {
     in_kernel: usize,
     /// Results known without the kernel (injected faults, failed opens): (slot, result).
     ready: Vec<(usize, std::result::Result<usize, i32>)>,
+    /// Injected short transfers: the most bytes a slot's next completion may report.
+    caps: Vec<usize>,
 }
 
 pub(super) fn run_uring(shared: Arc<Shared>, ring: Ring, config: IoConfig) {
@@ -208,6 +210,7 @@ pub(super) fn run_uring(shared: Arc<Shared>, ring: Ring, config: IoConfig) {
         free: (0..qd).rev().collect(),
         in_kernel: 0,
         ready: Vec::with_capacity(qd),
+        caps: vec![usize::MAX; qd],
     };
     w.run();
 }
@@ -244,7 +247,12 @@ impl UringWorker {
                 }
                 while let Some((slot, res)) = self.ring.pop() {
                     self.in_kernel -= 1;
-                    let res = if res < 0 { Err(-res) } else { Ok(res as usize) };
+                    let cap = std::mem::replace(&mut self.caps[slot as usize], usize::MAX);
+                    let res = if res < 0 {
+                        Err(-res)
+                    } else {
+                        Ok((res as usize).min(cap))
+                    };
                     self.ready.push((slot as usize, res));
                 }
             }
@@ -286,14 +294,15 @@ impl UringWorker {
             }
         };
         let kind = if active.op.write { Call::Write } else { Call::Read };
-        let len = match fault::check(kind, &active.op.path) {
+        match fault::check(kind, &active.op.path) {
             Some(Fault::Errno(e)) => {
                 self.ready.push((slot, Err(e)));
                 return;
             }
-            Some(Fault::Short(n)) => call.len.min(n),
-            None => call.len,
-        };
+            Some(Fault::Short(n)) => self.caps[slot] = n,
+            None => {}
+        }
+        let len = call.len;
         let write = active.op.write;
         loop {
             // SAFETY: the buffer is the caller's (valid until the operation finishes) or this

@@ -739,10 +739,14 @@ impl Swapper {
             // SAFETY: the read into this buffer has completed and nothing else writes it.
             self.verify(id, p, unsafe { alloc::borrow(buf, bytes) })
         });
+        let moved = match p.slot {
+            Some(Slot::Pool(_)) => p.on_disk.unwrap_or(bytes as u64),
+            _ => bytes as u64,
+        };
         match checked {
             Ok(()) => {
                 p.status = ParamStatus::Available;
-                st.bytes_read += bytes as u64;
+                st.bytes_read += moved;
                 Ok(())
             }
             Err(e) => {

@@ -27,7 +27,8 @@ pub enum Call {
 pub enum Fault {
     /// The call fails with this errno (ENOSPC, EIO, EINTR, ...).
     Errno(i32),
-    /// The call transfers at most this many bytes (a short read or write).
+    /// The call reports at most this many bytes moved (a short read or write; the
+    /// transfer itself is left whole so that O_DIRECT alignment holds).
     Short(usize),
 }
 

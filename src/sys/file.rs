@@ -94,10 +94,13 @@ pub unsafe fn transfer(
     offset: u64,
     path: &Path,
 ) -> Result<usize, i32> {
-    let len = match fault::check(if write { Call::Write } else { Call::Read }, path) {
+    // A short transfer is imitated by reporting fewer bytes than were moved: the call
+    // itself keeps the O_DIRECT alignment, and the caller re-issues the rest as it would
+    // after a real short transfer (moving the same bytes again is harmless).
+    let cap = match fault::check(if write { Call::Write } else { Call::Read }, path) {
         Some(Fault::Errno(e)) => return Err(e),
-        Some(Fault::Short(n)) => len.min(n),
-        None => len,
+        Some(Fault::Short(n)) => n,
+        None => usize::MAX,
     };
     // SAFETY: the caller's contract covers `buf` for `len` bytes.
     let rc = unsafe {
@@ -108,7 +111,7 @@ pub unsafe fn transfer(
         }
     };
     if rc >= 0 {
-        Ok(rc as usize)
+        Ok((rc as usize).min(cap))
     } else {
         Err(last_errno())
     }

@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
 # Runs every test of libswapper: formatting and lints, the Rust unit and integration
 # tests (which build and run the C examples, under valgrind where installed), and the
-# Python tests when the Python binding is present.
+# Python tests when the Python binding is present. Ends with one summary line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --features fault-injection -- -D warnings
 echo "== cargo test"
-cargo test --features fault-injection
+cargo test --features fault-injection 2>&1 | tee -a "$log"
 if [ -d python/tests ]; then
     echo "== pytest"
     cargo build --release --lib
-    SWAPPER_LIBRARY="$PWD/target/release/libswapper.so" python3 -m pytest -q python/tests
+    SWAPPER_LIBRARY="$PWD/target/release/libswapper.so" python3 -m pytest -q python/tests 2>&1 | tee -a "$log"
 fi
+
+# Sum what the runners reported: cargo's "test result:" lines and pytest's last line.
+passed=$(grep -hoE '[0-9]+ passed' "$log" | awk '{s += $1} END {print s + 0}')
+failed=$(grep -hoE '[0-9]+ failed' "$log" | awk '{s += $1} END {print s + 0}')
+echo "all tests: ${passed:-0} passed, ${failed:-0} failed"

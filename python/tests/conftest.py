@@ -1,8 +1,13 @@
 import os
+import sys
 
 import pytest
 
-import swapper
+# The package from this source tree, whatever the working folder (scripts/test.sh runs
+# pytest from the repository root).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import swapper  # noqa: E402
 
 
 @pytest.fixture

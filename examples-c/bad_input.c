@@ -213,6 +213,17 @@ int main(int argc, char **argv) {
     EXPECT(swapper_release(s, NULL, 1), SWAPPER_STATUS_NULL_POINTER);
     void *const null_dest[2] = {NULL, NULL};
     EXPECT(swapper_swap_in(s, ids, 2, false, null_dest), SWAPPER_STATUS_NULL_POINTER);
+    uint16_t *two[2] = {malloc(200), malloc(200)};
+    uint64_t caps[2] = {100, 99};
+    EXPECT(swapper_swap_in_buffers(s, ids, 2, false, (void *const *)two, caps), SWAPPER_STATUS_NO_BUFFER);
+    EXPECT(swapper_swap_in_buffers(s, ids, 2, false, (void *const *)two, NULL), SWAPPER_STATUS_NULL_POINTER);
+    caps[1] = 100;
+    EXPECT(swapper_swap_in_buffers(s, ids, 2, false, (void *const *)two, caps), SWAPPER_STATUS_OK);
+    EXPECT(swapper_release(s, ids, 2), SWAPPER_STATUS_OK);
+    free(two[0]);
+    free(two[1]);
+    TRUE(swapper_buffer_numel(s) == cfg.buffer_numel && swapper_buffer_count(s) == 2);
+    TRUE(swapper_buffer_numel(NULL) == 0 && swapper_buffer_count(fake) == 0);
     EXPECT(swapper_swap_into_buffer(s, 1, NULL, 100), SWAPPER_STATUS_NULL_POINTER);
     uint16_t small[10];
     EXPECT(swapper_swap_into_buffer(s, 1, small, 10), SWAPPER_STATUS_NO_BUFFER);

@@ -773,6 +773,23 @@ SwapperStatus swapper_swap_in(Swapper *swapper,
                               void *const *dest_buffers);
 
 /**
+ * As `swapper_swap_in` with caller buffers, each with its size: `dest_numels[i]` is the
+ * number of elements `dest_buffers[i]` holds, checked against the param before anything
+ * starts (`SWAPPER_STATUS_NO_BUFFER` if one is too small). Prefer it to `swapper_swap_in`
+ * with `dest_buffers`, which cannot check. Thread-safe.
+ *
+ * # Safety
+ * `param_ids`, `dest_buffers` and `dest_numels` must be NULL or hold `count` entries; each
+ * buffer must be valid for `dest_numels[i]` elements until its param is released.
+ */
+SwapperStatus swapper_swap_in_buffers(Swapper *swapper,
+                                      const uint64_t *param_ids,
+                                      size_t count,
+                                      bool async_op,
+                                      void *const *dest_buffers,
+                                      const uint64_t *dest_numels);
+
+/**
  * Reads param `param_id` synchronously into `dest`, which holds `dest_numel` elements (at
  * least the param's), without using a pool buffer; any address works. The param stays
  * NOT_AVAILABLE. `dest` is borrowed for the call. Thread-safe; blocks.
@@ -935,6 +952,18 @@ SwapperStatus swapper_swap_out_partitioned(Swapper *swapper,
  * `out` must be NULL or valid for writing one `SwapperStats`.
  */
 SwapperStatus swapper_stats(const Swapper *swapper, SwapperStats *out);
+
+/**
+ * Elements per pool buffer (`buffer_numel` of the configuration); 0 for a NULL or dead
+ * handle. Thread-safe.
+ */
+uint64_t swapper_buffer_numel(const Swapper *swapper);
+
+/**
+ * Buffers in the pool (`buffer_count` of the configuration); 0 for a NULL or dead handle.
+ * Thread-safe.
+ */
+uint32_t swapper_buffer_count(const Swapper *swapper);
 
 /**
  * Bytes per element of the swapper's dtype (4 or 2); 0 for a NULL or dead handle.

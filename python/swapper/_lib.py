@@ -119,6 +119,10 @@ PROTOTYPES = {
     "swapper_swap_out": (c_status, [_p, _u64p, c_size_t, c_bool]),
     "swapper_swap_out_and_release": (c_status, [_p, _u64p, c_size_t, c_bool, c_bool]),
     "swapper_swap_in": (c_status, [_p, _u64p, c_size_t, c_bool, POINTER(c_void_p)]),
+    "swapper_swap_in_buffers": (
+        c_status,
+        [_p, _u64p, c_size_t, c_bool, POINTER(c_void_p), _u64p],
+    ),
     "swapper_swap_into_buffer": (c_status, [_p, c_uint64, c_void_p, c_uint64]),
     "swapper_wait_reads": (c_status, [_p]),
     "swapper_wait_writes": (c_status, [_p]),
@@ -140,6 +144,8 @@ PROTOTYPES = {
     ),
     "swapper_stats": (c_status, [_p, POINTER(StatsStruct)]),
     "swapper_element_size": (c_uint32, [_p]),
+    "swapper_buffer_numel": (c_uint64, [_p]),
+    "swapper_buffer_count": (c_uint32, [_p]),
     "swapper_dump": (c_status, [_p, POINTER(c_char), c_size_t, POINTER(c_size_t)]),
     "swapper_live_handles": (c_uint64, []),
 }

@@ -529,13 +529,16 @@ class Swapper:
         if len(dest_buffers) != n:
             raise ValueError(f"{n} ids but {len(dest_buffers)} destination buffers")
         ptrs = (c_void_p * n)()
+        numels = (c_uint64 * n)()
         keeps = []
         for i, buf in enumerate(dest_buffers):
             address, nbytes, keep = _buffers.address_of(buf, writable=True)
             ptrs[i] = address
+            numels[i] = nbytes // self.element_size
             keeps.append(keep)
         with self._lock:
-            check(self._lib.swapper_swap_in(self._h(), arr, n, bool(async_op), ptrs))
+            # The checked variant: the library refuses a destination smaller than its param.
+            check(self._lib.swapper_swap_in_buffers(self._h(), arr, n, bool(async_op), ptrs, numels))
             for pid, keep in zip(id_list, keeps):
                 self._dest[pid] = keep
 

@@ -343,6 +343,39 @@ pub unsafe extern "C" fn swapper_swap_in(
     })
 }
 
+/// As `swapper_swap_in` with caller buffers, each with its size: `dest_numels[i]` is the
+/// number of elements `dest_buffers[i]` holds, checked against the param before anything
+/// starts (`SWAPPER_STATUS_NO_BUFFER` if one is too small). Prefer it to `swapper_swap_in`
+/// with `dest_buffers`, which cannot check. Thread-safe.
+///
+/// # Safety
+/// `param_ids`, `dest_buffers` and `dest_numels` must be NULL or hold `count` entries; each
+/// buffer must be valid for `dest_numels[i]` elements until its param is released.
+#[no_mangle]
+pub unsafe extern "C" fn swapper_swap_in_buffers(
+    swapper: *mut Swapper,
+    param_ids: *const u64,
+    count: usize,
+    async_op: bool,
+    dest_buffers: *const *mut libc::c_void,
+    dest_numels: *const u64,
+) -> Status {
+    crate::ffi_boundary!("swapper_swap_in_buffers", {
+        let s = handle(swapper)?;
+        // SAFETY: the caller's contract for the three arrays.
+        let (ids, bufs, numels) = unsafe {
+            (
+                arg_slice(param_ids, count, "param_ids")?,
+                arg_slice(dest_buffers, count, "dest_buffers")?,
+                arg_slice(dest_numels, count, "dest_numels")?,
+            )
+        };
+        let dest: Vec<RawBuf> = bufs.iter().map(|p| RawBuf(*p as *mut u8)).collect();
+        // SAFETY: the caller's contract covers the buffers and their sizes.
+        unsafe { s.swap_in_checked(ids, async_op, Some(&dest), Some(numels)) }
+    })
+}
+
 /// Reads param `param_id` synchronously into `dest`, which holds `dest_numel` elements (at
 /// least the param's), without using a pool buffer; any address works. The param stays
 /// NOT_AVAILABLE. `dest` is borrowed for the call. Thread-safe; blocks.
@@ -624,6 +657,20 @@ pub unsafe extern "C" fn swapper_stats(swapper: *const Swapper, out: *mut Stats)
         // SAFETY: the caller's contract.
         unsafe { write_out(out, "out", s.stats()) }
     })
+}
+
+/// Elements per pool buffer (`buffer_numel` of the configuration); 0 for a NULL or dead
+/// handle. Thread-safe.
+#[no_mangle]
+pub extern "C" fn swapper_buffer_numel(swapper: *const Swapper) -> u64 {
+    getter("swapper_buffer_numel", swapper, 0, |s| s.buffer_numel())
+}
+
+/// Buffers in the pool (`buffer_count` of the configuration); 0 for a NULL or dead handle.
+/// Thread-safe.
+#[no_mangle]
+pub extern "C" fn swapper_buffer_count(swapper: *const Swapper) -> u32 {
+    getter("swapper_buffer_count", swapper, 0, |s| s.config().buffer_count)
 }
 
 /// Bytes per element of the swapper's dtype (4 or 2); 0 for a NULL or dead handle.

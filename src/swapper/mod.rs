@@ -235,6 +235,11 @@ impl Swapper {
         &self.engine
     }
 
+    /// Elements per pool buffer.
+    pub fn buffer_numel(&self) -> u64 {
+        self.config.buffer_numel
+    }
+
     /// Bytes per element.
     pub fn element_size(&self) -> usize {
         self.elem
@@ -460,6 +465,22 @@ impl Swapper {
     /// Each `dest` buffer must be valid for writing the param's bytes, and stay valid and
     /// unused by anything else until the param is released.
     pub unsafe fn swap_in(&self, ids: &[u64], async_op: bool, dest: Option<&[RawBuf]>) -> Result<()> {
+        // SAFETY: forwarded contract.
+        unsafe { self.swap_in_checked(ids, async_op, dest, None) }
+    }
+
+    /// As [`Swapper::swap_in`], with the element capacity of each destination buffer, checked
+    /// against the param's size before anything starts (`NoBuffer` if one is too small).
+    ///
+    /// # Safety
+    /// As [`Swapper::swap_in`].
+    pub unsafe fn swap_in_checked(
+        &self,
+        ids: &[u64],
+        async_op: bool,
+        dest: Option<&[RawBuf]>,
+        capacities: Option<&[u64]>,
+    ) -> Result<()> {
         let mut st = self.lock();
         Self::no_duplicates(ids)?;
         if let Some(d) = dest {
@@ -477,9 +498,20 @@ impl Swapper {
                 ));
             }
         }
-        for &id in ids {
+        for (k, &id) in ids.iter().enumerate() {
             let p = Self::known(&st, id)?;
             self.check_readable(id, p)?;
+            if let Some(&cap) = capacities.and_then(|c| c.get(k)) {
+                if cap < p.numel {
+                    return Err(Error::new(
+                        Status::NoBuffer,
+                        format!(
+                            "param {id} has {} elements; destination buffer {k} holds {cap}",
+                            p.numel
+                        ),
+                    ));
+                }
+            }
         }
         if dest.is_none() && st.free.len() < ids.len() {
             return Err(Error::new(

@@ -354,7 +354,7 @@ pub fn run(data: &[u8], dir: &std::path::Path) -> Counts {
     check("final wait_writes", swapper_wait_writes(s));
     swapper_destroy(s);
     drop(keep_alive); // caller destinations outlive the swapper that wrote into them
-    assert_ne!(check("use after destroy", swapper_wait_reads(s)), true);
+    assert!(!check("use after destroy", swapper_wait_reads(s)));
     counts.calls = calls;
     counts.ok = OKS.with(|c| c.get()) - ok_before;
     counts

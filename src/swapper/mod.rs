@@ -446,15 +446,7 @@ impl Swapper {
             }
         }
         drop(st);
-        let waited = if async_op {
-            Ok(())
-        } else {
-            self.wait(false, Some(ids))
-        };
-        match submit_error {
-            Some(e) => Err(e),
-            None => waited,
-        }
+        self.end_batch(false, ids, async_op, submit_error)
     }
 
     /// Reads each param into a free pool buffer (or into `dest[i]`, which must hold the
@@ -564,10 +556,16 @@ impl Swapper {
             }
         }
         drop(st);
+        self.end_batch(true, ids, async_op, submit_error)
+    }
+
+    /// Ends a batch whose submission stopped at `submit_error` (if any): a synchronous batch
+    /// waits for what it submitted; the submission error comes first.
+    fn end_batch(&self, reads: bool, ids: &[u64], async_op: bool, submit_error: Option<Error>) -> Result<()> {
         let waited = if async_op {
             Ok(())
         } else {
-            self.wait(true, Some(ids))
+            self.wait(reads, Some(ids))
         };
         match submit_error {
             Some(e) => Err(e),

@@ -315,7 +315,7 @@ fn eight_threads_swap_their_own_params_while_one_reads_stats() {
             let s = &s;
             scope.spawn(move || {
                 let ids = [t * 2, t * 2 + 1];
-                for round in 0..150u64 {
+                for round in 0..400u64 {
                     let datas: Vec<Vec<u8>> = ids
                         .iter()
                         .map(|id| common::pattern(20_000 + *id as usize * 2, round * 100 + id))

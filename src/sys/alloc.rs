@@ -4,6 +4,54 @@ use std::ptr::NonNull;
 
 use crate::status::{Error, Result, Status};
 
+/// Size of a transparent huge page on x86-64 and most arm64 kernels.
+const HUGE_PAGE: usize = 2 << 20;
+
+/// Maps `len` (a multiple of the page size) zero-filled bytes. A mapping of 2 MiB or more
+/// starts on a 2 MiB boundary and asks for transparent huge pages (MADV_HUGEPAGE): with
+/// 4 KiB pages a 1 MiB request is 256 scatter-gather segments, more than virtio and many
+/// NVMe queues take in one command, so the kernel splits every request in two; with
+/// 2 MiB pages it is one segment, and the CPU spent pinning pages falls several times.
+/// Where huge pages are unavailable the advice is ignored and nothing else changes.
+fn map_anonymous(len: usize) -> std::result::Result<*mut u8, i32> {
+    let huge = len >= HUGE_PAGE;
+    let span = if huge { len + HUGE_PAGE } else { len };
+    // SAFETY: an anonymous private mapping with no address hint touches no existing memory.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            span,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::ENOMEM));
+    }
+    let base = base as usize;
+    if !huge {
+        return Ok(base as *mut u8);
+    }
+    let start = base.div_ceil(HUGE_PAGE) * HUGE_PAGE;
+    // SAFETY: both ranges lie inside the mapping just made and are not used: the slack
+    // before the aligned start and after its end are given back.
+    unsafe {
+        if start > base {
+            libc::munmap(base as *mut libc::c_void, start - base);
+        }
+        let end = start + len;
+        if base + span > end {
+            libc::munmap(end as *mut libc::c_void, base + span - end);
+        }
+        libc::madvise(start as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
+    }
+    Ok(start as *mut u8)
+}
+
 /// A zero-filled, page-aligned allocation, unmapped on drop.
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
@@ -63,29 +111,16 @@ impl AlignedBuf {
                 format!("cannot allocate {len} bytes: the machine has {phys} bytes of memory"),
             ));
         }
-        // SAFETY: an anonymous private mapping with no address hint touches no existing memory.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
-            return Err(Error::new(
+        let ptr = map_anonymous(map_len).map_err(|errno| {
+            Error::new(
                 Status::OutOfMemory,
                 format!(
                     "cannot allocate {len} bytes: {}",
                     crate::status::errno_text(errno)
                 ),
-            ));
-        }
-        let ptr = NonNull::new(ptr as *mut u8)
-            .ok_or_else(|| Error::new(Status::OutOfMemory, "mmap returned NULL"))?;
+            )
+        })?;
+        let ptr = NonNull::new(ptr).ok_or_else(|| Error::new(Status::OutOfMemory, "mmap returned NULL"))?;
         let mut buf = AlignedBuf {
             ptr,
             len,
@@ -317,6 +352,15 @@ mod tests {
             b.as_mut_slice().fill(7);
             assert!(b.as_slice().iter().all(|&x| x == 7));
         }
+    }
+
+    #[test]
+    fn large_buffers_start_on_a_huge_page_boundary() {
+        let mut b = AlignedBuf::new(5 << 20, false).unwrap();
+        assert_eq!(b.as_ptr() as usize % HUGE_PAGE, 0);
+        b.as_mut_slice()[(5 << 20) - 1] = 1; // the whole length is mapped
+        let small = AlignedBuf::new(8192, false).unwrap();
+        assert_eq!(small.as_ptr() as usize % 4096, 0);
     }
 
     #[test]

@@ -20,9 +20,10 @@ impl Ring {
             .map_err(|e| e.raw_os_error().unwrap_or(libc::ENOSYS))
     }
 
-    /// Whether this kernel lets the process create a ring.
+    /// Whether this kernel lets the process create a ring (probed once per process).
     pub fn available() -> bool {
-        Ring::new(2).is_ok()
+        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVAILABLE.get_or_init(|| Ring::new(2).is_ok())
     }
 
     /// Queues one read or write; returns false when the submission queue is full.

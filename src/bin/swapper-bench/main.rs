@@ -84,6 +84,10 @@ struct IoArgs {
     threads: u32,
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     backend: BackendArg,
+    /// Submit each request to io_uring on its own instead of in batches (DeepSpeed's
+    /// `single_submit`).
+    #[arg(long)]
+    single_submit: bool,
     /// O_DIRECT: auto falls back to buffered I/O (flagged) where unsupported.
     #[arg(long, value_enum, default_value_t = DirectArg::Auto)]
     direct: DirectArg,
@@ -95,6 +99,10 @@ struct IoArgs {
     /// Also run fio on the same file with the same settings, alternating with ours.
     #[arg(long)]
     vs_fio: bool,
+    /// In each pair, run fio before ours instead of after (to see whether the order
+    /// favours one side).
+    #[arg(long, requires = "vs_fio")]
+    fio_first: bool,
     /// Print one JSON object instead of the table.
     #[arg(long, conflicts_with = "csv")]
     json: bool,
@@ -134,6 +142,7 @@ fn io_bench(args: IoArgs) -> Result<()> {
         block_size: args.block_size,
         queue_depth: args.queue_depth,
         thread_count: args.threads,
+        single_submit: args.single_submit,
         backend: match args.backend {
             BackendArg::Auto => Backend::Auto,
             BackendArg::IoUring => Backend::IoUring,
@@ -288,6 +297,7 @@ fn io_bench(args: IoArgs) -> Result<()> {
         "block_size": args.block_size,
         "queue_depth": args.queue_depth,
         "threads": args.threads,
+        "single_submit": args.single_submit,
         "backend": backend.name(),
         "backend_requested": config.backend.name(),
         "direct": config.direct_io.name(),
@@ -295,6 +305,7 @@ fn io_bench(args: IoArgs) -> Result<()> {
         "runs": args.runs,
         "op": ops,
         "vs_fio": args.vs_fio,
+        "fio_first": args.fio_first,
         "op_size": ours.op_size(),
         "buffers": ours.buffers(),
         "fio": match (&fio, &fio_job) {
@@ -313,28 +324,26 @@ fn io_bench(args: IoArgs) -> Result<()> {
     for run in 1..=args.runs {
         for &op in ops {
             let write = op == "write";
-            drop_page_cache(path)?;
-            let label = format!("run {run}/{} libswapper {op}", args.runs);
-            pb.set_message(label.clone());
-            let s = ours
-                .run(path, write, size, &bytes_msg(label))
-                .with_context(|| format!("libswapper {op}, run {run}"))?;
-            results
-                .entry("libswapper")
-                .or_default()
-                .entry(op)
-                .or_default()
-                .runs
-                .push(s);
-            pb.inc(1);
-            if let Some(job) = &fio_job {
-                drop_page_cache(path)?;
-                pb.set_message(format!("run {run}/{} fio {op}", args.runs));
-                let s = job
-                    .run(path, write)
-                    .with_context(|| format!("fio {op}, run {run}"))?;
+            let order = if args.fio_first {
+                ["fio", "libswapper"]
+            } else {
+                ["libswapper", "fio"]
+            };
+            for side in order {
+                let label = format!("run {run}/{} {side} {op}", args.runs);
+                let s = if side == "fio" {
+                    let Some(job) = &fio_job else { continue };
+                    drop_page_cache(path)?;
+                    pb.set_message(label);
+                    job.run(path, write)
+                } else {
+                    drop_page_cache(path)?;
+                    pb.set_message(label.clone());
+                    ours.run(path, write, size, &bytes_msg(label))
+                }
+                .with_context(|| format!("{side} {op}, run {run}"))?;
                 results
-                    .entry("fio")
+                    .entry(side)
                     .or_default()
                     .entry(op)
                     .or_default()
@@ -362,7 +371,7 @@ fn io_bench(args: IoArgs) -> Result<()> {
         print!("{}", report::csv(&results));
     } else {
         println!(
-            "libswapper {} io: {} file in {}, block {}, queue depth {}, {} thread(s), backend {}, {}, {} run(s); ops of {} from {} buffer(s)",
+            "libswapper {} io: {} file in {}, block {}, queue depth {}, {} thread(s), backend {}{}, {}, {} run(s){}; ops of {} from {} buffer(s)",
             swapper::VERSION,
             units::human(size),
             dir.display(),
@@ -370,8 +379,10 @@ fn io_bench(args: IoArgs) -> Result<()> {
             args.queue_depth,
             args.threads,
             backend.name(),
+            if args.single_submit { " (single submit)" } else { "" },
             if direct { "O_DIRECT" } else { "BUFFERED (page cache)" },
             args.runs,
+            if args.fio_first { ", fio first in each pair" } else { "" },
             units::human(op_size),
             buffers,
         );

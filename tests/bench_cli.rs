@@ -1,0 +1,120 @@
+//! swapper-bench io: the JSON report's shape, with and without fio, and no file left behind.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn fio_on_path() -> bool {
+    Command::new("fio")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Runs `swapper-bench io --size 8MiB --runs 1 --json --dir DIR [extra]` and parses stdout.
+fn run_bench(dir: &Path, extra: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_swapper-bench"))
+        .args(["io", "--size", "8MiB", "--runs", "1", "--json", "--dir"])
+        .arg(dir)
+        .args(extra)
+        .output()
+        .expect("swapper-bench runs");
+    assert!(
+        out.status.success(),
+        "swapper-bench failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not one JSON object ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn check_side(v: &Value, side: &str) {
+    for op in ["write", "read"] {
+        let s = &v["results"][side][op];
+        let runs = s["runs"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{side} {op}: no runs in {v}"));
+        assert_eq!(runs.len(), 1, "{side} {op}");
+        for r in runs {
+            assert!(r["mib_s"].as_f64().unwrap() > 0.0, "{side} {op}: {r}");
+            assert!(r["seconds"].as_f64().unwrap() > 0.0, "{side} {op}: {r}");
+            assert!(r["cpu_s_per_gib"].as_f64().unwrap() >= 0.0, "{side} {op}: {r}");
+            assert!(r["bytes"].as_u64().unwrap() > 0, "{side} {op}: {r}");
+        }
+        for k in ["median", "min", "max"] {
+            assert!(s["mib_s"][k].as_f64().unwrap() > 0.0, "{side} {op} {k}");
+            assert!(s["cpu_s_per_gib"][k].as_f64().is_some(), "{side} {op} {k}");
+        }
+    }
+}
+
+fn assert_empty(dir: &Path) {
+    let left: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+fn bench_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("swapper-bench-test-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap()
+}
+
+#[test]
+fn json_report_has_every_figure_and_leaves_no_file() {
+    let dir = bench_dir();
+    let v = run_bench(dir.path(), &[]);
+    let s = &v["settings"];
+    assert_eq!(s["size_bytes"].as_u64(), Some(8 << 20));
+    assert_eq!(s["block_size"].as_u64(), Some(1 << 20));
+    assert_eq!(s["queue_depth"].as_u64(), Some(8));
+    assert_eq!(s["threads"].as_u64(), Some(1));
+    assert_eq!(s["runs"].as_u64(), Some(1));
+    assert!(s["backend"].is_string() && s["direct_effective"].is_boolean());
+    check_side(&v, "libswapper");
+    assert!(v["results"].get("fio").is_none());
+    assert!(v["ratios"].as_object().unwrap().is_empty());
+    assert!(v["warnings"].is_array());
+    assert_empty(dir.path());
+}
+
+#[test]
+fn vs_fio_reports_both_sides_and_ratios() {
+    if !fio_on_path() {
+        eprintln!("fio is not installed: skipping the --vs-fio check (apt-get install fio)");
+        return;
+    }
+    let dir = bench_dir();
+    let v = run_bench(dir.path(), &["--vs-fio"]);
+    check_side(&v, "libswapper");
+    check_side(&v, "fio");
+    assert!(v["settings"]["fio"]["version"].is_string());
+    for op in ["write", "read"] {
+        assert!(v["ratios"][op].as_f64().unwrap() > 0.0, "ratio {op}: {v}");
+    }
+    assert_empty(dir.path());
+}
+
+#[test]
+fn bad_sizes_are_refused_with_a_message() {
+    let dir = bench_dir();
+    for size in ["3X", "1000K", "0"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_swapper-bench"))
+            .args(["io", "--runs", "1", "--size", size, "--dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{size}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("size"), "{size}");
+    }
+    assert_empty(dir.path());
+}

@@ -13,6 +13,9 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --features fault-injection -- -D warnings
 echo "== cargo test"
+# cargo test links the tests against the rlib only; the C examples and the install test
+# need libswapper.so and libswapper.a, which a build of the same profile and features makes.
+cargo build --features fault-injection
 cargo test --features fault-injection 2>&1 | tee -a "$log"
 if [ -d python/tests ]; then
     echo "== pytest"

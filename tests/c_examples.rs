@@ -30,7 +30,11 @@ pub fn compile(source: &str, out_dir: &Path) -> PathBuf {
     let cpp = source.ends_with(".cpp");
     let bin = out_dir.join(Path::new(source).file_stem().unwrap());
     let built = lib_dir().join("libswapper.so");
-    assert!(built.exists(), "no {}", built.display());
+    assert!(
+        built.exists(),
+        "no {}: run `cargo build --features fault-injection` first (scripts/test.sh does)",
+        built.display()
+    );
     // The library's soname is libswapper.so.<major>: link against a folder that has both names.
     let lib = out_dir.join("lib");
     if !lib.exists() {

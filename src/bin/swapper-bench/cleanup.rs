@@ -9,7 +9,8 @@ use std::sync::Mutex;
 use anyhow::{Context, Result};
 
 /// Paths to remove on Ctrl-C: the benchmark file, then the folder made for it, if any.
-static TO_REMOVE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+/// `true` marks a folder to remove with everything in it.
+static TO_REMOVE: Mutex<Vec<(PathBuf, bool)>> = Mutex::new(Vec::new());
 /// The running fio's process id (0: none).
 static CHILD: AtomicI32 = AtomicI32::new(0);
 /// Set once Ctrl-C has been pressed.
@@ -24,8 +25,10 @@ pub fn install_handler() -> Result<()> {
             stop_child(child);
         }
         let paths = TO_REMOVE.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        for p in &paths {
-            let _ = if p.is_dir() {
+        for (p, tree) in &paths {
+            let _ = if *tree {
+                std::fs::remove_dir_all(p)
+            } else if p.is_dir() {
                 std::fs::remove_dir(p)
             } else {
                 std::fs::remove_file(p)
@@ -39,7 +42,18 @@ pub fn install_handler() -> Result<()> {
 
 /// Registers a path for removal on Ctrl-C (files first, in registration order).
 pub fn register(path: PathBuf) {
-    TO_REMOVE.lock().unwrap_or_else(|e| e.into_inner()).push(path);
+    TO_REMOVE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((path, false));
+}
+
+/// Registers a folder made by the benchmark, removed on Ctrl-C with everything in it.
+pub fn register_tree(path: PathBuf) {
+    TO_REMOVE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((path, true));
 }
 
 /// Forgets every registered path (they were removed normally).

@@ -225,3 +225,61 @@ fn swap_refuses_a_prefetch_deeper_than_the_pool() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--prefetch"));
     assert_empty(dir.path());
 }
+
+#[test]
+fn tune_sweeps_a_tiny_grid_and_plots_it() {
+    let dir = bench_dir();
+    let out_dir = bench_dir();
+    let svg = out_dir.path().join("sweep.svg");
+    let v = run_cmd(
+        dir.path(),
+        &[
+            "tune",
+            "--size",
+            "16MiB",
+            "--blocks",
+            "64K,1M",
+            "--depths",
+            "2,8",
+            "--threads",
+            "1",
+            "--plot",
+            svg.to_str().unwrap(),
+        ],
+    );
+    let points = v["points"].as_array().expect("points");
+    assert_eq!(points.len(), 4, "{v}");
+    for p in points {
+        assert!(p["block_size"].as_u64().unwrap() >= 64 << 10);
+        assert!(p["queue_depth"].as_u64().unwrap() >= 2);
+        assert_eq!(p["threads"].as_u64(), Some(1));
+        assert!(p["backend"].is_string());
+        for op in ["write", "read"] {
+            assert!(p[op]["mib_s"]["median"].as_f64().unwrap() > 0.0, "{p}");
+            assert_eq!(p[op]["runs"].as_array().unwrap().len(), 1);
+        }
+    }
+    for op in ["write", "read"] {
+        let b = &v["best"][op];
+        assert!(b["mib_s"]["median"].as_f64().unwrap() > 0.0);
+        let aio = &b["deepspeed_aio"];
+        for k in ["block_size", "queue_depth", "intra_op_parallelism"] {
+            assert!(aio[k].as_u64().unwrap() > 0, "{k}: {b}");
+        }
+        for k in ["single_submit", "overlap_events", "use_gds"] {
+            assert!(aio[k].is_boolean(), "{k}: {b}");
+        }
+        assert_eq!(aio["use_gds"], Value::Bool(false));
+        for k in ["block_size", "queue_depth", "thread_count"] {
+            assert!(b["libswapper"][k].as_u64().unwrap() > 0, "{k}: {b}");
+        }
+    }
+    let text = std::fs::read_to_string(&svg).expect("the plot was written");
+    assert!(text.starts_with("<svg") && text.trim_end().ends_with("</svg>"));
+    assert_eq!(
+        text.matches("<polyline").count(),
+        2 * 2,
+        "one line per depth and panel"
+    );
+    assert_empty(dir.path());
+}

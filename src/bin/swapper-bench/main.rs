@@ -14,8 +14,10 @@
 mod cleanup;
 mod fio;
 mod ours;
+mod plot;
 mod report;
 mod swap;
+mod tune;
 mod units;
 
 use std::io::IsTerminal;
@@ -44,9 +46,12 @@ enum Command {
     /// The parameter swapper in a training-like loop (park all params, then forward passes
     /// that prefetch and release), optionally against the raw engine and fio.
     Swap(swap::SwapArgs),
+    /// Sweeps block size, queue depth, thread count and backend; prints the best settings
+    /// for reads and writes as a libswapper config and a DeepSpeed "aio" block.
+    Tune(tune::TuneArgs),
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum BackendArg {
     Auto,
     #[value(name = "io_uring", alias = "io-uring", alias = "uring")]
@@ -166,6 +171,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Io(args) => io_bench(args),
         Command::Swap(args) => swap::run(args),
+        Command::Tune(args) => tune::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

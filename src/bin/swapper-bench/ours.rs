@@ -58,7 +58,6 @@ impl Ours {
 
     /// Restarts the engine with `config` for a file of `size` bytes, keeping the ring when
     /// its operation size stays the same (so that a sweep does not refill it every point).
-    #[allow(dead_code)] // used by `tune` (next commit)
     pub fn reconfigure(&mut self, config: IoConfig, size: u64) -> Result<()> {
         let depth = config.block_size * u64::from(config.queue_depth) * u64::from(config.thread_count);
         let op_size = MIN_OP.max(depth).min(size);

@@ -27,7 +27,7 @@ pub fn install_handler() -> Result<()> {
         let paths = TO_REMOVE.lock().unwrap_or_else(|e| e.into_inner()).clone();
         for (p, tree) in &paths {
             let _ = if *tree {
-                std::fs::remove_dir_all(p)
+                remove_tree(p)
             } else if p.is_dir() {
                 std::fs::remove_dir(p)
             } else {
@@ -38,6 +38,21 @@ pub fn install_handler() -> Result<()> {
         std::process::exit(130);
     })
     .context("cannot install the Ctrl-C handler")
+}
+
+/// Removes a folder with everything in it. The benchmark keeps running while the handler
+/// works, and a swap-out may create a file in the folder after it was listed, so a
+/// "not empty" is retried (the handler then exits, and nothing creates files any more).
+fn remove_tree(p: &std::path::Path) -> std::io::Result<()> {
+    let mut result = Ok(());
+    for _ in 0..50 {
+        result = std::fs::remove_dir_all(p);
+        if result.is_ok() || !p.exists() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    result
 }
 
 /// Registers a path for removal on Ctrl-C (files first, in registration order).

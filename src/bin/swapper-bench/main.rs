@@ -176,6 +176,9 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
+            // An error caused by Ctrl-C removing the files under a running benchmark is no
+            // failure to report: the handler is ending the process.
+            cleanup::wait_if_interrupted();
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }

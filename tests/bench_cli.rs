@@ -1,4 +1,5 @@
-//! swapper-bench io: the JSON report's shape, with and without fio, and no file left behind.
+//! swapper-bench io, swap and tune: the JSON report's shape, with and without fio, and no
+//! file left behind.
 
 use std::path::Path;
 use std::process::Command;
@@ -14,10 +15,17 @@ fn fio_on_path() -> bool {
 
 /// Runs `swapper-bench io --size 8MiB --runs 1 --json --dir DIR [extra]` and parses stdout.
 fn run_bench(dir: &Path, extra: &[&str]) -> Value {
+    let mut args = vec!["io", "--size", "8MiB"];
+    args.extend_from_slice(extra);
+    run_cmd(dir, &args)
+}
+
+/// Runs `swapper-bench ARGS --runs 1 --json --dir DIR` and parses stdout.
+fn run_cmd(dir: &Path, args: &[&str]) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_swapper-bench"))
-        .args(["io", "--size", "8MiB", "--runs", "1", "--json", "--dir"])
+        .args(args)
+        .args(["--runs", "1", "--json", "--dir"])
         .arg(dir)
-        .args(extra)
         .output()
         .expect("swapper-bench runs");
     assert!(
@@ -35,6 +43,7 @@ fn run_bench(dir: &Path, extra: &[&str]) -> Value {
 }
 
 fn check_side(v: &Value, side: &str) {
+    assert!(v["results"].get(side).is_some(), "no side {side} in {v}");
     for op in ["write", "read"] {
         let s = &v["results"][side][op];
         let runs = s["runs"]
@@ -116,5 +125,161 @@ fn bad_sizes_are_refused_with_a_message() {
         assert!(!out.status.success(), "{size}");
         assert!(String::from_utf8_lossy(&out.stderr).contains("size"), "{size}");
     }
+    assert_empty(dir.path());
+}
+
+#[test]
+fn swap_reports_swapper_engine_and_fio() {
+    let dir = bench_dir();
+    let fio = fio_on_path();
+    let mut args = vec![
+        "swap",
+        "--params",
+        "4",
+        "--param-size",
+        "4MiB",
+        "--buffers",
+        "3",
+        "--prefetch",
+        "2",
+        "--compute-ms",
+        "1",
+        "--vs-engine",
+    ];
+    if fio {
+        args.push("--vs-fio");
+    }
+    let v = run_cmd(dir.path(), &args);
+    let s = &v["settings"];
+    assert_eq!(s["total_bytes"].as_u64(), Some(16 << 20));
+    assert_eq!(s["params"].as_u64(), Some(4));
+    assert_eq!(s["buffers"].as_u64(), Some(3));
+    check_side(&v, "swapper");
+    check_side(&v, "engine");
+    let mut pairs = vec!["swapper/engine"];
+    if fio {
+        check_side(&v, "fio");
+        pairs.extend(["swapper/fio", "engine/fio"]);
+    }
+    for pair in pairs {
+        for op in ["write", "read"] {
+            assert!(v["ratios"][pair][op].as_f64().unwrap() > 0.0, "{pair} {op}: {v}");
+        }
+    }
+    let h = &v["io_hidden"];
+    for k in ["median", "min", "max"] {
+        assert!(h[k].as_f64().unwrap().is_finite(), "io_hidden {k}: {v}");
+    }
+    assert!(v["swapper_stats"]["bytes_read"].as_u64().unwrap() >= 16 << 20);
+    assert_empty(dir.path());
+}
+
+#[test]
+fn swap_checksum_cost_pairs_both_modes() {
+    let dir = bench_dir();
+    let v = run_cmd(
+        dir.path(),
+        &[
+            "swap",
+            "--params",
+            "2",
+            "--param-size",
+            "4MiB",
+            "--buffers",
+            "2",
+            "--checksum-cost",
+        ],
+    );
+    check_side(&v, "checksums-on");
+    check_side(&v, "checksums-off");
+    for op in ["write", "read"] {
+        assert!(v["checksum_cost_percent"][op]["median"]
+            .as_f64()
+            .unwrap()
+            .is_finite());
+    }
+    assert!(v["io_hidden"].is_null());
+    assert_empty(dir.path());
+}
+
+#[test]
+fn swap_refuses_a_prefetch_deeper_than_the_pool() {
+    let dir = bench_dir();
+    let out = Command::new(env!("CARGO_BIN_EXE_swapper-bench"))
+        .args([
+            "swap",
+            "--params",
+            "2",
+            "--param-size",
+            "4MiB",
+            "--buffers",
+            "2",
+            "--prefetch",
+            "2",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--prefetch"));
+    assert_empty(dir.path());
+}
+
+#[test]
+fn tune_sweeps_a_tiny_grid_and_plots_it() {
+    let dir = bench_dir();
+    let out_dir = bench_dir();
+    let svg = out_dir.path().join("sweep.svg");
+    let v = run_cmd(
+        dir.path(),
+        &[
+            "tune",
+            "--size",
+            "16MiB",
+            "--blocks",
+            "64K,1M",
+            "--depths",
+            "2,8",
+            "--threads",
+            "1",
+            "--plot",
+            svg.to_str().unwrap(),
+        ],
+    );
+    let points = v["points"].as_array().expect("points");
+    assert_eq!(points.len(), 4, "{v}");
+    for p in points {
+        assert!(p["block_size"].as_u64().unwrap() >= 64 << 10);
+        assert!(p["queue_depth"].as_u64().unwrap() >= 2);
+        assert_eq!(p["threads"].as_u64(), Some(1));
+        assert!(p["backend"].is_string());
+        for op in ["write", "read"] {
+            assert!(p[op]["mib_s"]["median"].as_f64().unwrap() > 0.0, "{p}");
+            assert_eq!(p[op]["runs"].as_array().unwrap().len(), 1);
+        }
+    }
+    for op in ["write", "read"] {
+        let b = &v["best"][op];
+        assert!(b["mib_s"]["median"].as_f64().unwrap() > 0.0);
+        let aio = &b["deepspeed_aio"];
+        for k in ["block_size", "queue_depth", "intra_op_parallelism"] {
+            assert!(aio[k].as_u64().unwrap() > 0, "{k}: {b}");
+        }
+        for k in ["single_submit", "overlap_events", "use_gds"] {
+            assert!(aio[k].is_boolean(), "{k}: {b}");
+        }
+        assert_eq!(aio["use_gds"], Value::Bool(false));
+        for k in ["block_size", "queue_depth", "thread_count"] {
+            assert!(b["libswapper"][k].as_u64().unwrap() > 0, "{k}: {b}");
+        }
+    }
+    let text = std::fs::read_to_string(&svg).expect("the plot was written");
+    assert!(text.starts_with("<svg") && text.trim_end().ends_with("</svg>"));
+    assert_eq!(
+        text.matches("<polyline").count(),
+        2 * 2,
+        "one line per depth and panel"
+    );
     assert_empty(dir.path());
 }

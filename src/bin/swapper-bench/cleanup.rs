@@ -9,7 +9,8 @@ use std::sync::Mutex;
 use anyhow::{Context, Result};
 
 /// Paths to remove on Ctrl-C: the benchmark file, then the folder made for it, if any.
-static TO_REMOVE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+/// `true` marks a folder to remove with everything in it.
+static TO_REMOVE: Mutex<Vec<(PathBuf, bool)>> = Mutex::new(Vec::new());
 /// The running fio's process id (0: none).
 static CHILD: AtomicI32 = AtomicI32::new(0);
 /// Set once Ctrl-C has been pressed.
@@ -24,8 +25,10 @@ pub fn install_handler() -> Result<()> {
             stop_child(child);
         }
         let paths = TO_REMOVE.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        for p in &paths {
-            let _ = if p.is_dir() {
+        for (p, tree) in &paths {
+            let _ = if *tree {
+                remove_tree(p)
+            } else if p.is_dir() {
                 std::fs::remove_dir(p)
             } else {
                 std::fs::remove_file(p)
@@ -37,9 +40,35 @@ pub fn install_handler() -> Result<()> {
     .context("cannot install the Ctrl-C handler")
 }
 
+/// Removes a folder with everything in it. The benchmark keeps running while the handler
+/// works, and a swap-out may create a file in the folder after it was listed, so a
+/// "not empty" is retried (the handler then exits, and nothing creates files any more).
+fn remove_tree(p: &std::path::Path) -> std::io::Result<()> {
+    let mut result = Ok(());
+    for _ in 0..50 {
+        result = std::fs::remove_dir_all(p);
+        if result.is_ok() || !p.exists() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    result
+}
+
 /// Registers a path for removal on Ctrl-C (files first, in registration order).
 pub fn register(path: PathBuf) {
-    TO_REMOVE.lock().unwrap_or_else(|e| e.into_inner()).push(path);
+    TO_REMOVE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((path, false));
+}
+
+/// Registers a folder made by the benchmark, removed on Ctrl-C with everything in it.
+pub fn register_tree(path: PathBuf) {
+    TO_REMOVE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((path, true));
 }
 
 /// Forgets every registered path (they were removed normally).

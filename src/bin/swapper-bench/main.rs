@@ -14,7 +14,10 @@
 mod cleanup;
 mod fio;
 mod ours;
+mod plot;
 mod report;
+mod swap;
+mod tune;
 mod units;
 
 use std::io::IsTerminal;
@@ -40,9 +43,15 @@ enum Command {
     /// Sequential write and read throughput of the I/O engine on one file, optionally
     /// against fio.
     Io(IoArgs),
+    /// The parameter swapper in a training-like loop (park all params, then forward passes
+    /// that prefetch and release), optionally against the raw engine and fio.
+    Swap(swap::SwapArgs),
+    /// Sweeps block size, queue depth, thread count and backend; prints the best settings
+    /// for reads and writes as a libswapper config and a DeepSpeed "aio" block.
+    Tune(tune::TuneArgs),
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum BackendArg {
     Auto,
     #[value(name = "io_uring", alias = "io-uring", alias = "uring")]
@@ -64,15 +73,9 @@ enum OpArg {
     Both,
 }
 
-#[derive(Args)]
-struct IoArgs {
-    /// Folder for the benchmark file (default: a temporary folder under the current one;
-    /// avoid /tmp and /dev/shm, often tmpfs). The file is removed at the end.
-    #[arg(long, value_name = "DIR")]
-    dir: Option<PathBuf>,
-    /// File size (suffixes K, M, G, KiB, MiB, GiB).
-    #[arg(long, default_value = "2GiB", value_parser = units::parse_size)]
-    size: u64,
+/// The engine's settings, shared by `io` and `swap`.
+#[derive(Args, Clone)]
+struct IoFlags {
     /// Bytes per request (a power of two from 4 KiB to 1 GiB).
     #[arg(long, default_value = "1MiB", value_parser = units::parse_size)]
     block_size: u64,
@@ -91,6 +94,58 @@ struct IoArgs {
     /// O_DIRECT: auto falls back to buffered I/O (flagged) where unsupported.
     #[arg(long, value_enum, default_value_t = DirectArg::Auto)]
     direct: DirectArg,
+}
+
+impl IoFlags {
+    /// The engine's configuration, validated.
+    fn config(&self) -> Result<IoConfig> {
+        let config = IoConfig {
+            block_size: self.block_size,
+            queue_depth: self.queue_depth,
+            thread_count: self.threads,
+            single_submit: self.single_submit,
+            backend: self.backend.into(),
+            direct_io: self.direct.into(),
+            ..IoConfig::default()
+        };
+        config
+            .validate()
+            .map_err(|e| anyhow!("invalid settings: {}", e.message()))?;
+        Ok(config)
+    }
+}
+
+impl From<BackendArg> for Backend {
+    fn from(b: BackendArg) -> Backend {
+        match b {
+            BackendArg::Auto => Backend::Auto,
+            BackendArg::IoUring => Backend::IoUring,
+            BackendArg::Blocking => Backend::Blocking,
+        }
+    }
+}
+
+impl From<DirectArg> for DirectIo {
+    fn from(d: DirectArg) -> DirectIo {
+        match d {
+            DirectArg::Auto => DirectIo::Auto,
+            DirectArg::On => DirectIo::On,
+            DirectArg::Off => DirectIo::Off,
+        }
+    }
+}
+
+#[derive(Args)]
+struct IoArgs {
+    /// Folder for the benchmark file (default: a temporary folder under the current one;
+    /// avoid /tmp and /dev/shm, often tmpfs). The file is removed at the end.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// File size (suffixes K, M, G, KiB, MiB, GiB).
+    #[arg(long, default_value = "2GiB", value_parser = units::parse_size)]
+    size: u64,
+    #[command(flatten)]
+    io: IoFlags,
     /// Runs per side and direction.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     runs: u32,
@@ -115,10 +170,15 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Io(args) => io_bench(args),
+        Command::Swap(args) => swap::run(args),
+        Command::Tune(args) => tune::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
+            // An error caused by Ctrl-C removing the files under a running benchmark is no
+            // failure to report: the handler is ending the process.
+            cleanup::wait_if_interrupted();
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
@@ -138,31 +198,12 @@ impl Warnings {
 }
 
 fn io_bench(args: IoArgs) -> Result<()> {
-    let config = IoConfig {
-        block_size: args.block_size,
-        queue_depth: args.queue_depth,
-        thread_count: args.threads,
-        single_submit: args.single_submit,
-        backend: match args.backend {
-            BackendArg::Auto => Backend::Auto,
-            BackendArg::IoUring => Backend::IoUring,
-            BackendArg::Blocking => Backend::Blocking,
-        },
-        direct_io: match args.direct {
-            DirectArg::Auto => DirectIo::Auto,
-            DirectArg::On => DirectIo::On,
-            DirectArg::Off => DirectIo::Off,
-        },
-        ..IoConfig::default()
-    };
-    config
-        .validate()
-        .map_err(|e| anyhow!("invalid settings: {}", e.message()))?;
-    if args.size == 0 || args.size % args.block_size != 0 {
+    let config = args.io.config()?;
+    if args.size == 0 || args.size % args.io.block_size != 0 {
         bail!(
             "--size {} must be a positive multiple of --block-size {}",
             args.size,
-            args.block_size
+            args.io.block_size
         );
     }
     let ops: &[&'static str] = match args.op {
@@ -172,45 +213,9 @@ fn io_bench(args: IoArgs) -> Result<()> {
     };
     cleanup::install_handler()?;
 
-    let pb = if std::io::stderr().is_terminal() {
-        ProgressBar::new(0)
-    } else {
-        ProgressBar::hidden()
-    };
-    pb.set_style(
-        ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} {elapsed} {msg}")
-            .map_err(|e| anyhow!("progress bar template: {e}"))?
-            .progress_chars("=> "),
-    );
-    pb.enable_steady_tick(std::time::Duration::from_millis(200));
+    let pb = progress_bar()?;
     let mut warnings = Warnings { list: Vec::new() };
-
-    // The folder: the one asked for, or a temporary one under the current folder (the
-    // guard removes it at the end).
-    let (dir, _tmp_dir) = match &args.dir {
-        Some(d) => {
-            if !d.is_dir() {
-                bail!("--dir {} is not an existing folder", d.display());
-            }
-            (d.clone(), None)
-        }
-        None => {
-            let t = tempfile::Builder::new()
-                .prefix("swapper-bench-")
-                .tempdir_in(".")
-                .context("cannot make a temporary folder in the current folder (use --dir)")?;
-            (t.path().to_path_buf(), Some(t))
-        }
-    };
-    if is_tmpfs(&dir) {
-        warnings.add(
-            &pb,
-            format!(
-                "{} is on tmpfs (memory): the figures say nothing about a disk; use --dir on one",
-                dir.display()
-            ),
-        );
-    }
+    let (dir, _tmp_dir) = bench_folder(args.dir.as_deref(), &pb, &mut warnings)?;
     let file = tempfile::Builder::new()
         .prefix("swapper-bench-")
         .suffix(".dat")
@@ -284,9 +289,9 @@ fn io_bench(args: IoArgs) -> Result<()> {
         fio::Job::new(
             ioengine,
             size,
-            args.block_size,
-            args.queue_depth,
-            args.threads,
+            args.io.block_size,
+            args.io.queue_depth,
+            args.io.threads,
             direct,
         )
     });
@@ -294,10 +299,10 @@ fn io_bench(args: IoArgs) -> Result<()> {
     let settings = serde_json::json!({
         "file": path.display().to_string(),
         "size_bytes": size,
-        "block_size": args.block_size,
-        "queue_depth": args.queue_depth,
-        "threads": args.threads,
-        "single_submit": args.single_submit,
+        "block_size": args.io.block_size,
+        "queue_depth": args.io.queue_depth,
+        "threads": args.io.threads,
+        "single_submit": args.io.single_submit,
         "backend": backend.name(),
         "backend_requested": config.backend.name(),
         "direct": config.direct_io.name(),
@@ -375,11 +380,11 @@ fn io_bench(args: IoArgs) -> Result<()> {
             swapper::VERSION,
             units::human(size),
             dir.display(),
-            units::human(args.block_size),
-            args.queue_depth,
-            args.threads,
+            units::human(args.io.block_size),
+            args.io.queue_depth,
+            args.io.threads,
             backend.name(),
-            if args.single_submit { " (single submit)" } else { "" },
+            if args.io.single_submit { " (single submit)" } else { "" },
             if direct { "O_DIRECT" } else { "BUFFERED (page cache)" },
             args.runs,
             if args.fio_first { ", fio first in each pair" } else { "" },
@@ -398,6 +403,57 @@ fn io_bench(args: IoArgs) -> Result<()> {
         print!("{}", report::table(&results));
     }
     Ok(())
+}
+
+/// A progress bar on stderr when it is a terminal, a hidden one otherwise.
+fn progress_bar() -> Result<ProgressBar> {
+    let pb = if std::io::stderr().is_terminal() {
+        ProgressBar::new(0)
+    } else {
+        ProgressBar::hidden()
+    };
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} {elapsed} {msg}")
+            .map_err(|e| anyhow!("progress bar template: {e}"))?
+            .progress_chars("=> "),
+    );
+    pb.enable_steady_tick(std::time::Duration::from_millis(200));
+    Ok(pb)
+}
+
+/// The folder for the benchmark files: the one asked for, or a temporary one under the
+/// current folder (the guard removes it at the end; the caller registers it for Ctrl-C
+/// after the files inside it). Warns when it is on tmpfs.
+fn bench_folder(
+    dir: Option<&Path>,
+    pb: &ProgressBar,
+    warnings: &mut Warnings,
+) -> Result<(PathBuf, Option<tempfile::TempDir>)> {
+    let (dir, tmp) = match dir {
+        Some(d) => {
+            if !d.is_dir() {
+                bail!("--dir {} is not an existing folder", d.display());
+            }
+            (d.to_path_buf(), None)
+        }
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("swapper-bench-")
+                .tempdir_in(".")
+                .context("cannot make a temporary folder in the current folder (use --dir)")?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    if is_tmpfs(&dir) {
+        warnings.add(
+            pb,
+            format!(
+                "{} is on tmpfs (memory): the figures say nothing about a disk; use --dir on one",
+                dir.display()
+            ),
+        );
+    }
+    Ok((dir, tmp))
 }
 
 /// Whether `path` can be opened with O_DIRECT (EINVAL: its file system refuses it).

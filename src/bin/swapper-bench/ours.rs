@@ -56,6 +56,22 @@ impl Ours {
         })
     }
 
+    /// Restarts the engine with `config` for a file of `size` bytes, keeping the ring when
+    /// its operation size stays the same (so that a sweep does not refill it every point).
+    pub fn reconfigure(&mut self, config: IoConfig, size: u64) -> Result<()> {
+        let depth = config.block_size * u64::from(config.queue_depth) * u64::from(config.thread_count);
+        let op_size = MIN_OP.max(depth).min(size);
+        let count = RING.min(size.div_ceil(op_size));
+        if op_size != self.op_size || count as usize != self.bufs.len() {
+            // Free the old ring before allocating the new one.
+            self.bufs.clear();
+            *self = Ours::new(config, size)?;
+            return Ok(());
+        }
+        self.engine = IoEngine::new(config).context("cannot start the I/O engine")?;
+        Ok(())
+    }
+
     pub fn engine(&self) -> &IoEngine {
         &self.engine
     }
@@ -143,7 +159,7 @@ pub fn cpu_seconds() -> f64 {
 }
 
 /// Incompressible bytes (xorshift), as fio writes, so that no layer below gains from zeros.
-fn fill_random(buf: &mut [u8], seed: u64) {
+pub fn fill_random(buf: &mut [u8], seed: u64) {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     for chunk in buf.chunks_mut(8) {
         x ^= x << 13;

@@ -79,15 +79,23 @@ impl Series {
     }
 }
 
+/// Every side, in the order of the tables.
+const SIDES: [&str; 4] = ["libswapper", "swapper", "engine", "fio"];
+
 /// Results by side ("libswapper", "fio") and then by direction ("write", "read").
 pub type Results = BTreeMap<&'static str, BTreeMap<&'static str, Series>>;
 
 /// libswapper's median MiB/s over fio's, per direction measured by both.
 pub fn ratios(results: &Results) -> BTreeMap<&'static str, f64> {
+    ratio(results, "libswapper", "fio")
+}
+
+/// Side `a`'s median MiB/s over side `b`'s, per direction measured by both.
+pub fn ratio(results: &Results, a: &str, b: &str) -> BTreeMap<&'static str, f64> {
     let mut out = BTreeMap::new();
-    if let (Some(ours), Some(fio)) = (results.get("libswapper"), results.get("fio")) {
-        for (op, s) in ours {
-            if let Some(f) = fio.get(op) {
+    if let (Some(x), Some(y)) = (results.get(a), results.get(b)) {
+        for (op, s) in x {
+            if let Some(f) = y.get(op) {
                 out.insert(*op, s.mib_s().median / f.mib_s().median);
             }
         }
@@ -95,15 +103,33 @@ pub fn ratios(results: &Results) -> BTreeMap<&'static str, f64> {
     out
 }
 
+/// A ratio line of the table: "ratio a/b (medians): write x, read y", or nothing.
+pub fn ratio_line(results: &Results, a: &str, b: &str) -> String {
+    let r = ratio(results, a, b);
+    if r.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = ["write", "read"]
+        .iter()
+        .filter_map(|op| r.get(op).map(|v| format!("{op} {v:.3}")))
+        .collect();
+    format!("ratio {a}/{b} (medians): {}\n", parts.join(", "))
+}
+
 /// Sides and directions in the order of the table: ours first, writes before reads.
 fn ordered(results: &Results) -> Vec<(&'static str, &'static str, &Series)> {
+    let mut sides: Vec<&'static str> = SIDES
+        .iter()
+        .copied()
+        .filter(|s| results.contains_key(s))
+        .collect();
+    sides.extend(results.keys().copied().filter(|s| !SIDES.contains(s)));
     let mut v = Vec::new();
-    for side in ["libswapper", "fio"] {
-        if let Some(ops) = results.get(side) {
-            for op in ["write", "read"] {
-                if let Some(s) = ops.get(op) {
-                    v.push((side, op, s));
-                }
+    for side in sides {
+        let ops = &results[side];
+        for op in ["write", "read"] {
+            if let Some(s) = ops.get(op) {
+                v.push((side, op, s));
             }
         }
     }
@@ -112,16 +138,23 @@ fn ordered(results: &Results) -> Vec<(&'static str, &'static str, &Series)> {
 
 /// The readable table.
 pub fn table(results: &Results) -> String {
+    let mut out = rows(results);
+    out.push_str(&ratio_line(results, "libswapper", "fio"));
+    out
+}
+
+/// The table's rows, without ratios.
+pub fn rows(results: &Results) -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        "{:<11} {:<6} {:>9} {:<21} {:>10} {:<17}\n",
+        "{:<13} {:<6} {:>9} {:<21} {:>10} {:<17}\n",
         "side", "op", "MiB/s", "[min..max]", "CPU s/GiB", "[min..max]"
     ));
     for (side, op, s) in ordered(results) {
         let m = s.mib_s();
         let c = s.cpu();
         out.push_str(&format!(
-            "{:<11} {:<6} {:>9.1} {:<21} {:>10.4} {:<17}\n",
+            "{:<13} {:<6} {:>9.1} {:<21} {:>10.4} {:<17}\n",
             side,
             op,
             m.median,
@@ -129,14 +162,6 @@ pub fn table(results: &Results) -> String {
             c.median,
             format!("[{:.4}..{:.4}]", c.min, c.max),
         ));
-    }
-    let r = ratios(results);
-    if !r.is_empty() {
-        let parts: Vec<String> = ["write", "read"]
-            .iter()
-            .filter_map(|op| r.get(op).map(|v| format!("{op} {v:.3}")))
-            .collect();
-        out.push_str(&format!("ratio libswapper/fio (medians): {}\n", parts.join(", ")));
     }
     out
 }

@@ -306,3 +306,53 @@ fn bytes_are_counted() {
     engine.read(&mut b, &path, 0).unwrap();
     assert_eq!(engine.bytes_moved(), (10_000, 10_000));
 }
+
+#[test]
+fn checksums_computed_by_the_workers_match_the_data() {
+    let dir = disk_dir();
+    for backend in backends() {
+        let engine = IoEngine::new(IoConfig {
+            block_size: 64 << 10,
+            thread_count: 2,
+            backend,
+            ..IoConfig::default()
+        })
+        .unwrap();
+        for (size, buf_offset, covered) in [
+            (1usize, 0usize, 1u64),
+            (300_001, 3, 250_000),
+            (1 << 20, 0, 1 << 20),
+        ] {
+            let path = dir.path().join(format!("crc{size}"));
+            let data = pattern(size, size as u64);
+            let mut src = TestBuf::new(size, buf_offset);
+            src.as_mut_slice().copy_from_slice(&data);
+            let want = crc32c::crc32c(&data[..covered as usize]);
+            let req = swapper::io::Request {
+                write: true,
+                buf: RawBuf(src.as_mut_slice().as_mut_ptr()),
+                len: size as u64,
+                path: &path,
+                offset: 0,
+                nofollow: true,
+                checksum_len: Some(covered),
+            };
+            // SAFETY: `src` outlives the wait.
+            let t = unsafe { engine.submit(&req) }.unwrap();
+            t.wait().unwrap();
+            assert_eq!(t.checksum(), Some(want), "write {size} {backend:?}");
+            let mut dst = TestBuf::new(size, buf_offset);
+            let req = swapper::io::Request {
+                write: false,
+                buf: RawBuf(dst.as_mut_slice().as_mut_ptr()),
+                ..req
+            };
+            // SAFETY: `dst` outlives the wait.
+            let t = unsafe { engine.submit(&req) }.unwrap();
+            t.wait().unwrap();
+            assert_eq!(t.checksum(), Some(want), "read {size} {backend:?}");
+            let parts = t.checksum_parts();
+            assert_eq!(parts.iter().map(|p| p.1).sum::<u64>(), covered);
+        }
+    }
+}

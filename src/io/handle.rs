@@ -56,6 +56,7 @@ impl IoHandle {
             path,
             offset,
             nofollow: false,
+            checksum_len: None,
         };
         // SAFETY: the caller's contract.
         let ticket = unsafe { self.engine.submit(&req) }?;

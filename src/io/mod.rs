@@ -93,6 +93,25 @@ impl Ticket {
         self.0.is_finished()
     }
 
+    /// The crc32c of the first `checksum_len` bytes of the buffer, computed by the workers
+    /// request by request and combined; None when not asked for or not finished.
+    pub fn checksum(&self) -> Option<u32> {
+        if !self.0.is_finished() {
+            return None;
+        }
+        let parts = self.0.checksum_parts();
+        let (first, rest) = parts.split_first()?;
+        Some(rest.iter().fold(first.2, |acc, &(_, len, crc)| {
+            crc32c::crc32c_combine(acc, crc, len as usize)
+        }))
+    }
+
+    /// The checksum's parts, one per request: (offset in the buffer, length, crc32c).
+    /// Recomputing them over a buffer locates a mismatch.
+    pub fn checksum_parts(&self) -> Vec<(u64, u64, u32)> {
+        self.0.checksum_parts()
+    }
+
     /// The operation's file.
     pub fn path(&self) -> &Path {
         &self.0.path
@@ -228,6 +247,7 @@ impl IoEngine {
             path,
             offset,
             nofollow: false,
+            checksum_len: None,
         };
         // SAFETY: `buf` is borrowed mutably until the wait below returns.
         unsafe { self.submit(&req) }?.wait()
@@ -242,6 +262,7 @@ impl IoEngine {
             path,
             offset,
             nofollow: false,
+            checksum_len: None,
         };
         // SAFETY: `buf` is borrowed until the wait below returns; a write only reads it.
         unsafe { self.submit(&req) }?.wait()

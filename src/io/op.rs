@@ -2,7 +2,7 @@
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
 
 use crate::config::IO_ALIGNMENT;
@@ -113,6 +113,11 @@ pub struct Request<'a> {
     pub offset: u64,
     /// Refuse a path whose last component is a symbolic link.
     pub nofollow: bool,
+    /// Compute a crc32c of the first this-many bytes of the buffer, request by request in
+    /// the workers (before a write is submitted, after a read completes), so that the
+    /// checksum overlaps the I/O instead of adding to it. [`crate::io::Ticket::checksum`]
+    /// gives it once the operation has finished.
+    pub checksum_len: Option<u64>,
 }
 
 #[derive(Default)]
@@ -135,6 +140,9 @@ pub struct Op {
     nofollow: bool,
     direct_fd: Option<OwnedFd>,
     buffered_fd: OnceLock<std::result::Result<OwnedFd, i32>>,
+    /// Bytes covered by the checksum, and each request's crc32c of its part of them.
+    checksum_len: Option<u64>,
+    crcs: Vec<AtomicU32>,
     /// The next request to claim (touched only under the engine's queue lock).
     pub(crate) next: AtomicUsize,
     remaining: AtomicUsize,
@@ -220,6 +228,11 @@ impl Op {
             plan,
             bounce,
             nofollow: req.nofollow,
+            checksum_len: req.checksum_len.map(|n| n.min(req.len)),
+            crcs: match req.checksum_len {
+                Some(_) => (0..count).map(|_| AtomicU32::new(0)).collect(),
+                None => Vec::new(),
+            },
             direct_fd,
             buffered_fd,
             next: AtomicUsize::new(0),
@@ -259,6 +272,30 @@ impl Op {
             Ok(fd) => Ok(fd.as_raw_fd()),
             Err(e) => Err(Error::os("open", &self.path, None, *e)),
         }
+    }
+
+    /// The part of request `chunk` that the checksum covers, as (buffer offset, length).
+    pub(crate) fn checksum_part(&self, chunk: &Chunk) -> Option<(u64, u64)> {
+        let end = self.checksum_len?;
+        let start = chunk.buf_offset;
+        (start < end).then(|| (start, (start + chunk.len).min(end) - start))
+    }
+
+    /// Records request `index`'s crc32c of its part.
+    pub(crate) fn record_crc(&self, index: usize, crc: u32) {
+        if let Some(slot) = self.crcs.get(index) {
+            slot.store(crc, Ordering::Relaxed);
+        }
+    }
+
+    /// Each request's part of the checksum, in order: (buffer offset, length, crc32c).
+    pub(crate) fn checksum_parts(&self) -> Vec<(u64, u64, u32)> {
+        (0..self.crcs.len())
+            .filter_map(|i| {
+                let (start, len) = self.checksum_part(&self.plan.chunk(self.offset, i))?;
+                Some((start, len, self.crcs[i].load(Ordering::Acquire)))
+            })
+            .collect()
     }
 
     /// Records a failed request; the first error is the operation's, later ones are counted.

@@ -18,6 +18,7 @@ use crate::sys::{self, file, RawBuf};
 /// One request being carried out.
 struct Active {
     op: Arc<Op>,
+    index: usize,
     chunk: Chunk,
     done: u64,
 }
@@ -60,7 +61,29 @@ impl Active {
                 }
             }
         }
-        Ok(Active { op, chunk, done: 0 })
+        let active = Active {
+            op,
+            index,
+            chunk,
+            done: 0,
+        };
+        if active.op.write {
+            active.checksum();
+        }
+        Ok(active)
+    }
+
+    /// Computes this request's part of the operation's checksum from the caller's buffer:
+    /// for a write before it is submitted, for a read once its bytes have arrived.
+    fn checksum(&self) {
+        if let Some((start, len)) = self.op.checksum_part(&self.chunk) {
+            // SAFETY: the caller's buffer holds the chunk (submit's contract); for a write
+            // nobody changes it during the operation, for a read this request's bytes have
+            // arrived and no other request touches them.
+            let data =
+                unsafe { crate::sys::alloc::borrow(self.op.buf.offset_by(start as usize), len as usize) };
+            self.op.record_crc(self.index, crc32c::crc32c(data));
+        }
     }
 
     /// The call that moves the rest of the request: O_DIRECT when buffer, offset and length
@@ -141,6 +164,9 @@ impl Active {
                         )
                     };
                 }
+            }
+            if !self.op.write {
+                self.checksum();
             }
             shared.count_bytes(self.op.write, self.chunk.len);
         }

@@ -85,11 +85,22 @@ pub struct Stats {
     pub write_wait_ns: u64,
 }
 
-/// Bytes covered by one checksum.
-const CRC_CHUNK: usize = 1 << 20;
+/// A param's checksum: the crc32c of its bytes, and its parts as the I/O workers
+/// computed them (offset, length, crc32c), which locate a mismatch.
+#[derive(Clone, Debug)]
+struct Checksum {
+    crc: u32,
+    parts: Vec<(u64, u64, u32)>,
+}
 
-fn checksums(data: &[u8]) -> Vec<u32> {
-    data.chunks(CRC_CHUNK).map(crc32c::crc32c).collect()
+impl Checksum {
+    /// The checksum a finished operation computed, if it was asked for.
+    fn of(ticket: &Ticket) -> Option<Checksum> {
+        Some(Checksum {
+            crc: ticket.checksum()?,
+            parts: ticket.checksum_parts(),
+        })
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -102,7 +113,6 @@ struct PendingWrite {
     ticket: Ticket,
     release: bool,
     bytes: u64,
-    crcs: Vec<u32>,
 }
 
 struct Param {
@@ -111,7 +121,8 @@ struct Param {
     slot: Option<Slot>,
     /// Bytes of the last complete write, if the file holds the param.
     on_disk: Option<u64>,
-    crcs: Vec<u32>,
+    /// The checksum of the bytes on disk (None with checksums off).
+    checksum: Option<Checksum>,
     write: Option<PendingWrite>,
     read: Option<Ticket>,
 }
@@ -330,7 +341,7 @@ impl Swapper {
             status: ParamStatus::NotAvailable,
             slot: None,
             on_disk: None,
-            crcs: Vec::new(),
+            checksum: None,
             write: None,
             read: None,
         });
@@ -409,13 +420,6 @@ impl Swapper {
                 }
                 Slot::Caller(_) => data_bytes,
             };
-            let crcs = if self.config.verify_checksums {
-                // SAFETY: the buffer holds the param's bytes; the caller does not change them
-                // during a swap-out (documented).
-                checksums(unsafe { alloc::borrow(buf, data_bytes) })
-            } else {
-                Vec::new()
-            };
             let path = self.folder.param_path(id);
             let req = Request {
                 write: true,
@@ -424,6 +428,7 @@ impl Swapper {
                 path: &path,
                 offset: 0,
                 nofollow: true,
+                checksum_len: self.config.verify_checksums.then_some(data_bytes as u64),
             };
             // SAFETY: pool buffers live as long as the swapper, whose engine is drained
             // before the pool is freed; caller buffers are kept valid by the caller until
@@ -435,7 +440,6 @@ impl Swapper {
                         ticket,
                         release,
                         bytes: len as u64,
-                        crcs,
                     });
                     st.pending_writes.insert(id);
                 }
@@ -535,6 +539,7 @@ impl Swapper {
                 path: &path,
                 offset: 0,
                 nofollow: true,
+                checksum_len: p.checksum.as_ref().map(|_| p.numel * self.elem as u64),
             };
             // SAFETY: pool buffers outlive the engine's work; caller buffers are covered by
             // this function's contract.
@@ -653,34 +658,48 @@ impl Swapper {
             path: &path,
             offset: 0,
             nofollow: true,
+            checksum_len: p.checksum.as_ref().map(|_| bytes),
         };
         // SAFETY: the caller's contract; the ticket is waited for before returning.
         let ticket = unsafe { self.engine.submit(&req) }.map_err(|e| self.read_error(id, e))?;
         ticket.wait().map_err(|e| self.read_error(id, e))?;
-        // SAFETY: the read has completed; `dest` holds `bytes` bytes.
-        self.verify(id, p, unsafe { alloc::borrow(dest, bytes as usize) })
+        self.verify(id, p.checksum.as_ref(), &ticket, dest, bytes as usize)
     }
 
-    fn verify(&self, id: u64, p: &Param, data: &[u8]) -> Result<()> {
-        if !self.config.verify_checksums || p.crcs.is_empty() {
+    /// Compares the checksum the workers computed while reading with the one recorded when
+    /// the param was written; a mismatch is located by recomputing the parts over `buf`.
+    fn verify(
+        &self,
+        id: u64,
+        want: Option<&Checksum>,
+        ticket: &Ticket,
+        buf: RawBuf,
+        len: usize,
+    ) -> Result<()> {
+        let Some(want) = want else {
+            return Ok(());
+        };
+        if ticket.checksum() == Some(want.crc) {
             return Ok(());
         }
-        for (k, (chunk, want)) in data.chunks(CRC_CHUNK).zip(&p.crcs).enumerate() {
-            let got = crc32c::crc32c(chunk);
-            if got != *want {
-                return Err(Error::new(
-                    Status::CorruptData,
-                    format!(
-                        "param {id}: checksum mismatch in {} at offset {} (bytes {} to {}): crc32c {got:#010x}, expected {want:#010x}",
-                        self.folder.param_path(id).display(),
-                        k * CRC_CHUNK,
-                        k * CRC_CHUNK,
-                        k * CRC_CHUNK + chunk.len()
-                    ),
-                ));
-            }
-        }
-        Ok(())
+        let path = self.folder.param_path(id);
+        // SAFETY: the read into `buf` has completed and nothing else writes it.
+        let data = unsafe { alloc::borrow(buf, len) };
+        let bad = want.parts.iter().find(|(start, n, crc)| {
+            let end = (start + n) as usize;
+            end > data.len() || crc32c::crc32c(&data[*start as usize..end]) != *crc
+        });
+        let place = match bad {
+            Some((start, n, crc)) => format!(
+                "at offset {start} (bytes {start} to {}; crc32c expected {crc:#010x})",
+                start + n
+            ),
+            None => format!("(crc32c of the whole param expected {:#010x})", want.crc),
+        };
+        Err(Error::new(
+            Status::CorruptData,
+            format!("param {id}: checksum mismatch in {} {place}", path.display()),
+        ))
     }
 
     /// Waits for every read submitted before the call; the params become AVAILABLE. A
@@ -766,8 +785,7 @@ impl Swapper {
         let bytes = p.numel as usize * self.elem;
         let checked = result.map_err(|e| self.read_error(id, e)).and_then(|()| {
             let buf = self.slot_buf(p.slot.unwrap_or(Slot::Pool(usize::MAX)));
-            // SAFETY: the read into this buffer has completed and nothing else writes it.
-            self.verify(id, p, unsafe { alloc::borrow(buf, bytes) })
+            self.verify(id, p.checksum.as_ref(), ticket, buf, bytes)
         });
         let moved = match p.slot {
             Some(Slot::Pool(_)) => p.on_disk.unwrap_or(bytes as u64),
@@ -804,7 +822,7 @@ impl Swapper {
         match result {
             Ok(()) => {
                 p.on_disk = Some(w.bytes);
-                p.crcs = w.crcs;
+                p.checksum = Checksum::of(&w.ticket);
                 st.bytes_written += w.bytes;
                 if w.release {
                     p.status = ParamStatus::NotAvailable;
@@ -1004,11 +1022,6 @@ impl Swapper {
             let staging = unsafe { part.memory.slice_mut(offset, aligned) };
             convert::from_f32(src, self.config.dtype, &mut staging[..data_bytes]);
             staging[data_bytes..].fill(0);
-            let crcs = if self.config.verify_checksums {
-                checksums(&staging[..data_bytes])
-            } else {
-                Vec::new()
-            };
             let path = self.folder.param_path(id);
             let req = Request {
                 write: true,
@@ -1017,10 +1030,11 @@ impl Swapper {
                 path: &path,
                 offset: 0,
                 nofollow: true,
+                checksum_len: self.config.verify_checksums.then_some(data_bytes as u64),
             };
             // SAFETY: the staging memory outlives the wait below (the lock is held).
             match unsafe { self.engine.submit(&req) } {
-                Ok(t) => tickets.push((id, t, aligned as u64, crcs)),
+                Ok(t) => tickets.push((id, t, aligned as u64)),
                 Err(e) => {
                     first_error = Some(e.context(format!("partitioned swap out of param {id}")));
                     break;
@@ -1028,12 +1042,12 @@ impl Swapper {
             }
         }
         let mut errors: Vec<Error> = first_error.into_iter().collect();
-        for (id, t, bytes, crcs) in tickets {
+        for (id, t, bytes) in tickets {
             let p = st.params.get_mut(&id).expect("checked above");
             match t.wait() {
                 Ok(()) => {
                     p.on_disk = Some(bytes);
-                    p.crcs = crcs;
+                    p.checksum = Checksum::of(&t);
                     st.bytes_written += bytes;
                 }
                 Err(e) => {

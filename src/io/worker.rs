@@ -61,20 +61,17 @@ impl Active {
                 }
             }
         }
-        let active = Active {
+        Ok(Active {
             op,
             index,
             chunk,
             done: 0,
-        };
-        if active.op.write {
-            active.checksum();
-        }
-        Ok(active)
+        })
     }
 
-    /// Computes this request's part of the operation's checksum from the caller's buffer:
-    /// for a write before it is submitted, for a read once its bytes have arrived.
+    /// Computes this request's part of the operation's checksum from the caller's buffer,
+    /// once the request is done (a write's bytes do not change during the operation, a
+    /// read's have arrived).
     fn checksum(&self) {
         if let Some((start, len)) = self.op.checksum_part(&self.chunk) {
             // SAFETY: the caller's buffer holds the chunk (submit's contract); for a write
@@ -165,9 +162,7 @@ impl Active {
                     };
                 }
             }
-            if !self.op.write {
-                self.checksum();
-            }
+            self.checksum();
             shared.count_bytes(self.op.write, self.chunk.len);
         }
         self.op.finish_request();
@@ -223,6 +218,9 @@ struct UringWorker {
     ready: Vec<(usize, std::result::Result<usize, i32>)>,
     /// Injected short transfers: the most bytes a slot's next completion may report.
     caps: Vec<usize>,
+    /// Requests done whose checksum is still to compute: finished after the next refill
+    /// has been submitted, so that the device is busy while the CPU checksums.
+    finished: Vec<Active>,
 }
 
 pub(super) fn run_uring(shared: Arc<Shared>, ring: Ring, config: IoConfig) {
@@ -237,29 +235,51 @@ pub(super) fn run_uring(shared: Arc<Shared>, ring: Ring, config: IoConfig) {
         in_kernel: 0,
         ready: Vec::with_capacity(qd),
         caps: vec![usize::MAX; qd],
+        finished: Vec::with_capacity(qd),
     };
     w.run();
 }
 
 impl UringWorker {
     fn idle(&self) -> bool {
-        self.free.len() == self.slots.len() && self.ready.is_empty()
+        self.free.len() == self.slots.len() && self.ready.is_empty() && self.finished.is_empty()
+    }
+
+    /// Fills free slots with new requests; false when the engine is shutting down and
+    /// nothing is left to do.
+    fn refill(&mut self) -> bool {
+        if self.config.overlap_events || self.idle() {
+            while let Some(&slot) = self.free.last() {
+                let idle = self.idle();
+                match self.shared.claim(idle) {
+                    Some((op, index)) => {
+                        self.free.pop();
+                        self.start(slot, op, index);
+                    }
+                    None if idle => return false,
+                    None => break,
+                }
+            }
+        }
+        true
     }
 
     fn run(&mut self) {
         loop {
-            if self.config.overlap_events || self.idle() {
-                while let Some(&slot) = self.free.last() {
-                    let idle = self.idle();
-                    match self.shared.claim(idle) {
-                        Some((op, index)) => {
-                            self.free.pop();
-                            self.start(slot, op, index);
-                        }
-                        None if idle => return,
-                        None => break,
-                    }
+            if !self.refill() {
+                return;
+            }
+            if !self.finished.is_empty() {
+                // The refill above is in flight before the CPU spends time on checksums.
+                if self.in_kernel > 0 {
+                    let _ = self.ring.submit_and_wait(0);
                 }
+                let mut finished = std::mem::take(&mut self.finished);
+                for a in finished.drain(..) {
+                    a.finish(None, &self.shared);
+                }
+                self.finished = finished;
+                continue;
             }
             if self.in_kernel > 0 {
                 let want = usize::from(self.ready.is_empty());
@@ -362,7 +382,12 @@ impl UringWorker {
 
     fn end(&mut self, slot: usize) {
         if let Some(a) = self.slots[slot].take() {
-            a.finish(self.bounces[slot].as_ref(), &self.shared);
+            let deferred = !a.op.bounce && a.done == a.chunk.len && a.op.checksum_part(&a.chunk).is_some();
+            if deferred {
+                self.finished.push(a);
+            } else {
+                a.finish(self.bounces[slot].as_ref(), &self.shared);
+            }
         }
         self.free.push(slot);
     }

@@ -82,7 +82,10 @@ int main(int argc, char **argv) {
         uint64_t first = 0;
         OK(swapper_swap_in(s, &first, 1, true, NULL));
         for (uint64_t id = 0; id < PARAMS; id++) {
-            OK(swapper_wait_reads(s));
+            if (epoch == 2)
+                OK(swapper_wait_params(s, &id, 1)); /* only this layer: the prefetch stays in flight */
+            else
+                OK(swapper_wait_reads(s));
             if (id + 1 < PARAMS) {
                 uint64_t next = id + 1;
                 OK(swapper_swap_in(s, &next, 1, true, NULL)); /* prefetch */

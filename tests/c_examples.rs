@@ -72,6 +72,9 @@ pub fn run(bin: &Path, valgrind: bool) {
     let dir = common::disk_dir();
     let mut cmd = if valgrind {
         let mut c = Command::new("valgrind");
+        // valgrind cannot see what the kernel writes through io_uring: the blocking backend
+        // lets it check every byte.
+        c.env("SWAPPER_IO_BACKEND", "blocking");
         c.args([
             "--error-exitcode=99",
             "--leak-check=full",

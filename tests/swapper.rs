@@ -359,3 +359,22 @@ fn eight_threads_swap_their_own_params_while_one_reads_stats() {
         "every byte written was read once"
     );
 }
+
+#[test]
+fn wait_params_waits_for_the_named_params_only() {
+    let dir = common::disk_dir();
+    let s = swapper_in(dir.path(), Dtype::Fp16, 3, 1 << 20);
+    for id in 0..3 {
+        put(&s, id, &common::pattern(2 << 20, 40 + id));
+    }
+    s.swap_out_and_release(&[0, 1, 2], false, false).unwrap();
+    // SAFETY: pool buffers.
+    unsafe { s.swap_in(&[0, 1, 2], true, None) }.unwrap();
+    s.wait_params(&[1]).unwrap();
+    assert_eq!(s.param_status(1).unwrap(), ParamStatus::Available);
+    assert!(get(&s, 1) == common::pattern(2 << 20, 41));
+    assert_eq!(s.wait_params(&[1, 99]).unwrap_err().status(), Status::NotFound);
+    s.wait_params(&[0, 2]).unwrap();
+    assert_eq!(s.stats().pending_reads, 0);
+    s.wait_params(&[0]).unwrap(); // nothing in flight: a no-op
+}

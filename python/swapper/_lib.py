@@ -125,6 +125,7 @@ PROTOTYPES = {
     ),
     "swapper_swap_into_buffer": (c_status, [_p, c_uint64, c_void_p, c_uint64]),
     "swapper_wait_reads": (c_status, [_p]),
+    "swapper_wait_params": (c_status, [_p, _u64p, c_size_t]),
     "swapper_wait_writes": (c_status, [_p]),
     "swapper_release": (c_status, [_p, _u64p, c_size_t]),
     "swapper_param_status": (c_status, [_p, c_uint64, POINTER(c_enum)]),

@@ -552,6 +552,11 @@ class Swapper:
             )
         )
 
+    def wait_params(self, ids):
+        """Waits for the reads and writes of these params only; the others stay in flight."""
+        arr, n = _ids(ids)
+        check(self._lib.swapper_wait_params(self._h(), arr, n))
+
     def wait_reads(self):
         """Waits for every read submitted before the call (params become AVAILABLE)."""
         check(self._lib.swapper_wait_reads(self._h()))

@@ -417,6 +417,31 @@ pub extern "C" fn swapper_wait_writes(swapper: *mut Swapper) -> Status {
     crate::ffi_boundary!("swapper_wait_writes", { handle(swapper)?.wait_writes() })
 }
 
+/// Waits for the reads and writes of the given params only; other operations stay in
+/// flight. A runtime that prefetches several layers ahead waits for the layer it needs
+/// while the next ones keep the device busy (`swapper_wait_reads` would drain the queue).
+/// Completion rules as `swapper_wait_reads` and `swapper_wait_writes`. A param with
+/// nothing in flight is a no-op. Thread-safe; blocks.
+///
+/// Errors: `SWAPPER_STATUS_NOT_FOUND` (an unknown id; nothing is waited for),
+/// `SWAPPER_STATUS_NULL_POINTER`, and the failures of the operations waited for.
+///
+/// # Safety
+/// `param_ids` must be NULL or point to `count` ids.
+#[no_mangle]
+pub unsafe extern "C" fn swapper_wait_params(
+    swapper: *mut Swapper,
+    param_ids: *const u64,
+    count: usize,
+) -> Status {
+    crate::ffi_boundary!("swapper_wait_params", {
+        let s = handle(swapper)?;
+        // SAFETY: the caller's contract.
+        let ids = unsafe { arg_slice(param_ids, count, "param_ids") }?;
+        s.wait_params(ids)
+    })
+}
+
 /// Gives back the buffers of AVAILABLE params (DeepSpeed's
 /// `remove_partition_and_release_buffers`): pool buffers return to the pool, caller buffers
 /// are let go. The params become NOT_AVAILABLE. Checked whole first. Thread-safe.

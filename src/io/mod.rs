@@ -77,6 +77,24 @@ impl Shared {
     }
 }
 
+/// What `Backend::Auto` resolves to when the environment variable `SWAPPER_IO_BACKEND`
+/// says so (`blocking` or `io_uring`; read once). Memory checkers such as valgrind cannot
+/// see what the kernel writes through io_uring, so their runs set it to `blocking`.
+fn auto_override() -> Option<Backend> {
+    static OVERRIDE: std::sync::OnceLock<Option<Backend>> = std::sync::OnceLock::new();
+    *OVERRIDE.get_or_init(|| match std::env::var("SWAPPER_IO_BACKEND").ok()?.trim() {
+        "blocking" => Some(Backend::Blocking),
+        "io_uring" => Some(Backend::IoUring),
+        other => {
+            crate::log!(
+                Warn,
+                "SWAPPER_IO_BACKEND={other} is not blocking or io_uring; ignored"
+            );
+            None
+        }
+    })
+}
+
 /// Waits for one operation.
 #[derive(Clone)]
 pub struct Ticket(Arc<Op>);
@@ -137,6 +155,7 @@ impl IoEngine {
     pub fn new(config: IoConfig) -> Result<IoEngine> {
         config.validate()?;
         let backend = match config.backend {
+            Backend::Auto if auto_override() == Some(Backend::Blocking) => Backend::Blocking,
             Backend::Auto if Ring::available() => Backend::IoUring,
             Backend::Auto => {
                 crate::log!(Info, "io_uring is not available here; using blocking pread/pwrite");

@@ -21,6 +21,8 @@ struct Active {
     index: usize,
     chunk: Chunk,
     done: u64,
+    /// Its part of the checksum is computed already.
+    checksummed: bool,
 }
 
 /// One system call to make.
@@ -66,13 +68,18 @@ impl Active {
             index,
             chunk,
             done: 0,
+            checksummed: false,
         })
     }
 
     /// Computes this request's part of the operation's checksum from the caller's buffer,
     /// once the request is done (a write's bytes do not change during the operation, a
     /// read's have arrived).
-    fn checksum(&self) {
+    fn checksum(&mut self) {
+        if self.checksummed {
+            return;
+        }
+        self.checksummed = true;
         if let Some((start, len)) = self.op.checksum_part(&self.chunk) {
             // SAFETY: the caller's buffer holds the chunk (submit's contract); for a write
             // nobody changes it during the operation, for a read this request's bytes have
@@ -147,7 +154,7 @@ impl Active {
     }
 
     /// Ends the request: copies a bounced read out, counts bytes, tells the operation.
-    fn finish(self, bounce: Option<&AlignedBuf>, shared: &Shared) {
+    fn finish(mut self, bounce: Option<&AlignedBuf>, shared: &Shared) {
         if self.done == self.chunk.len {
             if self.op.bounce && !self.op.write {
                 if let Some(b) = bounce {
@@ -221,6 +228,9 @@ struct UringWorker {
     /// Requests done whose checksum is still to compute: finished after the next refill
     /// has been submitted, so that the device is busy while the CPU checksums.
     finished: Vec<Active>,
+    /// Slots whose write was just issued: checksummed once it is submitted, while the
+    /// device works on it (a write's bytes do not change during the operation).
+    to_checksum: Vec<usize>,
 }
 
 pub(super) fn run_uring(shared: Arc<Shared>, ring: Ring, config: IoConfig) {
@@ -236,6 +246,7 @@ pub(super) fn run_uring(shared: Arc<Shared>, ring: Ring, config: IoConfig) {
         ready: Vec::with_capacity(qd),
         caps: vec![usize::MAX; qd],
         finished: Vec::with_capacity(qd),
+        to_checksum: Vec::with_capacity(qd),
     };
     w.run();
 }
@@ -268,6 +279,16 @@ impl UringWorker {
         loop {
             if !self.refill() {
                 return;
+            }
+            if !self.to_checksum.is_empty() {
+                if self.in_kernel > 0 {
+                    let _ = self.ring.submit_and_wait(0);
+                }
+                while let Some(slot) = self.to_checksum.pop() {
+                    if let Some(a) = self.slots[slot].as_mut() {
+                        a.checksum();
+                    }
+                }
             }
             if !self.finished.is_empty() {
                 // The refill above is in flight before the CPU spends time on checksums.
@@ -316,8 +337,12 @@ impl UringWorker {
             self.config.block_size,
         ) {
             Ok(a) => {
+                let write_checksum = a.op.write && a.op.checksum_part(&a.chunk).is_some();
                 self.slots[slot] = Some(a);
                 self.issue(slot);
+                if write_checksum {
+                    self.to_checksum.push(slot);
+                }
             }
             Err(e) => {
                 op.fail(e);
@@ -382,7 +407,10 @@ impl UringWorker {
 
     fn end(&mut self, slot: usize) {
         if let Some(a) = self.slots[slot].take() {
-            let deferred = !a.op.bounce && a.done == a.chunk.len && a.op.checksum_part(&a.chunk).is_some();
+            let deferred = !a.op.bounce
+                && !a.checksummed
+                && a.done == a.chunk.len
+                && a.op.checksum_part(&a.chunk).is_some();
             if deferred {
                 self.finished.push(a);
             } else {

@@ -716,6 +716,22 @@ impl Swapper {
         self.wait(false, None)
     }
 
+    /// Waits for the reads and writes of these params only (others stay in flight), so a
+    /// runtime prefetching several layers ahead waits for the layer it needs while the next
+    /// ones keep the device busy. Unknown ids are `NotFound`; a param with nothing in
+    /// flight is a no-op.
+    pub fn wait_params(&self, ids: &[u64]) -> Result<()> {
+        {
+            let st = self.lock();
+            for &id in ids {
+                Self::known(&st, id)?;
+            }
+        }
+        let reads = self.wait(true, Some(ids));
+        let writes = self.wait(false, Some(ids));
+        reads.and(writes)
+    }
+
     fn wait(&self, reads: bool, only: Option<&[u64]>) -> Result<()> {
         let start = Instant::now();
         let snapshot: Vec<(u64, Ticket)> = {

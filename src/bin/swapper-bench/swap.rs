@@ -9,10 +9,10 @@
 //! forward pass. The files are created once, untimed, so that every timed swap-out
 //! overwrites allocated blocks, as the engine's and fio's timed writes do.
 //!
-//! The swapper waits for reads and writes in batches only (`wait_reads` and `wait_writes`
-//! wait for everything submitted), which is how DeepSpeed drives it too: a park waits for
-//! all its writes when the pool runs dry, and a forward pass waits for layer i before it
-//! submits the prefetch of the next layers, so that the prefetch overlaps layer i's compute.
+//! A park waits for all its writes when the pool runs dry (`wait_writes`), as DeepSpeed
+//! does; a forward pass waits for layer i alone (`wait_params`), so the layers prefetched
+//! after it stay in flight, then submits the prefetch of the next layers, so that the
+//! prefetch overlaps layer i's compute.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -152,7 +152,8 @@ impl SwapBench {
                 next = i + 1;
             }
             if self.sw.param_status(i)? != ParamStatus::Available {
-                self.sw.wait_reads().context("swap-in failed")?;
+                // Wait for this layer only: the layers prefetched after it stay in flight.
+                self.sw.wait_params(&[i]).context("swap-in failed")?;
             }
             // Prefetch the next layers while this one computes.
             let end = (i + 1 + self.prefetch).min(n);

@@ -58,6 +58,7 @@ int main(int argc, char **argv) {
     cfg.buffer_count = BUFFERS;
     cfg.buffer_numel = 2u << 20;
     cfg.pin_memory = true;
+    cfg.verify_checksums = true; /* a crc32c of every param, checked on every read */
     Swapper *s = NULL;
     OK(swapper_create(&cfg, &s));
     CHECK(swapper_element_size(s) == 2, "element size");

@@ -51,6 +51,7 @@ fn workload(round: u64) {
             thread_count: 3,
             ..IoConfig::default()
         },
+        verify_checksums: true,
         ..Settings::default()
     })
     .unwrap();

@@ -19,6 +19,7 @@ fn swapper_in(dir: &std::path::Path, dtype: Dtype, buffers: u32, numel: u64) -> 
             block_size: 64 << 10,
             ..IoConfig::default()
         },
+        verify_checksums: true,
         ..Settings::default()
     })
     .unwrap()

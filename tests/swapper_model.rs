@@ -258,6 +258,7 @@ fn run(seed: u64, steps: usize) {
             thread_count: 2,
             ..IoConfig::default()
         },
+        verify_checksums: seed % 2 == 1,
         ..Settings::default()
     })
     .unwrap();

@@ -391,7 +391,7 @@ class Swapper:
         buffer_count=5,
         buffer_numel=100_000_000,
         pin_memory=False,
-        verify_checksums=True,
+        verify_checksums=False,
         **io,
     ):
         unknown = set(io) - set(_IO_KEYS)

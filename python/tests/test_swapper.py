@@ -109,7 +109,7 @@ def test_errors_from_real_misuse(sw):
 
 
 def test_corrupt_swap_file_detected(folder):
-    with swapper.Swapper(folder, buffer_count=2, buffer_numel=1 << 16) as s:
+    with swapper.Swapper(folder, buffer_count=2, buffer_numel=1 << 16, verify_checksums=True) as s:
         s.get_buffer(9, 1 << 15)[:] = 1.0
         s.swap_out_and_release([9])
         (path,) = glob.glob(os.path.join(folder, "zero_stage_3", "*", "rank0", "9_*"))

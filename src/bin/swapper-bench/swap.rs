@@ -274,9 +274,9 @@ pub struct SwapArgs {
     /// How compute is simulated: sleep (CPU left to the I/O) or busy (spinning).
     #[arg(long, value_enum, default_value_t = ComputeKind::Sleep)]
     pub compute_kind: ComputeKind,
-    /// The swapper's crc32c per MiB, computed on swap-out and checked on swap-in
-    /// (Settings::verify_checksums).
-    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    /// The swapper's crc32c of every param, computed by the I/O workers on swap-out and
+    /// checked on swap-in (Settings::verify_checksums; off by default, as in the library).
+    #[arg(long, value_enum, default_value_t = OnOff::Off)]
     pub checksums: OnOff,
     /// Runs `swap --checksums on` and `off` alternately instead (two swappers, run for
     /// run), and reports the cost of checksums.

@@ -46,6 +46,27 @@ static void verify(const uint16_t *p, uint64_t id) {
               (unsigned long long)i);
 }
 
+/* A caller's allocator for the pool (a runtime would use cudaHostAlloc): counts its calls. */
+struct alloc_stats {
+    int allocs, frees;
+    uint64_t bytes;
+};
+
+static void *my_alloc(uint64_t nbytes, uint64_t alignment, void *user) {
+    struct alloc_stats *st = user;
+    st->allocs++;
+    st->bytes = nbytes;
+    return aligned_alloc((size_t)alignment, (size_t)((nbytes + alignment - 1) / alignment * alignment));
+}
+
+static void my_free(void *ptr, uint64_t nbytes, void *user) {
+    struct alloc_stats *st = user;
+    CHECK(nbytes == st->bytes, "free_fn got %llu bytes, alloc_fn gave %llu", (unsigned long long)nbytes,
+          (unsigned long long)st->bytes);
+    st->frees++;
+    free(ptr);
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) {
         fprintf(stderr, "usage: %s FOLDER\n", argv[0]);
@@ -140,9 +161,25 @@ int main(int argc, char **argv) {
 
     swapper_destroy(s);
     CHECK(swapper_live_handles() == 0, "handle leaked");
-    /* The folder is free again. */
+    /* The folder is free again; this time the pool comes from the caller's allocator. */
+    struct alloc_stats as = {0, 0, 0};
+    cfg.alloc_fn = my_alloc;
+    cfg.free_fn = my_free;
+    cfg.allocator_user_data = &as;
     OK(swapper_create(&cfg, &s));
+    CHECK(as.allocs == 1 && as.bytes >= (uint64_t)BUFFERS * cfg.buffer_numel * 2, "alloc_fn used for the pool");
+    uint64_t id0 = 0;
+    void *b0 = NULL;
+    OK(swapper_get_buffer(s, id0, numel_of(0), &b0));
+    fill(b0, 0);
+    OK(swapper_swap_out_and_release(s, &id0, 1, false, false));
+    OK(swapper_swap_in(s, &id0, 1, false, NULL));
+    OK(swapper_param_buffer(s, id0, &b0, NULL));
+    verify(b0, 0);
     swapper_destroy(s);
+    CHECK(as.frees == 1, "free_fn called once at destroy");
+    cfg.free_fn = NULL;
+    CHECK(swapper_create(&cfg, &s) == SWAPPER_STATUS_INVALID_ARGUMENT, "alloc_fn without free_fn");
     printf("param_swap: ok (%d params, %d buffers, 3 epochs)\n", PARAMS, BUFFERS);
     return 0;
 }

@@ -356,3 +356,21 @@ fn checksums_computed_by_the_workers_match_the_data() {
         }
     }
 }
+
+#[test]
+fn the_blocking_backend_caps_its_threads() {
+    let before = std::fs::read_dir("/proc/self/task").unwrap().count();
+    let engine = IoEngine::new(IoConfig {
+        queue_depth: 4096,
+        thread_count: 256,
+        backend: Backend::Blocking,
+        ..IoConfig::default()
+    })
+    .unwrap();
+    let during = std::fs::read_dir("/proc/self/task").unwrap().count();
+    assert!(during - before <= 512 + 8, "{} threads started", during - before);
+    let dir = disk_dir();
+    engine
+        .write(&pattern(3 << 20, 1), &dir.path().join("f"), 0)
+        .unwrap();
+}

@@ -31,6 +31,9 @@ use crate::sys::RawBuf;
 use op::Op;
 pub use op::Request;
 
+/// Most threads the blocking backend starts (it runs `queue_depth` per worker).
+const MAX_BLOCKING_THREADS: u32 = 512;
+
 /// State shared by the engine and its workers.
 pub(crate) struct Shared {
     queue: Mutex<Queue>,
@@ -187,7 +190,16 @@ impl IoEngine {
         };
         let threads = match backend {
             Backend::IoUring => config.thread_count,
-            _ => config.thread_count * config.queue_depth,
+            _ => {
+                let wanted = config.thread_count * config.queue_depth;
+                if wanted > MAX_BLOCKING_THREADS {
+                    crate::log!(
+                        Warn,
+                        "the blocking backend runs thread_count x queue_depth = {wanted} threads; capped at {MAX_BLOCKING_THREADS}"
+                    );
+                }
+                wanted.min(MAX_BLOCKING_THREADS)
+            }
         };
         for i in 0..threads {
             let shared = Arc::clone(&engine.shared);

@@ -265,7 +265,7 @@ typedef struct {
   /**
    * `SWAPPER_BACKEND_AUTO` (io_uring where the kernel allows it, else blocking calls),
    * `SWAPPER_BACKEND_IO_URING` or `SWAPPER_BACKEND_BLOCKING` (each worker runs
-   * `queue_depth` threads making pread/pwrite calls). Default auto.
+   * `queue_depth` threads making pread/pwrite calls, at most 512 in all). Default auto.
    */
   SwapperBackend backend;
   /**

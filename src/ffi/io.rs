@@ -42,7 +42,7 @@ pub struct SwapperIoConfig {
     pub overlap_events: bool,
     /// `SWAPPER_BACKEND_AUTO` (io_uring where the kernel allows it, else blocking calls),
     /// `SWAPPER_BACKEND_IO_URING` or `SWAPPER_BACKEND_BLOCKING` (each worker runs
-    /// `queue_depth` threads making pread/pwrite calls). Default auto.
+    /// `queue_depth` threads making pread/pwrite calls, at most 512 in all). Default auto.
     pub backend: BackendCode,
     /// `SWAPPER_DIRECT_IO_AUTO` (O_DIRECT, falling back to buffered I/O with a log line on
     /// file systems without it), `SWAPPER_DIRECT_IO_ON` (refuse such file systems) or

@@ -59,6 +59,7 @@ static void swap_loop(const char *folder) {
 
     for (std::uint64_t id = 0; id + 1 < params; id += 2) {
         s.swap_in({id, id + 1}, /*async_op=*/true);
+        s.wait_params({id});
         s.wait_reads();
         for (std::uint64_t k = id; k < id + 2; k++) {
             CHECK(s.param_status(k) == SWAPPER_PARAM_STATUS_AVAILABLE, "available after wait");
@@ -73,6 +74,15 @@ static void swap_loop(const char *folder) {
     std::vector<float> mine(numel(3));
     s.swap_in_buffers({3}, {mine.data()});
     CHECK(mine[17] == value(3, 17), "caller buffer");
+    s.release({3});
+    // With sizes, checked by the library: one element short is refused before any I/O.
+    try {
+        s.swap_in_sized({3}, {mine.data()}, {numel(3) - 1});
+        CHECK(false, "a short destination must be refused");
+    } catch (const swapper::Error &e) {
+        CHECK(e.status() == SWAPPER_STATUS_NO_BUFFER, "short destination status");
+    }
+    s.swap_in_sized({3}, {mine.data()}, {numel(3)});
     s.release({3});
     std::vector<float> copy(numel(4));
     s.swap_into_buffer(4, copy.data(), copy.size());

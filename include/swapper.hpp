@@ -231,6 +231,18 @@ class Swapper {
         }
         swap_in(ids.data(), ids.size(), async_op, dest.data());
     }
+    /** swap_in into caller buffers with their sizes in elements, checked by the library
+     * against each param before anything starts (swapper_swap_in_buffers). Prefer it to
+     * swap_in_buffers, which cannot check. */
+    void swap_in_sized(const Ids &ids, const std::vector<void *> &dest, const std::vector<std::uint64_t> &dest_numels,
+                       bool async_op = false) {
+        if (dest.size() != ids.size() || dest_numels.size() != ids.size()) {
+            throw Error(SWAPPER_STATUS_INVALID_ARGUMENT, "swap_in_sized: one buffer and one size per id are needed");
+        }
+        check(swapper_swap_in_buffers(h_, ids.data(), ids.size(), async_op, dest.data(), dest_numels.data()));
+    }
+    /** Waits for the reads and writes of these params only (swapper_wait_params). */
+    void wait_params(const Ids &ids) { check(swapper_wait_params(h_, ids.data(), ids.size())); }
 
     /** Synchronous read of param `id` into `dest` (`dest_numel` elements). */
     void swap_into_buffer(std::uint64_t id, void *dest, std::uint64_t dest_numel) {

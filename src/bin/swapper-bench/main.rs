@@ -263,38 +263,17 @@ fn io_bench(args: IoArgs) -> Result<()> {
     pb.inc(1);
 
     let direct_ok = direct_io_supported(path);
-    let direct = config.direct_io != DirectIo::Off && direct_ok;
-    match config.direct_io {
-        DirectIo::Off => warnings.add(
-            &pb,
-            "buffered I/O (--direct off): the page cache may flatter the figures".to_string(),
-        ),
-        DirectIo::Auto if !direct_ok => warnings.add(
-            &pb,
-            format!(
-                "the file system of {} does not support O_DIRECT: the run fell back to buffered I/O and the page cache may flatter the figures",
-                dir.display()
-            ),
-        ),
-        _ => {}
-    }
-
-    let fio_job = fio.as_ref().map(|_| {
-        let ioengine = match (backend, config.backend) {
-            (Backend::IoUring, _) => "io_uring",
-            (_, Backend::Blocking) => "psync",
-            // Our auto found no io_uring: fio's io_uring would fail too.
-            _ => "libaio",
-        };
-        fio::Job::new(
-            ioengine,
-            size,
-            args.io.block_size,
-            args.io.queue_depth,
-            args.io.threads,
-            direct,
-        )
-    });
+    let (direct, fio_job) = direct_mode_and_fio_job(
+        &config,
+        direct_ok,
+        &dir,
+        backend,
+        fio.is_some(),
+        size,
+        &args.io,
+        &mut warnings,
+        &pb,
+    );
 
     let settings = serde_json::json!({
         "file": path.display().to_string(),
@@ -403,6 +382,47 @@ fn io_bench(args: IoArgs) -> Result<()> {
         print!("{}", report::table(&results));
     }
     Ok(())
+}
+
+/// Whether the run uses O_DIRECT (warning when it does not), and the fio job that matches
+/// the engine's settings when fio takes part.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn direct_mode_and_fio_job(
+    config: &IoConfig,
+    direct_ok: bool,
+    dir: &Path,
+    backend: Backend,
+    with_fio: bool,
+    size: u64,
+    io: &IoFlags,
+    warnings: &mut Warnings,
+    pb: &ProgressBar,
+) -> (bool, Option<fio::Job>) {
+    let direct = config.direct_io != DirectIo::Off && direct_ok;
+    match config.direct_io {
+        DirectIo::Off => warnings.add(
+            pb,
+            "buffered I/O (--direct off): the page cache may flatter the figures".to_string(),
+        ),
+        DirectIo::Auto if !direct_ok => warnings.add(
+            pb,
+            format!(
+                "the file system of {} does not support O_DIRECT: the run fell back to buffered I/O and the page cache may flatter the figures",
+                dir.display()
+            ),
+        ),
+        _ => {}
+    }
+    let job = with_fio.then(|| {
+        let ioengine = match (backend, config.backend) {
+            (Backend::IoUring, _) => "io_uring",
+            (_, Backend::Blocking) => "psync",
+            // Our auto found no io_uring: fio's io_uring would fail too.
+            _ => "libaio",
+        };
+        fio::Job::new(ioengine, size, io.block_size, io.queue_depth, io.threads, direct)
+    });
+    (direct, job)
 }
 
 /// A progress bar on stderr when it is a terminal, a hidden one otherwise.

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use swapper::sys::RawBuf;
-use swapper::{Backend, DirectIo, Dtype, ParamStatus, Settings, Status, Swapper};
+use swapper::{Dtype, ParamStatus, Settings, Status, Swapper};
 
 use crate::ours::{cpu_seconds, fill_random, Ours};
 use crate::report::{self, Results, Sample, Spread};
@@ -426,36 +426,17 @@ pub fn run(args: SwapArgs) -> Result<()> {
         prepare_file(f, total)?;
     }
     pb.inc(1);
-    let direct = config.direct_io != DirectIo::Off && direct_ok;
-    match config.direct_io {
-        DirectIo::Off => warnings.add(
-            &pb,
-            "buffered I/O (--direct off): the page cache may flatter the figures".to_string(),
-        ),
-        DirectIo::Auto if !direct_ok => warnings.add(
-            &pb,
-            format!(
-                "the file system of {} does not support O_DIRECT: buffered I/O, and the page cache may flatter the figures",
-                dir.display()
-            ),
-        ),
-        _ => {}
-    }
-    let fio_job = fio.as_ref().map(|_| {
-        let ioengine = match (backend, config.backend) {
-            (Backend::IoUring, _) => "io_uring",
-            (_, Backend::Blocking) => "psync",
-            _ => "libaio",
-        };
-        fio::Job::new(
-            ioengine,
-            total,
-            args.io.block_size,
-            args.io.queue_depth,
-            args.io.threads,
-            direct,
-        )
-    });
+    let (direct, fio_job) = crate::direct_mode_and_fio_job(
+        &config,
+        direct_ok,
+        &dir,
+        backend,
+        fio.is_some(),
+        total,
+        &args.io,
+        &mut warnings,
+        &pb,
+    );
 
     let mut results = Results::new();
     let mut hidden: Vec<f64> = Vec::new();

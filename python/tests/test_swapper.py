@@ -60,6 +60,28 @@ def test_async_swaps_many_params(sw):
     assert st.as_dict()["params"] == 4
 
 
+def test_wait_params_waits_for_the_named_params(sw):
+    for pid in (1, 2, 3):
+        sw.get_buffer(pid, 3000)[:] = pid
+    sw.swap_out_and_release([1, 2, 3])
+    sw.swap_in([1, 2, 3], async_op=True)
+    sw.wait_params([2])
+    assert sw.param_status(2) is ParamStatus.AVAILABLE
+    assert (sw.param_buffer(2) == 2).all()
+    with pytest.raises(swapper.NotFoundError):
+        sw.wait_params([77])
+    sw.wait_params([1, 3])
+    assert sw.stats().pending_reads == 0
+
+
+def test_short_caller_buffer_is_refused(sw):
+    sw.get_buffer(5, 1000)[:] = 1.0
+    sw.swap_out_and_release([5])
+    with pytest.raises(swapper.NoBufferError):
+        sw.swap_in([5], dest_buffers=[np.zeros(999, dtype=np.float16)])
+    assert sw.param_status(5) is ParamStatus.NOT_AVAILABLE
+
+
 def test_swap_in_to_caller_buffers(sw):
     sw.get_buffer(3, 4096)[:] = 2.5
     sw.swap_out_and_release(3)

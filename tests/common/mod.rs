@@ -1,7 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// Deterministic bytes: a xorshift stream from `seed`.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
@@ -48,4 +49,23 @@ impl TestBuf {
         let (o, l) = (self.offset, self.len);
         &mut self.storage.as_mut_slice()[o..o + l]
     }
+}
+
+/// The crate's folder.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// target/<profile>, where cargo built libswapper.so and libswapper.a for this test run.
+pub fn lib_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
+}
+
+/// Whether `tool --version` runs.
+pub fn have(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
 }

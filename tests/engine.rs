@@ -374,3 +374,36 @@ fn the_blocking_backend_caps_its_threads() {
         .write(&pattern(3 << 20, 1), &dir.path().join("f"), 0)
         .unwrap();
 }
+
+#[cfg(feature = "fault-injection")]
+#[test]
+fn wait_lists_every_failed_operation() {
+    use swapper::sys::fault::{self, Call, Fault, Rule};
+    let dir = disk_dir();
+    let h = IoHandle::new(IoConfig::default()).unwrap();
+    let data = pattern(3 * 8192, 5);
+    for i in 0..3 {
+        h.engine()
+            .write(&data, &dir.path().join(format!("multi{i}")), 0)
+            .unwrap();
+    }
+    fault::install(Rule {
+        call: Call::Read,
+        path_contains: dir.path().join("multi").to_string_lossy().into_owned(),
+        fault: Fault::Errno(libc::EIO),
+        skip: 0,
+        times: 2,
+    });
+    let mut bufs: Vec<TestBuf> = (0..3).map(|_| TestBuf::new(8192, 0)).collect();
+    for (i, b) in bufs.iter_mut().enumerate() {
+        let path = dir.path().join(format!("multi{i}"));
+        // SAFETY: the buffers outlive the wait below.
+        unsafe { h.submit(false, RawBuf(b.as_mut_slice().as_mut_ptr()), 8192, &path, 0, true) }.unwrap();
+    }
+    let (n, r) = h.wait();
+    assert_eq!(n, 3);
+    let e = r.unwrap_err();
+    assert_eq!(e.status(), Status::IoError);
+    assert!(e.message().starts_with("2 of 3 operations failed"), "{e}");
+    assert_eq!(e.message().matches("Input/output error").count(), 2, "{e}");
+}

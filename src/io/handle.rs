@@ -138,12 +138,13 @@ mod tests {
     }
 
     #[test]
-    fn wait_reports_every_failure() {
+    fn a_read_past_the_end_is_refused_at_submit_and_a_good_one_is_reaped() {
         let dir = tempfile::tempdir().unwrap();
         let h = IoHandle::new(IoConfig::default()).unwrap();
         let mut buf = vec![0u8; 4096];
         std::fs::write(dir.path().join("short"), [1u8; 100]).unwrap();
         // A read past the end is refused at submit; a good read succeeds.
+        // SAFETY: `buf` outlives the wait below.
         let r = unsafe {
             h.submit(
                 false,
@@ -155,6 +156,7 @@ mod tests {
             )
         };
         assert!(r.unwrap_err().message().contains("past end of file"));
+        // SAFETY: as above.
         unsafe {
             h.submit(
                 false,

@@ -216,16 +216,7 @@ fn io_bench(args: IoArgs) -> Result<()> {
     let pb = progress_bar()?;
     let mut warnings = Warnings { list: Vec::new() };
     let (dir, _tmp_dir) = bench_folder(args.dir.as_deref(), &pb, &mut warnings)?;
-    let file = tempfile::Builder::new()
-        .prefix("swapper-bench-")
-        .suffix(".dat")
-        .tempfile_in(&dir)
-        .with_context(|| format!("cannot create the benchmark file in {}", dir.display()))?
-        .into_temp_path();
-    cleanup::register(file.to_path_buf());
-    if let Some(t) = &_tmp_dir {
-        cleanup::register(t.path().to_path_buf());
-    }
+    let file = bench_file(&dir, _tmp_dir.as_ref())?;
     let file_path = file.to_path_buf();
     let path: &Path = &file_path;
 
@@ -275,34 +266,29 @@ fn io_bench(args: IoArgs) -> Result<()> {
         &pb,
     );
 
-    let settings = serde_json::json!({
-        "file": path.display().to_string(),
-        "size_bytes": size,
-        "block_size": args.io.block_size,
-        "queue_depth": args.io.queue_depth,
-        "threads": args.io.threads,
-        "single_submit": args.io.single_submit,
-        "backend": backend.name(),
-        "backend_requested": config.backend.name(),
-        "direct": config.direct_io.name(),
-        "direct_effective": direct,
-        "runs": args.runs,
-        "op": ops,
-        "vs_fio": args.vs_fio,
-        "fio_first": args.fio_first,
-        "op_size": ours.op_size(),
-        "buffers": ours.buffers(),
-        "fio": match (&fio, &fio_job) {
-            (Some(v), Some(j)) => serde_json::json!({
-                "version": v,
-                "ioengine": j.ioengine,
-                "numjobs": j.numjobs,
-                "iodepth": j.iodepth,
-                "size_per_job": j.job_size,
-            }),
-            _ => serde_json::Value::Null,
-        },
-    });
+    let settings = merged(
+        io_settings(&args.io, &config, backend, direct),
+        serde_json::json!({
+            "file": path.display().to_string(),
+            "size_bytes": size,
+            "runs": args.runs,
+            "op": ops,
+            "vs_fio": args.vs_fio,
+            "fio_first": args.fio_first,
+            "op_size": ours.op_size(),
+            "buffers": ours.buffers(),
+            "fio": match (&fio, &fio_job) {
+                (Some(v), Some(j)) => serde_json::json!({
+                    "version": v,
+                    "ioengine": j.ioengine,
+                    "numjobs": j.numjobs,
+                    "iodepth": j.iodepth,
+                    "size_per_job": j.job_size,
+                }),
+                _ => serde_json::Value::Null,
+            },
+        }),
+    );
 
     let mut results = Results::new();
     for run in 1..=args.runs {
@@ -439,6 +425,44 @@ fn progress_bar() -> Result<ProgressBar> {
     );
     pb.enable_steady_tick(std::time::Duration::from_millis(200));
     Ok(pb)
+}
+
+/// A new benchmark file in `dir`, registered (with the temporary folder holding it, if
+/// any) for removal on Ctrl-C; the returned path removes it when dropped.
+fn bench_file(dir: &Path, tmp_dir: Option<&tempfile::TempDir>) -> Result<tempfile::TempPath> {
+    let file = tempfile::Builder::new()
+        .prefix("swapper-bench-")
+        .suffix(".dat")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create the benchmark file in {}", dir.display()))?
+        .into_temp_path();
+    cleanup::register(file.to_path_buf());
+    if let Some(t) = tmp_dir {
+        cleanup::register(t.path().to_path_buf());
+    }
+    Ok(file)
+}
+
+/// The engine settings every report records, for the `settings` object of its JSON.
+fn io_settings(io: &IoFlags, config: &IoConfig, backend: Backend, direct: bool) -> serde_json::Value {
+    serde_json::json!({
+        "block_size": io.block_size,
+        "queue_depth": io.queue_depth,
+        "threads": io.threads,
+        "single_submit": io.single_submit,
+        "backend": backend.name(),
+        "backend_requested": config.backend.name(),
+        "direct": config.direct_io.name(),
+        "direct_effective": direct,
+    })
+}
+
+/// `extra` merged into `base` (both JSON objects).
+fn merged(mut base: serde_json::Value, extra: serde_json::Value) -> serde_json::Value {
+    if let (Some(b), serde_json::Value::Object(e)) = (base.as_object_mut(), extra) {
+        b.extend(e);
+    }
+    base
 }
 
 /// The folder for the benchmark files: the one asked for, or a temporary one under the

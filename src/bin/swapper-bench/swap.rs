@@ -537,36 +537,31 @@ pub fn run(args: SwapArgs) -> Result<()> {
     });
 
     if args.json {
-        let settings = serde_json::json!({
-            "folder": dir.display().to_string(),
-            "params": args.params,
-            "param_size": p,
-            "total_bytes": total,
-            "buffers": args.buffers,
-            "prefetch": args.prefetch,
-            "compute_ms": args.compute_ms,
-            "compute_kind": match args.compute_kind { ComputeKind::Sleep => "sleep", ComputeKind::Busy => "busy" },
-            "checksums": checksum_modes,
-            "block_size": args.io.block_size,
-            "queue_depth": args.io.queue_depth,
-            "threads": args.io.threads,
-            "single_submit": args.io.single_submit,
-            "backend": backend.name(),
-            "backend_requested": config.backend.name(),
-            "direct": config.direct_io.name(),
-            "direct_effective": direct,
-            "runs": args.runs,
-            "vs_engine": args.vs_engine,
-            "vs_fio": args.vs_fio,
-            "engine_op_size": ours_op_size(args.vs_engine, config, total),
-            "fio": match (&fio, &fio_job) {
-                (Some(v), Some(j)) => serde_json::json!({
-                    "version": v, "ioengine": j.ioengine, "numjobs": j.numjobs,
-                    "iodepth": j.iodepth, "size_per_job": j.job_size,
-                }),
-                _ => serde_json::Value::Null,
-            },
-        });
+        let settings = crate::merged(
+            crate::io_settings(&args.io, &config, backend, direct),
+            serde_json::json!({
+                "folder": dir.display().to_string(),
+                "params": args.params,
+                "param_size": p,
+                "total_bytes": total,
+                "buffers": args.buffers,
+                "prefetch": args.prefetch,
+                "compute_ms": args.compute_ms,
+                "compute_kind": match args.compute_kind { ComputeKind::Sleep => "sleep", ComputeKind::Busy => "busy" },
+                "checksums": checksum_modes,
+                "runs": args.runs,
+                "vs_engine": args.vs_engine,
+                "vs_fio": args.vs_fio,
+                "engine_op_size": ours_op_size(args.vs_engine, config, total),
+                "fio": match (&fio, &fio_job) {
+                    (Some(v), Some(j)) => serde_json::json!({
+                        "version": v, "ioengine": j.ioengine, "numjobs": j.numjobs,
+                        "iodepth": j.iodepth, "size_per_job": j.job_size,
+                    }),
+                    _ => serde_json::Value::Null,
+                },
+            }),
+        );
         let mut v = report::json(settings, &results, &warnings.list);
         let mut ratios = serde_json::Map::new();
         for (a, b) in pairs {

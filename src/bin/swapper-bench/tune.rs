@@ -153,16 +153,7 @@ pub fn run(args: TuneArgs) -> Result<()> {
     let pb = crate::progress_bar()?;
     let mut warnings = crate::Warnings { list: Vec::new() };
     let (dir, tmp_dir) = crate::bench_folder(args.dir.as_deref(), &pb, &mut warnings)?;
-    let file = tempfile::Builder::new()
-        .prefix("swapper-bench-")
-        .suffix(".dat")
-        .tempfile_in(&dir)
-        .with_context(|| format!("cannot create the benchmark file in {}", dir.display()))?
-        .into_temp_path();
-    cleanup::register(file.to_path_buf());
-    if let Some(t) = &tmp_dir {
-        cleanup::register(t.path().to_path_buf());
-    }
+    let file = crate::bench_file(&dir, tmp_dir.as_ref())?;
     let path = file.to_path_buf();
 
     pb.set_length(1 + grid.len() as u64 * u64::from(runs) * 2);

@@ -3,9 +3,7 @@
 //! a level (`error`, `warn`, `info`, `debug`, `trace`), or nowhere.
 
 use std::ffi::CString;
-use std::sync::RwLock;
-
-use once_cell::sync::Lazy;
+use std::sync::{LazyLock, RwLock};
 
 /// How important a log message is. Lower values are more important.
 #[repr(C)]
@@ -79,7 +77,7 @@ struct Logger {
     max_level: Option<LogLevel>,
 }
 
-static LOGGER: Lazy<RwLock<Logger>> = Lazy::new(|| {
+static LOGGER: LazyLock<RwLock<Logger>> = LazyLock::new(|| {
     let max_level = std::env::var("SWAPPER_LOG")
         .ok()
         .and_then(|v| LogLevel::parse(&v));

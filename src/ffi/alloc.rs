@@ -1,9 +1,7 @@
 //! Aligned, optionally page-locked memory for callers' I/O buffers.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-
-use once_cell::sync::Lazy;
+use std::sync::{LazyLock, Mutex};
 
 use super::boundary::write_out;
 use crate::status::Status;
@@ -11,7 +9,7 @@ use crate::sys::alloc::AlignedBuf;
 
 /// Live allocations by address: freeing looks the pointer up, so a foreign or double
 /// free is reported instead of corrupting memory.
-static ALLOCATIONS: Lazy<Mutex<HashMap<usize, AlignedBuf>>> = Lazy::new(|| Mutex::new(HashMap::new()));
+static ALLOCATIONS: LazyLock<Mutex<HashMap<usize, AlignedBuf>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
 
 fn allocations() -> std::sync::MutexGuard<'static, HashMap<usize, AlignedBuf>> {
     ALLOCATIONS.lock().unwrap_or_else(|e| e.into_inner())

@@ -1,6 +1,6 @@
 //! `SwapperIo`: the asynchronous I/O engine handle.
 
-use once_cell::sync::Lazy;
+use std::sync::LazyLock;
 
 use super::boundary::{arg_path, arg_ref, write_opt, write_out, Registry};
 use crate::config::{Backend, DirectIo, IoConfig, IO_ALIGNMENT};
@@ -81,7 +81,7 @@ impl TryFrom<&SwapperIoConfig> for IoConfig {
     }
 }
 
-static HANDLES: Lazy<Registry<IoHandle>> = Lazy::new(|| Registry::new("SwapperIo handle", 1));
+static HANDLES: LazyLock<Registry<IoHandle>> = LazyLock::new(|| Registry::new("SwapperIo handle", 1));
 
 fn handle(io: *const SwapperIo) -> crate::Result<std::sync::Arc<IoHandle>> {
     HANDLES.get(io as usize)

@@ -1,6 +1,6 @@
 //! `Swapper`: the parameter swapper handle.
 
-use once_cell::sync::Lazy;
+use std::sync::LazyLock;
 
 use super::boundary::{arg_path, arg_ref, arg_slice, arg_str, write_opt, write_out, Registry};
 use super::io::SwapperIoConfig;
@@ -100,7 +100,7 @@ impl TryFrom<&SwapperConfig> for Settings {
     }
 }
 
-static HANDLES: Lazy<Registry<Core>> = Lazy::new(|| Registry::new("Swapper handle", 2));
+static HANDLES: LazyLock<Registry<Core>> = LazyLock::new(|| Registry::new("Swapper handle", 2));
 
 fn handle(s: *const Swapper) -> Result<std::sync::Arc<Core>> {
     HANDLES.get(s as usize)

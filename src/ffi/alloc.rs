@@ -9,7 +9,8 @@ use crate::sys::alloc::AlignedBuf;
 
 /// Live allocations by address: freeing looks the pointer up, so a foreign or double
 /// free is reported instead of corrupting memory.
-static ALLOCATIONS: LazyLock<Mutex<HashMap<usize, AlignedBuf>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+static ALLOCATIONS: LazyLock<Mutex<HashMap<usize, AlignedBuf>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
 
 fn allocations() -> std::sync::MutexGuard<'static, HashMap<usize, AlignedBuf>> {
     ALLOCATIONS.lock().unwrap_or_else(|e| e.into_inner())

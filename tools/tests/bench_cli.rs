@@ -6,11 +6,13 @@ use std::process::Command;
 
 use serde_json::Value;
 
-fn fio_on_path() -> bool {
-    Command::new("fio")
+/// fio must be installed: the comparisons with it are part of what these tests check.
+fn require_fio() {
+    let ok = Command::new("fio")
         .arg("--version")
         .output()
-        .is_ok_and(|o| o.status.success())
+        .is_ok_and(|o| o.status.success());
+    assert!(ok, "fio is not installed: install it with `apt-get install fio`");
 }
 
 /// Runs `swapper-bench io --size 8MiB --runs 1 --json --dir DIR [extra]` and parses stdout.
@@ -98,10 +100,7 @@ fn json_report_has_every_figure_and_leaves_no_file() {
 
 #[test]
 fn vs_fio_reports_both_sides_and_ratios() {
-    if !fio_on_path() {
-        eprintln!("fio is not installed: skipping the --vs-fio check (apt-get install fio)");
-        return;
-    }
+    require_fio();
     let dir = bench_dir();
     let v = run_bench(dir.path(), &["--vs-fio"]);
     check_side(&v, "libswapper");
@@ -131,8 +130,8 @@ fn bad_sizes_are_refused_with_a_message() {
 #[test]
 fn swap_reports_swapper_engine_and_fio() {
     let dir = bench_dir();
-    let fio = fio_on_path();
-    let mut args = vec![
+    require_fio();
+    let args = [
         "swap",
         "--params",
         "4",
@@ -145,10 +144,8 @@ fn swap_reports_swapper_engine_and_fio() {
         "--compute-ms",
         "1",
         "--vs-engine",
+        "--vs-fio",
     ];
-    if fio {
-        args.push("--vs-fio");
-    }
     let v = run_cmd(dir.path(), &args);
     let s = &v["settings"];
     assert_eq!(s["total_bytes"].as_u64(), Some(16 << 20));
@@ -156,12 +153,8 @@ fn swap_reports_swapper_engine_and_fio() {
     assert_eq!(s["buffers"].as_u64(), Some(3));
     check_side(&v, "swapper");
     check_side(&v, "engine");
-    let mut pairs = vec!["swapper/engine"];
-    if fio {
-        check_side(&v, "fio");
-        pairs.extend(["swapper/fio", "engine/fio"]);
-    }
-    for pair in pairs {
+    check_side(&v, "fio");
+    for pair in ["swapper/engine", "swapper/fio", "engine/fio"] {
         for op in ["write", "read"] {
             assert!(v["ratios"][pair][op].as_f64().unwrap() > 0.0, "{pair} {op}: {v}");
         }
@@ -276,10 +269,21 @@ fn tune_sweeps_a_tiny_grid_and_plots_it() {
     }
     let text = std::fs::read_to_string(&svg).expect("the plot was written");
     assert!(text.starts_with("<svg") && text.trim_end().ends_with("</svg>"));
+    // One line per depth and panel, in the depth's colour (the first two of the palette),
+    // and one per depth in the legend: plotters draws each solid line as a polyline.
+    for colour in ["#1F77B4", "#D62728"] {
+        let line = format!(r#"stroke="{colour}" stroke-width="2" points="#);
+        assert_eq!(text.matches(&line).count(), 2 + 1, "lines in {colour}");
+    }
+    // And a dot per point and panel.
     assert_eq!(
-        text.matches("<polyline").count(),
-        2 * 2,
-        "one line per depth and panel"
+        text.matches("<circle").count(),
+        4 * 2,
+        "one dot per point and panel"
     );
+    for qd in [2, 8] {
+        let label = format!("queue depth {qd}, 1 thread(s), ");
+        assert!(text.contains(&label), "no legend entry {label:?}");
+    }
     assert_empty(dir.path());
 }

@@ -227,7 +227,7 @@ pub fn run(args: TuneArgs) -> Result<()> {
     let (best_w, best_r) = (best("write"), best("read"));
 
     if let Some(svg_path) = &args.plot {
-        let svg = crate::plot::svg(&points, size, runs);
+        let svg = crate::plot::svg(&points, size, runs)?;
         std::fs::write(svg_path, svg).with_context(|| format!("cannot write {}", svg_path.display()))?;
     }
 

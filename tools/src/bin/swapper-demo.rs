@@ -2,7 +2,8 @@
 //!
 //! Parks 32 fp16 params of 16 MiB (512 MiB) on disk through the parameter swapper, then
 //! runs a forward pass that prefetches the next param while checking the current one,
-//! and prints the throughput of each direction. Every byte is verified.
+//! and prints the throughput of each direction. Every byte is verified. Ends with where
+//! the data went (the temporary folder, removed) and the benchmark commands to run next.
 //! usage: swapper-demo [FOLDER]   (default: a temporary folder under the current one)
 
 use std::time::Instant;
@@ -94,6 +95,25 @@ fn main() -> Result<()> {
         "swap in (prefetch one ahead, verified): {mib:.0} MiB in {in_secs:.3} s = {:.0} MiB/s",
         mib / in_secs
     );
-    println!("every byte verified; {} is removed on exit", dir.path().display());
+    println!("every byte verified");
+
+    // Where the data went, removed now (the swapper first, so that nothing holds the folder).
+    let folder = s.folder();
+    drop(s);
+    let tmp = dir.path().to_path_buf();
+    dir.close()
+        .with_context(|| format!("cannot remove the temporary folder {}", tmp.display()))?;
+    println!(
+        "the swap files were in {}; {} is removed",
+        folder.display(),
+        tmp.display()
+    );
+    println!("next, on a folder of the NVMe you will swap to:");
+    println!(
+        "  cargo run --release --bin swapper-bench -- io --vs-fio --dir <folder on your NVMe>   # the engine against fio"
+    );
+    println!(
+        "  cargo run --release --bin swapper-bench -- tune --dir <folder on your NVMe> --plot sweep.svg   # the best block size, queue depth, threads"
+    );
     Ok(())
 }

@@ -39,6 +39,11 @@
 #define SWAPPER_MAX_THREADS 256
 
 /**
+ * The bits of every bf16 NaN written (torch's vectorised conversion writes these).
+ */
+#define BF16_NAN 65535
+
+/**
  * DeepSpeed's `offload_param.buffer_count`.
  */
 #define SWAPPER_DEFAULT_BUFFER_COUNT 5

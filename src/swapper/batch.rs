@@ -94,6 +94,31 @@ pub(crate) fn swappable_in(id: u64, p: &Param) -> Result<u64> {
     })
 }
 
+/// The error of a batch some of whose params could not be queued: it names every one of
+/// them (they are as they were before the call, `left_as` says how) and gives the
+/// first failure in full; the params not named are queued.
+pub(crate) fn not_queued(total: usize, failed: Vec<(u64, Error)>, left_as: &str) -> Option<Error> {
+    let (first_id, first) = failed.first()?;
+    if total == 1 {
+        return Some(
+            first
+                .clone()
+                .context(format!("param {first_id} was not queued; it {left_as}")),
+        );
+    }
+    let ids: Vec<String> = failed.iter().map(|(id, _)| id.to_string()).collect();
+    let others = total - failed.len();
+    Some(Error::new(
+        first.status(),
+        format!(
+            "{} of {total} params were not queued and are as they were ({left_as}): ids [{}]; the other {others} are queued. First failure: {}",
+            failed.len(),
+            ids.join(", "),
+            first.message()
+        ),
+    ))
+}
+
 /// The errors of the params a batch could not queue (or finish), as one error. The
 /// params not named were handled.
 pub(crate) fn combine(errors: Vec<Error>) -> Result<()> {
@@ -103,14 +128,14 @@ pub(crate) fn combine(errors: Vec<Error>) -> Result<()> {
         1 => Err(errors.into_iter().next().expect("one error")),
         n => {
             let status = errors[0].status();
-            let mut text: Vec<&str> = errors.iter().take(SHOWN).map(|e| e.message()).collect();
-            let more = format!("and {} more", n - SHOWN);
-            if n > SHOWN {
-                text.push(&more);
-            }
+            let text: Vec<&str> = errors.iter().take(SHOWN).map(|e| e.message()).collect();
+            let more = match n.checked_sub(SHOWN) {
+                Some(m) if m > 0 => format!("; and {m} more"),
+                _ => String::new(),
+            };
             Err(Error::new(
                 status,
-                format!("{n} params failed: {}", text.join("; ")),
+                format!("{n} params failed: {}{more}", text.join("; ")),
             ))
         }
     }

@@ -132,7 +132,7 @@ impl Swapper {
             })
             .collect();
         // 3. Record, under the lock.
-        let mut errors = Vec::new();
+        let mut failed = Vec::new();
         {
             let mut st = self.lock();
             for (id, outcome) in submitted {
@@ -148,12 +148,13 @@ impl Swapper {
                         if let Some(Slot::Pool(i)) = p.slot.take() {
                             st.buffers.give(i);
                         }
-                        errors.push(e.context("it was not queued and stays NOT_AVAILABLE"));
+                        failed.push((id, e));
                     }
                 }
             }
         }
-        self.end_batch(Kind::Read, async_op, errors)
+        let errors = batch::not_queued(ids.len(), failed, "NOT_AVAILABLE, buffers back in the pool");
+        self.end_batch(Kind::Read, async_op, errors.into_iter().collect())
     }
 
     /// Reads param `id` synchronously into `dest` (at least the param's elements), without

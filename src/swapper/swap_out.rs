@@ -67,7 +67,7 @@ impl Swapper {
         let submitted: Vec<(u64, Result<(Ticket, u64)>)> =
             claims.iter().map(|c| (c.id, self.submit_write(c))).collect();
         // 3. Record, under the lock.
-        let mut errors = Vec::new();
+        let mut failed = Vec::new();
         {
             let mut st = self.lock();
             for (id, outcome) in submitted {
@@ -84,14 +84,13 @@ impl Swapper {
                     }
                     Err(e) => {
                         st.param(id).io = None;
-                        errors.push(e.context(format!(
-                            "param {id} was not queued; it stays AVAILABLE with its buffer"
-                        )));
+                        failed.push((id, e));
                     }
                 }
             }
         }
-        self.end_batch(Kind::Write, async_op, errors)
+        let errors = batch::not_queued(ids.len(), failed, "AVAILABLE with their buffers and data");
+        self.end_batch(Kind::Write, async_op, errors.into_iter().collect())
     }
 
     /// Queues the write of one claimed param: a pool buffer is written whole up to the

@@ -141,7 +141,9 @@ int main(int argc, char **argv) {
     CHECK(swapper_swap_in(s, dup, 2, false, NULL) == SWAPPER_STATUS_INVALID_ARGUMENT, "duplicate id");
     uint64_t five[5] = {0, 1, 2, 3, 4};
     CHECK(swapper_swap_in(s, five, 5, false, NULL) == SWAPPER_STATUS_NO_BUFFER, "not enough buffers");
-    CHECK(swapper_release(s, five, 1) == SWAPPER_STATUS_BAD_STATE, "release of what holds nothing");
+    CHECK(swapper_release(s, five, 1) == SWAPPER_STATUS_OK, "release of what holds nothing: a no-op, as in DeepSpeed");
+    uint64_t unknown = 999;
+    CHECK(swapper_release(s, &unknown, 1) == SWAPPER_STATUS_OK, "release of an unknown id: a no-op, as in DeepSpeed");
     void *big = NULL;
     CHECK(swapper_get_buffer(s, 77, cfg.buffer_numel + 1, &big) == SWAPPER_STATUS_NO_BUFFER, "too large");
     CHECK(swapper_wait_reads(s) == SWAPPER_STATUS_OK, "wait with nothing pending is a no-op");

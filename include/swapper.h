@@ -39,6 +39,11 @@
 #define SWAPPER_MAX_THREADS 256
 
 /**
+ * The bits of every bf16 NaN written (torch's vectorised conversion writes these).
+ */
+#define BF16_NAN 65535
+
+/**
  * DeepSpeed's `offload_param.buffer_count`.
  */
 #define SWAPPER_DEFAULT_BUFFER_COUNT 5
@@ -716,7 +721,13 @@ SwapperStatus swapper_get_buffer(Swapper *swapper,
  * write in flight; the batch is checked whole first, so one bad id (unknown, wrong state,
  * duplicate) changes nothing. With `async_op` the call returns once the writes are queued:
  * do not modify the buffers until `swapper_wait_writes` returns. The params stay
- * AVAILABLE. Thread-safe; blocks only when synchronous.
+ * AVAILABLE. A synchronous call also finishes every earlier asynchronous write, as
+ * DeepSpeed's does (its status includes their failures). Thread-safe; blocks only when
+ * synchronous. No other thread's call waits for this one's file-system work.
+ *
+ * A param whose file cannot be opened is not queued; the others are. The status is then
+ * the first failure's, and the last error lists the ids of every param not queued
+ * ("ids [..]"): those stay AVAILABLE with their data, ready to be swapped out again.
  *
  * Errors: `SWAPPER_STATUS_NOT_FOUND`, `SWAPPER_STATUS_BAD_STATE`,
  * `SWAPPER_STATUS_INVALID_ARGUMENT` (duplicate id), `SWAPPER_STATUS_NULL_POINTER` (param_ids
@@ -757,7 +768,14 @@ SwapperStatus swapper_swap_out_and_release(Swapper *swapper,
  * `SWAPPER_STATUS_NO_BUFFER`, and nothing changes); otherwise `dest_buffers[i]` receives
  * param i and must hold its elements, stay valid and untouched until the param is
  * released (it stays the caller's). The params become INFLIGHT; `swapper_wait_reads`
- * makes them AVAILABLE (a synchronous call waits itself). Thread-safe.
+ * makes them AVAILABLE. A synchronous call waits for them and also finishes every
+ * earlier asynchronous read (those params become AVAILABLE too), as DeepSpeed's
+ * `swap_in` does; use `swapper_wait_params` to wait selectively. Thread-safe.
+ *
+ * A param whose file is missing, replaced or cannot be opened is not queued; the others
+ * are. The status is then the first failure's, and the last error lists the ids of every
+ * param not queued ("ids [..]"): those stay NOT_AVAILABLE, their pool buffers back in
+ * the pool, ready for a retry of just those.
  *
  * Errors: `SWAPPER_STATUS_NOT_FOUND`, `SWAPPER_STATUS_BAD_STATE`,
  * `SWAPPER_STATUS_NO_BUFFER`, `SWAPPER_STATUS_INVALID_ARGUMENT` (duplicate id),
@@ -794,7 +812,9 @@ SwapperStatus swapper_swap_in_buffers(Swapper *swapper,
 /**
  * Reads param `param_id` synchronously into `dest`, which holds `dest_numel` elements (at
  * least the param's), without using a pool buffer; any address works. The param stays
- * NOT_AVAILABLE. `dest` is borrowed for the call. Thread-safe; blocks.
+ * NOT_AVAILABLE. `dest` is borrowed for the call. Like every synchronous read, it then
+ * finishes the earlier asynchronous reads too (DeepSpeed's `swap_into_buffer`).
+ * Thread-safe; blocks only the calling thread (the swapper's other calls go on).
  *
  * Errors: as `swapper_swap_in`, plus `SWAPPER_STATUS_NO_BUFFER` when `dest_numel` is
  * smaller than the param.
@@ -841,10 +861,12 @@ SwapperStatus swapper_wait_params(Swapper *swapper, const uint64_t *param_ids, s
 /**
  * Gives back the buffers of AVAILABLE params (DeepSpeed's
  * `remove_partition_and_release_buffers`): pool buffers return to the pool, caller buffers
- * are let go. The params become NOT_AVAILABLE. Checked whole first. Thread-safe.
+ * are let go. The params become NOT_AVAILABLE. As in DeepSpeed, a param that holds no
+ * buffer (NOT_AVAILABLE) or is unknown is left alone. Checked whole first. Thread-safe.
  *
- * Errors: `SWAPPER_STATUS_NOT_FOUND`, `SWAPPER_STATUS_BAD_STATE` (no buffer to release, or
- * a write in flight), `SWAPPER_STATUS_INVALID_ARGUMENT` (duplicate id).
+ * Errors: `SWAPPER_STATUS_BAD_STATE` (a param INFLIGHT or with a write in flight: the I/O
+ * still uses its buffer; nothing is released), `SWAPPER_STATUS_INVALID_ARGUMENT`
+ * (duplicate id).
  *
  * # Safety
  * `param_ids` must be NULL or point to `count` ids.
@@ -925,9 +947,12 @@ bool swapper_swappable(const Swapper *swapper, uint64_t numel);
 uint64_t swapper_io_aligned_numel(const Swapper *swapper, uint64_t numel);
 
 /**
- * Allocates the staging buffer for `swapper_swap_out_partitioned`: one aligned slot per
- * partition, `numels[i]` elements each (pinned when `pin_memory` is set). Replaces an
- * earlier one. Thread-safe.
+ * Allocates the packed staging space for `swapper_swap_out_partitioned` (DeepSpeed's
+ * `reserve_partitioned_swap_space`): its capacity is the sum of the io-aligned lengths of
+ * `numels[0..count]` (pinned when `pin_memory` is set). ZeRO-3 reserves its largest
+ * sub-group once; any later batch whose io-aligned lengths add up to at most the
+ * capacity fits, in any order and number. Replaces an earlier space (a partitioned
+ * swap-out running meanwhile finishes with the old one). Thread-safe.
  *
  * Errors: `SWAPPER_STATUS_INVALID_ARGUMENT` (count 0), `SWAPPER_STATUS_NULL_POINTER`,
  * `SWAPPER_STATUS_OUT_OF_MEMORY`.
@@ -941,14 +966,19 @@ SwapperStatus swapper_reserve_partitioned_swap_space(Swapper *swapper,
 
 /**
  * Converts each fp32 source (`src_fp32[i]`, `numels[i]` elements) to the swapper's dtype
- * (round to nearest even; NaN and infinities kept; a copy for fp32) in the staging
- * buffer, and writes it over the swap file of `dst_param_ids[i]`. Waits for pending
- * writes first; synchronous. Each destination must be NOT_AVAILABLE, have a swap file,
- * and as many elements as its source; the params stay NOT_AVAILABLE. The sources are
- * borrowed for the call. Thread-safe; blocks.
+ * (round to nearest even; infinities kept; fp16 NaN kept quiet with its sign, every bf16
+ * NaN written as 0xFFFF as torch does; a copy for fp32), packed one after the other in
+ * the staging space, and writes each over the swap file of `dst_param_ids[i]`. Waits for
+ * pending writes first; synchronous. Each destination must be NOT_AVAILABLE with no I/O,
+ * have been swapped out before (its file exists), and have as many elements as its
+ * source; the params stay NOT_AVAILABLE. A param whose write failed has no valid copy on
+ * disk (swap-in refuses it) until a retry of this call succeeds. The sources are
+ * borrowed for the call. Thread-safe; blocks the calling thread only.
  *
- * Errors: `SWAPPER_STATUS_BAD_STATE` (no staging buffer, a param in the wrong state or
- * without a file), `SWAPPER_STATUS_NO_BUFFER` (more partitions or elements than reserved),
+ * Errors: `SWAPPER_STATUS_BAD_STATE` (no staging space, a param in the wrong state or
+ * never swapped out), `SWAPPER_STATUS_NO_BUFFER` (the batch needs more elements than the
+ * space holds), `SWAPPER_STATUS_BUSY` (another thread's partitioned swap-out is using the
+ * space),
  * `SWAPPER_STATUS_INVALID_ARGUMENT` (element counts differ, misaligned source),
  * `SWAPPER_STATUS_NULL_POINTER`, `SWAPPER_STATUS_IO_ERROR`.
  *
@@ -975,6 +1005,13 @@ SwapperStatus swapper_stats(const Swapper *swapper, SwapperStats *out);
  * handle. Thread-safe.
  */
 uint64_t swapper_buffer_numel(const Swapper *swapper);
+
+/**
+ * Elements the partitioned swap space holds (the sum of the io-aligned numels given to
+ * `swapper_reserve_partitioned_swap_space`); 0 before a reservation and for a NULL or
+ * dead handle. Thread-safe.
+ */
+uint64_t swapper_partitioned_swap_capacity(const Swapper *swapper);
 
 /**
  * Buffers in the pool (`buffer_count` of the configuration); 0 for a NULL or dead handle.

@@ -1,7 +1,9 @@
 //! fp32 to fp16 / bf16 conversion for the partitioned swap-out path.
 //!
-//! Round to nearest, ties to even; NaN stays NaN (quiet, sign kept), infinities and
-//! signed zeros are kept, values below the half-precision range become subnormals or
+//! Round to nearest, ties to even; infinities and signed zeros are kept. A NaN stays a
+//! NaN: in fp16 quiet with its sign kept; in bf16 every NaN becomes 0xFFFF, the bits
+//! torch's vectorised CPU conversion (and so DeepSpeed's partitioned swap-out) writes, so
+//! the swap files hold what DeepSpeed's would. Otherwise values below the half-precision range become subnormals or
 //! zero, values above it become infinity. The `half` crate does the work with the CPU's
 //! conversion instructions (F16C) where present and a branch-free loop that the compiler
 //! vectorises otherwise.
@@ -68,7 +70,7 @@ pub fn from_f32(src: &[f32], dtype: Dtype, dst: &mut [u8]) {
                 dst,
                 &mut tmp,
                 |out: &mut [f16], s| out.convert_from_f32_slice(s),
-                |v| v.to_bits(),
+                |v, _| v.to_bits(),
             );
         }
         Dtype::Bf16 => {
@@ -78,11 +80,14 @@ pub fn from_f32(src: &[f32], dtype: Dtype, dst: &mut [u8]) {
                 dst,
                 &mut tmp,
                 |out: &mut [bf16], s| out.convert_from_f32_slice(s),
-                |v| v.to_bits(),
+                |v, s| if s.is_nan() { BF16_NAN } else { v.to_bits() },
             );
         }
     }
 }
+
+/// The bits of every bf16 NaN written (torch's vectorised conversion writes these).
+pub const BF16_NAN: u16 = 0xFFFF;
 
 /// Converts in blocks through a small typed scratch buffer (so `dst` needs no alignment).
 fn convert_into<T: Copy + Default>(
@@ -90,15 +95,15 @@ fn convert_into<T: Copy + Default>(
     dst: &mut [u8],
     scratch: &mut Vec<T>,
     convert: impl Fn(&mut [T], &[f32]),
-    bits: impl Fn(T) -> u16,
+    bits: impl Fn(T, f32) -> u16,
 ) {
     const BLOCK: usize = 4096;
     scratch.resize(BLOCK, T::default());
     for (s, d) in src.chunks(BLOCK).zip(dst.chunks_mut(BLOCK * 2)) {
         let out = &mut scratch[..s.len()];
         convert(out, s);
-        for (pair, v) in d.chunks_exact_mut(2).zip(out.iter()) {
-            pair.copy_from_slice(&bits(*v).to_ne_bytes());
+        for ((pair, v), x) in d.chunks_exact_mut(2).zip(out.iter()).zip(s) {
+            pair.copy_from_slice(&bits(*v, *x).to_ne_bytes());
         }
     }
 }
@@ -182,8 +187,7 @@ mod tests {
         for (i, x) in src.iter().enumerate() {
             let got = u16::from_ne_bytes([dst[2 * i], dst[2 * i + 1]]);
             if x.is_nan() {
-                assert!(bf16::from_bits(got).is_nan(), "{x}");
-                assert_eq!(got & 0x8000, ((x.to_bits() >> 16) as u16) & 0x8000, "NaN sign");
+                assert_eq!(got, BF16_NAN, "every NaN is 0xFFFF, as torch writes it: {x}");
             } else {
                 assert_eq!(got, bf16_ref(*x), "{x:e} ({:#x})", x.to_bits());
             }

@@ -1,7 +1,8 @@
 //! Several processes on one disk: four ranks swapping concurrently under one nvme_path,
 //! and a second process refused (busy) on a rank folder another process holds. The
-//! children are this test binary run again with an environment variable that selects
-//! their role (`child_*` tests do nothing in a normal run).
+//! children are this test binary run again, on the very test that spawns them, with an
+//! environment variable that selects their role; in a normal run the variable is unset
+//! and the test is the parent.
 
 mod common;
 
@@ -35,13 +36,13 @@ fn child(test: &str, role: &str, nvme: &std::path::Path) -> Command {
     c
 }
 
+/// The role this process was started for, if it is a child.
+fn role() -> Option<String> {
+    std::env::var(ROLE).ok()
+}
+
 /// Child role `rank:N`: park 12 params of 2 MiB and read them back 3 times, verifying.
-#[test]
-fn child_rank_worker() {
-    let Ok(role) = std::env::var(ROLE) else { return };
-    let Some(rank) = role.strip_prefix("rank:") else {
-        return;
-    };
+fn child_rank_worker(rank: &str) {
     let rank: u32 = rank.parse().unwrap();
     let s = Swapper::new(settings(&std::env::var(NVME).unwrap(), rank)).unwrap();
     let data = |id: u64| common::pattern(2 << 20, (rank as u64) << 32 | id);
@@ -66,12 +67,7 @@ fn child_rank_worker() {
 }
 
 /// Child role `busy:N`: creating rank N must fail with Busy.
-#[test]
-fn child_expect_busy() {
-    let Ok(role) = std::env::var(ROLE) else { return };
-    let Some(rank) = role.strip_prefix("busy:") else {
-        return;
-    };
+fn child_expect_busy(rank: &str) {
     let e = Swapper::new(settings(&std::env::var(NVME).unwrap(), rank.parse().unwrap()))
         .err()
         .unwrap();
@@ -80,9 +76,19 @@ fn child_expect_busy() {
 
 #[test]
 fn four_ranks_in_four_processes_do_not_interfere() {
+    if let Some(role) = role() {
+        return child_rank_worker(role.strip_prefix("rank:").expect("a rank:N role"));
+    }
     let dir = common::disk_dir();
     let children: Vec<_> = (0..4)
-        .map(|r| child("child_rank_worker", &format!("rank:{r}"), dir.path()).output_async())
+        .map(|r| {
+            child(
+                "four_ranks_in_four_processes_do_not_interfere",
+                &format!("rank:{r}"),
+                dir.path(),
+            )
+            .output_async()
+        })
         .collect();
     for (r, c) in children.into_iter().enumerate() {
         let out = c.wait_with_output().unwrap();
@@ -109,9 +115,18 @@ fn four_ranks_in_four_processes_do_not_interfere() {
 
 #[test]
 fn a_second_process_on_a_held_rank_folder_is_busy() {
+    if let Some(role) = role() {
+        return child_expect_busy(role.strip_prefix("busy:").expect("a busy:N role"));
+    }
     let dir = common::disk_dir();
     let held = Swapper::new(settings(dir.path().to_str().unwrap(), 7)).unwrap();
-    let out = child("child_expect_busy", "busy:7", dir.path()).output().unwrap();
+    let out = child(
+        "a_second_process_on_a_held_rank_folder_is_busy",
+        "busy:7",
+        dir.path(),
+    )
+    .output()
+    .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
     drop(held);

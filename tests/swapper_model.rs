@@ -35,6 +35,8 @@ struct MParam {
     status: ParamStatus,
     has_buffer: bool,
     on_disk: bool,
+    /// A write was queued once, so the swap file exists.
+    has_file: bool,
     /// What the buffer holds (AVAILABLE) or the file holds (on disk): the param's bytes.
     data: Vec<u8>,
     disk: Vec<u8>,
@@ -47,7 +49,13 @@ struct Model {
     params: BTreeMap<u64, MParam>,
     free: usize,
     reserved: usize,
-    partition: Option<Vec<u64>>,
+    /// The capacity of the partitioned swap space, in elements.
+    partition: Option<u64>,
+}
+
+/// fp16 elements per 4096 bytes: the io-aligned length of a partition.
+fn aligned(numel: u64) -> u64 {
+    numel.div_ceil(2048) * 2048
 }
 
 type Outcome = Result<(), Status>;
@@ -104,14 +112,17 @@ impl Model {
         Ok(())
     }
 
+    /// DeepSpeed's release: a param without a buffer (or unknown) is left alone; one with
+    /// I/O in flight is refused.
     fn release(&self, ids: &[u64]) -> Outcome {
         if Self::dup(ids) {
             return Err(Status::InvalidArgument);
         }
         for id in ids {
-            let p = self.params.get(id).ok_or(Status::NotFound)?;
-            if p.status != ParamStatus::Available || !p.has_buffer || p.write.is_some() {
-                return Err(Status::BadState);
+            if let Some(p) = self.params.get(id) {
+                if p.read || p.write.is_some() {
+                    return Err(Status::BadState);
+                }
             }
         }
         Ok(())
@@ -145,26 +156,23 @@ impl Model {
     }
 
     fn partitioned(&self, ids: &[u64], numels: &[u64]) -> Outcome {
-        let Some(slots) = &self.partition else {
+        let Some(capacity) = self.partition else {
             return Err(Status::BadState);
         };
-        if ids.len() > slots.len() {
-            return Err(Status::NoBuffer);
-        }
         if Self::dup(ids) {
             return Err(Status::InvalidArgument);
         }
         for (k, id) in ids.iter().enumerate() {
             let p = self.params.get(id).ok_or(Status::NotFound)?;
-            if p.status != ParamStatus::NotAvailable || p.write.is_some() || p.read || !p.on_disk {
+            if p.status != ParamStatus::NotAvailable || p.write.is_some() || p.read || !p.has_file {
                 return Err(Status::BadState);
             }
             if numels[k] != p.numel {
                 return Err(Status::InvalidArgument);
             }
-            if p.numel > slots[k] {
-                return Err(Status::NoBuffer);
-            }
+        }
+        if numels.iter().map(|&n| aligned(n)).sum::<u64>() > capacity {
+            return Err(Status::NoBuffer);
         }
         Ok(())
     }
@@ -295,6 +303,7 @@ fn run(seed: u64, steps: usize) {
                         status: ParamStatus::NotAvailable,
                         has_buffer: false,
                         on_disk: false,
+                        has_file: false,
                         data: Vec::new(),
                         disk: Vec::new(),
                         write: None,
@@ -332,20 +341,14 @@ fn run(seed: u64, steps: usize) {
                 );
                 if want.is_ok() {
                     for id in &ids {
-                        m.params.get_mut(id).unwrap().write = Some(release);
+                        let p = m.params.get_mut(id).unwrap();
+                        p.write = Some(release);
+                        p.has_file = true;
                     }
                     if !async_op {
-                        // A synchronous swap-out completes exactly its own writes.
-                        let others: Vec<(u64, Option<bool>)> = m
-                            .params
-                            .iter_mut()
-                            .filter(|(id, _)| !ids.contains(id))
-                            .map(|(id, p)| (*id, p.write.take()))
-                            .collect();
+                        // A synchronous swap-out completes every pending write, as
+                        // DeepSpeed's synchronize_writes does.
                         m.finish_writes();
-                        for (id, w) in others {
-                            m.params.get_mut(&id).unwrap().write = w;
-                        }
                     }
                 }
                 ("swap_out", want.is_ok())
@@ -368,13 +371,11 @@ fn run(seed: u64, steps: usize) {
                         m.free -= 1;
                     }
                     if !async_op {
-                        for id in &ids {
-                            let p = m.params.get_mut(id).unwrap();
-                            p.read = false;
-                            p.status = ParamStatus::Available;
-                            p.data = p.disk.clone();
+                        // A synchronous swap-in completes every pending read, as
+                        // DeepSpeed's synchronize_reads does.
+                        for id in m.finish_reads() {
                             assert!(
-                                param_bytes(&s, *id) == p.data,
+                                param_bytes(&s, id) == m.params[&id].data,
                                 "step {step}: param {id} differs after swap in"
                             );
                         }
@@ -403,10 +404,13 @@ fn run(seed: u64, steps: usize) {
                 assert_eq!(status_of(s.release(&ids)), want, "step {step} release {ids:?}");
                 if want.is_ok() {
                     for id in &ids {
-                        let p = m.params.get_mut(id).unwrap();
-                        p.status = ParamStatus::NotAvailable;
-                        p.has_buffer = false;
-                        m.free += 1;
+                        if let Some(p) = m.params.get_mut(id) {
+                            if p.has_buffer {
+                                m.free += 1;
+                            }
+                            p.status = ParamStatus::NotAvailable;
+                            p.has_buffer = false;
+                        }
                     }
                 }
                 ("release", want.is_ok())
@@ -428,7 +432,7 @@ fn run(seed: u64, steps: usize) {
             93..=94 => {
                 let numels: Vec<u64> = (0..3).map(|_| 1 + rng.below(BUFFER_NUMEL)).collect();
                 s.reserve_partitioned_swap_space(&numels).unwrap();
-                m.partition = Some(numels);
+                m.partition = Some(numels.iter().map(|&n| aligned(n)).sum());
                 ("reserve_partitioned", true)
             }
             _ => {
@@ -462,6 +466,7 @@ fn run(seed: u64, steps: usize) {
                             .iter()
                             .flat_map(|x| half::f16::from_f32(*x).to_bits().to_ne_bytes())
                             .collect();
+                        p.on_disk = true;
                     }
                 }
                 ("partitioned", want.is_ok())

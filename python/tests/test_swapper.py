@@ -124,8 +124,8 @@ def test_errors_from_real_misuse(sw):
     with pytest.raises(swapper.BadStateError):
         sw.swap_in([1])  # AVAILABLE, not on disk only
     sw.release([1, 2, 3, 4])
-    with pytest.raises(swapper.BadStateError):
-        sw.release([1])  # nothing to release
+    sw.release([1])  # nothing to release: a no-op, as in DeepSpeed
+    sw.release([999])  # unknown: a no-op too
     with pytest.raises(swapper.BadStateError):
         sw.param_buffer(1)
 

@@ -1,6 +1,7 @@
-//! The C ABI. Every export is written with [`ffi_fn!`](crate::ffi_fn): the macro wraps
-//! the body in the panic boundary, and the body checks its pointers, converts C values
-//! to Rust ones, calls the core and converts the result. Nothing else lives here.
+//! The C ABI. Every export that can fail runs its body in [`ffi_boundary!`](crate::ffi_boundary)
+//! (the panic boundary and the thread's last error); getters go through
+//! [`boundary::getter`]. The body checks its pointers, converts C values to Rust ones,
+//! calls the core and converts the result. Nothing else lives here.
 //!
 //! - [`boundary`]: the panic boundary, the thread's last error, pointer checks.
 //! - [`common`]: version, status names, last error, logging.

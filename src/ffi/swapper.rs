@@ -254,7 +254,13 @@ pub unsafe extern "C" fn swapper_get_buffer(
 /// write in flight; the batch is checked whole first, so one bad id (unknown, wrong state,
 /// duplicate) changes nothing. With `async_op` the call returns once the writes are queued:
 /// do not modify the buffers until `swapper_wait_writes` returns. The params stay
-/// AVAILABLE. Thread-safe; blocks only when synchronous.
+/// AVAILABLE. A synchronous call also finishes every earlier asynchronous write, as
+/// DeepSpeed's does (its status includes their failures). Thread-safe; blocks only when
+/// synchronous. No other thread's call waits for this one's file-system work.
+///
+/// A param whose file cannot be opened is not queued; the others are. The status is then
+/// the first failure's, and the last error lists the ids of every param not queued
+/// ("ids [..]"): those stay AVAILABLE with their data, ready to be swapped out again.
 ///
 /// Errors: `SWAPPER_STATUS_NOT_FOUND`, `SWAPPER_STATUS_BAD_STATE`,
 /// `SWAPPER_STATUS_INVALID_ARGUMENT` (duplicate id), `SWAPPER_STATUS_NULL_POINTER` (param_ids
@@ -311,7 +317,14 @@ pub unsafe extern "C" fn swapper_swap_out_and_release(
 /// `SWAPPER_STATUS_NO_BUFFER`, and nothing changes); otherwise `dest_buffers[i]` receives
 /// param i and must hold its elements, stay valid and untouched until the param is
 /// released (it stays the caller's). The params become INFLIGHT; `swapper_wait_reads`
-/// makes them AVAILABLE (a synchronous call waits itself). Thread-safe.
+/// makes them AVAILABLE. A synchronous call waits for them and also finishes every
+/// earlier asynchronous read (those params become AVAILABLE too), as DeepSpeed's
+/// `swap_in` does; use `swapper_wait_params` to wait selectively. Thread-safe.
+///
+/// A param whose file is missing, replaced or cannot be opened is not queued; the others
+/// are. The status is then the first failure's, and the last error lists the ids of every
+/// param not queued ("ids [..]"): those stay NOT_AVAILABLE, their pool buffers back in
+/// the pool, ready for a retry of just those.
 ///
 /// Errors: `SWAPPER_STATUS_NOT_FOUND`, `SWAPPER_STATUS_BAD_STATE`,
 /// `SWAPPER_STATUS_NO_BUFFER`, `SWAPPER_STATUS_INVALID_ARGUMENT` (duplicate id),
@@ -380,7 +393,9 @@ pub unsafe extern "C" fn swapper_swap_in_buffers(
 
 /// Reads param `param_id` synchronously into `dest`, which holds `dest_numel` elements (at
 /// least the param's), without using a pool buffer; any address works. The param stays
-/// NOT_AVAILABLE. `dest` is borrowed for the call. Thread-safe; blocks.
+/// NOT_AVAILABLE. `dest` is borrowed for the call. Like every synchronous read, it then
+/// finishes the earlier asynchronous reads too (DeepSpeed's `swap_into_buffer`).
+/// Thread-safe; blocks only the calling thread (the swapper's other calls go on).
 ///
 /// Errors: as `swapper_swap_in`, plus `SWAPPER_STATUS_NO_BUFFER` when `dest_numel` is
 /// smaller than the param.
@@ -446,10 +461,12 @@ pub unsafe extern "C" fn swapper_wait_params(
 
 /// Gives back the buffers of AVAILABLE params (DeepSpeed's
 /// `remove_partition_and_release_buffers`): pool buffers return to the pool, caller buffers
-/// are let go. The params become NOT_AVAILABLE. Checked whole first. Thread-safe.
+/// are let go. The params become NOT_AVAILABLE. As in DeepSpeed, a param that holds no
+/// buffer (NOT_AVAILABLE) or is unknown is left alone. Checked whole first. Thread-safe.
 ///
-/// Errors: `SWAPPER_STATUS_NOT_FOUND`, `SWAPPER_STATUS_BAD_STATE` (no buffer to release, or
-/// a write in flight), `SWAPPER_STATUS_INVALID_ARGUMENT` (duplicate id).
+/// Errors: `SWAPPER_STATUS_BAD_STATE` (a param INFLIGHT or with a write in flight: the I/O
+/// still uses its buffer; nothing is released), `SWAPPER_STATUS_INVALID_ARGUMENT`
+/// (duplicate id).
 ///
 /// # Safety
 /// `param_ids` must be NULL or point to `count` ids.
@@ -594,9 +611,12 @@ pub extern "C" fn swapper_io_aligned_numel(swapper: *const Swapper, numel: u64) 
     })
 }
 
-/// Allocates the staging buffer for `swapper_swap_out_partitioned`: one aligned slot per
-/// partition, `numels[i]` elements each (pinned when `pin_memory` is set). Replaces an
-/// earlier one. Thread-safe.
+/// Allocates the packed staging space for `swapper_swap_out_partitioned` (DeepSpeed's
+/// `reserve_partitioned_swap_space`): its capacity is the sum of the io-aligned lengths of
+/// `numels[0..count]` (pinned when `pin_memory` is set). ZeRO-3 reserves its largest
+/// sub-group once; any later batch whose io-aligned lengths add up to at most the
+/// capacity fits, in any order and number. Replaces an earlier space (a partitioned
+/// swap-out running meanwhile finishes with the old one). Thread-safe.
 ///
 /// Errors: `SWAPPER_STATUS_INVALID_ARGUMENT` (count 0), `SWAPPER_STATUS_NULL_POINTER`,
 /// `SWAPPER_STATUS_OUT_OF_MEMORY`.
@@ -618,14 +638,19 @@ pub unsafe extern "C" fn swapper_reserve_partitioned_swap_space(
 }
 
 /// Converts each fp32 source (`src_fp32[i]`, `numels[i]` elements) to the swapper's dtype
-/// (round to nearest even; NaN and infinities kept; a copy for fp32) in the staging
-/// buffer, and writes it over the swap file of `dst_param_ids[i]`. Waits for pending
-/// writes first; synchronous. Each destination must be NOT_AVAILABLE, have a swap file,
-/// and as many elements as its source; the params stay NOT_AVAILABLE. The sources are
-/// borrowed for the call. Thread-safe; blocks.
+/// (round to nearest even; infinities kept; fp16 NaN kept quiet with its sign, every bf16
+/// NaN written as 0xFFFF as torch does; a copy for fp32), packed one after the other in
+/// the staging space, and writes each over the swap file of `dst_param_ids[i]`. Waits for
+/// pending writes first; synchronous. Each destination must be NOT_AVAILABLE with no I/O,
+/// have been swapped out before (its file exists), and have as many elements as its
+/// source; the params stay NOT_AVAILABLE. A param whose write failed has no valid copy on
+/// disk (swap-in refuses it) until a retry of this call succeeds. The sources are
+/// borrowed for the call. Thread-safe; blocks the calling thread only.
 ///
-/// Errors: `SWAPPER_STATUS_BAD_STATE` (no staging buffer, a param in the wrong state or
-/// without a file), `SWAPPER_STATUS_NO_BUFFER` (more partitions or elements than reserved),
+/// Errors: `SWAPPER_STATUS_BAD_STATE` (no staging space, a param in the wrong state or
+/// never swapped out), `SWAPPER_STATUS_NO_BUFFER` (the batch needs more elements than the
+/// space holds), `SWAPPER_STATUS_BUSY` (another thread's partitioned swap-out is using the
+/// space),
 /// `SWAPPER_STATUS_INVALID_ARGUMENT` (element counts differ, misaligned source),
 /// `SWAPPER_STATUS_NULL_POINTER`, `SWAPPER_STATUS_IO_ERROR`.
 ///
@@ -691,6 +716,16 @@ pub unsafe extern "C" fn swapper_stats(swapper: *const Swapper, out: *mut Stats)
 #[no_mangle]
 pub extern "C" fn swapper_buffer_numel(swapper: *const Swapper) -> u64 {
     getter("swapper_buffer_numel", swapper, 0, |s| s.buffer_numel())
+}
+
+/// Elements the partitioned swap space holds (the sum of the io-aligned numels given to
+/// `swapper_reserve_partitioned_swap_space`); 0 before a reservation and for a NULL or
+/// dead handle. Thread-safe.
+#[no_mangle]
+pub extern "C" fn swapper_partitioned_swap_capacity(swapper: *const Swapper) -> u64 {
+    getter("swapper_partitioned_swap_capacity", swapper, 0, |s| {
+        s.partitioned_swap_capacity()
+    })
 }
 
 /// Buffers in the pool (`buffer_count` of the configuration); 0 for a NULL or dead handle.

@@ -365,9 +365,28 @@ mod tests {
 
     #[test]
     fn lock_is_reported() {
-        let b = AlignedBuf::new(1 << 16, true).unwrap();
-        // Locking may be refused by the limit; either way the answer is consistent.
-        let _ = b.is_locked();
+        // The kernel's count of this process's locked memory, in KiB.
+        fn locked_kib() -> u64 {
+            let status = std::fs::read_to_string("/proc/self/status").unwrap();
+            let line = status.lines().find(|l| l.starts_with("VmLck:")).unwrap();
+            line.split_whitespace().nth(1).unwrap().parse().unwrap()
+        }
+        let before = locked_kib();
+        let b = AlignedBuf::new(1 << 20, true).unwrap();
+        let during = locked_kib();
+        // Locking may be refused by the limit: is_locked says which happened. (Other
+        // tests lock memory at the same time, so only the direction is checked.)
+        if b.is_locked() {
+            assert!(
+                during >= 1024,
+                "is_locked, yet the kernel counts {during} KiB locked"
+            );
+        } else {
+            assert!(
+                during < before + 1024,
+                "not is_locked, yet {before} -> {during} KiB locked"
+            );
+        }
         let u = AlignedBuf::new(1 << 16, false).unwrap();
         assert!(!u.is_locked());
     }

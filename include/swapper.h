@@ -227,6 +227,18 @@ typedef struct Swapper Swapper;
  * bytes per request and `queue_depth` requests in flight per thread. Create with
  * `swapper_io_create`, destroy with `swapper_io_destroy`. Every function taking a
  * `SwapperIo` is thread-safe: several threads may submit and wait on one handle.
+ *
+ * Yes/no settings inside structs (`SwapperIoConfig`, `SwapperConfig`) are `uint8_t`: 0 is
+ * false, any other value true, so a struct filled by memset or by hand is well defined.
+ * Yes/no *arguments* (`async_op`, `force_buffer_release`, `lock`) stay C `bool`: a C or
+ * C++ caller may pass any integer, which the compiler converts to 0 or 1. A caller
+ * through another foreign-function layer must declare them as a real bool (Python
+ * ctypes `c_bool`, cffi `bool`), which converts the same way; passing a byte other than
+ * 0 or 1 for a `bool` argument is undefined behaviour.
+ *
+ * A handle belongs to the process that created it: in a forked child every call with it
+ * returns `SWAPPER_STATUS_BAD_STATE` (the engine's threads are in the parent, which
+ * keeps working), and `swapper_io_destroy` only forgets it.
  */
 typedef struct SwapperIo SwapperIo;
 
@@ -259,14 +271,18 @@ typedef struct {
   uint32_t thread_count;
   /**
    * Submit each request to the kernel as soon as it is prepared instead of in one batch
-   * per refill (io_uring backend). Default false (DeepSpeed `aio.single_submit`).
+   * per refill (io_uring backend). Default 0, false (DeepSpeed `aio.single_submit`).
+   * A flag stored in one byte: 0 is false, any other value true (libswapper writes 0
+   * or 1). An integer rather than a `bool`, so that a struct filled by memset or by
+   * hand is never undefined behaviour.
    */
-  bool single_submit;
+  uint8_t single_submit;
   /**
    * Refill a worker's queue as each completion arrives (true) or only once all its
-   * requests have completed (false). Default true (DeepSpeed `aio.overlap_events`).
+   * requests have completed (false). Default 1, true (DeepSpeed `aio.overlap_events`).
+   * A one-byte flag like `single_submit`.
    */
-  bool overlap_events;
+  uint8_t overlap_events;
   /**
    * `SWAPPER_BACKEND_AUTO` (io_uring where the kernel allows it, else blocking calls),
    * `SWAPPER_BACKEND_IO_URING` or `SWAPPER_BACKEND_BLOCKING` (each worker runs
@@ -323,16 +339,18 @@ typedef struct {
   uint64_t buffer_numel;
   /**
    * Page-lock the pool (when the memlock limit allows; otherwise a warning is logged).
-   * Default false (DeepSpeed `offload_param.pin_memory`).
+   * Default 0, false (DeepSpeed `offload_param.pin_memory`). A one-byte flag: 0 is
+   * false, any other value true (an integer, so that a memset struct is well defined).
    */
-  bool pin_memory;
+  uint8_t pin_memory;
   /**
    * Keep a crc32c of each param (one per I/O request, combined) when it is written and check it when it is
    * read back; a mismatch is `SWAPPER_STATUS_CORRUPT_DATA`. Default false: the I/O
    * workers compute it while the I/O runs, but it still costs about 11% of swap-in
-   * throughput on a 2-core machine at 2.5 GB/s (README, Benchmarks).
+   * throughput on a 2-core machine at 2.5 GB/s (README, Benchmarks). A one-byte flag:
+   * 0 is false, any other value true.
    */
-  bool verify_checksums;
+  uint8_t verify_checksums;
   /**
    * The I/O engine's settings (DeepSpeed `aio`).
    */
@@ -510,9 +528,15 @@ SwapperStatus swapper_io_create(const SwapperIoConfig *config, SwapperIo **out);
  * Destroys an engine: waits for every operation still in flight, then stops its threads
  * and frees it. NULL is ignored; a handle that is not live is reported through the last
  * error and otherwise ignored. Results of asynchronous operations not yet waited for are
- * dropped (their data transfers do complete). The handle must not be used afterwards.
- * If another thread is inside a call on the same handle, the engine is freed when that
- * call returns.
+ * dropped (their data transfers do complete). The handle must not be used afterwards:
+ * later calls with it fail with `SWAPPER_STATUS_INVALID_ARGUMENT`.
+ *
+ * When it returns, no read or write of the engine touches any buffer any more, whatever
+ * other threads are doing: a thread blocked in `swapper_io_wait` on the same handle
+ * returns (with the operations' results) and a thread about to submit gets an error;
+ * destroy waits for such calls to return before it frees the engine. So the caller may
+ * free its buffers as soon as destroy returns. In a forked child of the process that
+ * created the handle, the handle is only forgotten (its threads are in the parent).
  */
 void swapper_io_destroy(SwapperIo *io);
 
@@ -692,8 +716,15 @@ SwapperStatus swapper_create_from_json(const char *deepspeed_config_json,
  * Destroys a swapper: waits for every read and write in flight, frees the pool, unlocks
  * the folder (the swap files stay). NULL is ignored; a handle that is not live is
  * reported through the last error and otherwise ignored. Buffers obtained from the
- * swapper must not be used afterwards. If another thread is inside a call on the same
- * handle, the swapper is freed when that call returns.
+ * swapper must not be used afterwards; later calls with the handle fail with
+ * `SWAPPER_STATUS_INVALID_ARGUMENT`.
+ *
+ * When it returns, no read or write of the swapper touches any memory any more (the
+ * caller's destination buffers included) and the folder is unlocked, whatever other
+ * threads are doing: a thread blocked in a wait on the same handle returns, a thread
+ * about to submit gets an error, and destroy waits for such calls to return before it
+ * frees the swapper. In a forked child of the process that created the handle, the
+ * handle is only forgotten: the pool, the files and the lock stay the parent's.
  */
 void swapper_destroy(Swapper *swapper);
 

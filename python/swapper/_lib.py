@@ -32,8 +32,8 @@ class IoConfigStruct(Structure):
         ("block_size", c_uint64),
         ("queue_depth", c_uint32),
         ("thread_count", c_uint32),
-        ("single_submit", c_bool),
-        ("overlap_events", c_bool),
+        ("single_submit", ctypes.c_uint8),  # 0 false, non-zero true
+        ("overlap_events", ctypes.c_uint8),
         ("backend", c_enum),
         ("direct_io", c_enum),
     ]
@@ -51,8 +51,8 @@ class ConfigStruct(Structure):
         ("dtype", c_enum),
         ("buffer_count", c_uint32),
         ("buffer_numel", c_uint64),
-        ("pin_memory", c_bool),
-        ("verify_checksums", c_bool),
+        ("pin_memory", ctypes.c_uint8),  # 0 false, non-zero true
+        ("verify_checksums", ctypes.c_uint8),
         ("io", IoConfigStruct),
         ("alloc_fn", AllocFn),
         ("free_fn", FreeFn),

@@ -167,14 +167,22 @@ pub unsafe fn arg_str<'a>(ptr: *const libc::c_char, name: &str) -> Result<&'a st
         .map_err(|_| Error::invalid(format!("{name} is not valid UTF-8")))
 }
 
+/// One live handle: its value and the process that created it.
+struct Entry<T> {
+    value: Arc<T>,
+    pid: u32,
+}
+
 /// Live handles of one type. The pointer a C caller holds is a key into this table, never
 /// dereferenced: a NULL, destroyed, foreign or wrong-type handle is an error, not a
 /// crash, and a destroy racing another thread's call cannot free what that call uses
-/// (each call holds its own `Arc` until it returns).
+/// (each call holds its own `Arc` until it returns; [`Registry::destroy`] waits for them).
+/// A handle used in a forked child of the process that created it is `BadState`: its
+/// worker threads are in the parent.
 pub struct Registry<T> {
     what: &'static str,
     tag: usize,
-    live: RwLock<HashMap<usize, Arc<T>>>,
+    live: RwLock<HashMap<usize, Entry<T>>>,
     next: AtomicUsize,
 }
 
@@ -189,17 +197,20 @@ impl<T> Registry<T> {
         }
     }
 
-    fn map(&self) -> std::sync::RwLockReadGuard<'_, HashMap<usize, Arc<T>>> {
+    fn map(&self) -> std::sync::RwLockReadGuard<'_, HashMap<usize, Entry<T>>> {
         self.live.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Adds a value; returns its handle (non-zero, never reused).
     pub fn insert(&self, value: T) -> usize {
         let key = (self.next.fetch_add(1, Ordering::Relaxed) << 8) | (self.tag << 4);
-        self.live
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, Arc::new(value));
+        self.live.write().unwrap_or_else(|e| e.into_inner()).insert(
+            key,
+            Entry {
+                value: Arc::new(value),
+                pid: std::process::id(),
+            },
+        );
         key
     }
 
@@ -208,17 +219,72 @@ impl<T> Registry<T> {
         if key == 0 {
             return Err(null(self.what));
         }
-        self.map().get(&key).cloned().ok_or_else(|| {
+        let map = self.map();
+        let entry = map.get(&key).ok_or_else(|| {
             Error::invalid(format!(
                 "{} {key:#x} is not a live handle (destroyed, or not created by libswapper)",
                 self.what
             ))
-        })
+        })?;
+        let me = std::process::id();
+        if entry.pid != me {
+            return Err(Error::bad_state(format!(
+                "{} {key:#x} belongs to process {}; process {me} is a fork of it, where the handle's I/O threads do not exist: create a new handle in this process",
+                self.what, entry.pid
+            )));
+        }
+        Ok(Arc::clone(&entry.value))
     }
 
     /// Takes a handle out of the table; the value is dropped when the last call using it returns.
     pub fn remove(&self, key: usize) -> Option<Arc<T>> {
-        self.live.write().unwrap_or_else(|e| e.into_inner()).remove(&key)
+        self.live
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key)
+            .map(|e| e.value)
+    }
+
+    /// Destroys a handle: takes it out of the table (later calls with it are errors), runs
+    /// `close` on it (which must make every other call on it return soon: stop its I/O and
+    /// wake its waiters), waits until every other call still using it has returned, and
+    /// drops it on this thread. So when `destroy` returns, nothing of the handle runs any
+    /// more. In a forked child of the creating process the handle is only forgotten: its
+    /// memory, files and locks are the parent's, and its threads are not in the child.
+    pub fn destroy(&self, key: usize, close: impl FnOnce(&T)) -> Result<()> {
+        let entry = self
+            .live
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key)
+            .ok_or_else(|| Error::invalid(format!("{key:#x} is not a live {}", self.what)))?;
+        if entry.pid != std::process::id() {
+            crate::log!(
+                Debug,
+                "{} {key:#x} destroyed in a forked child: forgotten, the parent's copy is untouched",
+                self.what
+            );
+            std::mem::forget(entry.value);
+            return Ok(());
+        }
+        close(&entry.value);
+        let mut value = entry.value;
+        let mut pause = std::time::Duration::from_micros(50);
+        loop {
+            match Arc::try_unwrap(value) {
+                Ok(v) => {
+                    drop(v);
+                    return Ok(());
+                }
+                Err(still_shared) => {
+                    // Another thread is still inside a call on this handle; with the I/O
+                    // stopped it returns soon.
+                    value = still_shared;
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(5));
+                }
+            }
+        }
     }
 
     /// How many handles are live.

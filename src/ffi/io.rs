@@ -12,11 +12,29 @@ use crate::sys::RawBuf;
 pub type BackendCode = i32;
 /// A `SwapperDirectIo` as C stores it.
 pub type DirectIoCode = i32;
+/// Reads a yes/no setting of a struct that C fills (`uint8_t`): 0 is false, any other
+/// value true. A Rust `bool` field would make every byte value but 0 and 1 undefined
+/// behaviour for a caller that fills the struct by memset or by hand.
+pub(crate) fn flag_is_set(flag: u8) -> bool {
+    flag != 0
+}
 
 /// An I/O engine: worker threads that read and write files with O_DIRECT, `block_size`
 /// bytes per request and `queue_depth` requests in flight per thread. Create with
 /// `swapper_io_create`, destroy with `swapper_io_destroy`. Every function taking a
 /// `SwapperIo` is thread-safe: several threads may submit and wait on one handle.
+///
+/// Yes/no settings inside structs (`SwapperIoConfig`, `SwapperConfig`) are `uint8_t`: 0 is
+/// false, any other value true, so a struct filled by memset or by hand is well defined.
+/// Yes/no *arguments* (`async_op`, `force_buffer_release`, `lock`) stay C `bool`: a C or
+/// C++ caller may pass any integer, which the compiler converts to 0 or 1. A caller
+/// through another foreign-function layer must declare them as a real bool (Python
+/// ctypes `c_bool`, cffi `bool`), which converts the same way; passing a byte other than
+/// 0 or 1 for a `bool` argument is undefined behaviour.
+///
+/// A handle belongs to the process that created it: in a forked child every call with it
+/// returns `SWAPPER_STATUS_BAD_STATE` (the engine's threads are in the parent, which
+/// keeps working), and `swapper_io_destroy` only forgets it.
 pub struct SwapperIo {
     _opaque: [u8; 0],
 }
@@ -35,11 +53,15 @@ pub struct SwapperIoConfig {
     /// size. Default 1 (DeepSpeed `aio.intra_op_parallelism`, formerly `thread_count`).
     pub thread_count: u32,
     /// Submit each request to the kernel as soon as it is prepared instead of in one batch
-    /// per refill (io_uring backend). Default false (DeepSpeed `aio.single_submit`).
-    pub single_submit: bool,
+    /// per refill (io_uring backend). Default 0, false (DeepSpeed `aio.single_submit`).
+    /// A flag stored in one byte: 0 is false, any other value true (libswapper writes 0
+    /// or 1). An integer rather than a `bool`, so that a struct filled by memset or by
+    /// hand is never undefined behaviour.
+    pub single_submit: u8,
     /// Refill a worker's queue as each completion arrives (true) or only once all its
-    /// requests have completed (false). Default true (DeepSpeed `aio.overlap_events`).
-    pub overlap_events: bool,
+    /// requests have completed (false). Default 1, true (DeepSpeed `aio.overlap_events`).
+    /// A one-byte flag like `single_submit`.
+    pub overlap_events: u8,
     /// `SWAPPER_BACKEND_AUTO` (io_uring where the kernel allows it, else blocking calls),
     /// `SWAPPER_BACKEND_IO_URING` or `SWAPPER_BACKEND_BLOCKING` (each worker runs
     /// `queue_depth` threads making pread/pwrite calls, at most 512 in all). Default auto.
@@ -56,8 +78,8 @@ impl From<&IoConfig> for SwapperIoConfig {
             block_size: c.block_size,
             queue_depth: c.queue_depth,
             thread_count: c.thread_count,
-            single_submit: c.single_submit,
-            overlap_events: c.overlap_events,
+            single_submit: u8::from(c.single_submit),
+            overlap_events: u8::from(c.overlap_events),
             backend: c.backend as i32,
             direct_io: c.direct_io as i32,
         }
@@ -71,8 +93,8 @@ impl TryFrom<&SwapperIoConfig> for IoConfig {
             block_size: c.block_size,
             queue_depth: c.queue_depth,
             thread_count: c.thread_count,
-            single_submit: c.single_submit,
-            overlap_events: c.overlap_events,
+            single_submit: flag_is_set(c.single_submit),
+            overlap_events: flag_is_set(c.overlap_events),
             backend: Backend::from_raw(c.backend)?,
             direct_io: DirectIo::from_raw(c.direct_io)?,
         };
@@ -130,24 +152,22 @@ pub unsafe extern "C" fn swapper_io_create(
 /// Destroys an engine: waits for every operation still in flight, then stops its threads
 /// and frees it. NULL is ignored; a handle that is not live is reported through the last
 /// error and otherwise ignored. Results of asynchronous operations not yet waited for are
-/// dropped (their data transfers do complete). The handle must not be used afterwards.
-/// If another thread is inside a call on the same handle, the engine is freed when that
-/// call returns.
+/// dropped (their data transfers do complete). The handle must not be used afterwards:
+/// later calls with it fail with `SWAPPER_STATUS_INVALID_ARGUMENT`.
+///
+/// When it returns, no read or write of the engine touches any buffer any more, whatever
+/// other threads are doing: a thread blocked in `swapper_io_wait` on the same handle
+/// returns (with the operations' results) and a thread about to submit gets an error;
+/// destroy waits for such calls to return before it frees the engine. So the caller may
+/// free its buffers as soon as destroy returns. In a forked child of the process that
+/// created the handle, the handle is only forgotten (its threads are in the parent).
 #[no_mangle]
 pub extern "C" fn swapper_io_destroy(io: *mut SwapperIo) {
     if io.is_null() {
         return;
     }
     let _ = crate::ffi_boundary!("swapper_io_destroy", {
-        match HANDLES.remove(io as usize) {
-            Some(h) => {
-                drop(h);
-                Ok(())
-            }
-            None => Err(crate::Error::invalid(format!(
-                "{io:p} is not a live SwapperIo handle"
-            ))),
-        }
+        HANDLES.destroy(io as usize, IoHandle::close)
     });
 }
 

@@ -3,7 +3,7 @@
 use std::sync::LazyLock;
 
 use super::boundary::{arg_path, arg_ref, arg_slice, arg_str, write_opt, write_out, Registry};
-use super::io::SwapperIoConfig;
+use super::io::{flag_is_set, SwapperIoConfig};
 use crate::config::IoConfig;
 use crate::convert::Dtype;
 use crate::status::{Error, Result, Status};
@@ -52,13 +52,15 @@ pub struct SwapperConfig {
     /// Elements per buffer. Default 100000000 (DeepSpeed `offload_param.buffer_size`).
     pub buffer_numel: u64,
     /// Page-lock the pool (when the memlock limit allows; otherwise a warning is logged).
-    /// Default false (DeepSpeed `offload_param.pin_memory`).
-    pub pin_memory: bool,
+    /// Default 0, false (DeepSpeed `offload_param.pin_memory`). A one-byte flag: 0 is
+    /// false, any other value true (an integer, so that a memset struct is well defined).
+    pub pin_memory: u8,
     /// Keep a crc32c of each param (one per I/O request, combined) when it is written and check it when it is
     /// read back; a mismatch is `SWAPPER_STATUS_CORRUPT_DATA`. Default false: the I/O
     /// workers compute it while the I/O runs, but it still costs about 11% of swap-in
-    /// throughput on a 2-core machine at 2.5 GB/s (README, Benchmarks).
-    pub verify_checksums: bool,
+    /// throughput on a 2-core machine at 2.5 GB/s (README, Benchmarks). A one-byte flag:
+    /// 0 is false, any other value true.
+    pub verify_checksums: u8,
     /// The I/O engine's settings (DeepSpeed `aio`).
     pub io: SwapperIoConfig,
     /// Optional allocator for the pool (for example cudaHostAlloc); NULL uses libswapper's
@@ -90,8 +92,8 @@ impl TryFrom<&SwapperConfig> for Settings {
             dtype: Dtype::from_raw(c.dtype)?,
             buffer_count: c.buffer_count,
             buffer_numel: c.buffer_numel,
-            pin_memory: c.pin_memory,
-            verify_checksums: c.verify_checksums,
+            pin_memory: flag_is_set(c.pin_memory),
+            verify_checksums: flag_is_set(c.verify_checksums),
             io: IoConfig::try_from(&c.io)?,
             allocator,
         };
@@ -125,8 +127,8 @@ pub unsafe extern "C" fn swapper_config_default(out: *mut SwapperConfig) {
         dtype: d.dtype as i32,
         buffer_count: d.buffer_count,
         buffer_numel: d.buffer_numel,
-        pin_memory: d.pin_memory,
-        verify_checksums: d.verify_checksums,
+        pin_memory: u8::from(d.pin_memory),
+        verify_checksums: u8::from(d.verify_checksums),
         io: SwapperIoConfig::from(&d.io),
         alloc_fn: None,
         free_fn: None,
@@ -200,23 +202,22 @@ pub unsafe extern "C" fn swapper_create_from_json(
 /// Destroys a swapper: waits for every read and write in flight, frees the pool, unlocks
 /// the folder (the swap files stay). NULL is ignored; a handle that is not live is
 /// reported through the last error and otherwise ignored. Buffers obtained from the
-/// swapper must not be used afterwards. If another thread is inside a call on the same
-/// handle, the swapper is freed when that call returns.
+/// swapper must not be used afterwards; later calls with the handle fail with
+/// `SWAPPER_STATUS_INVALID_ARGUMENT`.
+///
+/// When it returns, no read or write of the swapper touches any memory any more (the
+/// caller's destination buffers included) and the folder is unlocked, whatever other
+/// threads are doing: a thread blocked in a wait on the same handle returns, a thread
+/// about to submit gets an error, and destroy waits for such calls to return before it
+/// frees the swapper. In a forked child of the process that created the handle, the
+/// handle is only forgotten: the pool, the files and the lock stay the parent's.
 #[no_mangle]
 pub extern "C" fn swapper_destroy(swapper: *mut Swapper) {
     if swapper.is_null() {
         return;
     }
     let _ = crate::ffi_boundary!("swapper_destroy", {
-        match HANDLES.remove(swapper as usize) {
-            Some(s) => {
-                drop(s);
-                Ok(())
-            }
-            None => Err(Error::invalid(format!(
-                "{swapper:p} is not a live Swapper handle"
-            ))),
-        }
+        HANDLES.destroy(swapper as usize, |s| s.engine().close())
     });
 }
 

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use super::{IoEngine, Request, Ticket};
 use crate::config::IoConfig;
-use crate::status::{Error, Result};
+use crate::status::{Error, Result, Status};
 use crate::sys::RawBuf;
 
 /// How many failures a `wait` message spells out; the rest are counted (and logged).
@@ -31,6 +31,13 @@ impl IoHandle {
     /// The engine.
     pub fn engine(&self) -> &IoEngine {
         &self.engine
+    }
+
+    /// Stops the engine ([`IoEngine::close`]): returns once every operation submitted,
+    /// waited for or not, has finished, so that no buffer is touched afterwards; later
+    /// submits fail. Threads blocked in [`IoHandle::wait`] return as their operations end.
+    pub fn close(&self) {
+        self.engine.close()
     }
 
     /// Reads (`write` false) or writes `len` bytes at `offset` of `path`. Synchronous: returns
@@ -79,8 +86,16 @@ impl IoHandle {
     /// Waits for every asynchronous operation submitted before the call. Returns how many
     /// this call reaped (successful or not; an operation reaped by a concurrent `wait` is
     /// counted there) and the first failure among them, whose message lists the others.
-    /// With nothing pending it returns (0, Ok) at once.
+    /// With nothing pending it returns (0, Ok) at once. In a forked child it returns
+    /// (0, `BadState`) without waiting; once a worker has panicked every wait reaps what is
+    /// pending and returns `Panic`.
     pub fn wait(&self) -> (u64, Result<()>) {
+        let usable = self.engine.check_usable();
+        if let Err(e) = &usable {
+            if e.status() != Status::Panic {
+                return (0, usable);
+            }
+        }
         let snapshot: Vec<Ticket> = self.pending.lock().unwrap_or_else(|e| e.into_inner()).clone();
         for t in &snapshot {
             let _ = t.wait();
@@ -100,7 +115,7 @@ impl IoHandle {
         let errors: Vec<Error> = reaped.iter().filter_map(|t| t.wait().err()).collect();
         let completed = reaped.len() as u64;
         let Some(first) = errors.first() else {
-            return (completed, Ok(()));
+            return (completed, usable);
         };
         for e in &errors {
             crate::log!(Error, "asynchronous operation failed: {}", e.message());

@@ -13,6 +13,16 @@
 //! unaligned head and tail (under 4 KiB each) go through a buffered descriptor, and a
 //! misaligned buffer is copied through a per-request bounce buffer of `block_size`
 //! bytes, allocated the first time a worker needs it and kept.
+//!
+//! Three conditions end an engine's usefulness, and each makes every later submit and
+//! wait fail instead of hanging:
+//! - [`IoEngine::close`] (what destroying a handle does): new operations are refused,
+//!   and it returns only once every submitted operation has finished and the workers
+//!   have stopped, so no worker touches a caller's buffer afterwards;
+//! - a worker panics: its requests, and every request still queued, finish with
+//!   `Status::Panic`, and the engine is broken (every later call returns `Panic`);
+//! - the process forked: the workers live in the parent, so the child's calls return
+//!   `Status::BadState` (the parent's engine is unaffected).
 
 pub mod handle;
 pub mod op;
@@ -21,7 +31,7 @@ mod worker;
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
 use crate::config::{Backend, DirectIo, IoConfig};
@@ -41,10 +51,16 @@ pub(crate) struct Shared {
     fallback_logged: AtomicBool,
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
+    /// Set (once) when a worker panicked: the error every later call returns.
+    broken: OnceLock<Error>,
+    /// The process that started the workers.
+    pid: u32,
 }
 
 struct Queue {
     ops: VecDeque<Arc<Op>>,
+    /// Set by [`IoEngine::close`]: no new operation is accepted, and the workers stop
+    /// once the queue is empty.
     shutdown: bool,
 }
 
@@ -68,6 +84,45 @@ impl Shared {
             }
             q = self.work.wait(q).unwrap_or_else(|e| e.into_inner());
         }
+    }
+
+    /// Whether the engine may take calls: `BadState` in a forked child (the workers live
+    /// in the parent), `Panic` once a worker has panicked.
+    fn usable(&self) -> Result<()> {
+        let me = std::process::id();
+        if me != self.pid {
+            return Err(Error::bad_state(format!(
+                "this I/O engine was started by process {}; process {me} is a fork of it and has none of its worker threads: create a new handle in this process",
+                self.pid
+            )));
+        }
+        match self.broken.get() {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Called by a worker that panicked, after it has finished its own requests: marks the
+    /// engine broken and finishes every request still queued with the same error.
+    pub(crate) fn worker_panicked(&self, message: &str) {
+        let error = Error::new(
+            Status::Panic,
+            format!(
+                "an I/O worker thread panicked ({message}); the engine is broken: destroy the handle and create a new one"
+            ),
+        );
+        crate::log!(Error, "{}", error.message());
+        {
+            // Under the queue lock, so that a submit either sees the engine broken or
+            // queued its operation before the drain below.
+            let _q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = self.broken.set(error.clone());
+        }
+        while let Some((op, _)) = self.claim(false) {
+            op.fail(error.clone());
+            op.finish_request();
+        }
+        self.work.notify_all();
     }
 
     pub(crate) fn count_bytes(&self, write: bool, n: u64) {
@@ -100,13 +155,20 @@ fn auto_override() -> Option<Backend> {
 
 /// Waits for one operation.
 #[derive(Clone)]
-pub struct Ticket(Arc<Op>);
+pub struct Ticket(Arc<Op>, Arc<Shared>);
 
 impl Ticket {
     /// Blocks until the operation has finished; its result, with the path and offset of
-    /// the first failed request.
+    /// the first failed request. `BadState` at once in a forked child (the operation's
+    /// worker is in the parent); `Panic` when the engine broke (a worker panicked), even
+    /// for an operation that completed.
     pub fn wait(&self) -> Result<()> {
-        self.0.wait()
+        if std::process::id() != self.1.pid {
+            return self.1.usable();
+        }
+        let result = self.0.wait();
+        self.1.usable()?;
+        result
     }
 
     /// Whether the operation has finished.
@@ -144,11 +206,12 @@ impl Ticket {
     }
 }
 
-/// The engine: worker threads and their queue. Dropping it finishes every submitted
-/// operation, then stops the workers.
+/// The engine: worker threads and their queue. Dropping it (or [`IoEngine::close`])
+/// finishes every submitted operation, then stops the workers.
 pub struct IoEngine {
     shared: Arc<Shared>,
-    workers: Vec<JoinHandle<()>>,
+    /// Held while [`IoEngine::close`] joins them, so that a second closer waits too.
+    workers: Mutex<Vec<JoinHandle<()>>>,
     config: IoConfig,
     backend: Backend,
 }
@@ -159,17 +222,28 @@ impl IoEngine {
         config.validate()?;
         let backend = match config.backend {
             Backend::Auto if auto_override() == Some(Backend::Blocking) => Backend::Blocking,
-            Backend::Auto if Ring::available() => Backend::IoUring,
-            Backend::Auto => {
-                crate::log!(Info, "io_uring is not available here; using blocking pread/pwrite");
-                Backend::Blocking
-            }
-            Backend::IoUring if !Ring::available() => {
-                return Err(Error::new(
-                    Status::Unsupported,
-                    "io_uring is not available (kernel too old, disabled by sysctl kernel.io_uring_disabled, or blocked by seccomp); use the auto or blocking backend",
-                ))
-            }
+            Backend::Auto | Backend::IoUring => match Ring::probe() {
+                Ok(()) => Backend::IoUring,
+                Err(errno) if config.backend == Backend::Auto => {
+                    crate::log!(
+                        Info,
+                        "io_uring is not available here ({}); using blocking pread/pwrite",
+                        uring_refusal(errno)
+                    );
+                    Backend::Blocking
+                }
+                Err(errno) => {
+                    let status = match errno {
+                        libc::ENOSYS | libc::EPERM => Status::Unsupported,
+                        libc::ENOMEM => Status::OutOfMemory,
+                        _ => Status::IoError,
+                    };
+                    return Err(Error::new(
+                        status,
+                        format!("io_uring is not available: {}", uring_refusal(errno)),
+                    ));
+                }
+            },
             b => b,
         };
         let shared = Arc::new(Shared {
@@ -181,10 +255,12 @@ impl IoEngine {
             fallback_logged: AtomicBool::new(false),
             bytes_read: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
+            broken: OnceLock::new(),
+            pid: std::process::id(),
         });
-        let mut engine = IoEngine {
+        let engine = IoEngine {
             shared,
-            workers: Vec::new(),
+            workers: Mutex::new(Vec::new()),
             config,
             backend,
         };
@@ -208,8 +284,15 @@ impl IoEngine {
                 Backend::IoUring => {
                     let ring = Ring::new(config.queue_depth).map_err(|e| {
                         Error::new(
-                            Status::Unsupported,
-                            format!("cannot create an io_uring ring: {}", crate::status::errno_text(e)),
+                            if e == libc::ENOMEM {
+                                Status::OutOfMemory
+                            } else {
+                                Status::Unsupported
+                            },
+                            format!(
+                                "cannot create an io_uring ring: {} (errno {e})",
+                                crate::status::errno_text(e)
+                            ),
                         )
                     })?;
                     builder.spawn(move || worker::run_uring(shared, ring, config))
@@ -217,7 +300,7 @@ impl IoEngine {
                 _ => builder.spawn(move || worker::run_blocking(shared, config)),
             };
             match spawned {
-                Ok(h) => engine.workers.push(h),
+                Ok(h) => engine.workers.lock().unwrap_or_else(|e| e.into_inner()).push(h),
                 Err(e) => {
                     return Err(Error::new(
                         Status::OutOfMemory,
@@ -239,13 +322,16 @@ impl IoEngine {
 
     /// Queues an operation and returns at once. Errors found before queueing (a missing
     /// file, a read past the end of the file, O_DIRECT refused with `direct_io` on) are
-    /// returned here; errors of the transfer come from [`Ticket::wait`].
+    /// returned here; errors of the transfer come from [`Ticket::wait`]. A closed engine
+    /// refuses with `BadState`, a broken one with `Panic`, and a forked child's copy with
+    /// `BadState`.
     ///
     /// # Safety
     /// `req.buf` must be valid for `req.len` bytes (writable for a read) until the
     /// operation has finished, and not be written by anyone else meanwhile (nor read, for
     /// a read operation).
     pub unsafe fn submit(&self, req: &Request<'_>) -> Result<Ticket> {
+        self.shared.usable()?;
         let direct = match self.config.direct_io {
             DirectIo::Off => None,
             DirectIo::Auto => Some(false),
@@ -262,11 +348,19 @@ impl IoEngine {
         let op = Arc::new(op);
         if op.request_count() > 0 {
             let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+            // Checked again under the lock: `close` and `worker_panicked` set their flags
+            // under it, so an operation is either refused or seen by the drain.
+            if q.shutdown {
+                return Err(Error::bad_state(
+                    "the I/O engine is closed (its handle was destroyed)",
+                ));
+            }
+            self.shared.usable()?;
             q.ops.push_back(Arc::clone(&op));
             drop(q);
             self.shared.work.notify_all();
         }
-        Ok(Ticket(op))
+        Ok(Ticket(op, Arc::clone(&self.shared)))
     }
 
     /// Reads `buf.len()` bytes at `offset` of `path` and waits.
@@ -316,17 +410,78 @@ impl IoEngine {
             self.shared.bytes_written.load(Ordering::Relaxed),
         )
     }
-}
+    /// Whether the engine still takes operations: the error a submit would return
+    /// (closed, broken by a panicked worker, or a forked child's copy), or Ok.
+    pub fn check_usable(&self) -> Result<()> {
+        if self
+            .shared
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .shutdown
+        {
+            return Err(Error::bad_state(
+                "the I/O engine is closed (its handle was destroyed)",
+            ));
+        }
+        self.shared.usable()
+    }
 
-impl Drop for IoEngine {
-    fn drop(&mut self) {
+    /// Stops the engine: refuses new operations, then returns once every operation
+    /// submitted before has finished and every worker has exited; afterwards no worker
+    /// reads or writes any buffer. Callable from any thread, any number of times (a
+    /// second caller waits for the first); threads waiting on tickets are woken as their
+    /// operations finish. In a forked child it does nothing (the workers are the
+    /// parent's, and the child cannot join them).
+    pub fn close(&self) {
+        if std::process::id() != self.shared.pid {
+            return;
+        }
+        let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
         {
             let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
             q.shutdown = true;
         }
         self.shared.work.notify_all();
-        for w in self.workers.drain(..) {
+        let me = std::thread::current().id();
+        for w in workers.drain(..) {
+            if w.thread().id() == me {
+                // A worker closing its own engine (from a log callback) cannot join itself;
+                // it exits once the queue is empty.
+                continue;
+            }
+            // A worker that panicked has already finished its requests (worker.rs).
             let _ = w.join();
         }
+    }
+}
+
+/// The text for a failed io_uring probe: the errno's text and number, and what it means.
+fn uring_refusal(errno: i32) -> String {
+    let why = match errno {
+        libc::ENOSYS => "the kernel has no io_uring, or a seccomp policy hides it",
+        libc::EPERM => {
+            "refused by sysctl kernel.io_uring_disabled or a seccomp policy; use the auto or blocking backend"
+        }
+        libc::EMFILE | libc::ENFILE => "out of file descriptors; this is retried at the next engine",
+        libc::ENOMEM => "out of memory or over the memlock limit; this is retried at the next engine",
+        _ => "this is retried at the next engine",
+    };
+    format!(
+        "io_uring_setup failed: {} (errno {errno}): {why}",
+        crate::status::errno_text(errno)
+    )
+}
+
+impl Drop for IoEngine {
+    fn drop(&mut self) {
+        if std::process::id() != self.shared.pid {
+            // A forked child's copy: the workers are not in this process; joining them
+            // would wait for ever.
+            let workers = std::mem::take(self.workers.get_mut().unwrap_or_else(|e| e.into_inner()));
+            std::mem::forget(workers);
+            return;
+        }
+        self.close();
     }
 }

@@ -2,8 +2,14 @@
 //! same request life cycle ([`Active`]): start (fill the bounce buffer for a write),
 //! issue system calls until the request is whole (retrying EINTR and short transfers),
 //! finish (empty the bounce buffer for a read, count bytes, tell the operation).
+//!
+//! A worker that panics does not leave its requests hanging: every [`Active`] it held
+//! finishes with `Status::Panic` when dropped unfinished (an io_uring worker first waits
+//! for the completions the kernel still owes, so that no buffer is given back while the
+//! kernel writes into it), and [`Shared::worker_panicked`] breaks the engine.
 
 use std::os::fd::RawFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use super::op::{Chunk, Op};
@@ -23,6 +29,48 @@ struct Active {
     done: u64,
     /// Its part of the checksum is computed already.
     checksummed: bool,
+    /// The operation was told the request is over; dropped without it (a worker that
+    /// panicked), the request fails with `Status::Panic`.
+    reported: bool,
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        if !self.reported {
+            self.reported = true;
+            self.op.fail(Error::new(
+                Status::Panic,
+                format!(
+                    "the I/O worker carrying out the {} of {} at offset {} panicked",
+                    if self.op.write { "write" } else { "read" },
+                    self.op.path.display(),
+                    self.chunk.file_offset
+                ),
+            ));
+            self.op.finish_request();
+        }
+    }
+}
+
+/// The text of a caught panic.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_string()
+    }
+}
+
+/// Runs a worker loop; a panic in it breaks the engine (after the loop's own requests
+/// have been finished by their drop, or by `after_panic`).
+fn guarded(shared: &Shared, body: impl FnOnce(), after_panic: impl FnOnce()) {
+    if let Err(panic) = catch_unwind(AssertUnwindSafe(body)) {
+        let name = std::thread::current().name().unwrap_or("swapper-io").to_string();
+        after_panic();
+        shared.worker_panicked(&format!("{name}: {}", panic_text(&*panic)));
+    }
 }
 
 /// One system call to make.
@@ -69,6 +117,7 @@ impl Active {
             chunk,
             done: 0,
             checksummed: false,
+            reported: false,
         })
     }
 
@@ -172,12 +221,18 @@ impl Active {
             self.checksum();
             shared.count_bytes(self.op.write, self.chunk.len);
         }
+        self.reported = true;
         self.op.finish_request();
     }
 }
 
-/// A blocking worker: one request at a time with pread/pwrite.
+/// A blocking worker: one request at a time with pread/pwrite. A panic drops the request
+/// in hand (which fails it) and breaks the engine.
 pub(super) fn run_blocking(shared: Arc<Shared>, config: IoConfig) {
+    guarded(&shared, || blocking_loop(&shared, config), || {});
+}
+
+fn blocking_loop(shared: &Shared, config: IoConfig) {
     let mut bounce: Option<AlignedBuf> = None;
     while let Some((op, index)) = shared.claim(true) {
         let mut active = match Active::start(Arc::clone(&op), index, &mut bounce, config.block_size) {
@@ -204,7 +259,7 @@ pub(super) fn run_blocking(shared: Arc<Shared>, config: IoConfig) {
                 }
             };
             if let Step::Finished = step {
-                active.finish(bounce.as_ref(), &shared);
+                active.finish(bounce.as_ref(), shared);
                 break;
             }
         }
@@ -212,6 +267,28 @@ pub(super) fn run_blocking(shared: Arc<Shared>, config: IoConfig) {
 }
 
 /// An io_uring worker: up to `queue_depth` requests in flight on one ring.
+///
+/// Each slot (an index into `slots`, `bounces` and `caps`, and the ring's user_data) holds
+/// at most one request, which moves through these places:
+///
+/// ```text
+///   free ──refill──▶ slots[i] ──issue──▶ in the kernel ──pop──▶ ready ──on_result──┐
+///    ▲                  │  ▲                                    ▲                  │
+///    │                  │  └────────── Again (short, EINTR) ────┼──────────────────┤
+///    │                  └── injected fault / failed open ───────┘                  │
+///    └──────────────── end: finish now, or park in `finished` ◀──── Finished ──────┘
+/// ```
+///
+/// Two lists defer checksum work so that the device never waits for the CPU:
+/// - `to_checksum`: writes just issued whose bytes are checksummed once the submission
+///   has gone to the kernel (a write's bytes do not change during the operation);
+/// - `finished`: reads done whose checksum (over the caller's buffer) is computed, and
+///   whose operation is told, only after the next refill has been submitted.
+///
+/// One turn of [`UringWorker::run`]: refill free slots; submit, then checksum the
+/// `to_checksum` writes; submit, then finish the `finished` requests (and turn again, to
+/// refill the slots they freed); otherwise submit and wait for one completion (none
+/// when `ready` already has results), move completions to `ready`, and handle `ready`.
 struct UringWorker {
     shared: Arc<Shared>,
     ring: Ring,
@@ -235,8 +312,8 @@ struct UringWorker {
 
 pub(super) fn run_uring(shared: Arc<Shared>, ring: Ring, config: IoConfig) {
     let qd = config.queue_depth as usize;
-    let mut w = UringWorker {
-        shared,
+    let w = UringWorker {
+        shared: Arc::clone(&shared),
         ring,
         config,
         slots: (0..qd).map(|_| None).collect(),
@@ -248,10 +325,36 @@ pub(super) fn run_uring(shared: Arc<Shared>, ring: Ring, config: IoConfig) {
         finished: Vec::with_capacity(qd),
         to_checksum: Vec::with_capacity(qd),
     };
-    w.run();
+    let w = std::cell::RefCell::new(w);
+    guarded(&shared, || w.borrow_mut().run(), || w.borrow_mut().abandon());
 }
 
 impl UringWorker {
+    /// After a panic in [`UringWorker::run`]: waits for every completion the kernel still
+    /// owes (their buffers are the callers'), then drops the slots' requests, which fails
+    /// them with `Status::Panic`.
+    fn abandon(&mut self) {
+        while self.in_kernel > 0 {
+            if let Err(errno) = self.ring.submit_and_wait(1) {
+                crate::log!(
+                    Error,
+                    "io_uring wait after a worker panic failed: {}",
+                    crate::status::errno_text(errno)
+                );
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            while self.ring.pop().is_some() {
+                self.in_kernel = self.in_kernel.saturating_sub(1);
+            }
+        }
+        self.ready.clear();
+        self.to_checksum.clear();
+        self.finished.clear();
+        for slot in self.slots.iter_mut() {
+            drop(slot.take());
+        }
+    }
+
     fn idle(&self) -> bool {
         self.free.len() == self.slots.len() && self.ready.is_empty() && self.finished.is_empty()
     }
@@ -371,6 +474,11 @@ impl UringWorker {
                 return;
             }
             Some(Fault::Short(n)) => self.caps[slot] = n,
+            Some(Fault::DelayMs(ms)) => std::thread::sleep(std::time::Duration::from_millis(ms)),
+            Some(Fault::Panic) => panic!(
+                "injected panic before issuing a request on {}",
+                active.op.path.display()
+            ),
             None => {}
         }
         let len = call.len;

@@ -4,8 +4,9 @@
 //! is an empty inline function and no rule can be installed. A rule makes the
 //! matching calls (by kind and by a substring of the path) fail with an errno or
 //! transfer fewer bytes than asked, after skipping a number of matches, a number of
-//! times. Both backends consult it before every read and write request, and opens
-//! consult it too.
+//! times, or delay them, or make the I/O worker carrying them out panic. Both backends
+//! consult it before every read and write request, and opens consult it too (where
+//! only `Errno` applies).
 
 use std::path::Path;
 
@@ -30,6 +31,11 @@ pub enum Fault {
     /// The call reports at most this many bytes moved (a short read or write; the
     /// transfer itself is left whole so that O_DIRECT alignment holds).
     Short(usize),
+    /// The request is carried out this many milliseconds late (a slow device).
+    DelayMs(u64),
+    /// The I/O worker thread carrying out the request panics before issuing it (a bug in
+    /// a worker).
+    Panic,
 }
 
 /// One injected fault.

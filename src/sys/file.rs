@@ -100,6 +100,11 @@ pub unsafe fn transfer(
     let cap = match fault::check(if write { Call::Write } else { Call::Read }, path) {
         Some(Fault::Errno(e)) => return Err(e),
         Some(Fault::Short(n)) => n,
+        Some(Fault::DelayMs(ms)) => {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            usize::MAX
+        }
+        Some(Fault::Panic) => panic!("injected panic before the transfer of {}", path.display()),
         None => usize::MAX,
     };
     // SAFETY: the caller's contract covers `buf` for `len` bytes.

@@ -20,10 +20,26 @@ impl Ring {
             .map_err(|e| e.raw_os_error().unwrap_or(libc::ENOSYS))
     }
 
-    /// Whether this kernel lets the process create a ring (probed once per process).
+    /// Whether this kernel lets the process create a ring: Ok, or the errno of the failed
+    /// `io_uring_setup`. Only a definitive answer is kept for the life of the process: a
+    /// ring made (io_uring works), ENOSYS (no io_uring in the kernel, or hidden by
+    /// seccomp) or EPERM (sysctl `kernel.io_uring_disabled`, or seccomp). A passing
+    /// failure (EMFILE, ENFILE, ENOMEM, ...) is returned and the next call probes again.
+    pub fn probe() -> Result<(), i32> {
+        static DEFINITIVE: std::sync::OnceLock<Result<(), i32>> = std::sync::OnceLock::new();
+        if let Some(answer) = DEFINITIVE.get() {
+            return *answer;
+        }
+        let answer = Ring::new(2).map(drop);
+        match answer {
+            Ok(()) | Err(libc::ENOSYS) | Err(libc::EPERM) => *DEFINITIVE.get_or_init(|| answer),
+            Err(_) => answer,
+        }
+    }
+
+    /// Whether this kernel lets the process create a ring now (see [`Ring::probe`]).
     pub fn available() -> bool {
-        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVAILABLE.get_or_init(|| Ring::new(2).is_ok())
+        Ring::probe().is_ok()
     }
 
     /// Queues one read or write; returns false when the submission queue is full.

@@ -118,7 +118,7 @@ pub fn run(data: &[u8], dir: &std::path::Path) -> Counts {
     cfg.dtype = i32::from(u.u8() % 4); // 3 is invalid
     cfg.buffer_count = u32::from(u.u8() % 5); // 0 is invalid
     cfg.buffer_numel = 1 + u.below(6000);
-    cfg.verify_checksums = u.flag();
+    cfg.verify_checksums = u8::from(u.flag());
     cfg.io.block_size = 4096 << (u.u8() % 6);
     cfg.io.queue_depth = 1 + u32::from(u.u8() % 8);
     cfg.io.thread_count = 1 + u32::from(u.u8() % 3);

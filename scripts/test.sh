@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of libswapper: formatting and lints, the Rust unit and integration
-# tests (which build and run the C examples, under valgrind where installed), and the
+# tests (which build and run the C examples plain, under valgrind and with ASan + UBSan,
+# and the MPI example under mpirun), an ASan build of the io_uring tests, and the
 # Python tests when the Python binding is present. Ends with one summary line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,11 @@ echo "== cargo test"
 # need libswapper.so and libswapper.a, which a build of the same profile and features makes.
 cargo build --features fault-injection
 cargo test --features fault-injection 2>&1 | tee -a "$log"
+
+# AddressSanitizer build of the Rust tests that drive the io_uring path, in a target
+# folder of its own (the C examples' ASan + UBSan build is part of cargo test above).
+echo "== sanitizers"
+./scripts/sanitizers.sh 2>&1 | tee -a "$log"
 if [ -d python/tests ]; then
     echo "== pytest"
     cargo build --release --lib

@@ -929,9 +929,16 @@ SwapperStatus swapper_release_reserved_buffers(Swapper *swapper);
 bool swapper_swappable(const Swapper *swapper, uint64_t numel);
 
 /**
- * `numel` rounded up so that its bytes are a multiple of 4096, the length a swap file
- * holds for it. (DeepSpeed aligns to 1024 bytes times the thread count; libswapper
- * needs no divisibility by the thread count.) 0 for a NULL or dead handle. Thread-safe.
+ * `numel` rounded up so that its bytes (at this swapper's element size) are a multiple
+ * of 4096, the length a swap file holds for it. (DeepSpeed aligns to 1024 bytes times the
+ * thread count; libswapper needs no divisibility by the thread count.) 0 for a NULL or
+ * dead handle. Thread-safe.
+ */
+uint64_t swapper_aligned_numel(const Swapper *swapper, uint64_t numel);
+
+/**
+ * Deprecated, removed in the next release: the old name of `swapper_aligned_numel`
+ * (it takes a `Swapper*`, not a `SwapperIo*`), which it calls.
  */
 uint64_t swapper_io_aligned_numel(const Swapper *swapper, uint64_t numel);
 

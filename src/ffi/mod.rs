@@ -1,4 +1,4 @@
-//! The C ABI. Every export is written with [`ffi_fn!`](crate::ffi_fn): the macro wraps
+//! The C ABI. Every export runs its body in [`ffi_boundary!`](crate::ffi_boundary): the macro wraps
 //! the body in the panic boundary, and the body checks its pointers, converts C values
 //! to Rust ones, calls the core and converts the result. Nothing else lives here.
 //!

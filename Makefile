@@ -2,12 +2,14 @@
 #
 #   make install PREFIX=/opt/swapper        (default /usr/local; DESTDIR is honoured)
 #
-# lib/libswapper.so.$(VERSION) with the libswapper.so.$(MAJOR) (soname) and libswapper.so
+# lib/libswapper.so.$(VERSION) with the libswapper.so.$(SOVER) (soname) and libswapper.so
 # links, lib/libswapper.a, include/swapper.h, include/swapper.hpp and
 # lib/pkgconfig/swapper.pc for that prefix.
 #
 # The release build is made with cargo in $(CARGO_TARGET_DIR) (default ./target), which
-# is a no-op when it is up to date. BUILD=0 skips cargo and installs what LIB_DIR holds
+# is a no-op when it is up to date. `make` alone builds it and adds the soname link
+# (libswapper.so.$(SOVER) -> libswapper.so) next to it, so that a program linked with
+# -L$(LIB_DIR) -lswapper finds the library at run time (with -Wl,-rpath or LD_LIBRARY_PATH). BUILD=0 skips cargo and installs what LIB_DIR holds
 # (the tests use it to reuse the build cargo test just made).
 
 PREFIX ?= /usr/local
@@ -22,9 +24,13 @@ BUILD ?= 1
 INSTALL ?= install
 
 VERSION := $(shell sed -n 's/^version = "\([^"]*\)"/\1/p' Cargo.toml | head -n 1)
-MAJOR := $(firstword $(subst ., ,$(VERSION)))
+MAJOR := $(word 1,$(subst ., ,$(VERSION)))
+MINOR := $(word 2,$(subst ., ,$(VERSION)))
+PATCH := $(word 3,$(subst ., ,$(VERSION)))
+# The soname's version, by cargo-c's rule (as build.rs): 1.2.3 -> 1, 0.1.2 -> 0.1, 0.0.3 -> 0.0.3.
+SOVER := $(if $(filter-out 0,$(MAJOR)),$(MAJOR),$(if $(filter-out 0,$(MINOR)),0.$(MINOR),0.0.$(PATCH)))
 
-.PHONY: all build install uninstall
+.PHONY: all build install uninstall print-sover
 
 all: build
 
@@ -34,12 +40,13 @@ ifeq ($(BUILD),1)
 endif
 	@test -f "$(LIB_DIR)/libswapper.so" && test -f "$(LIB_DIR)/libswapper.a" || \
 	  { echo "no libswapper.so and libswapper.a in $(LIB_DIR)" >&2; exit 1; }
+	ln -sf libswapper.so "$(LIB_DIR)/libswapper.so.$(SOVER)"
 
 install: build
 	$(INSTALL) -d "$(DESTDIR)$(LIBDIR)" "$(DESTDIR)$(INCLUDEDIR)" "$(DESTDIR)$(PKGCONFIGDIR)"
 	$(INSTALL) -m 755 "$(LIB_DIR)/libswapper.so" "$(DESTDIR)$(LIBDIR)/libswapper.so.$(VERSION)"
-	ln -sf "libswapper.so.$(VERSION)" "$(DESTDIR)$(LIBDIR)/libswapper.so.$(MAJOR)"
-	ln -sf "libswapper.so.$(MAJOR)" "$(DESTDIR)$(LIBDIR)/libswapper.so"
+	test "$(SOVER)" = "$(VERSION)" || ln -sf "libswapper.so.$(VERSION)" "$(DESTDIR)$(LIBDIR)/libswapper.so.$(SOVER)"
+	ln -sf "libswapper.so.$(SOVER)" "$(DESTDIR)$(LIBDIR)/libswapper.so"
 	$(INSTALL) -m 644 "$(LIB_DIR)/libswapper.a" "$(DESTDIR)$(LIBDIR)/libswapper.a"
 	$(INSTALL) -m 644 include/swapper.h include/swapper.hpp "$(DESTDIR)$(INCLUDEDIR)/"
 	printf '%s\n' \
@@ -57,7 +64,11 @@ install: build
 	chmod 644 "$(DESTDIR)$(PKGCONFIGDIR)/swapper.pc"
 
 uninstall:
-	rm -f "$(DESTDIR)$(LIBDIR)/libswapper.so.$(VERSION)" "$(DESTDIR)$(LIBDIR)/libswapper.so.$(MAJOR)" \
+	rm -f "$(DESTDIR)$(LIBDIR)/libswapper.so.$(VERSION)" "$(DESTDIR)$(LIBDIR)/libswapper.so.$(SOVER)" \
 	  "$(DESTDIR)$(LIBDIR)/libswapper.so" "$(DESTDIR)$(LIBDIR)/libswapper.a" \
 	  "$(DESTDIR)$(INCLUDEDIR)/swapper.h" "$(DESTDIR)$(INCLUDEDIR)/swapper.hpp" \
 	  "$(DESTDIR)$(PKGCONFIGDIR)/swapper.pc"
+
+# Prints the soname version (tests and scripts use it).
+print-sover:
+	@echo $(SOVER)

@@ -187,7 +187,7 @@ int main(int argc, char **argv) {
     EXPECT(swapper_wait_reads(NULL), SWAPPER_STATUS_NULL_POINTER);
     EXPECT(swapper_wait_writes(fake), SWAPPER_STATUS_INVALID_ARGUMENT);
     TRUE(swapper_available_buffers(fake) == 0 && !swapper_swappable(NULL, 1u << 30));
-    TRUE(swapper_io_aligned_numel(NULL, 5) == 0 && swapper_element_size(fake) == 0);
+    TRUE(swapper_aligned_numel(NULL, 5) == 0 && swapper_io_aligned_numel(NULL, 5) == 0 && swapper_element_size(fake) == 0);
     swapper_destroy(NULL);
     swapper_destroy(fake);
 

@@ -70,19 +70,19 @@ static void swap_loop(const char *folder) {
         s.release({id, id + 1});
     }
 
-    // A caller buffer as destination, and a read that uses no buffer at all.
+    // A caller buffer as destination (unchecked), and a read that uses no buffer at all.
     std::vector<float> mine(numel(3));
-    s.swap_in_buffers({3}, {mine.data()});
+    s.swap_in_buffers_unchecked({3}, {mine.data()});
     CHECK(mine[17] == value(3, 17), "caller buffer");
     s.release({3});
     // With sizes, checked by the library: one element short is refused before any I/O.
     try {
-        s.swap_in_sized({3}, {mine.data()}, {numel(3) - 1});
+        s.swap_in_buffers({3}, {mine.data()}, {numel(3) - 1});
         CHECK(false, "a short destination must be refused");
     } catch (const swapper::Error &e) {
         CHECK(e.status() == SWAPPER_STATUS_NO_BUFFER, "short destination status");
     }
-    s.swap_in_sized({3}, {mine.data()}, {numel(3)});
+    s.swap_in_buffers({3}, {mine.data()}, {numel(3)});
     s.release({3});
     std::vector<float> copy(numel(4));
     s.swap_into_buffer(4, copy.data(), copy.size());

@@ -223,23 +223,31 @@ class Swapper {
         check(swapper_swap_in(h_, ids, count, async_op, dest));
     }
     void swap_in(const Ids &ids, bool async_op = false) { swap_in(ids.data(), ids.size(), async_op); }
-    /** swap_in into caller buffers, dest[i] for ids[i] (a separate name: a braced
-     * `{ptr}` would otherwise convert to the bool of the overload above). */
-    void swap_in_buffers(const Ids &ids, const std::vector<void *> &dest, bool async_op = false) {
+    /** swap_in into caller buffers, dest[i] for ids[i], with their sizes in elements,
+     * checked by the library against each param before anything starts: the C call of
+     * the same name, swapper_swap_in_buffers. (A separate name from swap_in: a braced
+     * `{ptr}` would otherwise convert to the bool of the overload above.) */
+    void swap_in_buffers(const Ids &ids, const std::vector<void *> &dest, const std::vector<std::uint64_t> &dest_numels,
+                         bool async_op = false) {
+        if (dest.size() != ids.size() || dest_numels.size() != ids.size()) {
+            throw Error(SWAPPER_STATUS_INVALID_ARGUMENT, "swap_in_buffers: one buffer and one size per id are needed");
+        }
+        check(swapper_swap_in_buffers(h_, ids.data(), ids.size(), async_op, dest.data(), dest_numels.data()));
+    }
+    /** swap_in into caller buffers without their sizes (swapper_swap_in with dest): the
+     * library cannot check that each buffer holds its param. Prefer swap_in_buffers. */
+    void swap_in_buffers_unchecked(const Ids &ids, const std::vector<void *> &dest, bool async_op = false) {
         if (dest.size() != ids.size()) {
-            throw Error(SWAPPER_STATUS_INVALID_ARGUMENT, "swap_in_buffers: as many destination buffers as ids are needed");
+            throw Error(SWAPPER_STATUS_INVALID_ARGUMENT,
+                        "swap_in_buffers_unchecked: as many destination buffers as ids are needed");
         }
         swap_in(ids.data(), ids.size(), async_op, dest.data());
     }
-    /** swap_in into caller buffers with their sizes in elements, checked by the library
-     * against each param before anything starts (swapper_swap_in_buffers). Prefer it to
-     * swap_in_buffers, which cannot check. */
-    void swap_in_sized(const Ids &ids, const std::vector<void *> &dest, const std::vector<std::uint64_t> &dest_numels,
-                       bool async_op = false) {
-        if (dest.size() != ids.size() || dest_numels.size() != ids.size()) {
-            throw Error(SWAPPER_STATUS_INVALID_ARGUMENT, "swap_in_sized: one buffer and one size per id are needed");
-        }
-        check(swapper_swap_in_buffers(h_, ids.data(), ids.size(), async_op, dest.data(), dest_numels.data()));
+    /** Deprecated (removed in the next release): the old name of swap_in_buffers. */
+    [[deprecated("use swap_in_buffers, the checked call")]] void swap_in_sized(
+        const Ids &ids, const std::vector<void *> &dest, const std::vector<std::uint64_t> &dest_numels,
+        bool async_op = false) {
+        swap_in_buffers(ids, dest, dest_numels, async_op);
     }
     /** Waits for the reads and writes of these params only (swapper_wait_params). */
     void wait_params(const Ids &ids) { check(swapper_wait_params(h_, ids.data(), ids.size())); }
@@ -278,8 +286,11 @@ class Swapper {
     void release_reserved_buffers() { check(swapper_release_reserved_buffers(h_)); }
 
     bool swappable(std::uint64_t numel) const noexcept { return swapper_swappable(h_, numel); }
-    std::uint64_t io_aligned_numel(std::uint64_t numel) const noexcept {
-        return swapper_io_aligned_numel(h_, numel);
+    /** `numel` rounded up to a multiple of 4096 bytes (swapper_aligned_numel). */
+    std::uint64_t aligned_numel(std::uint64_t numel) const noexcept { return swapper_aligned_numel(h_, numel); }
+    /** Deprecated (removed in the next release): the old name of aligned_numel. */
+    [[deprecated("use aligned_numel")]] std::uint64_t io_aligned_numel(std::uint64_t numel) const noexcept {
+        return aligned_numel(numel);
     }
 
     void reserve_partitioned_swap_space(const Ids &numels) {

@@ -1,18 +1,38 @@
 #!/usr/bin/env bash
 # Runs every test of libswapper: formatting and lints, the Rust unit and integration
 # tests (which build and run the C examples plain, under valgrind and with ASan + UBSan,
-# and the MPI example under mpirun), an ASan build of the io_uring tests, and the
-# Python tests when the Python binding is present. Ends with one summary line.
+# and the MPI example under mpirun), an ASan build of the io_uring tests, the Python
+# tests, the Python package installed by pip into a fresh virtual environment, and the
+# commands the README shows. Ends with one summary line.
+#
+# It needs Rust, a C compiler and python3 (with its venv module); the Python packages it
+# needs (numpy, pytest, cffi) go into a virtual environment it creates once and reuses:
+# $SWAPPER_VENV, default ${XDG_CACHE_HOME:-$HOME/.cache}/libswapper/venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+scratch=$(mktemp -d)
+trap 'rm -rf "$log" "$scratch"' EXIT
+target=${CARGO_TARGET_DIR:-$PWD/target}
+
+echo "== python virtual environment"
+venv=${SWAPPER_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/libswapper/venv}
+python_packages="numpy pytest cffi"
+if [ "$(cat "$venv/.swapper-packages" 2>/dev/null)" != "$python_packages" ]; then
+    python3 -m venv "$venv" || { echo "python3 -m venv failed: install python3-venv" >&2; exit 1; }
+    # shellcheck disable=SC2086
+    "$venv/bin/python" -m pip install -q $python_packages
+    echo "$python_packages" > "$venv/.swapper-packages"
+fi
+python="$venv/bin/python"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+
 echo "== cargo clippy"
 cargo clippy --all-targets --features fault-injection -- -D warnings
+
 echo "== cargo test"
 # cargo test links the tests against the rlib only; the C examples and the install test
 # need libswapper.so and libswapper.a, which a build of the same profile and features makes.
@@ -23,13 +43,30 @@ cargo test --features fault-injection 2>&1 | tee -a "$log"
 # folder of its own (the C examples' ASan + UBSan build is part of cargo test above).
 echo "== sanitizers"
 ./scripts/sanitizers.sh 2>&1 | tee -a "$log"
-if [ -d python/tests ]; then
-    echo "== pytest"
-    cargo build --release --lib
-    SWAPPER_LIBRARY="$PWD/target/release/libswapper.so" python3 -m pytest -q python/tests 2>&1 | tee -a "$log"
-fi
 
-# Sum what the runners reported: cargo's "test result:" lines and pytest's last line.
+echo "== pytest"
+cargo build --release --lib
+SWAPPER_LIBRARY="$target/release/libswapper.so" "$python" -m pytest -q python/tests 2>&1 | tee -a "$log"
+
+echo "== pip install ./python into a fresh virtual environment"
+"$python" -m venv "$scratch/venv"
+"$scratch/venv/bin/python" -m pip install -q ./python
+(cd "$scratch" && env -u SWAPPER_LIBRARY "$scratch/venv/bin/python" -c '
+import os, numpy as np, swapper, swapper._lib as L
+lib = L.candidate_paths()[0][1]
+assert lib.startswith(os.path.dirname(swapper.__file__)), lib
+with swapper.Swapper(".", buffer_count=2, buffer_numel=4096) as s:
+    s.get_buffer(1, 100)[:] = 2.5
+    s.swap_out_and_release([1]); s.swap_in([1]); s.wait_reads()
+    assert (s.param_buffer(1) == 2.5).all()
+print("1 passed, 0 failed: pip-installed package with its bundled", os.path.basename(lib))
+') 2>&1 | tee -a "$log"
+
+echo "== README commands"
+./scripts/readme-commands.sh 2>&1 | tee -a "$log"
+
+# Sum what the runners reported: cargo's "test result:" lines, pytest's last line, and the
+# "N passed, N failed" lines of the steps above.
 passed=$(grep -hoE '[0-9]+ passed' "$log" | awk '{s += $1} END {print s + 0}')
 failed=$(grep -hoE '[0-9]+ failed' "$log" | awk '{s += $1} END {print s + 0}')
 echo "all tests: ${passed:-0} passed, ${failed:-0} failed"

@@ -27,19 +27,9 @@ pub enum DirectIo {
     Off = 2,
 }
 
-impl Backend {
-    /// The backend with this numeric value.
-    pub fn from_raw(raw: i32) -> Result<Backend> {
-        match raw {
-            0 => Ok(Backend::Auto),
-            1 => Ok(Backend::IoUring),
-            2 => Ok(Backend::Blocking),
-            _ => Err(Error::invalid(format!(
-                "invalid backend value {raw} (expected 0 auto, 1 io_uring, 2 blocking)"
-            ))),
-        }
-    }
+c_enum!(Backend, "backend", [Auto "auto", IoUring "io_uring", Blocking "blocking"]);
 
+impl Backend {
     /// A short name ("auto", "io_uring", "blocking").
     pub fn name(self) -> &'static str {
         match self {
@@ -50,19 +40,9 @@ impl Backend {
     }
 }
 
-impl DirectIo {
-    /// The mode with this numeric value.
-    pub fn from_raw(raw: i32) -> Result<DirectIo> {
-        match raw {
-            0 => Ok(DirectIo::Auto),
-            1 => Ok(DirectIo::On),
-            2 => Ok(DirectIo::Off),
-            _ => Err(Error::invalid(format!(
-                "invalid direct_io value {raw} (expected 0 auto, 1 on, 2 off)"
-            ))),
-        }
-    }
+c_enum!(DirectIo, "direct_io", [Auto "auto", On "on", Off "off"]);
 
+impl DirectIo {
     /// A short name ("auto", "on", "off").
     pub fn name(self) -> &'static str {
         match self {
@@ -181,7 +161,7 @@ mod tests {
             let e = c.validate().unwrap_err();
             assert_eq!(e.status(), crate::Status::InvalidArgument, "{bs} {qd} {tc}");
         }
-        assert!(Backend::from_raw(7).is_err());
-        assert!(DirectIo::from_raw(-1).is_err());
+        assert!(Backend::from_c(7).is_err());
+        assert!(DirectIo::from_c(-1).is_err());
     }
 }

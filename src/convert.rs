@@ -23,19 +23,9 @@ pub enum Dtype {
     Bf16 = 2,
 }
 
-impl Dtype {
-    /// The dtype with this numeric value.
-    pub fn from_raw(raw: i32) -> crate::Result<Dtype> {
-        match raw {
-            0 => Ok(Dtype::Fp32),
-            1 => Ok(Dtype::Fp16),
-            2 => Ok(Dtype::Bf16),
-            _ => Err(crate::Error::invalid(format!(
-                "invalid dtype value {raw} (expected 0 fp32, 1 fp16, 2 bf16)"
-            ))),
-        }
-    }
+c_enum!(Dtype, "dtype", [Fp32 "fp32", Fp16 "fp16", Bf16 "bf16"]);
 
+impl Dtype {
     /// Bytes per element.
     pub fn size(self) -> usize {
         match self {

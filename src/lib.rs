@@ -11,6 +11,45 @@
 //! Errors are [`Error`] values carrying a [`Status`] and a message; diagnostics go
 //! through [`log`].
 
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
+/// The one way a C integer becomes one of the crate's fieldless `#[repr(C)]` enums: gives
+/// the enum `ALL` (every variant, in declaration order) and `from_raw(i32) -> Option<Self>`.
+/// With a noun and a label per variant it also gives `from_c(i32) -> Result<Self>`, whose
+/// error names the accepted values ("invalid backend value 7 (expected 0 auto, ...)").
+macro_rules! c_enum {
+    ($t:ident, [$($v:ident),+ $(,)?]) => {
+        impl $t {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [$t] = &[$($t::$v),+];
+
+            /// The variant with this numeric value, if there is one.
+            pub fn from_raw(raw: i32) -> Option<$t> {
+                $t::ALL.iter().copied().find(|v| *v as i32 == raw)
+            }
+        }
+    };
+    ($t:ident, $what:literal, [$($v:ident $label:literal),+ $(,)?]) => {
+        c_enum!($t, [$($v),+]);
+
+        impl $t {
+            /// The variant with this numeric value; `SWAPPER_STATUS_INVALID_ARGUMENT`
+            /// naming the accepted values otherwise.
+            pub fn from_c(raw: i32) -> $crate::status::Result<$t> {
+                $t::from_raw(raw).ok_or_else(|| {
+                    let accepted: Vec<String> =
+                        [$(format!("{} {}", $t::$v as i32, $label)),+].to_vec();
+                    $crate::status::Error::invalid(format!(
+                        "invalid {} value {raw} (expected {})",
+                        $what,
+                        accepted.join(", ")
+                    ))
+                })
+            }
+        }
+    };
+}
+
 pub mod config;
 pub mod convert;
 pub mod ffi;

@@ -21,6 +21,8 @@ pub enum LogLevel {
     Trace = 5,
 }
 
+c_enum!(LogLevel, [Error, Warn, Info, Debug, Trace]);
+
 impl LogLevel {
     /// Parses a level name as used in `SWAPPER_LOG`.
     pub fn parse(s: &str) -> Option<LogLevel> {
@@ -32,19 +34,6 @@ impl LogLevel {
             "trace" | "5" => Some(LogLevel::Trace),
             _ => None,
         }
-    }
-
-    /// The level from its numeric value.
-    pub fn from_raw(raw: i32) -> Option<LogLevel> {
-        [
-            LogLevel::Error,
-            LogLevel::Warn,
-            LogLevel::Info,
-            LogLevel::Debug,
-            LogLevel::Trace,
-        ]
-        .into_iter()
-        .find(|l| *l as i32 == raw)
     }
 
     fn label(self) -> &'static str {

@@ -5,6 +5,8 @@
 //! failed, which path, which offset, the errno text). The `ffi` layer turns the
 //! status into the return value and the message into the thread's last error.
 
+use std::ffi::CStr;
+
 use std::fmt;
 use std::path::Path;
 
@@ -44,44 +46,48 @@ pub enum Status {
     Panic = 11,
 }
 
-impl Status {
-    // Every status, in numeric order.
-    const ALL: [Status; 12] = [
-        Status::Ok,
-        Status::InvalidArgument,
-        Status::NullPointer,
-        Status::NotFound,
-        Status::BadState,
-        Status::NoBuffer,
-        Status::IoError,
-        Status::CorruptData,
-        Status::Busy,
-        Status::Unsupported,
-        Status::OutOfMemory,
-        Status::Panic,
-    ];
+c_enum!(
+    Status,
+    [
+        Ok,
+        InvalidArgument,
+        NullPointer,
+        NotFound,
+        BadState,
+        NoBuffer,
+        IoError,
+        CorruptData,
+        Busy,
+        Unsupported,
+        OutOfMemory,
+        Panic
+    ]
+);
 
-    /// The status with this numeric value, if there is one.
-    pub fn from_raw(raw: i32) -> Option<Status> {
-        Status::ALL.iter().copied().find(|s| *s as i32 == raw)
+impl Status {
+    /// The constant's name as it appears in the C header: the one table of status names
+    /// (`swapper_status_name` returns these very strings).
+    pub fn c_name(self) -> &'static CStr {
+        match self {
+            Status::Ok => c"SWAPPER_STATUS_OK",
+            Status::InvalidArgument => c"SWAPPER_STATUS_INVALID_ARGUMENT",
+            Status::NullPointer => c"SWAPPER_STATUS_NULL_POINTER",
+            Status::NotFound => c"SWAPPER_STATUS_NOT_FOUND",
+            Status::BadState => c"SWAPPER_STATUS_BAD_STATE",
+            Status::NoBuffer => c"SWAPPER_STATUS_NO_BUFFER",
+            Status::IoError => c"SWAPPER_STATUS_IO_ERROR",
+            Status::CorruptData => c"SWAPPER_STATUS_CORRUPT_DATA",
+            Status::Busy => c"SWAPPER_STATUS_BUSY",
+            Status::Unsupported => c"SWAPPER_STATUS_UNSUPPORTED",
+            Status::OutOfMemory => c"SWAPPER_STATUS_OUT_OF_MEMORY",
+            Status::Panic => c"SWAPPER_STATUS_PANIC",
+        }
     }
 
-    /// The constant's name as it appears in the C header.
+    /// The constant's name as it appears in the C header ([`Status::c_name`] as text).
     pub fn name(self) -> &'static str {
-        match self {
-            Status::Ok => "SWAPPER_STATUS_OK",
-            Status::InvalidArgument => "SWAPPER_STATUS_INVALID_ARGUMENT",
-            Status::NullPointer => "SWAPPER_STATUS_NULL_POINTER",
-            Status::NotFound => "SWAPPER_STATUS_NOT_FOUND",
-            Status::BadState => "SWAPPER_STATUS_BAD_STATE",
-            Status::NoBuffer => "SWAPPER_STATUS_NO_BUFFER",
-            Status::IoError => "SWAPPER_STATUS_IO_ERROR",
-            Status::CorruptData => "SWAPPER_STATUS_CORRUPT_DATA",
-            Status::Busy => "SWAPPER_STATUS_BUSY",
-            Status::Unsupported => "SWAPPER_STATUS_UNSUPPORTED",
-            Status::OutOfMemory => "SWAPPER_STATUS_OUT_OF_MEMORY",
-            Status::Panic => "SWAPPER_STATUS_PANIC",
-        }
+        // Every name above is ASCII, so the conversion cannot fail.
+        self.c_name().to_str().unwrap_or("SWAPPER_STATUS_UNKNOWN")
     }
 }
 

@@ -40,13 +40,11 @@ fn lib_links(out_dir: &Path) -> PathBuf {
         "no {}: run `cargo build --features fault-injection` first (scripts/test.sh does)",
         built.display()
     );
+    // The library's soname is libswapper.so.<soversion>: link against a folder that has both names.
     let lib = out_dir.join("lib");
     if !lib.exists() {
         std::fs::create_dir(&lib).unwrap();
-        for name in [
-            "libswapper.so",
-            &format!("libswapper.so.{}", env!("CARGO_PKG_VERSION_MAJOR")),
-        ] {
+        for name in ["libswapper.so", &format!("libswapper.so.{}", common::soversion())] {
             std::os::unix::fs::symlink(&built, lib.join(name)).unwrap();
         }
     }

@@ -1,22 +1,63 @@
-//! The committed header must be exactly what cbindgen generates from the sources.
+//! The committed header must be exactly what cbindgen generates from the sources (build.rs
+//! writes it into OUT_DIR only, never into include/), and its version macros must be
+//! Cargo.toml's version, as `swapper_version()` is.
+
+use std::ffi::CStr;
+
+fn committed_header() -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/include/swapper.h");
+    std::fs::read_to_string(path).expect("include/swapper.h is committed")
+}
+
+/// The value of `#define NAME value` in `header`.
+fn define<'a>(header: &'a str, name: &str) -> &'a str {
+    let prefix = format!("#define {name} ");
+    header
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("the header has no #define {name}"))
+        .trim()
+}
 
 #[test]
 fn committed_header_matches_the_sources() {
     let generated =
         std::fs::read_to_string(swapper::generated_header_path()).expect("build.rs wrote the header");
-    let committed_path = concat!(env!("CARGO_MANIFEST_DIR"), "/include/swapper.h");
-    let committed = std::fs::read_to_string(committed_path).expect("include/swapper.h is committed");
+    let committed = committed_header();
     assert!(
         generated == committed,
         "include/swapper.h differs from the header generated from the sources ({}). \
-         Build once outside CI (cargo build) to refresh it, and commit it.",
+         Run scripts/gen-header.sh to refresh it, and commit it.",
         swapper::generated_header_path()
     );
 }
 
 #[test]
+fn version_macros_and_swapper_version_are_cargo_tomls_version() {
+    let header = committed_header();
+    assert_eq!(
+        define(&header, "SWAPPER_VERSION_MAJOR"),
+        env!("CARGO_PKG_VERSION_MAJOR")
+    );
+    assert_eq!(
+        define(&header, "SWAPPER_VERSION_MINOR"),
+        env!("CARGO_PKG_VERSION_MINOR")
+    );
+    assert_eq!(
+        define(&header, "SWAPPER_VERSION_PATCH"),
+        env!("CARGO_PKG_VERSION_PATCH")
+    );
+    let quoted = format!("\"{}\"", env!("CARGO_PKG_VERSION"));
+    assert_eq!(define(&header, "SWAPPER_VERSION"), quoted);
+    // SAFETY: swapper_version returns a static NUL-terminated string.
+    let runtime = unsafe { CStr::from_ptr(swapper::ffi::common::swapper_version()) };
+    assert_eq!(runtime.to_str().unwrap(), env!("CARGO_PKG_VERSION"));
+}
+
+#[test]
 fn every_exported_function_is_documented() {
-    let header = std::fs::read_to_string(swapper::generated_header_path()).unwrap();
+    let header =
+        std::fs::read_to_string(swapper::generated_header_path()).expect("build.rs wrote the header");
     let lines: Vec<&str> = header.lines().collect();
     for (i, line) in lines.iter().enumerate() {
         let is_decl = line.contains("swapper_")

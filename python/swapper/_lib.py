@@ -137,6 +137,7 @@ PROTOTYPES = {
     ),
     "swapper_release_reserved_buffers": (c_status, [_p]),
     "swapper_swappable": (c_bool, [_p, c_uint64]),
+    "swapper_aligned_numel": (c_uint64, [_p, c_uint64]),
     "swapper_io_aligned_numel": (c_uint64, [_p, c_uint64]),
     "swapper_reserve_partitioned_swap_space": (c_status, [_p, _u64p, c_size_t]),
     "swapper_swap_out_partitioned": (

@@ -625,7 +625,7 @@ class Swapper:
 
     def io_aligned_numel(self, numel):
         """`numel` rounded up to a multiple of 4096 bytes."""
-        return int(self._lib.swapper_io_aligned_numel(self._h(), int(numel)))
+        return int(self._lib.swapper_aligned_numel(self._h(), int(numel)))
 
     def reserve_partitioned_swap_space(self, numels):
         """Allocates the staging buffer of swap_out_partitioned, one slot per size."""

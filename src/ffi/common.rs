@@ -44,22 +44,9 @@ pub extern "C" fn swapper_last_error() -> *const libc::c_char {
 /// never free it. Thread-safe.
 #[no_mangle]
 pub extern "C" fn swapper_status_name(status: StatusCode) -> *const libc::c_char {
-    let name: &'static std::ffi::CStr = match Status::from_raw(status) {
-        Some(Status::Ok) => c"SWAPPER_STATUS_OK",
-        Some(Status::InvalidArgument) => c"SWAPPER_STATUS_INVALID_ARGUMENT",
-        Some(Status::NullPointer) => c"SWAPPER_STATUS_NULL_POINTER",
-        Some(Status::NotFound) => c"SWAPPER_STATUS_NOT_FOUND",
-        Some(Status::BadState) => c"SWAPPER_STATUS_BAD_STATE",
-        Some(Status::NoBuffer) => c"SWAPPER_STATUS_NO_BUFFER",
-        Some(Status::IoError) => c"SWAPPER_STATUS_IO_ERROR",
-        Some(Status::CorruptData) => c"SWAPPER_STATUS_CORRUPT_DATA",
-        Some(Status::Busy) => c"SWAPPER_STATUS_BUSY",
-        Some(Status::Unsupported) => c"SWAPPER_STATUS_UNSUPPORTED",
-        Some(Status::OutOfMemory) => c"SWAPPER_STATUS_OUT_OF_MEMORY",
-        Some(Status::Panic) => c"SWAPPER_STATUS_PANIC",
-        None => c"SWAPPER_STATUS_UNKNOWN",
-    };
-    name.as_ptr()
+    Status::from_raw(status)
+        .map_or(c"SWAPPER_STATUS_UNKNOWN", Status::c_name)
+        .as_ptr()
 }
 
 /// Sends libswapper's diagnostics at `max_level` and more important ones to `callback`

@@ -95,8 +95,8 @@ impl TryFrom<&SwapperIoConfig> for IoConfig {
             thread_count: c.thread_count,
             single_submit: flag_is_set(c.single_submit),
             overlap_events: flag_is_set(c.overlap_events),
-            backend: Backend::from_raw(c.backend)?,
-            direct_io: DirectIo::from_raw(c.direct_io)?,
+            backend: Backend::from_c(c.backend)?,
+            direct_io: DirectIo::from_c(c.direct_io)?,
         };
         config.validate()?;
         Ok(config)

@@ -89,7 +89,7 @@ impl TryFrom<&SwapperConfig> for Settings {
         let s = Settings {
             nvme_path,
             rank: c.rank,
-            dtype: Dtype::from_raw(c.dtype)?,
+            dtype: Dtype::from_c(c.dtype)?,
             buffer_count: c.buffer_count,
             buffer_numel: c.buffer_numel,
             pin_memory: flag_is_set(c.pin_memory),
@@ -193,7 +193,7 @@ pub unsafe extern "C" fn swapper_create_from_json(
         // SAFETY: the caller's contract.
         let text = unsafe { arg_str(deepspeed_config_json, "deepspeed_config_json") }?;
         create(
-            Settings::from_deepspeed_json(text, rank, Dtype::from_raw(dtype)?)?,
+            Settings::from_deepspeed_json(text, rank, Dtype::from_c(dtype)?)?,
             out,
         )
     })
@@ -602,9 +602,17 @@ pub extern "C" fn swapper_swappable(swapper: *const Swapper, numel: u64) -> bool
     getter("swapper_swappable", swapper, false, |s| s.swappable(numel))
 }
 
-/// `numel` rounded up so that its bytes are a multiple of 4096, the length a swap file
-/// holds for it. (DeepSpeed aligns to 1024 bytes times the thread count; libswapper
-/// needs no divisibility by the thread count.) 0 for a NULL or dead handle. Thread-safe.
+/// `numel` rounded up so that its bytes (at this swapper's element size) are a multiple
+/// of 4096, the length a swap file holds for it. (DeepSpeed aligns to 1024 bytes times the
+/// thread count; libswapper needs no divisibility by the thread count.) 0 for a NULL or
+/// dead handle. Thread-safe.
+#[no_mangle]
+pub extern "C" fn swapper_aligned_numel(swapper: *const Swapper, numel: u64) -> u64 {
+    getter("swapper_aligned_numel", swapper, 0, |s| s.io_aligned_numel(numel))
+}
+
+/// Deprecated, removed in the next release: the old name of `swapper_aligned_numel`
+/// (it takes a `Swapper*`, not a `SwapperIo*`), which it calls.
 #[no_mangle]
 pub extern "C" fn swapper_io_aligned_numel(swapper: *const Swapper, numel: u64) -> u64 {
     getter("swapper_io_aligned_numel", swapper, 0, |s| {

@@ -69,3 +69,44 @@ pub fn have(tool: &str) -> bool {
         .output()
         .is_ok_and(|o| o.status.success())
 }
+
+/// The soname's version for Cargo.toml's version, by cargo-c's rule: the part semver lets
+/// break the ABI (1.2.3 -> "1", 0.1.2 -> "0.1", 0.0.3 -> "0.0.3").
+pub fn soversion() -> String {
+    let (major, minor, patch) = (
+        env!("CARGO_PKG_VERSION_MAJOR"),
+        env!("CARGO_PKG_VERSION_MINOR"),
+        env!("CARGO_PKG_VERSION_PATCH"),
+    );
+    if major != "0" {
+        major.to_string()
+    } else if minor != "0" {
+        format!("0.{minor}")
+    } else {
+        format!("0.0.{patch}")
+    }
+}
+
+/// The DT_SONAME of the shared object at `path`, read with `readelf -d` (binutils).
+pub fn dt_soname(path: &Path) -> String {
+    let out = Command::new("readelf")
+        .arg("-d")
+        .arg(path)
+        .output()
+        .expect("readelf is needed to read the soname: install binutils");
+    assert!(
+        out.status.success(),
+        "readelf -d {} failed: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "0x000000000000000e (SONAME)             Library soname: [libswapper.so.0.1]"
+    let line = text
+        .lines()
+        .find(|l| l.contains("(SONAME)"))
+        .unwrap_or_else(|| panic!("{} has no DT_SONAME:\n{text}", path.display()));
+    let start = line.find('[').expect("readelf prints the soname in brackets") + 1;
+    let end = line.rfind(']').expect("readelf prints the soname in brackets");
+    line[start..end].to_string()
+}

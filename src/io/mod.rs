@@ -278,6 +278,7 @@ impl IoEngine {
             path,
             offset,
             nofollow: false,
+            dir: None,
             checksum_len: None,
         };
         // SAFETY: `buf` is borrowed mutably until the wait below returns.
@@ -293,6 +294,7 @@ impl IoEngine {
             path,
             offset,
             nofollow: false,
+            dir: None,
             checksum_len: None,
         };
         // SAFETY: `buf` is borrowed until the wait below returns; a write only reads it.

@@ -428,6 +428,7 @@ impl Swapper {
                 path: &path,
                 offset: 0,
                 nofollow: true,
+                dir: Some(self.folder.dir()),
                 checksum_len: self.config.verify_checksums.then_some(data_bytes as u64),
             };
             // SAFETY: pool buffers live as long as the swapper, whose engine is drained
@@ -539,6 +540,7 @@ impl Swapper {
                 path: &path,
                 offset: 0,
                 nofollow: true,
+                dir: Some(self.folder.dir()),
                 checksum_len: p.checksum.as_ref().map(|_| p.numel * self.elem as u64),
             };
             // SAFETY: pool buffers outlive the engine's work; caller buffers are covered by
@@ -596,7 +598,7 @@ impl Swapper {
             )));
         };
         let path = self.folder.param_path(id);
-        match std::fs::symlink_metadata(&path) {
+        match self.folder.metadata(id) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::new(
                 Status::CorruptData,
                 format!("the swap file of param {id} was deleted: {}", path.display()),
@@ -658,6 +660,7 @@ impl Swapper {
             path: &path,
             offset: 0,
             nofollow: true,
+            dir: Some(self.folder.dir()),
             checksum_len: p.checksum.as_ref().map(|_| bytes),
         };
         // SAFETY: the caller's contract; the ticket is waited for before returning.
@@ -1046,6 +1049,7 @@ impl Swapper {
                 path: &path,
                 offset: 0,
                 nofollow: true,
+                dir: Some(self.folder.dir()),
                 checksum_len: self.config.verify_checksums.then_some(data_bytes as u64),
             };
             // SAFETY: the staging memory outlives the wait below (the lock is held).

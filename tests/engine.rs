@@ -339,6 +339,7 @@ fn checksums_computed_by_the_workers_match_the_data() {
                 path: &path,
                 offset: 0,
                 nofollow: true,
+                dir: None,
                 checksum_len: Some(covered),
             };
             // SAFETY: `src` outlives the wait.

@@ -63,6 +63,7 @@ impl IoHandle {
             path,
             offset,
             nofollow: false,
+            dir: None,
             checksum_len: None,
         };
         // SAFETY: the caller's contract.

@@ -372,6 +372,7 @@ impl IoEngine {
             path,
             offset,
             nofollow: false,
+            dir: None,
             checksum_len: None,
         };
         // SAFETY: `buf` is borrowed mutably until the wait below returns.
@@ -387,6 +388,7 @@ impl IoEngine {
             path,
             offset,
             nofollow: false,
+            dir: None,
             checksum_len: None,
         };
         // SAFETY: `buf` is borrowed until the wait below returns; a write only reads it.

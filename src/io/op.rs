@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
 
 use crate::config::IO_ALIGNMENT;
-use crate::status::{Error, Result};
-use crate::sys::file::{self, OpenMode};
+use crate::status::{Error, Result, Status};
+use crate::sys::file::{self, Dir, OpenError, OpenMode};
 use crate::sys::RawBuf;
 
 /// How an operation's bytes split into requests. With O_DIRECT, the unaligned head
@@ -107,8 +107,14 @@ pub struct Request<'a> {
     pub buf: RawBuf,
     /// Bytes to move.
     pub len: u64,
-    /// The file.
+    /// The file. With `dir`, only its last component is opened (inside `dir`), and the
+    /// whole path names the file in messages and fault-injection rules.
     pub path: &'a Path,
+    /// The folder holding the file, held open: the file is opened relative to it (openat),
+    /// so a chdir, a renamed folder or a folder replaced by a symbolic link cannot redirect
+    /// the I/O. A file there that is not regular is reported as `CorruptData` (someone
+    /// replaced the caller's own file); without `dir` it is `InvalidArgument`.
+    pub dir: Option<&'a Dir>,
     /// Where in the file.
     pub offset: u64,
     /// Refuse a path whose last component is a symbolic link.
@@ -118,6 +124,31 @@ pub struct Request<'a> {
     /// checksum overlaps the I/O instead of adding to it. [`crate::io::Ticket::checksum`]
     /// gives it once the operation has finished.
     pub checksum_len: Option<u64>,
+}
+
+/// The error of a failed open of `path`. A file that is not regular is refused: inside a
+/// held folder (`in_dir`) it is the caller's own file replaced by something else
+/// (`CorruptData`); a path the caller named is the wrong kind of file (`InvalidArgument`).
+fn open_error(what: &str, path: &Path, in_dir: bool, e: OpenError) -> Error {
+    match e {
+        OpenError::Errno(errno) => Error::os(what, path, None, errno),
+        OpenError::NotRegular(kind) if in_dir => Error::new(
+            Status::CorruptData,
+            format!(
+                "cannot {what}: {} was replaced by {} (not a regular file)",
+                path.display(),
+                kind.describe()
+            ),
+        ),
+        OpenError::NotRegular(kind) => Error::new(
+            Status::InvalidArgument,
+            format!(
+                "cannot {what}: {} is {}, not a regular file",
+                path.display(),
+                kind.describe()
+            ),
+        ),
+    }
 }
 
 #[derive(Default)]
@@ -138,8 +169,9 @@ pub struct Op {
     /// Copy the body through a bounce buffer: O_DIRECT with a misaligned caller buffer.
     pub(crate) bounce: bool,
     nofollow: bool,
+    dir: Option<Dir>,
     direct_fd: Option<OwnedFd>,
-    buffered_fd: OnceLock<std::result::Result<OwnedFd, i32>>,
+    buffered_fd: OnceLock<std::result::Result<OwnedFd, OpenError>>,
     /// Bytes covered by the checksum, and each request's crc32c of its part of them.
     checksum_len: Option<u64>,
     crcs: Vec<AtomicU32>,
@@ -167,15 +199,19 @@ impl Op {
             nofollow: req.nofollow,
         };
         let mut fell_back = false;
+        let mut size = None;
         let direct_fd = match direct {
             None => None,
-            Some(required) => match file::open(req.path, OpenMode { direct: true, ..mode }) {
-                Ok(fd) => Some(fd),
-                Err(libc::EINVAL) if !required => {
+            Some(required) => match file::open(req.dir, req.path, OpenMode { direct: true, ..mode }) {
+                Ok(f) => {
+                    size = Some(f.size);
+                    Some(f.fd)
+                }
+                Err(OpenError::Errno(libc::EINVAL)) if !required => {
                     fell_back = true;
                     None
                 }
-                Err(libc::EINVAL) => {
+                Err(OpenError::Errno(libc::EINVAL)) => {
                     return Err(Error::new(
                         crate::Status::Unsupported,
                         format!(
@@ -184,13 +220,15 @@ impl Op {
                         ),
                     ))
                 }
-                Err(e) => return Err(Error::os(what, req.path, None, e)),
+                Err(e) => return Err(open_error(what, req.path, req.dir.is_some(), e)),
             },
         };
         let buffered_fd = OnceLock::new();
         if direct_fd.is_none() {
-            let fd = file::open(req.path, mode).map_err(|e| Error::os(what, req.path, None, e))?;
-            let _ = buffered_fd.set(Ok(fd));
+            let f = file::open(req.dir, req.path, mode)
+                .map_err(|e| open_error(what, req.path, req.dir.is_some(), e))?;
+            size = Some(f.size);
+            let _ = buffered_fd.set(Ok(f.fd));
         }
         let end = req.offset.checked_add(req.len).ok_or_else(|| {
             Error::invalid(format!(
@@ -201,11 +239,7 @@ impl Op {
             ))
         })?;
         if !req.write {
-            let fd = match (&direct_fd, buffered_fd.get()) {
-                (Some(fd), _) | (None, Some(Ok(fd))) => fd,
-                _ => unreachable!("a file descriptor was opened above"),
-            };
-            let size = file::file_size(fd).map_err(|e| Error::os("stat", req.path, None, e))?;
+            let size = size.unwrap_or(0);
             if req.len > 0 && end > size {
                 return Err(Error::new(
                     crate::Status::IoError,
@@ -228,6 +262,7 @@ impl Op {
             plan,
             bounce,
             nofollow: req.nofollow,
+            dir: req.dir.cloned(),
             checksum_len: req.checksum_len.map(|n| n.min(req.len)),
             crcs: match req.checksum_len {
                 Some(_) => (0..count).map(|_| AtomicU32::new(0)).collect(),
@@ -259,18 +294,16 @@ impl Op {
     /// The buffered descriptor, opened on first use.
     pub(crate) fn buffered_fd(&self) -> Result<RawFd> {
         let fd = self.buffered_fd.get_or_init(|| {
-            file::open(
-                &self.path,
-                OpenMode {
-                    write: self.write,
-                    direct: false,
-                    nofollow: self.nofollow,
-                },
-            )
+            let mode = OpenMode {
+                write: self.write,
+                direct: false,
+                nofollow: self.nofollow,
+            };
+            file::open(self.dir.as_ref(), &self.path, mode).map(|f| f.fd)
         });
         match fd {
             Ok(fd) => Ok(fd.as_raw_fd()),
-            Err(e) => Err(Error::os("open", &self.path, None, *e)),
+            Err(e) => Err(open_error("open", &self.path, self.dir.is_some(), *e)),
         }
     }
 

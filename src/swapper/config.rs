@@ -1,6 +1,7 @@
 //! The swapper's settings, with DeepSpeed's defaults, and reading them from a DeepSpeed
 //! configuration (`aio` and `zero_optimization.offload_param`).
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 use serde_json::Value;
@@ -61,6 +62,12 @@ impl Settings {
     pub fn validate(&self) -> Result<()> {
         if self.nvme_path.as_os_str().is_empty() {
             return Err(Error::invalid("nvme_path is empty"));
+        }
+        if self.nvme_path.as_os_str().as_bytes().contains(&0) {
+            return Err(Error::invalid(format!(
+                "nvme_path {:?} contains a NUL byte, which no path can hold",
+                self.nvme_path
+            )));
         }
         if self.buffer_count == 0 {
             return Err(Error::invalid("buffer_count must be at least 1"));
@@ -261,5 +268,13 @@ mod tests {
             assert_eq!(e.status(), crate::Status::InvalidArgument, "{json}");
             assert!(e.message().contains(key), "{json}: {e}");
         }
+    }
+
+    #[test]
+    fn an_nvme_path_with_a_nul_byte_is_an_invalid_argument() {
+        let json = r#"{"zero_optimization": {"offload_param": {"nvme_path": "/tmp/a\u0000b"}}}"#;
+        let e = Settings::from_deepspeed_json(json, 0, Dtype::Fp16).err().unwrap();
+        assert_eq!(e.status(), crate::Status::InvalidArgument, "{e}");
+        assert!(e.message().contains("NUL"), "{e}");
     }
 }

@@ -200,6 +200,7 @@ impl Swapper {
             write,
             buf,
             len,
+            dir: Some(self.folder.dir()),
             path: &path,
             offset: 0,
             nofollow: true,
@@ -209,12 +210,12 @@ impl Swapper {
         unsafe { self.engine.submit(&req) }
     }
 
-    /// Checks, without the lock, that the swap file of param `id` is still a regular
-    /// file holding at least `bytes` bytes: a deleted, replaced or truncated file is
-    /// `CorruptData`.
+    /// Checks, without the lock, that the swap file of param `id` (in the held rank
+    /// folder) is still a regular file holding at least `bytes` bytes: a deleted, replaced
+    /// or truncated file is `CorruptData`.
     fn check_file(&self, id: u64, bytes: u64) -> Result<()> {
         let path = self.folder.param_path(id);
-        match std::fs::symlink_metadata(&path) {
+        match self.folder.metadata(id) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::new(
                 Status::CorruptData,
                 format!("the swap file of param {id} was deleted: {}", path.display()),

@@ -1,9 +1,18 @@
-//! Opening files and single read and write calls on raw buffers.
+//! Files and folders: opening a file (by path, or by name inside a folder held open),
+//! the folder operations of the swap folder (create, open, list, remove, stat, lock), and
+//! single read and write calls on raw buffers.
+//!
+//! Every open refuses what is not a regular file (a FIFO, a device, a socket, a folder)
+//! without blocking: the file is opened with O_NONBLOCK, checked with fstat, and only then
+//! made blocking again, so a FIFO put in place of a file cannot hang the caller.
 
-use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::cell::UnsafeCell;
+use std::ffi::{CStr, CString, OsStr, OsString};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use super::fault::{self, Call, Fault};
 use super::RawBuf;
@@ -19,18 +28,448 @@ pub struct OpenMode {
     pub nofollow: bool,
 }
 
-/// Opens `path`; the error is the errno.
-pub fn open(path: &Path, mode: OpenMode) -> Result<OwnedFd, i32> {
+/// What kind of file a path names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    /// A regular file.
+    Regular,
+    /// A folder.
+    Directory,
+    /// A symbolic link (seen only when links are not followed).
+    Symlink,
+    /// A named pipe.
+    Fifo,
+    /// A Unix socket.
+    Socket,
+    /// A character device.
+    CharDevice,
+    /// A block device.
+    BlockDevice,
+}
+
+impl FileKind {
+    fn of(mode: libc::mode_t) -> FileKind {
+        match mode & libc::S_IFMT {
+            libc::S_IFDIR => FileKind::Directory,
+            libc::S_IFLNK => FileKind::Symlink,
+            libc::S_IFIFO => FileKind::Fifo,
+            libc::S_IFSOCK => FileKind::Socket,
+            libc::S_IFCHR => FileKind::CharDevice,
+            libc::S_IFBLK => FileKind::BlockDevice,
+            _ => FileKind::Regular,
+        }
+    }
+
+    /// The kind in words, for messages ("a FIFO").
+    pub fn describe(self) -> &'static str {
+        match self {
+            FileKind::Regular => "a regular file",
+            FileKind::Directory => "a folder",
+            FileKind::Symlink => "a symbolic link",
+            FileKind::Fifo => "a FIFO",
+            FileKind::Socket => "a socket",
+            FileKind::CharDevice => "a character device",
+            FileKind::BlockDevice => "a block device",
+        }
+    }
+}
+
+/// What `fstatat` tells of a name: its kind and size.
+#[derive(Clone, Copy, Debug)]
+pub struct Stat {
+    /// The kind of file.
+    pub kind: FileKind,
+    /// The size in bytes.
+    pub size: u64,
+}
+
+impl Stat {
+    /// Whether it is a regular file.
+    pub fn is_file(&self) -> bool {
+        self.kind == FileKind::Regular
+    }
+
+    /// Whether it is a folder.
+    pub fn is_dir(&self) -> bool {
+        self.kind == FileKind::Directory
+    }
+
+    /// The size in bytes.
+    pub fn len(&self) -> u64 {
+        self.size
+    }
+
+    /// Whether the size is zero.
+    pub fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+
+    fn from_raw(st: &libc::stat) -> Stat {
+        Stat {
+            kind: FileKind::of(st.st_mode),
+            size: st.st_size as u64,
+        }
+    }
+}
+
+/// Why an open failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenError {
+    /// The system call failed with this errno.
+    Errno(i32),
+    /// The path names something other than a regular file (nothing was read or written).
+    NotRegular(FileKind),
+}
+
+/// An open file and its size at the time of opening.
+#[derive(Debug)]
+pub struct Opened {
+    /// The descriptor (O_CLOEXEC, blocking).
+    pub fd: OwnedFd,
+    /// The file's size in bytes.
+    pub size: u64,
+}
+
+/// A folder held open (O_RDONLY | O_DIRECTORY | O_CLOEXEC): names opened relative to it
+/// stay in this folder whatever happens to its path afterwards (a chdir, a rename, the
+/// path replaced by a symbolic link). Clones share the descriptor, which is closed when
+/// the last clone is dropped; it can be used from any thread.
+#[derive(Clone, Debug)]
+pub struct Dir(Arc<OwnedFd>);
+
+fn cstr(bytes: &[u8]) -> Result<CString, i32> {
+    CString::new(bytes).map_err(|_| libc::EINVAL)
+}
+
+/// A single path component: not empty, no '/', not "." or "..".
+fn component(name: &OsStr) -> Result<CString, i32> {
+    let b = name.as_bytes();
+    if b.is_empty() || b.contains(&b'/') || b == b"." || b == b".." {
+        return Err(libc::EINVAL);
+    }
+    cstr(b)
+}
+
+fn last_errno() -> i32 {
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+/// Retries `f` while it fails with EINTR; returns its non-negative result or the errno.
+fn retry(mut f: impl FnMut() -> libc::c_int) -> Result<libc::c_int, i32> {
+    loop {
+        let rc = f();
+        if rc >= 0 {
+            return Ok(rc);
+        }
+        let errno = last_errno();
+        if errno != libc::EINTR {
+            return Err(errno);
+        }
+    }
+}
+
+fn fstatat_raw(dirfd: RawFd, name: &CStr, follow: bool) -> Result<Stat, i32> {
+    // SAFETY: a zeroed stat is a valid out-parameter for fstatat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let flags = if follow { 0 } else { libc::AT_SYMLINK_NOFOLLOW };
+    // SAFETY: `name` is NUL-terminated and `st` is writable; `dirfd` is open or AT_FDCWD.
+    retry(|| unsafe { libc::fstatat(dirfd, name.as_ptr(), &mut st, flags) })?;
+    Ok(Stat::from_raw(&st))
+}
+
+fn fstat_raw(fd: RawFd) -> Result<Stat, i32> {
+    // SAFETY: a zeroed stat is a valid out-parameter for fstat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is open and `st` is writable.
+    retry(|| unsafe { libc::fstat(fd, &mut st) })?;
+    Ok(Stat::from_raw(&st))
+}
+
+fn open_raw(dirfd: RawFd, name: &CStr, flags: libc::c_int) -> Result<OwnedFd, i32> {
+    // SAFETY: `name` is NUL-terminated; the mode argument is read only with O_CREAT.
+    let fd = retry(|| unsafe { libc::openat(dirfd, name.as_ptr(), flags, 0o600 as libc::c_uint) })?;
+    // SAFETY: `fd` was just opened and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+const DIR_FLAGS: libc::c_int = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_NOFOLLOW;
+
+/// Opens a folder, not following a symbolic link: ELOOP for a link (Linux answers ENOTDIR
+/// to O_NOFOLLOW | O_DIRECTORY on one), ENOTDIR for anything else that is not a folder.
+fn open_dir_raw(dirfd: RawFd, name: &CStr) -> Result<Dir, i32> {
+    match open_raw(dirfd, name, DIR_FLAGS) {
+        Ok(fd) => Ok(Dir(Arc::new(fd))),
+        Err(libc::ENOTDIR) => match fstatat_raw(dirfd, name, false) {
+            Ok(st) if st.kind == FileKind::Symlink => Err(libc::ELOOP),
+            _ => Err(libc::ENOTDIR),
+        },
+        Err(e) => Err(e),
+    }
+}
+
+impl Dir {
+    /// Opens the folder `path`, refusing a symbolic link as its last component (ELOOP) and
+    /// anything that is not a folder (ENOTDIR).
+    pub fn open(path: &Path) -> Result<Dir, i32> {
+        open_dir_raw(libc::AT_FDCWD, &cstr(path.as_os_str().as_bytes())?)
+    }
+
+    /// Opens the folder `name` inside this one, refusing a symbolic link (ELOOP) and
+    /// anything that is not a folder (ENOTDIR).
+    pub fn open_dir(&self, name: &OsStr) -> Result<Dir, i32> {
+        open_dir_raw(self.raw(), &component(name)?)
+    }
+
+    /// Creates the folder `name` inside this one with `mode` (EEXIST if the name exists).
+    pub fn make_dir(&self, name: &OsStr, mode: u32) -> Result<(), i32> {
+        let c = component(name)?;
+        // SAFETY: `c` is NUL-terminated and the descriptor is open.
+        retry(|| unsafe { libc::mkdirat(self.raw(), c.as_ptr(), mode as libc::mode_t) }).map(drop)
+    }
+
+    /// Sets this folder's permission bits.
+    pub fn set_mode(&self, mode: u32) -> Result<(), i32> {
+        // SAFETY: the descriptor is open; fchmod touches no memory of ours.
+        retry(|| unsafe { libc::fchmod(self.raw(), mode as libc::mode_t) }).map(drop)
+    }
+
+    /// This folder's permission bits.
+    pub fn mode(&self) -> Result<u32, i32> {
+        // SAFETY: a zeroed stat is a valid out-parameter for fstat.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: the descriptor is open and `st` is writable.
+        retry(|| unsafe { libc::fstat(self.raw(), &mut st) })?;
+        Ok(st.st_mode as u32 & 0o7777)
+    }
+
+    /// What `name` inside this folder is, without following a symbolic link.
+    pub fn stat(&self, name: &OsStr) -> Result<Stat, i32> {
+        fstatat_raw(self.raw(), &component(name)?, false)
+    }
+
+    /// The names in this folder (without "." and ".."), each with its kind.
+    pub fn entries(&self) -> Result<Vec<(OsString, FileKind)>, i32> {
+        // fdopendir takes ownership of its descriptor: give it a second one on the folder.
+        let fd = open_raw(self.raw(), c".", DIR_FLAGS & !libc::O_NOFOLLOW)?;
+        // SAFETY: `fd` is an open folder descriptor; on success the stream owns it.
+        let stream = unsafe { libc::fdopendir(fd.as_raw_fd()) };
+        if stream.is_null() {
+            return Err(last_errno());
+        }
+        std::mem::forget(fd);
+        let mut out = Vec::new();
+        let result = loop {
+            // readdir signals an error (as opposed to the end) only through errno.
+            // SAFETY: errno is thread-local.
+            unsafe { *libc::__errno_location() = 0 };
+            // SAFETY: `stream` is an open directory stream used by this thread alone.
+            let ent = unsafe { libc::readdir(stream) };
+            if ent.is_null() {
+                let errno = last_errno();
+                break if errno == 0 { Ok(()) } else { Err(errno) };
+            }
+            // SAFETY: readdir returned a valid entry whose name is NUL-terminated; it stays
+            // valid until the next readdir on the stream.
+            let (name, d_type) = unsafe { (CStr::from_ptr((*ent).d_name.as_ptr()), (*ent).d_type) };
+            let bytes = name.to_bytes();
+            if bytes == b"." || bytes == b".." {
+                continue;
+            }
+            let kind = match d_type {
+                libc::DT_REG => FileKind::Regular,
+                libc::DT_DIR => FileKind::Directory,
+                libc::DT_LNK => FileKind::Symlink,
+                libc::DT_FIFO => FileKind::Fifo,
+                libc::DT_SOCK => FileKind::Socket,
+                libc::DT_CHR => FileKind::CharDevice,
+                libc::DT_BLK => FileKind::BlockDevice,
+                // DT_UNKNOWN: the file system does not say; ask.
+                _ => match fstatat_raw(self.raw(), name, false) {
+                    Ok(st) => st.kind,
+                    Err(libc::ENOENT) => continue,
+                    Err(e) => break Err(e),
+                },
+            };
+            out.push((OsString::from_vec(bytes.to_vec()), kind));
+        };
+        // SAFETY: `stream` is open and not used after this; closedir closes its descriptor.
+        unsafe { libc::closedir(stream) };
+        result.map(|()| out)
+    }
+
+    /// Removes `name` from this folder: an empty folder when `dir`, a file otherwise.
+    pub fn remove(&self, name: &OsStr, dir: bool) -> Result<(), i32> {
+        let c = component(name)?;
+        let flags = if dir { libc::AT_REMOVEDIR } else { 0 };
+        // SAFETY: `c` is NUL-terminated and the descriptor is open.
+        retry(|| unsafe { libc::unlinkat(self.raw(), c.as_ptr(), flags) }).map(drop)
+    }
+
+    /// Takes an exclusive lock on this folder, without waiting: `Err(EWOULDBLOCK)` when
+    /// another holder (in this process or another) has it. See [`DirLock`].
+    pub fn lock(&self) -> Result<DirLock, i32> {
+        DirLock::acquire(self)
+    }
+
+    /// The descriptor, for calls relative to the folder.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+
+    fn raw(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// An exclusive lock on a folder, released when dropped, that neither deleting a file nor
+/// forking the process can defeat.
+///
+/// The lock is a `flock` on a descriptor of the folder itself (its own open file, opened
+/// O_CLOEXEC and used for nothing else), so there is no lock file that someone could
+/// delete to let a second holder in. Why flock and how fork is handled:
+/// - A classic POSIX record lock (F_SETLK) is not inherited by fork, but it needs a
+///   descriptor open for writing (a folder cannot be), and it is released when the process
+///   closes *any* descriptor of the file, which any `read_dir` of the folder would do.
+/// - An OFD lock (F_OFD_SETLK) or a flock belongs to the open file, which a fork shares
+///   with the child: a child that never calls libswapper would keep the folder locked
+///   after the parent has let it go. O_CLOEXEC does not help (it acts on exec only).
+/// - So: flock, plus a `pthread_atfork` child handler that closes, in the child, the
+///   descriptor of every lock the process holds. The child then holds no reference to the
+///   lock's open file and the lock ends when the parent drops it. The registry of lock
+///   descriptors is guarded by a spin flag that the prepare handler takes, so no lock is
+///   half-registered at the moment of the fork; the child handler only calls `close`
+///   (async-signal-safe) and frees nothing.
+///
+/// A child made by a raw `clone`/`fork` system call (bypassing libc's fork, so no atfork
+/// handler runs) keeps the lock until it exits or execs, as with any flock.
+#[derive(Debug)]
+pub struct DirLock {
+    fd: RawFd,
+}
+
+/// The descriptors of the locks this process holds.
+struct Registry {
+    busy: AtomicBool,
+    fds: UnsafeCell<Vec<RawFd>>,
+}
+
+// SAFETY: `fds` is only touched by whoever holds `busy` (see `with_registry` and the
+// fork handlers).
+unsafe impl Sync for Registry {}
+
+static REGISTRY: Registry = Registry {
+    busy: AtomicBool::new(false),
+    fds: UnsafeCell::new(Vec::new()),
+};
+/// pthread_atfork's result, registered once.
+static ATFORK: OnceLock<libc::c_int> = OnceLock::new();
+
+fn registry_acquire() {
+    while REGISTRY
+        .busy
+        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        std::thread::yield_now();
+    }
+}
+
+fn registry_release() {
+    REGISTRY.busy.store(false, Ordering::Release);
+}
+
+fn with_registry<R>(f: impl FnOnce(&mut Vec<RawFd>) -> R) -> R {
+    registry_acquire();
+    // SAFETY: `busy` is held, so nobody else touches the vector.
+    let r = f(unsafe { &mut *REGISTRY.fds.get() });
+    registry_release();
+    r
+}
+
+extern "C" fn atfork_prepare() {
+    registry_acquire();
+}
+
+extern "C" fn atfork_parent() {
+    registry_release();
+}
+
+extern "C" fn atfork_child() {
+    // SAFETY: the prepare handler took `busy` before the fork, so the vector is consistent
+    // and this (the child's only) thread owns it.
+    let fds = unsafe { &mut *REGISTRY.fds.get() };
+    for &fd in fds.iter() {
+        // SAFETY: `fd` is a lock descriptor inherited from the parent; the child's copy of
+        // its DirLock finds it gone from the registry and does not close it again.
+        unsafe { libc::close(fd) };
+    }
+    fds.clear();
+    registry_release();
+}
+
+impl DirLock {
+    fn acquire(dir: &Dir) -> Result<DirLock, i32> {
+        let rc = *ATFORK.get_or_init(|| {
+            // SAFETY: the handlers are `extern "C"` functions that live for the whole program.
+            unsafe { libc::pthread_atfork(Some(atfork_prepare), Some(atfork_parent), Some(atfork_child)) }
+        });
+        if rc != 0 {
+            return Err(rc);
+        }
+        // Open, lock and register inside the registry's critical section: a fork cannot
+        // happen in between and leave the child holding an unregistered lock descriptor.
+        with_registry(|fds| {
+            fds.try_reserve(1).map_err(|_| libc::ENOMEM)?;
+            let fd = open_raw(dir.raw(), c".", DIR_FLAGS & !libc::O_NOFOLLOW)?;
+            // SAFETY: flock on an open descriptor touches no memory.
+            retry(|| unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) })?;
+            let raw = std::os::fd::IntoRawFd::into_raw_fd(fd);
+            fds.push(raw);
+            Ok(DirLock { fd: raw })
+        })
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        with_registry(|fds| {
+            // In a forked child the atfork handler has already closed the descriptor (and
+            // its number may have been reused): close only a descriptor still registered.
+            if let Some(i) = fds.iter().position(|&fd| fd == self.fd) {
+                fds.swap_remove(i);
+                // SAFETY: the descriptor is ours (registered) and closed exactly once.
+                unsafe { libc::close(self.fd) };
+            }
+        });
+    }
+}
+
+/// Opens a file: `path` itself when `dir` is `None`, or `path`'s last component inside
+/// the folder `dir` (openat; `path` then only names the file for fault injection). A FIFO
+/// or any other file that is not regular is refused (`NotRegular`) without blocking; the
+/// descriptor returned is blocking, O_CLOEXEC.
+pub fn open(dir: Option<&Dir>, path: &Path, mode: OpenMode) -> Result<Opened, OpenError> {
     if let Some(Fault::Errno(e)) = fault::check(Call::Open, path) {
-        return Err(e);
+        return Err(OpenError::Errno(e));
     }
     if mode.direct {
         if let Some(Fault::Errno(e)) = fault::check(Call::OpenDirect, path) {
-            return Err(e);
+            return Err(OpenError::Errno(e));
         }
     }
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| libc::EINVAL)?;
-    let mut flags = libc::O_CLOEXEC;
+    let (dirfd, c) = match dir {
+        Some(d) => {
+            let name = path.file_name().ok_or(OpenError::Errno(libc::EINVAL))?;
+            (d.raw(), component(name).map_err(OpenError::Errno)?)
+        }
+        None => (
+            libc::AT_FDCWD,
+            cstr(path.as_os_str().as_bytes()).map_err(OpenError::Errno)?,
+        ),
+    };
+    let mut flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
     flags |= if mode.write {
         libc::O_WRONLY | libc::O_CREAT
     } else {
@@ -42,42 +481,35 @@ pub fn open(path: &Path, mode: OpenMode) -> Result<OwnedFd, i32> {
     if mode.nofollow {
         flags |= libc::O_NOFOLLOW;
     }
-    loop {
-        // SAFETY: `c` is a valid NUL-terminated string; the mode argument is read only with O_CREAT.
-        let fd = unsafe { libc::open(c.as_ptr(), flags, 0o600 as libc::c_uint) };
-        if fd >= 0 {
-            // SAFETY: `fd` was just opened and is owned by nobody else.
-            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+    let fd = match open_raw(dirfd, &c, flags) {
+        Ok(fd) => fd,
+        // What a non-regular file gives instead of an open: a FIFO for writing without a
+        // reader (ENXIO), a folder for writing (EISDIR), a socket (ENXIO), a device without
+        // a driver (ENXIO, ENODEV), a symbolic link under O_NOFOLLOW (ELOOP).
+        Err(e @ (libc::ENXIO | libc::EISDIR | libc::ENODEV | libc::ELOOP | libc::EOPNOTSUPP)) => {
+            return Err(match fstatat_raw(dirfd, &c, !mode.nofollow) {
+                Ok(st) if !st.is_file() => OpenError::NotRegular(st.kind),
+                _ => OpenError::Errno(e),
+            })
         }
-        let errno = last_errno();
-        if errno != libc::EINTR {
-            return Err(errno);
-        }
+        Err(e) => return Err(OpenError::Errno(e)),
+    };
+    let st = fstat_raw(fd.as_raw_fd()).map_err(OpenError::Errno)?;
+    if !st.is_file() {
+        return Err(OpenError::NotRegular(st.kind));
     }
+    // Back to blocking I/O (io_uring would otherwise answer EAGAIN instead of waiting).
+    // F_SETFL sets the status flags as a whole: keep O_DIRECT, drop O_NONBLOCK.
+    let status = if mode.direct { libc::O_DIRECT } else { 0 };
+    // SAFETY: F_SETFL on an open descriptor touches no memory of ours.
+    retry(|| unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, status) }).map_err(OpenError::Errno)?;
+    Ok(Opened { fd, size: st.size })
 }
 
-/// The size of the open file in bytes.
-pub fn file_size(fd: &OwnedFd) -> Result<u64, i32> {
-    // SAFETY: a zeroed stat is a valid out-parameter for fstat.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `fd` is open and `st` is writable.
-    let rc = unsafe { libc::fstat(fd.as_raw_fd(), &mut st) };
-    if rc == 0 {
-        Ok(st.st_size as u64)
-    } else {
-        Err(last_errno())
-    }
-}
-
-/// Sets the open file's size.
-pub fn set_file_size(fd: &OwnedFd, size: u64) -> Result<(), i32> {
-    // SAFETY: `fd` is open; ftruncate touches no memory of ours.
-    let rc = unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(last_errno())
-    }
+/// The absolute path of `path` with every symbolic link, "." and ".." resolved
+/// (realpath); the error is the errno.
+pub fn canonical(path: &Path) -> Result<PathBuf, i32> {
+    std::fs::canonicalize(path).map_err(|e| e.raw_os_error().unwrap_or(libc::EINVAL))
 }
 
 /// One pread or pwrite call of `len` bytes at `offset`, with fault injection applied.
@@ -122,36 +554,99 @@ pub unsafe fn transfer(
     }
 }
 
-fn last_errno() -> i32 {
-    std::io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EIO)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const W: OpenMode = OpenMode {
+        write: true,
+        direct: false,
+        nofollow: true,
+    };
 
     #[test]
     fn open_creates_0600_and_refuses_symlinks() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f");
-        let mode = OpenMode {
-            write: true,
-            direct: false,
-            nofollow: true,
-        };
-        let fd = open(&p, mode).unwrap();
-        drop(fd);
+        drop(open(None, &p, W).unwrap());
         let perm = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(perm, 0o600);
         let link = dir.path().join("l");
         std::os::unix::fs::symlink(&p, &link).unwrap();
-        assert_eq!(open(&link, mode).err(), Some(libc::ELOOP));
         assert_eq!(
-            open(&dir.path().join("missing"), OpenMode { write: false, ..mode }).err(),
-            Some(libc::ENOENT)
+            open(None, &link, W).err(),
+            Some(OpenError::NotRegular(FileKind::Symlink))
         );
+        assert_eq!(
+            open(None, &dir.path().join("missing"), OpenMode { write: false, ..W }).err(),
+            Some(OpenError::Errno(libc::ENOENT))
+        );
+    }
+
+    #[test]
+    fn opens_relative_to_the_folder_and_refuses_non_regular_files_without_blocking() {
+        let base = tempfile::tempdir().unwrap();
+        std::fs::create_dir(base.path().join("d")).unwrap();
+        let d = Dir::open(&base.path().join("d")).unwrap();
+        // Only the last component counts, relative to the folder.
+        let f = open(Some(&d), Path::new("/nowhere/f"), W).unwrap();
+        assert_eq!(f.size, 0);
+        assert!(base.path().join("d/f").is_file());
+        // SAFETY: F_GETFL on an open descriptor.
+        let fl = unsafe { libc::fcntl(f.fd.as_raw_fd(), libc::F_GETFL) };
+        assert_eq!(fl & libc::O_NONBLOCK, 0, "the descriptor is blocking again");
+        let fifo = CString::new(base.path().join("d/p").as_os_str().as_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        for write in [false, true] {
+            let mode = OpenMode { write, ..W };
+            assert_eq!(
+                open(Some(&d), Path::new("p"), mode).err(),
+                Some(OpenError::NotRegular(FileKind::Fifo))
+            );
+            assert_eq!(
+                open(None, &base.path().join("d/p"), mode).err(),
+                Some(OpenError::NotRegular(FileKind::Fifo))
+            );
+        }
+        std::fs::create_dir(base.path().join("d/sub")).unwrap();
+        for write in [false, true] {
+            assert_eq!(
+                open(Some(&d), Path::new("sub"), OpenMode { write, ..W }).err(),
+                Some(OpenError::NotRegular(FileKind::Directory))
+            );
+        }
+        let mut names: Vec<_> = d.entries().unwrap();
+        names.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            names,
+            vec![
+                ("f".into(), FileKind::Regular),
+                ("p".into(), FileKind::Fifo),
+                ("sub".into(), FileKind::Directory)
+            ]
+        );
+        assert_eq!(d.stat(OsStr::new("p")).unwrap().kind, FileKind::Fifo);
+        d.remove(OsStr::new("sub"), true).unwrap();
+        d.remove(OsStr::new("p"), false).unwrap();
+        assert_eq!(d.stat(OsStr::new("p")).err(), Some(libc::ENOENT));
+        assert_eq!(d.open_dir(OsStr::new("..")).err(), Some(libc::EINVAL));
+    }
+
+    #[test]
+    fn a_folder_lock_excludes_a_second_holder_until_dropped() {
+        let base = tempfile::tempdir().unwrap();
+        let d = Dir::open(base.path()).unwrap();
+        let again = Dir::open(base.path()).unwrap();
+        let lock = d.lock().unwrap();
+        assert_eq!(again.lock().err(), Some(libc::EWOULDBLOCK));
+        assert_eq!(
+            d.lock().err(),
+            Some(libc::EWOULDBLOCK),
+            "each lock is its own open file"
+        );
+        drop(lock);
+        drop(again.lock().unwrap());
     }
 }

@@ -1,10 +1,16 @@
-//! The unsafe boundary: every system call, raw pointer and foreign allocation of
-//! libswapper lives below this module. What it exports is either safe, or `unsafe`
-//! with its contract stated, so the engine, the pool and the swapper above it are
-//! plain Rust.
+//! The unsafe boundary toward the operating system. Every call libswapper makes into
+//! libc (open, openat, fstat, fstatat, flock, mkdirat, unlinkat, readdir, pread, pwrite,
+//! mmap, mlock, ...), every io_uring call and every foreign allocation lives below this
+//! module; above it the crate uses neither `libc` functions nor `std::fs`, and reaches the
+//! operating system otherwise only through std's threads, locks, condition variables and
+//! environment variables. What it exports is either safe, or `unsafe` with its contract
+//! stated. Raw pointers do appear above it: the `ffi` layer receives them from C and wraps
+//! them in [`RawBuf`], which the engine and the swapper pass on to the `unsafe`
+//! functions here, each call with a SAFETY note.
 //!
 //! - [`alloc`]: page-aligned, optionally page-locked memory.
-//! - [`file`]: opening files and single pread/pwrite calls.
+//! - [`file`]: opening files (by path or inside a folder held open), the swap folder's
+//!   folder operations and lock, and single pread/pwrite calls.
 //! - [`uring`]: a small io_uring ring for read and write requests.
 //! - [`fault`]: fault injection into the calls above (feature `fault-injection`).
 

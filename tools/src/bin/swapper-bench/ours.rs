@@ -108,6 +108,7 @@ impl Ours {
                     path,
                     offset,
                     nofollow: false,
+                    dir: None,
                     checksum_len: None,
                 };
                 // SAFETY: the buffer holds `op_size` >= `len` bytes, lives as long as `self`,

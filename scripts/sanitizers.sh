@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the Rust tests that drive the io_uring path (tests/engine.rs, tests/swapper.rs)
-# built with AddressSanitizer, in a target folder of their own
-# (${CARGO_TARGET_DIR:-target}-asan, or SANITIZER_TARGET_DIR).
+# built with AddressSanitizer, in a target folder of their own, kept outside the clone
+# so that a fresh clone on the same machine reuses it (SANITIZER_TARGET_DIR, default
+# ${XDG_CACHE_HOME:-$HOME/.cache}/libswapper/target-asan).
 #
 # -Zsanitizer needs a nightly compiler: the nightly toolchain when rustup has one,
 # otherwise the default (stable) toolchain with RUSTC_BOOTSTRAP=1, as for the fuzz
@@ -35,17 +36,19 @@ else
     echo "sanitizers.sh: no nightly toolchain; $(rustc --version) with RUSTC_BOOTSTRAP=1"
 fi
 
-export CARGO_TARGET_DIR="${SANITIZER_TARGET_DIR:-${CARGO_TARGET_DIR:-target}-asan}"
+export CARGO_TARGET_DIR="${SANITIZER_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/libswapper/target-asan}"
 # --target keeps build scripts and proc macros uninstrumented (they run in the host's
 # uninstrumented cargo); frame pointers make the reports' stacks complete.
 export RUSTFLAGS="-Zsanitizer=address -Cforce-frame-pointers=yes"
 export RUSTDOCFLAGS="$RUSTFLAGS"
 export ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:detect_stack_use_after_return=1"
 unset SWAPPER_IO_BACKEND
+# The engine logs (at info) when io_uring is not available and it falls back.
+export SWAPPER_LOG=info
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo "${toolchain[@]}" test --target "$host" --features fault-injection \
+cargo "${toolchain[@]}" test -p libswapper --target "$host" --features fault-injection \
     --test engine --test swapper -- --nocapture 2>&1 | tee "$log"
 
 # The point is the io_uring path: a machine where the tests fell back to the blocking

@@ -89,6 +89,5 @@ weights = {}
 for name, p in engine.module.named_parameters():
     with deepspeed.zero.GatheredParameters([p]):
         weights[name] = p.detach().clone()
-if rank == 0 or True:
-    torch.save({"losses": losses, "weights": weights, "rank": rank}, f"{out}.rank{rank}")
+torch.save({"losses": losses, "weights": weights, "rank": rank}, f"{out}.rank{rank}")
 print(json.dumps({"rank": rank, "losses": losses}))

@@ -470,11 +470,47 @@ SwapperStatus swapper_alloc_aligned(uint64_t nbytes, bool lock, void **out);
 void swapper_free_aligned(void *ptr);
 
 /**
- * Whether `ptr` is an allocation from `swapper_alloc_aligned` whose pages are locked in
- * RAM. False for NULL, for unlocked allocations and for memory libswapper did not
- * allocate. Thread-safe.
+ * Whether `ptr` lies inside memory libswapper allocated (`swapper_alloc_aligned`, or a
+ * swapper's buffer pool or staging space) whose pages are locked in RAM: any address of
+ * the allocation counts, not only its first byte. False for NULL, for unlocked
+ * allocations and for memory libswapper did not allocate. Thread-safe.
  */
 bool swapper_is_locked(const void *ptr);
+
+/**
+ * Whether the `nbytes` bytes at `ptr` lie inside one live libswapper allocation
+ * (`swapper_alloc_aligned`, or a swapper's buffer pool or staging space), for example a
+ * tensor sliced from the middle of a buffer: 1 if that allocation's pages are locked in
+ * RAM, 0 if it is not locked (mlock was refused: no CAP_IPC_LOCK, or RLIMIT_MEMLOCK too
+ * low; libswapper's I/O works on it all the same), -1 if the range is not entirely
+ * inside one allocation (NULL included). Never fails, never sets the last error; one
+ * process-wide lookup under a short lock. Thread-safe.
+ */
+int32_t swapper_allocation_locked(const void *ptr, uint64_t nbytes);
+
+/**
+ * Keeps the libswapper allocation holding all of the `nbytes` bytes at `ptr` mapped until
+ * a matching `swapper_memory_release`, even after its owner is gone: a swapper's pool
+ * survives `swapper_destroy` (the memory then belongs to nobody; I/O no longer touches
+ * it), memory from `swapper_alloc_aligned` survives `swapper_free_aligned`. For language
+ * bindings that hand out views of pool buffers which cannot be revoked: a view used
+ * after its swapper is destroyed then reads stale bytes instead of crashing. Every
+ * successful call needs one release. Thread-safe.
+ *
+ * Errors: `SWAPPER_STATUS_NULL_POINTER` if `ptr` is NULL; `SWAPPER_STATUS_NOT_FOUND` if
+ * the range is not entirely inside one live libswapper allocation.
+ */
+SwapperStatus swapper_memory_retain(const void *ptr, uint64_t nbytes);
+
+/**
+ * Ends one `swapper_memory_retain` of the allocation holding `ptr` (any address inside
+ * it). The last release of an allocation whose owner is gone unmaps it; the memory must
+ * not be used afterwards. Thread-safe.
+ *
+ * Errors: `SWAPPER_STATUS_NULL_POINTER` if `ptr` is NULL; `SWAPPER_STATUS_INVALID_ARGUMENT`
+ * if `ptr` is not inside retained libswapper memory (nothing is changed).
+ */
+SwapperStatus swapper_memory_release(const void *ptr);
 
 /**
  * The library's version as "MAJOR.MINOR.PATCH". The string is static: never free it.

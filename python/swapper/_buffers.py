@@ -42,13 +42,14 @@ def address_of(obj, writable):
     return int(arr.__array_interface__["data"][0]), int(arr.nbytes), (obj, arr)
 
 
-def view(address, count, dtype, owner=None, release=None):
+def view(address, count, dtype, owner=None, release=None, release_at_exit=True):
     """A writable numpy array of `count` elements of `dtype` over library memory at
     `address`. `owner` is kept alive by the array; `release(address)` runs when the
-    last view of the memory is gone."""
+    last view of the memory is gone (and at interpreter exit only if
+    `release_at_exit`)."""
     dtype = np.dtype(dtype)
     mem = (ctypes.c_char * max(count * dtype.itemsize, 1)).from_address(address)
     mem._owner = owner
     if release is not None:
-        weakref.finalize(mem, release, address)
+        weakref.finalize(mem, release, address).atexit = release_at_exit
     return np.frombuffer(mem, dtype=dtype, count=count)

@@ -5,6 +5,7 @@ import ctypes
 import dataclasses
 import enum
 import json
+import operator
 import os
 import threading
 from ctypes import byref, c_int, c_size_t, c_uint64, c_void_p
@@ -13,7 +14,7 @@ import numpy as np
 
 from . import _buffers
 from ._lib import STATS_FIELDS, ConfigStruct, IoConfigStruct, StatsStruct, lib
-from .errors import BadStateError, NoBufferError, check
+from .errors import BadStateError, InvalidArgumentError, NoBufferError, check
 
 
 class Backend(enum.IntEnum):
@@ -101,13 +102,35 @@ def numpy_dtype(dtype):
         return np.dtype(np.uint16)
 
 
-def _ids(ids):
-    """A (uint64 array, count) for one id or an iterable of ids."""
+def _uint(value, what, bits=64):
+    """`value` as a Python int in [0, 2**bits): ctypes would silently wrap a negative or
+    too large value onto another one (-1 becomes 2**64 - 1, 2**64 becomes 0). Raises
+    InvalidArgumentError (a ValueError) out of range, TypeError for a non-integer (a
+    float is not truncated)."""
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{what} must be an integer, got {type(value).__name__} {value!r}") from None
+    if not 0 <= v < 1 << bits:
+        raise InvalidArgumentError(f"{what} must be in [0, 2**{bits}), got {v}")
+    return v
+
+
+def _ids(ids, what="param id"):
+    """A (uint64 array, count) for one id or an iterable of ids, each checked by _uint."""
     if isinstance(ids, (int, np.integer)):
-        ids = [int(ids)]
-    else:
-        ids = [int(i) for i in ids]
+        ids = [ids]
+    ids = [_uint(i, what) for i in ids]
     return (c_uint64 * len(ids))(*ids), len(ids)
+
+
+def _path(path, what="path"):
+    """`path` (str, bytes or os.PathLike) as bytes for C. An embedded NUL byte would cut
+    the path short in C, so it is refused with InvalidArgumentError."""
+    encoded = os.fsencode(path)
+    if b"\0" in encoded:
+        raise InvalidArgumentError(f"{what} contains a NUL byte: {path!r}")
+    return encoded
 
 
 def version():
@@ -129,21 +152,37 @@ def _free_aligned(address):
     lib().swapper_free_aligned(c_void_p(address))
 
 
+def _release_retained(address):
+    lib().swapper_memory_release(c_void_p(address))
+
+
 def alloc_aligned(count, dtype=np.uint8, lock=False):
     """A zero-filled numpy array of `count` elements of `dtype` in 4096-aligned memory
     from swapper_alloc_aligned (page-locked when `lock` and the memlock limit allow it;
     see is_locked). The memory is freed when the last view of it is gone."""
     dtype = np.dtype(dtype)
     out = c_void_p()
-    check(lib().swapper_alloc_aligned(count * dtype.itemsize, bool(lock), byref(out)))
+    nbytes = _uint(_uint(count, "count") * dtype.itemsize, "count * itemsize")
+    check(lib().swapper_alloc_aligned(nbytes, bool(lock), byref(out)))
     return _buffers.view(out.value, count, dtype, release=_free_aligned)
 
 
 def is_locked(buffer):
-    """Whether `buffer` (an array or tensor) starts in page-locked memory from
-    alloc_aligned / swapper_alloc_aligned."""
-    address, _, _ = _buffers.address_of(buffer, writable=False)
-    return bool(lib().swapper_is_locked(c_void_p(address)))
+    """Whether all of `buffer` (an array or tensor, or a slice of one) lies inside one
+    page-locked libswapper allocation (alloc_aligned / swapper_alloc_aligned, a swapper's
+    pool with pin_memory). False when the memory is not libswapper's, or when it is but
+    mlock was refused (no CAP_IPC_LOCK, RLIMIT_MEMLOCK too low): see allocation_state."""
+    return allocation_state(buffer) == "locked"
+
+
+def allocation_state(buffer):
+    """Where all of `buffer`'s bytes lie: "locked" inside a page-locked libswapper
+    allocation, "unlocked" inside one whose mlock was refused (libswapper's I/O works on
+    it all the same, only the kernel may page it out), None if not entirely inside one
+    libswapper allocation. Any slice of an allocation counts, not only its start."""
+    address, nbytes, _ = _buffers.address_of(buffer, writable=False)
+    state = lib().swapper_allocation_locked(c_void_p(address), nbytes)
+    return {1: "locked", 0: "unlocked"}.get(state)
 
 
 _log_callback = None  # the installed ctypes callback, kept alive
@@ -187,9 +226,9 @@ _IO_KEYS = ("block_size", "queue_depth", "thread_count", "single_submit", "overl
 
 
 def _fill_io_config(cfg, block_size, queue_depth, thread_count, single_submit, overlap_events, backend, direct_io):
-    cfg.block_size = int(block_size)
-    cfg.queue_depth = int(queue_depth)
-    cfg.thread_count = int(thread_count)
+    cfg.block_size = _uint(block_size, "block_size")
+    cfg.queue_depth = _uint(queue_depth, "queue_depth", 32)
+    cfg.thread_count = _uint(thread_count, "thread_count", 32)
     cfg.single_submit = bool(single_submit)
     cfg.overlap_events = bool(overlap_events)
     cfg.backend = int(_enum(Backend, backend, "backend"))
@@ -257,17 +296,20 @@ class IoHandle:
     # -- I/O
     def _op(self, fn, buffer, path, file_offset, async_op, writable, nbytes):
         address, size, keep = _buffers.address_of(buffer, writable)
+        path = _path(path)
+        file_offset = _uint(file_offset, "file_offset")
         if nbytes is not None:
+            nbytes = _uint(nbytes, "nbytes")
             if nbytes > size:
                 raise NoBufferError(f"{nbytes} bytes asked of a buffer of {size}")
             size = nbytes
         h = self._h()
         if async_op:
             with self._lock:
-                check(fn(h, c_void_p(address), size, os.fsencode(path), int(file_offset), True))
+                check(fn(h, c_void_p(address), size, path, file_offset, True))
                 self._inflight.append(keep)
         else:
-            check(fn(h, c_void_p(address), size, os.fsencode(path), int(file_offset), False))
+            check(fn(h, c_void_p(address), size, path, file_offset, False))
 
     def pread(self, buffer, path, file_offset=0, async_op=False, nbytes=None):
         """Reads `nbytes` (default: the whole buffer) at `file_offset` of `path` into
@@ -379,8 +421,14 @@ class Swapper:
 
     Pool buffers (get_buffer, param_buffer, reserve_available_buffers) are numpy views
     of the library's memory (float16, float32, or for bf16 ml_dtypes.bfloat16 if
-    importable, else uint16): valid while the param holds the buffer (reserved ones
-    until release_reserved_buffers) and never after close().
+    importable, else uint16): they hold the param's data while the param holds the
+    buffer (reserved ones until release_reserved_buffers). A view cannot be revoked, so
+    each one keeps its memory mapped (swapper_memory_retain): after close(), a view still
+    referenced reads the bytes it had and writes go nowhere (the pool belongs to nobody
+    any more); the memory is unmapped when the last view of it is gone. Nothing crashes.
+
+    Param ids, sizes and counts must be integers in [0, 2**64) (InvalidArgumentError
+    otherwise: ctypes would wrap them onto other ids); paths must not contain NUL.
     """
 
     def __init__(
@@ -400,12 +448,12 @@ class Swapper:
         self._lib = lib()
         cfg = ConfigStruct()
         self._lib.swapper_config_default(byref(cfg))
-        path = os.fsencode(nvme_path)
+        path = _path(nvme_path, "nvme_path")
         cfg.nvme_path = path
-        cfg.rank = int(rank)
+        cfg.rank = _uint(rank, "rank", 32)
         cfg.dtype = int(_dtype(dtype))
-        cfg.buffer_count = int(buffer_count)
-        cfg.buffer_numel = int(buffer_numel)
+        cfg.buffer_count = _uint(buffer_count, "buffer_count", 32)
+        cfg.buffer_numel = _uint(buffer_numel, "buffer_numel")
         cfg.pin_memory = bool(pin_memory)
         cfg.verify_checksums = bool(verify_checksums)
         io_defaults = dict(
@@ -421,7 +469,7 @@ class Swapper:
         _fill_io_config(cfg.io, **io_defaults)
         handle = c_void_p()
         check(self._lib.swapper_create(byref(cfg), byref(handle)))
-        self._setup(handle, _dtype(dtype), int(buffer_numel))
+        self._setup(handle, _dtype(dtype), cfg.buffer_numel)
 
     @classmethod
     def from_deepspeed_config(cls, config, rank=0, dtype="fp16"):
@@ -436,10 +484,14 @@ class Swapper:
         else:
             with open(config, encoding="utf-8") as f:
                 text = f.read()
+        encoded = text.encode()
+        if b"\0" in encoded:
+            raise InvalidArgumentError("the DeepSpeed configuration contains a NUL character")
+        rank = _uint(rank, "rank", 32)
         self = cls.__new__(cls)
         self._lib = lib()
         handle = c_void_p()
-        check(self._lib.swapper_create_from_json(text.encode(), int(rank), int(_dtype(dtype)), byref(handle)))
+        check(self._lib.swapper_create_from_json(encoded, rank, int(_dtype(dtype)), byref(handle)))
         numel = json.loads(text).get("zero_optimization", {}).get("offload_param", {}).get("buffer_size", 100_000_000)
         self._setup(handle, _dtype(dtype), int(numel))
         return self
@@ -455,7 +507,8 @@ class Swapper:
     # -- lifetime
     def close(self):
         """Waits for I/O in flight, frees the pool, unlocks the folder. Idempotent.
-        Views of pool buffers must not be used afterwards."""
+        Views of pool buffers still referenced keep their memory (detached from any
+        swapper) until they are gone; see the class documentation."""
         handle, self._handle = getattr(self, "_handle", None), None
         if handle is not None:
             self._lib.swapper_destroy(handle)
@@ -482,8 +535,21 @@ class Swapper:
             raise BadStateError("the Swapper is closed")
         return self._handle
 
-    def _view(self, address, numel):
-        return _buffers.view(address, int(numel), self.numpy_dtype, owner=self)
+    def _view(self, address, numel, param_id=None):
+        """A numpy view of `numel` elements at `address`: pool memory is retained (kept
+        mapped past close()) until the view is gone; a caller's swap-in destination is
+        kept alive by the view instead."""
+        numel = int(numel)
+        nbytes = numel * self.numpy_dtype.itemsize
+        if self._lib.swapper_memory_retain(c_void_p(address), nbytes) == 0:
+            return _buffers.view(
+                address, numel, self.numpy_dtype, owner=self, release=_release_retained, release_at_exit=False
+            )
+        with self._lock:
+            dest = self._dest.get(param_id)
+        if dest is None:
+            raise BadStateError(f"{nbytes} bytes at {address:#x} are neither pool memory nor a swap-in destination")
+        return _buffers.view(address, numel, self.numpy_dtype, owner=(self, dest))
 
     # -- buffers and swaps
     @property
@@ -495,7 +561,8 @@ class Swapper:
         """A free pool buffer for `numel` elements of param `param_id` (which becomes
         AVAILABLE), as a numpy view: fill it, then swap the param out."""
         out = c_void_p()
-        check(self._lib.swapper_get_buffer(self._h(), int(param_id), int(numel), byref(out)))
+        param_id, numel = _uint(param_id, "param id"), _uint(numel, "numel")
+        check(self._lib.swapper_get_buffer(self._h(), param_id, numel, byref(out)))
         return self._view(out.value, numel)
 
     def swap_out(self, ids, async_op=False):
@@ -548,7 +615,7 @@ class Swapper:
         address, nbytes, _keep = _buffers.address_of(dest, writable=True)
         check(
             self._lib.swapper_swap_into_buffer(
-                self._h(), int(param_id), c_void_p(address), nbytes // self.element_size
+                self._h(), _uint(param_id, "param id"), c_void_p(address), nbytes // self.element_size
             )
         )
 
@@ -585,22 +652,23 @@ class Swapper:
 
     def _status(self, param_id):
         out = c_int()
-        if self._lib.swapper_param_status(self._h(), int(param_id), byref(out)) != 0:
+        if self._lib.swapper_param_status(self._h(), _uint(param_id, "param id"), byref(out)) != 0:
             return None
         return ParamStatus(out.value)
 
     def param_status(self, param_id):
         """ParamStatus.AVAILABLE, NOT_AVAILABLE or INFLIGHT."""
         out = c_int()
-        check(self._lib.swapper_param_status(self._h(), int(param_id), byref(out)))
+        check(self._lib.swapper_param_status(self._h(), _uint(param_id, "param id"), byref(out)))
         return ParamStatus(out.value)
 
     def param_buffer(self, param_id):
         """The buffer of an AVAILABLE param, as a numpy view of its elements."""
         address = c_void_p()
         numel = c_uint64()
-        check(self._lib.swapper_param_buffer(self._h(), int(param_id), byref(address), byref(numel)))
-        return self._view(address.value, numel.value)
+        param_id = _uint(param_id, "param id")
+        check(self._lib.swapper_param_buffer(self._h(), param_id, byref(address), byref(numel)))
+        return self._view(address.value, numel.value, param_id)
 
     def available_buffers(self):
         """Free buffers in the pool."""
@@ -608,12 +676,14 @@ class Swapper:
 
     def reserve_available_buffers(self):
         """Takes every free buffer out of the pool for the caller: a list of numpy views
-        of buffer_numel elements, valid until release_reserved_buffers() or close()."""
+        of io_aligned_numel(buffer_numel) elements (the whole buffer, as DeepSpeed hands
+        them out), valid until release_reserved_buffers() or close()."""
         capacity = self.stats().total_buffers
         ptrs = (c_void_p * max(capacity, 1))()
         count = c_size_t()
         check(self._lib.swapper_reserve_available_buffers(self._h(), ptrs, capacity, byref(count)))
-        return [self._view(ptrs[i], self.buffer_numel) for i in range(count.value)]
+        numel = self.io_aligned_numel(self.buffer_numel)
+        return [self._view(ptrs[i], numel) for i in range(count.value)]
 
     def release_reserved_buffers(self):
         """Puts every reserved buffer back into the pool."""
@@ -621,15 +691,15 @@ class Swapper:
 
     def swappable(self, numel):
         """Whether a tensor of `numel` elements is worth swapping (DeepSpeed's rule)."""
-        return bool(self._lib.swapper_swappable(self._h(), int(numel)))
+        return bool(self._lib.swapper_swappable(self._h(), _uint(numel, "numel")))
 
     def io_aligned_numel(self, numel):
         """`numel` rounded up to a multiple of 4096 bytes."""
-        return int(self._lib.swapper_aligned_numel(self._h(), int(numel)))
+        return int(self._lib.swapper_aligned_numel(self._h(), _uint(numel, "numel")))
 
     def reserve_partitioned_swap_space(self, numels):
-        """Allocates the staging buffer of swap_out_partitioned, one slot per size."""
-        arr, n = _ids(numels)
+        """Allocates the packed staging space of swap_out_partitioned: the sum of the sizes, io-aligned."""
+        arr, n = _ids(numels, "numel")
         check(self._lib.swapper_reserve_partitioned_swap_space(self._h(), arr, n))
 
     def swap_out_partitioned(self, ids, fp32_arrays):

@@ -25,7 +25,7 @@ import threading
 import numpy as np
 
 from . import _buffers
-from .core import IoHandle, alignment, alloc_aligned, is_locked
+from .core import IoHandle, alignment, alloc_aligned, allocation_state
 from .errors import CorruptDataError
 
 
@@ -169,10 +169,20 @@ class aio_handle:  # noqa: N801 - DeepSpeed's name
         return False
 
     def is_pinned(self, tensor):
-        """Whether tensor's memory is page-locked (torch's own pinning counts too)."""
+        """Whether `tensor` is memory this handle can use as a swap buffer: pinned by
+        torch, or lying entirely inside one libswapper allocation (new_cpu_locked_tensor,
+        swapper.alloc_aligned, a swapper's pool), any slice of it included, as DeepSpeed's
+        own op answers for slices of its locked buffers.
+
+        An allocation whose mlock was refused (no CAP_IPC_LOCK, RLIMIT_MEMLOCK too low)
+        counts as pinned too: DeepSpeed's own op fails to allocate it at all (its
+        new_cpu_locked_tensor returns NULL and training aborts at start-up), while
+        libswapper's I/O works on unlocked memory just the same; the allocation logged a
+        warning, and only the kernel's freedom to page the buffer out is lost.
+        swapper.is_locked / allocation_state tell the two apart."""
         if _is_torch_tensor(tensor) and tensor.is_pinned():
             return True
-        return is_locked(tensor)
+        return allocation_state(tensor) is not None
 
 
 def _validate(buffer, filename, offset):

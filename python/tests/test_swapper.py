@@ -257,3 +257,12 @@ def test_dump(sw):
     sw.get_buffer(42, 10)
     text = sw.dump()
     assert "42" in text and "Fp16" in text or "fp16" in text.lower()
+
+
+def test_reserved_buffers_have_deepspeeds_aligned_length(folder):
+    # DeepSpeed hands out whole buffers, io_aligned_numel(buffer_size) long, and ZeRO
+    # asserts on that length.
+    with swapper.Swapper(folder, buffer_count=2, buffer_numel=1000) as s:
+        bufs = s.reserve_available_buffers()
+        assert [len(b) for b in bufs] == [2048, 2048]
+        s.release_reserved_buffers()

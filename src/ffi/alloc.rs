@@ -5,7 +5,7 @@ use std::sync::{LazyLock, Mutex};
 
 use super::boundary::write_out;
 use crate::status::Status;
-use crate::sys::alloc::AlignedBuf;
+use crate::sys::alloc::{find_allocation, release, retain, AlignedBuf};
 
 /// Live allocations by address: freeing looks the pointer up, so a foreign or double
 /// free is reported instead of corrupting memory.
@@ -71,12 +71,79 @@ pub extern "C" fn swapper_free_aligned(ptr: *mut libc::c_void) {
     });
 }
 
-/// Whether `ptr` is an allocation from `swapper_alloc_aligned` whose pages are locked in
-/// RAM. False for NULL, for unlocked allocations and for memory libswapper did not
-/// allocate. Thread-safe.
+/// Whether `ptr` lies inside memory libswapper allocated (`swapper_alloc_aligned`, or a
+/// swapper's buffer pool or staging space) whose pages are locked in RAM: any address of
+/// the allocation counts, not only its first byte. False for NULL, for unlocked
+/// allocations and for memory libswapper did not allocate. Thread-safe.
 #[no_mangle]
 pub extern "C" fn swapper_is_locked(ptr: *const libc::c_void) -> bool {
     crate::ffi_boundary!("swapper_is_locked", false, {
-        Ok(allocations().get(&(ptr as usize)).is_some_and(|b| b.is_locked()))
+        Ok(!ptr.is_null() && find_allocation(ptr as usize, 0) == Some(true))
+    })
+}
+
+/// Whether the `nbytes` bytes at `ptr` lie inside one live libswapper allocation
+/// (`swapper_alloc_aligned`, or a swapper's buffer pool or staging space), for example a
+/// tensor sliced from the middle of a buffer: 1 if that allocation's pages are locked in
+/// RAM, 0 if it is not locked (mlock was refused: no CAP_IPC_LOCK, or RLIMIT_MEMLOCK too
+/// low; libswapper's I/O works on it all the same), -1 if the range is not entirely
+/// inside one allocation (NULL included). Never fails, never sets the last error; one
+/// process-wide lookup under a short lock. Thread-safe.
+#[no_mangle]
+pub extern "C" fn swapper_allocation_locked(ptr: *const libc::c_void, nbytes: u64) -> i32 {
+    crate::ffi_boundary!("swapper_allocation_locked", -1, {
+        let Ok(len) = usize::try_from(nbytes) else {
+            return Ok(-1);
+        };
+        if ptr.is_null() {
+            return Ok(-1);
+        }
+        Ok(match find_allocation(ptr as usize, len) {
+            Some(true) => 1,
+            Some(false) => 0,
+            None => -1,
+        })
+    })
+}
+
+/// Keeps the libswapper allocation holding all of the `nbytes` bytes at `ptr` mapped until
+/// a matching `swapper_memory_release`, even after its owner is gone: a swapper's pool
+/// survives `swapper_destroy` (the memory then belongs to nobody; I/O no longer touches
+/// it), memory from `swapper_alloc_aligned` survives `swapper_free_aligned`. For language
+/// bindings that hand out views of pool buffers which cannot be revoked: a view used
+/// after its swapper is destroyed then reads stale bytes instead of crashing. Every
+/// successful call needs one release. Thread-safe.
+///
+/// Errors: `SWAPPER_STATUS_NULL_POINTER` if `ptr` is NULL; `SWAPPER_STATUS_NOT_FOUND` if
+/// the range is not entirely inside one live libswapper allocation.
+#[no_mangle]
+pub extern "C" fn swapper_memory_retain(ptr: *const libc::c_void, nbytes: u64) -> Status {
+    crate::ffi_boundary!("swapper_memory_retain", {
+        if ptr.is_null() {
+            return Err(crate::Error::new(Status::NullPointer, "ptr is NULL"));
+        }
+        let len = usize::try_from(nbytes).map_err(|_| {
+            crate::Error::new(
+                Status::NotFound,
+                format!("{nbytes} bytes is not a range of memory"),
+            )
+        })?;
+        retain(ptr as usize, len)
+    })
+}
+
+/// Ends one `swapper_memory_retain` of the allocation holding `ptr` (any address inside
+/// it). The last release of an allocation whose owner is gone unmaps it; the memory must
+/// not be used afterwards. Thread-safe.
+///
+/// Errors: `SWAPPER_STATUS_NULL_POINTER` if `ptr` is NULL; `SWAPPER_STATUS_INVALID_ARGUMENT`
+/// if `ptr` is not inside retained libswapper memory (nothing is changed).
+#[no_mangle]
+pub extern "C" fn swapper_memory_release(ptr: *const libc::c_void) -> Status {
+    crate::ffi_boundary!("swapper_memory_release", {
+        if ptr.is_null() {
+            return Err(crate::Error::new(Status::NullPointer, "ptr is NULL"));
+        }
+        release(ptr as usize)
     })
 }

@@ -1,8 +1,113 @@
 //! Page-aligned memory from mmap, optionally locked in RAM with mlock.
 
+use std::collections::BTreeMap;
 use std::ptr::NonNull;
+use std::sync::Mutex;
+
+use once_cell::sync::Lazy;
 
 use crate::status::{Error, Result, Status};
+
+/// A live mapping made by [`AlignedBuf::new`].
+struct Mapping {
+    /// Bytes asked for (the allocation proper).
+    len: usize,
+    /// Mapped bytes (a whole number of pages).
+    map_len: usize,
+    /// Whether mlock succeeded.
+    locked: bool,
+    /// Outstanding [`retain`] calls: the mapping outlives its `AlignedBuf` while any.
+    retained: usize,
+    /// The `AlignedBuf` was dropped while retained: the last [`release`] unmaps.
+    orphaned: bool,
+}
+
+/// Every live mapping of the process, by first byte. Lets a caller ask whether any byte
+/// range (a tensor sliced from the middle of a buffer, say) lies inside memory
+/// libswapper allocated, and keep such memory mapped past its owner's end (language
+/// bindings whose views of a pool cannot be revoked). The lock is held for one insertion,
+/// removal or lookup (and the munmap of a mapping being removed).
+static LIVE: Lazy<Mutex<BTreeMap<usize, Mapping>>> = Lazy::new(|| Mutex::new(BTreeMap::new()));
+
+fn live() -> std::sync::MutexGuard<'static, BTreeMap<usize, Mapping>> {
+    LIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The first byte of the mapping holding all of `[addr, addr + len)`, if one does. An
+/// empty range is inside a mapping when its address is.
+fn containing(map: &BTreeMap<usize, Mapping>, addr: usize, len: usize) -> Option<usize> {
+    let end = addr.checked_add(len)?;
+    let (&start, m) = map.range(..=addr).next_back()?;
+    let map_end = start + m.map_len;
+    (addr < map_end && end <= map_end).then_some(start)
+}
+
+/// Whether `[addr, addr + len)` lies inside one live libswapper allocation
+/// ([`AlignedBuf`]: buffer pools, staging space, `swapper_alloc_aligned`): `None` if not,
+/// else `Some(locked)` telling whether that allocation's pages are locked in RAM. An
+/// empty range (`len` 0) is inside an allocation when its address is. Thread-safe.
+pub fn find_allocation(addr: usize, len: usize) -> Option<bool> {
+    let map = live();
+    let start = containing(&map, addr, len)?;
+    let m = map.get(&start)?;
+    // Inside the bytes asked for, not only the page-rounded mapping (as DeepSpeed's own
+    // pinned-tensor manager checks).
+    (addr + len <= start + m.len.max(1)).then_some(m.locked)
+}
+
+/// Keeps the allocation holding all of `[addr, addr + len)` mapped until a matching
+/// [`release`], even if its owner (a swapper's pool, say) is dropped first: the memory
+/// then stays readable and writable but belongs to nobody. Each call needs one
+/// `release`. `NotFound` if the range is not inside one live allocation. Thread-safe.
+pub fn retain(addr: usize, len: usize) -> Result<()> {
+    let mut map = live();
+    let start = containing(&map, addr, len).ok_or_else(|| {
+        Error::new(
+            Status::NotFound,
+            format!("{len} bytes at {addr:#x} are not inside memory allocated by libswapper"),
+        )
+    })?;
+    if let Some(m) = map.get_mut(&start) {
+        m.retained += 1;
+    }
+    Ok(())
+}
+
+/// Ends one [`retain`] of the allocation holding `addr` (any address inside it); the
+/// last one of an allocation whose owner is gone unmaps it. `InvalidArgument` if `addr`
+/// is in no allocation or its allocation is not retained. Thread-safe.
+pub fn release(addr: usize) -> Result<()> {
+    let mut map = live();
+    let not_retained = || Error::invalid(format!("{addr:#x} is not inside retained libswapper memory"));
+    let start = containing(&map, addr, 0).ok_or_else(not_retained)?;
+    let m = map.get_mut(&start).ok_or_else(not_retained)?;
+    if m.retained == 0 {
+        return Err(not_retained());
+    }
+    m.retained -= 1;
+    if m.retained == 0 && m.orphaned {
+        if let Some(m) = map.remove(&start) {
+            // SAFETY: the mapping's owner is gone and this was its last retain: nothing
+            // refers to the range any more.
+            unsafe { unmap(start as *mut u8, m.map_len, m.locked) };
+        }
+    }
+    Ok(())
+}
+
+/// Unlocks (when `locked`) and unmaps a mapping of [`map_anonymous`].
+///
+/// # Safety
+/// `ptr`/`map_len` must be one whole mapping from `AlignedBuf::new` that nothing uses.
+unsafe fn unmap(ptr: *mut u8, map_len: usize, locked: bool) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        if locked {
+            libc::munlock(ptr as *const libc::c_void, map_len);
+        }
+        libc::munmap(ptr as *mut libc::c_void, map_len);
+    }
+}
 
 /// Size of a transparent huge page on x86-64 and most arm64 kernels.
 const HUGE_PAGE: usize = 2 << 20;
@@ -141,6 +246,16 @@ impl AlignedBuf {
                 );
             }
         }
+        live().insert(
+            buf.ptr.as_ptr() as usize,
+            Mapping {
+                len,
+                map_len,
+                locked: buf.locked,
+                retained: 0,
+                orphaned: false,
+            },
+        );
         Ok(buf)
     }
 
@@ -190,13 +305,20 @@ impl AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        // SAFETY: the mapping was created in `new` with this length and is not used after drop.
-        unsafe {
-            if self.locked {
-                libc::munlock(self.ptr.as_ptr() as *const libc::c_void, self.map_len);
+        let start = self.ptr.as_ptr() as usize;
+        let mut map = live();
+        if let Some(m) = map.get_mut(&start) {
+            if m.retained > 0 {
+                // Someone still holds views of it: the last `release` unmaps.
+                m.orphaned = true;
+                return;
             }
-            libc::munmap(self.ptr.as_ptr() as *mut libc::c_void, self.map_len);
         }
+        // Out of the registry before the unmap, so no lookup reports a dead range.
+        map.remove(&start);
+        // SAFETY: the mapping was created in `new` with this length, is not retained and
+        // is not used after drop.
+        unsafe { unmap(self.ptr.as_ptr(), self.map_len, self.locked) };
     }
 }
 
@@ -280,9 +402,14 @@ impl Memory {
         self.len() == 0
     }
 
-    /// Whether the pages are locked by us (external memory: the allocator's business, false).
+    /// Whether the pages are locked in RAM: ours as mlock left them; external memory
+    /// only when it lies inside a locked libswapper allocation (a caller's allocator
+    /// that hands out `swapper_alloc_aligned` memory), else false.
     pub fn is_locked(&self) -> bool {
-        matches!(self, Memory::Own(b) if b.is_locked())
+        match self {
+            Memory::Own(b) => b.is_locked(),
+            Memory::External { ptr, len, .. } => find_allocation(ptr.as_ptr() as usize, *len) == Some(true),
+        }
     }
 
     /// `len` bytes at `offset`, for reading.
@@ -389,6 +516,45 @@ mod tests {
         }
         let u = AlignedBuf::new(1 << 16, false).unwrap();
         assert!(!u.is_locked());
+    }
+
+    #[test]
+    fn any_range_inside_an_allocation_is_found() {
+        let b = AlignedBuf::new(3 * 4096, false).unwrap();
+        let start = b.as_ptr() as usize;
+        assert_eq!(find_allocation(start, 3 * 4096), Some(false));
+        assert_eq!(find_allocation(start + 5000, 100), Some(false)); // from the middle
+        assert_eq!(find_allocation(start + 3 * 4096 - 1, 1), Some(false));
+        assert_eq!(find_allocation(start + 100, 0), Some(false));
+        assert_eq!(find_allocation(start + 4096, 3 * 4096), None); // runs past the end
+        let odd = AlignedBuf::new(5000, false).unwrap();
+        let o = odd.as_ptr() as usize;
+        assert_eq!(find_allocation(o + 4000, 1000), Some(false));
+        assert_eq!(find_allocation(o + 4000, 1001), None); // into the page-rounding tail
+        assert_eq!(find_allocation(usize::MAX - 1, 10), None);
+        let outside = [0u8; 64];
+        assert_eq!(find_allocation(outside.as_ptr() as usize, 64), None);
+    }
+
+    #[test]
+    fn retained_memory_outlives_its_owner() {
+        let mut b = AlignedBuf::new(2 * 4096, false).unwrap();
+        b.as_mut_slice()[5000] = 9;
+        let start = b.as_ptr() as usize;
+        assert_eq!(retain(start + 4096, 100).map_err(|e| e.status()), Ok(()));
+        assert_eq!(retain(start, 3 * 4096).unwrap_err().status(), Status::NotFound);
+        drop(b);
+        // Still mapped and still registered: the byte written before the drop is there.
+        assert_eq!(find_allocation(start + 5000, 1), Some(false));
+        // SAFETY: the retain above keeps the range mapped.
+        assert_eq!(unsafe { *((start + 5000) as *const u8) }, 9);
+        release(start + 10).unwrap();
+        assert_eq!(release(start + 10).unwrap_err().status(), Status::InvalidArgument);
+        let outside = [0u8; 8];
+        assert_eq!(
+            release(outside.as_ptr() as usize).unwrap_err().status(),
+            Status::InvalidArgument
+        );
     }
 
     #[test]

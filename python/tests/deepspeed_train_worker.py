@@ -1,0 +1,93 @@
+"""One ZeRO-3 + NVMe-offload training run on the CPU accelerator, for
+deepspeed_training.py. Usage: deepspeed_train_worker.py OUT.pt NVME_DIR CONFIG {stock,swapper}
+with RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set (torch.distributed, gloo)."""
+
+import json
+import os
+import sys
+
+import torch
+
+out, nvme, config_name, impl = sys.argv[1:5]
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import deepspeed  # noqa: E402
+
+if impl == "swapper":
+    from swapper.deepspeed import patch_deepspeed
+
+    patch_deepspeed()
+
+CONFIGS = {
+    "param": dict(optimizer=False),
+    "param_optimizer": dict(optimizer=True),
+    "fast_init": dict(optimizer=True, fast_init=True),
+    "pipeline": dict(optimizer=True, pipeline=True),
+    "two_ranks": dict(optimizer=True),
+}
+opts = CONFIGS[config_name]
+
+torch.manual_seed(0)
+VOCAB, DIM, LAYERS, STEPS, BATCH, SEQ = 128, 64, 2, 4, 2, 16
+
+
+class Model(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(VOCAB, DIM)
+        self.layers = torch.nn.ModuleList(
+            torch.nn.TransformerEncoderLayer(DIM, 4, 2 * DIM, dropout=0.0, batch_first=True) for _ in range(LAYERS)
+        )
+        self.head = torch.nn.Linear(DIM, VOCAB)
+
+    def forward(self, x):
+        h = self.emb(x)
+        for layer in self.layers:
+            h = layer(h)
+        return self.head(h)
+
+
+zero = {
+    "stage": 3,
+    "stage3_param_persistence_threshold": 0,
+    "stage3_max_live_parameters": 1,
+    "stage3_prefetch_bucket_size": 1,
+    "sub_group_size": 8192,
+    "offload_param": {"device": "nvme", "nvme_path": nvme, "buffer_count": 8, "buffer_size": 16384, "max_in_cpu": 0},
+}
+if opts["optimizer"]:
+    zero["offload_optimizer"] = {
+        "device": "nvme",
+        "nvme_path": nvme,
+        "fast_init": opts.get("fast_init", False),
+        "pipeline_read": opts.get("pipeline", False),
+        "pipeline_write": opts.get("pipeline", False),
+    }
+config = {
+    "train_micro_batch_size_per_gpu": BATCH,
+    "gradient_accumulation_steps": 1,
+    "bf16": {"enabled": True},
+    "optimizer": {"type": "Adam", "params": {"lr": 1e-2, "torch_adam": True}},
+    "zero_optimization": zero,
+    "aio": {"block_size": 1048576, "queue_depth": 8, "intra_op_parallelism": 1, "single_submit": False, "overlap_events": True},
+    "steps_per_print": 1000,
+}
+deepspeed.init_distributed(dist_backend="gloo")
+rank = torch.distributed.get_rank()
+with deepspeed.zero.Init(config_dict_or_path=config, remote_device="nvme", dtype=torch.bfloat16):
+    model = Model()
+engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
+gen = torch.Generator().manual_seed(1 + rank)
+losses = []
+for _ in range(STEPS):
+    x = torch.randint(0, VOCAB, (BATCH, SEQ), generator=gen)
+    logits = engine(x)
+    loss = torch.nn.functional.cross_entropy(logits.float().view(-1, VOCAB), x.view(-1))
+    engine.backward(loss)
+    engine.step()
+    losses.append(loss.item())
+weights = {}
+for name, p in engine.module.named_parameters():
+    with deepspeed.zero.GatheredParameters([p]):
+        weights[name] = p.detach().clone()
+torch.save({"losses": losses, "weights": weights, "rank": rank}, f"{out}.rank{rank}")
+print(json.dumps({"rank": rank, "losses": losses}))

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# DeepSpeed ZeRO-3 + NVMe offload training with DeepSpeed's stock async_io op against
+# libswapper's drop-in (python/tests/deepspeed_training.py), bit-identical losses.
+# Creates (first run: pip install, ~4 min; DeepSpeed's op compiles at first use against
+# libaio-dev, ~2 min more) or reuses a virtual environment outside the clone:
+#   $SWAPPER_DEEPSPEED_VENV (default ~/.cache/libswapper/deepspeed-venv).
+# Needs python3 (with venv), a C++ compiler, ninja and libaio-dev (apt-get install
+# libaio-dev ninja-build). Fails, never skips, when any of it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${SWAPPER_DEEPSPEED_VENV:-$HOME/.cache/libswapper/deepspeed-venv}"
+DEEPSPEED_VERSION=0.19.8
+if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV"
+fi
+if ! "$VENV/bin/python" -c "import torch, numpy, pytest, cffi, deepspeed, sys; sys.exit(deepspeed.__version__ != '$DEEPSPEED_VERSION')" 2>/dev/null; then
+    "$VENV/bin/pip" install -q torch "deepspeed==$DEEPSPEED_VERSION" numpy pytest cffi
+fi
+"$VENV/bin/python" -c "import torch, deepspeed; print('torch', torch.__version__, 'deepspeed', deepspeed.__version__)"
+if [ ! -e /usr/include/libaio.h ]; then
+    echo "error: libaio-dev is missing (DeepSpeed's stock async_io op compiles against it): apt-get install libaio-dev" >&2
+    exit 1
+fi
+cargo build --release --lib
+TARGET="${CARGO_TARGET_DIR:-target}"
+export SWAPPER_LIBRARY="$PWD/$TARGET/release/libswapper.so"
+case "$TARGET" in /*) export SWAPPER_LIBRARY="$TARGET/release/libswapper.so" ;; esac
+export PATH="$VENV/bin:$PATH"
+start=$(date +%s)
+"$VENV/bin/python" -m pytest -q python/tests/deepspeed_training.py "$@"
+echo "deepspeed training test: $(( $(date +%s) - start )) s"

@@ -169,6 +169,17 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// The text of a caught panic (its `&str` or `String` payload).
+pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_string()
+    }
+}
+
 /// The system's text for an errno value ("No space left on device").
 pub fn errno_text(errno: i32) -> String {
     std::io::Error::from_raw_os_error(errno)

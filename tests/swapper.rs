@@ -9,21 +9,7 @@ use half::{bf16, f16};
 use swapper::sys::RawBuf;
 use swapper::{Dtype, IoConfig, ParamStatus, Settings, Status, Swapper};
 
-fn swapper_in(dir: &std::path::Path, dtype: Dtype, buffers: u32, numel: u64) -> Swapper {
-    Swapper::new(Settings {
-        nvme_path: dir.to_path_buf(),
-        dtype,
-        buffer_count: buffers,
-        buffer_numel: numel,
-        io: IoConfig {
-            block_size: 64 << 10,
-            ..IoConfig::default()
-        },
-        verify_checksums: true,
-        ..Settings::default()
-    })
-    .unwrap()
-}
+use common::swapper_in;
 
 fn put(s: &Swapper, id: u64, bytes: &[u8]) {
     let numel = (bytes.len() / s.element_size()) as u64;

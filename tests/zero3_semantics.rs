@@ -7,23 +7,9 @@ mod common;
 
 use half::f16;
 use swapper::sys::RawBuf;
-use swapper::{Dtype, IoConfig, ParamStatus, Settings, Status, Swapper};
+use swapper::{Dtype, ParamStatus, Status, Swapper};
 
-fn swapper_in(dir: &std::path::Path, dtype: Dtype, buffers: u32, numel: u64) -> Swapper {
-    Swapper::new(Settings {
-        nvme_path: dir.to_path_buf(),
-        dtype,
-        buffer_count: buffers,
-        buffer_numel: numel,
-        io: IoConfig {
-            block_size: 64 << 10,
-            ..IoConfig::default()
-        },
-        verify_checksums: true,
-        ..Settings::default()
-    })
-    .unwrap()
-}
+use common::swapper_in;
 
 /// Registers param `id` with `numel` elements of a pattern, swaps it out and releases it.
 fn park(s: &Swapper, id: u64, numel: u64) -> Vec<u8> {

@@ -1,7 +1,6 @@
 //! What every export shares: the panic boundary, the thread's last error, pointer
 //! checks, and the registry that turns handle pointers into live objects.
 
-use std::any::Any;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
@@ -27,16 +26,6 @@ pub fn last_error_ptr() -> *const libc::c_char {
     LAST_ERROR.with(|e| e.borrow().as_ptr())
 }
 
-fn panic_text(panic: &(dyn Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic".to_string()
-    }
-}
-
 /// Runs an export's body: its error becomes the status and the thread's last error
 /// (prefixed with the function's name); a panic becomes `SWAPPER_STATUS_PANIC`.
 pub fn guard(name: &str, body: impl FnOnce() -> Result<()>) -> Status {
@@ -48,7 +37,10 @@ pub fn guard(name: &str, body: impl FnOnce() -> Result<()>) -> Status {
             e.status()
         }
         Err(panic) => {
-            let msg = format!("{name}: internal error (panic): {}", panic_text(&*panic));
+            let msg = format!(
+                "{name}: internal error (panic): {}",
+                crate::status::panic_text(&*panic)
+            );
             crate::log!(Error, "{msg}");
             set_last_error(&msg);
             Status::Panic
@@ -66,7 +58,10 @@ pub fn guard_value<T>(name: &str, fallback: T, body: impl FnOnce() -> Result<T>)
             fallback
         }
         Err(panic) => {
-            let msg = format!("{name}: internal error (panic): {}", panic_text(&*panic));
+            let msg = format!(
+                "{name}: internal error (panic): {}",
+                crate::status::panic_text(&*panic)
+            );
             crate::log!(Error, "{msg}");
             set_last_error(&msg);
             fallback

@@ -52,24 +52,13 @@ impl Drop for Active {
     }
 }
 
-/// The text of a caught panic.
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic".to_string()
-    }
-}
-
 /// Runs a worker loop; a panic in it breaks the engine (after the loop's own requests
 /// have been finished by their drop, or by `after_panic`).
 fn guarded(shared: &Shared, body: impl FnOnce(), after_panic: impl FnOnce()) {
     if let Err(panic) = catch_unwind(AssertUnwindSafe(body)) {
         let name = std::thread::current().name().unwrap_or("swapper-io").to_string();
         after_panic();
-        shared.worker_panicked(&format!("{name}: {}", panic_text(&*panic)));
+        shared.worker_panicked(&format!("{name}: {}", crate::status::panic_text(&*panic)));
     }
 }
 

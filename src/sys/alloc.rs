@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::ptr::NonNull;
 use std::sync::Mutex;
 
-use once_cell::sync::Lazy;
+use std::sync::LazyLock;
 
 use crate::status::{Error, Result, Status};
 
@@ -27,7 +27,7 @@ struct Mapping {
 /// libswapper allocated, and keep such memory mapped past its owner's end (language
 /// bindings whose views of a pool cannot be revoked). The lock is held for one insertion,
 /// removal or lookup (and the munmap of a mapping being removed).
-static LIVE: Lazy<Mutex<BTreeMap<usize, Mapping>>> = Lazy::new(|| Mutex::new(BTreeMap::new()));
+static LIVE: LazyLock<Mutex<BTreeMap<usize, Mapping>>> = LazyLock::new(|| Mutex::new(BTreeMap::new()));
 
 fn live() -> std::sync::MutexGuard<'static, BTreeMap<usize, Mapping>> {
     LIVE.lock().unwrap_or_else(|e| e.into_inner())

@@ -110,3 +110,21 @@ pub fn dt_soname(path: &Path) -> String {
     let end = line.rfind(']').expect("readelf prints the soname in brackets");
     line[start..end].to_string()
 }
+
+/// A swapper in `dir` with checksums on and 64 KiB requests: `buffers` pool buffers of
+/// `numel` elements of `dtype`.
+pub fn swapper_in(dir: &Path, dtype: swapper::Dtype, buffers: u32, numel: u64) -> swapper::Swapper {
+    swapper::Swapper::new(swapper::Settings {
+        nvme_path: dir.to_path_buf(),
+        dtype,
+        buffer_count: buffers,
+        buffer_numel: numel,
+        io: swapper::IoConfig {
+            block_size: 64 << 10,
+            ..swapper::IoConfig::default()
+        },
+        verify_checksums: true,
+        ..swapper::Settings::default()
+    })
+    .unwrap()
+}

@@ -608,12 +608,14 @@ class Swapper:
 
     def reserve_available_buffers(self):
         """Takes every free buffer out of the pool for the caller: a list of numpy views
-        of buffer_numel elements, valid until release_reserved_buffers() or close()."""
+        of buffer_numel elements rounded up to the I/O alignment (io_aligned_numel, the
+        length DeepSpeed gives them), valid until release_reserved_buffers() or close()."""
         capacity = self.stats().total_buffers
         ptrs = (c_void_p * max(capacity, 1))()
         count = c_size_t()
         check(self._lib.swapper_reserve_available_buffers(self._h(), ptrs, capacity, byref(count)))
-        return [self._view(ptrs[i], self.buffer_numel) for i in range(count.value)]
+        numel = self.io_aligned_numel(self.buffer_numel)
+        return [self._view(ptrs[i], numel) for i in range(count.value)]
 
     def release_reserved_buffers(self):
         """Puts every reserved buffer back into the pool."""
@@ -628,9 +630,16 @@ class Swapper:
         return int(self._lib.swapper_io_aligned_numel(self._h(), int(numel)))
 
     def reserve_partitioned_swap_space(self, numels):
-        """Allocates the staging buffer of swap_out_partitioned, one slot per size."""
+        """Allocates the packed staging space of swap_out_partitioned: the sum of the
+        io-aligned `numels` (ZeRO-3 gives its largest sub-group); any later batch whose
+        io-aligned numels add up to at most that fits, in any order and number."""
         arr, n = _ids(numels)
         check(self._lib.swapper_reserve_partitioned_swap_space(self._h(), arr, n))
+
+    def partitioned_swap_capacity(self):
+        """Elements the partitioned swap space holds (the sum of the io-aligned numels
+        given to reserve_partitioned_swap_space); 0 before a reservation."""
+        return int(self._lib.swapper_partitioned_swap_capacity(self._h()))
 
     def swap_out_partitioned(self, ids, fp32_arrays):
         """Converts each float32 array to the swapper's dtype (round to nearest even)

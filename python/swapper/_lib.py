@@ -151,6 +151,7 @@ PROTOTYPES = {
     "swapper_element_size": (c_uint32, [_p]),
     "swapper_buffer_numel": (c_uint64, [_p]),
     "swapper_buffer_count": (c_uint32, [_p]),
+    "swapper_partitioned_swap_capacity": (c_uint64, [_p]),
     "swapper_dump": (c_status, [_p, POINTER(c_char), c_size_t, POINTER(c_size_t)]),
     "swapper_live_handles": (c_uint64, []),
 }

@@ -698,9 +698,16 @@ class Swapper:
         return int(self._lib.swapper_aligned_numel(self._h(), _uint(numel, "numel")))
 
     def reserve_partitioned_swap_space(self, numels):
-        """Allocates the packed staging space of swap_out_partitioned: the sum of the sizes, io-aligned."""
+        """Allocates the packed staging space of swap_out_partitioned: the sum of the
+        io-aligned `numels` (ZeRO-3 gives its largest sub-group); any later batch whose
+        io-aligned numels add up to at most that fits, in any order and number."""
         arr, n = _ids(numels, "numel")
         check(self._lib.swapper_reserve_partitioned_swap_space(self._h(), arr, n))
+
+    def partitioned_swap_capacity(self):
+        """Elements the partitioned swap space holds (the sum of the io-aligned numels
+        given to reserve_partitioned_swap_space); 0 before a reservation."""
+        return int(self._lib.swapper_partitioned_swap_capacity(self._h()))
 
     def swap_out_partitioned(self, ids, fp32_arrays):
         """Converts each float32 array to the swapper's dtype (round to nearest even)

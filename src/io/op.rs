@@ -98,6 +98,18 @@ impl Plan {
     }
 }
 
+/// Preallocates a write that extends its file ([`file::preallocate`]), unless the
+/// environment variable `SWAPPER_PREALLOCATE` is `0` (for comparing the two in the
+/// benchmarks). Errors only when the write cannot fit (ENOSPC, EDQUOT, EFBIG).
+fn preallocate(fd: &OwnedFd, req: &Request<'_>) -> std::result::Result<(), i32> {
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    let enabled = *ENABLED.get_or_init(|| std::env::var_os("SWAPPER_PREALLOCATE").is_none_or(|v| v != "0"));
+    if enabled {
+        file::preallocate(fd, req.offset, req.len)?;
+    }
+    Ok(())
+}
+
 /// What an operation asks for.
 #[derive(Clone, Copy, Debug)]
 pub struct Request<'a> {
@@ -200,7 +212,20 @@ impl Op {
                 req.path.display()
             ))
         })?;
-        if !req.write {
+        if req.write {
+            let fd = match (&direct_fd, buffered_fd.get()) {
+                (Some(fd), _) | (None, Some(Ok(fd))) => fd,
+                _ => unreachable!("a file descriptor was opened above"),
+            };
+            preallocate(fd, req).map_err(|e| {
+                Error::os(
+                    &format!("reserve {} bytes for writing", req.len),
+                    req.path,
+                    Some(req.offset),
+                    e,
+                )
+            })?;
+        } else {
             let fd = match (&direct_fd, buffered_fd.get()) {
                 (Some(fd), _) | (None, Some(Ok(fd))) => fd,
                 _ => unreachable!("a file descriptor was opened above"),

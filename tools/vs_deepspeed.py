@@ -80,23 +80,29 @@ def human(n):
 
 
 def _worker(kind, args):
+    # The answers go to the parent on the original stdout; anything the libraries print
+    # (DeepSpeed's build log and warnings, C++ std::cout) goes to stderr instead.
+    proto = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+
+    def answer(obj):
+        proto.write(json.dumps(obj) + "\n")
+        proto.flush()
+
     try:
         import torch
     except ImportError as e:
-        print(json.dumps({"error": f"cannot import torch ({e}).\n{HOW_TO_GET}"}), flush=True)
+        answer({"error": f"cannot import torch ({e}).\n{HOW_TO_GET}"})
         return 2
     if kind == "ds":
         try:
             from deepspeed.ops.op_builder import AsyncIOBuilder
         except ImportError as e:
-            print(json.dumps({"error": f"cannot import deepspeed ({e}).\n{HOW_TO_GET}"}), flush=True)
+            answer({"error": f"cannot import deepspeed ({e}).\n{HOW_TO_GET}"})
             return 2
         builder = AsyncIOBuilder()
         if not builder.is_compatible(verbose=True):
-            print(
-                json.dumps({"error": "DeepSpeed's async_io op cannot be built here (see above).\n" + HOW_TO_GET}),
-                flush=True,
-            )
+            answer({"error": "DeepSpeed's async_io op cannot be built here (see above).\n" + HOW_TO_GET})
             return 2
         handle_class = builder.load(verbose=False).aio_handle
     else:
@@ -110,7 +116,7 @@ def _worker(kind, args):
     check = None
     if args["verify"]:
         check = handle.new_cpu_locked_tensor(args["buffer_bytes"], example)
-    print(json.dumps({"ready": True}), flush=True)
+    answer({"ready": True})
     for line in sys.stdin:
         cmd = json.loads(line)
         if cmd["op"] == "quit":
@@ -128,13 +134,13 @@ def _worker(kind, args):
             else:
                 rc = handle.async_pread(view, path)
             if rc != 0:
-                print(json.dumps({"error": f"{kind}: async_p{cmd['op']} {path} returned {rc}"}), flush=True)
+                answer({"error": f"{kind}: async_p{cmd['op']} {path} returned {rc}"})
                 return 1
         done = handle.wait()
         t1 = time.perf_counter()
         r1 = resource.getrusage(resource.RUSAGE_SELF)
         if done != len(files):
-            print(json.dumps({"error": f"{kind}: wait() returned {done}, expected {len(files)}"}), flush=True)
+            answer({"error": f"{kind}: wait() returned {done}, expected {len(files)}"})
             return 1
         reply = {
             "seconds": t1 - t0,
@@ -143,7 +149,7 @@ def _worker(kind, args):
         if check is not None and cmd["op"] == "read":
             n = size * len(files)
             reply["verified"] = bool(torch.equal(check.narrow(0, 0, n), buf.narrow(0, 0, n)))
-        print(json.dumps(reply), flush=True)
+        answer(reply)
     return 0
 
 
@@ -248,6 +254,7 @@ def parse_impl(text):
 def main():
     if len(sys.argv) >= 2 and sys.argv[1] == "--worker":
         return _worker(sys.argv[2], json.loads(sys.argv[3]))
+    sys.stdout.reconfigure(line_buffering=True)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dir", required=True, help="folder for the files, on the file system to measure")
     p.add_argument("--runs", type=int, default=5, help="runs per implementation and phase (default 5)")

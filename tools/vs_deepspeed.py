@@ -24,7 +24,6 @@ Usage (root, for dropping the page cache):
   SWAPPER_LIBRARY=$PWD/target/release/libswapper.so \\
   ~/.cache/libswapper/deepspeed-venv/bin/python tools/vs_deepspeed.py --dir /mnt/nvme/bench
   ... --impl ds --impl ls --impl 'ls-noprealloc:ls:SWAPPER_PREALLOCATE=0'   (before/after)
-  ... --ds-op ~/.cache/torch_extensions/py311_cu132/async_io/async_io.so   (no JIT build)
   ... --smoke      (tiny sizes, one run, checks the bytes; what the test suite runs)
 
 Getting torch and DeepSpeed when they are missing: use the cached venv
@@ -101,23 +100,11 @@ def _worker(kind, args):
         except ImportError as e:
             answer({"error": f"cannot import deepspeed ({e}).\n{HOW_TO_GET}"})
             return 2
-        if args.get("ds_op"):
-            # A prebuilt async_io extension (DS_BUILD_AIO=1 installs, or a copy of the JIT's
-            # ~/.cache/torch_extensions/*/async_io/async_io.so): no build, no build lock.
-            import importlib.machinery
-            import importlib.util
-
-            loader = importlib.machinery.ExtensionFileLoader("async_io", args["ds_op"])
-            spec = importlib.util.spec_from_file_location("async_io", args["ds_op"], loader=loader)
-            module = importlib.util.module_from_spec(spec)
-            loader.exec_module(module)
-            handle_class = module.aio_handle
-        else:
-            builder = AsyncIOBuilder()
-            if not builder.is_compatible(verbose=True):
-                answer({"error": "DeepSpeed's async_io op cannot be built here (see above).\n" + HOW_TO_GET})
-                return 2
-            handle_class = builder.load(verbose=False).aio_handle
+        builder = AsyncIOBuilder()
+        if not builder.is_compatible(verbose=True):
+            answer({"error": "DeepSpeed's async_io op cannot be built here (see above).\n" + HOW_TO_GET})
+            return 2
+        handle_class = builder.load(verbose=False).aio_handle
     else:
         sys.path.insert(0, PYTHON_PKG)
         from swapper.deepspeed import aio_handle as handle_class
@@ -285,8 +272,6 @@ def main():
         help="NAME[:KIND[:VAR=VALUE,...]], KIND ds (DeepSpeed) or ls (libswapper), with extra environment "
         "for that worker; repeat for each (default: --impl ds --impl ls). The first is the reference of the ratios.",
     )
-    p.add_argument("--ds-op", help="a prebuilt DeepSpeed async_io extension (.so) to load instead of "
-                   "AsyncIOBuilder().load(), which builds it on first use and waits for other builds' lock")
     p.add_argument("--no-drop-caches", action="store_true", help="do not drop the page cache before each run")
     p.add_argument("--verify", action="store_true", help="check the bytes read against those written")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, one run, --verify, no cache dropping")
@@ -323,7 +308,6 @@ def main():
         "threads": a.threads,
         "buffer_bytes": max(count * size for _, count, size in workloads),
         "verify": a.verify,
-        "ds_op": os.path.abspath(a.ds_op) if a.ds_op else None,
     }
     os.makedirs(a.dir, exist_ok=True)
 

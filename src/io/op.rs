@@ -98,6 +98,25 @@ impl Plan {
     }
 }
 
+/// Writes shorter than this are not preallocated: measured on ext4 (tools/vs_deepspeed.py),
+/// fallocate made 2048 new files of 64 KiB 0.54x as fast and of 8 KiB 0.7x (one request
+/// each, so there is nothing to gain from keeping them off the kernel workers), while a
+/// new 1 GiB file became 1.45x as fast at 0.12x the CPU. Sizes in between are unmeasured.
+const PREALLOCATE_MIN: u64 = 1 << 20;
+
+/// Preallocates a write of at least [`PREALLOCATE_MIN`] bytes that extends its file
+/// ([`file::preallocate`]), unless the environment variable `SWAPPER_PREALLOCATE` is `0`
+/// (for comparing the two in the benchmarks). Errors only when the write cannot fit
+/// (ENOSPC, EDQUOT, EFBIG).
+fn preallocate(fd: &OwnedFd, req: &Request<'_>) -> std::result::Result<(), i32> {
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    let enabled = *ENABLED.get_or_init(|| std::env::var_os("SWAPPER_PREALLOCATE").is_none_or(|v| v != "0"));
+    if enabled && req.len >= PREALLOCATE_MIN {
+        file::preallocate(fd, req.offset, req.len)?;
+    }
+    Ok(())
+}
+
 /// What an operation asks for.
 #[derive(Clone, Copy, Debug)]
 pub struct Request<'a> {
@@ -238,7 +257,20 @@ impl Op {
                 req.path.display()
             ))
         })?;
-        if !req.write {
+        if req.write {
+            let fd = match (&direct_fd, buffered_fd.get()) {
+                (Some(fd), _) | (None, Some(Ok(fd))) => fd,
+                _ => unreachable!("a file descriptor was opened above"),
+            };
+            preallocate(fd, req).map_err(|e| {
+                Error::os(
+                    &format!("reserve {} bytes for writing", req.len),
+                    req.path,
+                    Some(req.offset),
+                    e,
+                )
+            })?;
+        } else {
             let size = size.unwrap_or(0);
             if req.len > 0 && end > size {
                 return Err(Error::new(

@@ -512,6 +512,70 @@ pub fn canonical(path: &Path) -> Result<PathBuf, i32> {
     std::fs::canonicalize(path).map_err(|e| e.raw_os_error().unwrap_or(libc::EINVAL))
 }
 
+/// Reserves disk blocks for bytes `offset..offset + len` of the open file `fd` and sets
+/// its size to at least `offset + len` (`fallocate` mode 0), when that range reaches past
+/// the file's end. Called once per write operation before its requests: a write into
+/// allocated blocks below the file's size is not an extending write, so ext4 and XFS take
+/// it on the submitting io_uring ring instead of handing every request to a kernel worker
+/// (which costs throughput and several times the CPU on new files).
+///
+/// Returns `Ok(true)` when blocks were reserved, `Ok(false)` when nothing was needed (the
+/// range ends inside the file, `len` is 0, the descriptor is not a regular file) or the
+/// file system cannot preallocate (EOPNOTSUPP and the like): the write then goes ahead
+/// without it. `Err(errno)` only for ENOSPC, EDQUOT and EFBIG, which say the write cannot
+/// fit; the caller reports that as the operation's error. A failed fallocate may have
+/// reserved part of the range (ext4 keeps what it got and extends the file that far): the
+/// blocks past the file's old end are given back (a hole is punched there), so a write
+/// that does not fit leaves the free space as it was; the file may stay longer than before,
+/// reading zeros there. Thread-safe: concurrent calls on the same file never discard
+/// data written outside their own range.
+pub fn preallocate(fd: &OwnedFd, offset: u64, len: u64) -> Result<bool, i32> {
+    if len == 0 {
+        return Ok(false);
+    }
+    let end = offset.checked_add(len).ok_or(libc::EFBIG)?;
+    // SAFETY: a zeroed stat is a valid out-parameter for fstat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is open and `st` is writable.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Ok(false);
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG || end <= st.st_size as u64 {
+        return Ok(false);
+    }
+    let (Ok(start), Ok(count)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(libc::EFBIG);
+    };
+    loop {
+        // SAFETY: `fd` is open; fallocate touches no memory of ours.
+        let rc = unsafe { libc::fallocate(fd.as_raw_fd(), 0, start, count) };
+        if rc == 0 {
+            return Ok(true);
+        }
+        match last_errno() {
+            libc::EINTR => continue,
+            e @ (libc::ENOSPC | libc::EDQUOT | libc::EFBIG) => {
+                let old_end = (st.st_size as u64).max(offset);
+                if let Ok(from) = libc::off_t::try_from(old_end) {
+                    // SAFETY: `fd` is open; fallocate touches no memory of ours. Only the part
+                    // past the file's old end, inside this write's own range, is punched:
+                    // it held no data before and the failed write owns it.
+                    unsafe {
+                        libc::fallocate(
+                            fd.as_raw_fd(),
+                            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                            from,
+                            (end - old_end) as libc::off_t,
+                        )
+                    };
+                }
+                return Err(e);
+            }
+            _ => return Ok(false),
+        }
+    }
+}
+
 /// One pread or pwrite call of `len` bytes at `offset`, with fault injection applied.
 /// Returns the bytes transferred or the errno (EINTR included: the caller retries).
 ///
@@ -648,5 +712,25 @@ mod tests {
         );
         drop(lock);
         drop(again.lock().unwrap());
+    }
+
+    #[test]
+    fn preallocate_reserves_only_past_the_end_of_regular_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let mode = OpenMode {
+            write: true,
+            direct: false,
+            nofollow: true,
+        };
+        let fd = open(None, &p, mode).unwrap().fd;
+        assert_eq!(preallocate(&fd, 0, 0), Ok(false));
+        assert_eq!(preallocate(&fd, 4096, 1 << 20), Ok(true));
+        let meta = std::fs::metadata(&p).unwrap();
+        assert_eq!(meta.len(), 4096 + (1 << 20));
+        assert!(std::os::unix::fs::MetadataExt::blocks(&meta) * 512 >= 1 << 20);
+        // Inside the file already: nothing to do.
+        assert_eq!(preallocate(&fd, 0, 4096 + (1 << 20)), Ok(false));
+        assert_eq!(preallocate(&fd, u64::MAX, 2), Err(libc::EFBIG));
     }
 }

@@ -1,0 +1,401 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: DeepSpeed's aio_handle against libswapper's drop-in.
+
+The same workload goes through DeepSpeed's own async I/O op
+(deepspeed.ops.op_builder.AsyncIOBuilder().load().aio_handle) and through
+swapper.deepspeed.aio_handle (python/swapper/deepspeed.py over the C library named by
+SWAPPER_LIBRARY), alternating run for run (A B A B ...), with the page cache dropped
+before every timed run. Every implementation runs in a worker process of its own, so
+the CPU time reported for it (getrusage of that process: all its threads, io_uring's
+io-wq workers included) is its own and nobody else's. CPU spent in kernel worker threads
+(kworker: unwritten-extent conversion, I/O completion work) belongs to no process; it is
+sampled system-wide from /proc and shown separately (it includes whatever else the
+machine does meanwhile).
+
+Workloads (all O_DIRECT; DeepSpeed always opens with O_DIRECT, libswapper does on file
+systems that support it):
+  seq    one file of --seq-size bytes (default 1 GiB), one async op and a wait
+  small  --small COUNTxSIZE,... (default 2048x64K,2048x8K): one file per op, all submitted
+         asynchronously, then one wait
+each in three phases: new (the files are deleted before the run), overwrite (the files
+exist at full size), read.
+
+Usage (root, for dropping the page cache):
+  SWAPPER_LIBRARY=$PWD/target/release/libswapper.so \\
+  ~/.cache/libswapper/deepspeed-venv/bin/python tools/vs_deepspeed.py --dir /mnt/nvme/bench
+  ... --impl ds --impl ls --impl 'ls-noprealloc:ls:SWAPPER_PREALLOCATE=0'   (before/after)
+  ... --smoke      (tiny sizes, one run, checks the bytes; what the test suite runs)
+
+Getting torch and DeepSpeed when they are missing: use the cached venv
+(~/.cache/libswapper/deepspeed-venv has torch 2.15 and deepspeed 0.19.8), or make one:
+  python3 -m venv ~/.cache/libswapper/deepspeed-venv
+  ~/.cache/libswapper/deepspeed-venv/bin/pip install torch --index-url https://download.pytorch.org/whl/cpu
+  ~/.cache/libswapper/deepspeed-venv/bin/pip install deepspeed numpy
+DeepSpeed's async_io op is compiled on first use (a minute or more; cached under
+~/.cache/torch_extensions): it needs a C++ compiler, ninja (apt install ninja-build or pip
+install ninja) and libaio's headers (apt install libaio-dev).
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PYTHON_PKG = os.path.join(os.path.dirname(HERE), "python")
+VENV = "~/.cache/libswapper/deepspeed-venv"
+
+HOW_TO_GET = f"""torch and deepspeed are needed for this benchmark. Either run it with the cached venv:
+    {VENV}/bin/python {os.path.relpath(os.path.abspath(__file__))} ...
+or create one:
+    python3 -m venv {VENV}
+    {VENV}/bin/pip install torch --index-url https://download.pytorch.org/whl/cpu
+    {VENV}/bin/pip install deepspeed numpy
+DeepSpeed's async_io op then compiles at first use: it needs g++, ninja (apt install ninja-build)
+and libaio's headers (apt install libaio-dev)."""
+
+GIB = 1 << 30
+
+
+def parse_size(text):
+    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    return int(float(text[:-1] if text[-1:] in "KMG" else text) * mult)
+
+
+def human(n):
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size and n % size == 0:
+            return f"{n // size} {unit}"
+    return f"{n} B"
+
+
+# --------------------------------------------------------------------------- worker
+# A worker owns one handle and one page-locked buffer and carries out the parent's
+# commands, one JSON line each, answering with one JSON line.
+
+
+def _worker(kind, args):
+    # The answers go to the parent on the original stdout; anything the libraries print
+    # (DeepSpeed's build log and warnings, C++ std::cout) goes to stderr instead.
+    proto = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+
+    def answer(obj):
+        proto.write(json.dumps(obj) + "\n")
+        proto.flush()
+
+    try:
+        import torch
+    except ImportError as e:
+        answer({"error": f"cannot import torch ({e}).\n{HOW_TO_GET}"})
+        return 2
+    if kind == "ds":
+        try:
+            from deepspeed.ops.op_builder import AsyncIOBuilder
+        except ImportError as e:
+            answer({"error": f"cannot import deepspeed ({e}).\n{HOW_TO_GET}"})
+            return 2
+        builder = AsyncIOBuilder()
+        if not builder.is_compatible(verbose=True):
+            answer({"error": "DeepSpeed's async_io op cannot be built here (see above).\n" + HOW_TO_GET})
+            return 2
+        handle_class = builder.load(verbose=False).aio_handle
+    else:
+        sys.path.insert(0, PYTHON_PKG)
+        from swapper.deepspeed import aio_handle as handle_class
+    handle = handle_class(args["block"], args["queue_depth"], False, True, args["threads"])
+    example = torch.empty(0, dtype=torch.uint8)
+    buf = handle.new_cpu_locked_tensor(args["buffer_bytes"], example)
+    gen = torch.Generator().manual_seed(1234)
+    buf.copy_(torch.randint(0, 256, (args["buffer_bytes"],), dtype=torch.uint8, generator=gen))
+    check = None
+    if args["verify"]:
+        check = handle.new_cpu_locked_tensor(args["buffer_bytes"], example)
+    answer({"ready": True})
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if cmd["op"] == "quit":
+            break
+        size, files = cmd["size"], cmd["files"]
+        target = check if (cmd["op"] == "read" and check is not None) else buf
+        views = [target.narrow(0, i * size, size) for i in range(len(files))]
+        if check is not None and cmd["op"] == "read":
+            check.zero_()
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
+        t0 = time.perf_counter()
+        for view, path in zip(views, files):
+            if cmd["op"] == "write":
+                rc = handle.async_pwrite(view, path)
+            else:
+                rc = handle.async_pread(view, path)
+            if rc != 0:
+                answer({"error": f"{kind}: async_p{cmd['op']} {path} returned {rc}"})
+                return 1
+        done = handle.wait()
+        t1 = time.perf_counter()
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        if done != len(files):
+            answer({"error": f"{kind}: wait() returned {done}, expected {len(files)}"})
+            return 1
+        reply = {
+            "seconds": t1 - t0,
+            "cpu": (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime),
+        }
+        if check is not None and cmd["op"] == "read":
+            n = size * len(files)
+            reply["verified"] = bool(torch.equal(check.narrow(0, 0, n), buf.narrow(0, 0, n)))
+        answer(reply)
+    return 0
+
+
+# --------------------------------------------------------------------------- parent
+
+
+class Worker:
+    def __init__(self, name, kind, env, settings):
+        self.name, self.kind = name, kind
+        full_env = dict(os.environ)
+        full_env.update(env)
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--worker", kind, json.dumps(settings)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=full_env,
+        )
+        self._expect("ready")
+
+    def _expect(self, key=None):
+        line = self.proc.stdout.readline()
+        if not line:
+            code = self.proc.wait()
+            raise SystemExit(f"{self.name}: the worker exited ({code}) without answering (its error is above)")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise SystemExit(f"{self.name}: {reply['error']}")
+        if key is not None and key not in reply:
+            raise SystemExit(f"{self.name}: unexpected answer {reply}")
+        return reply
+
+    def run(self, op, files, size):
+        self.proc.stdin.write(json.dumps({"op": op, "files": files, "size": size}) + "\n")
+        self.proc.stdin.flush()
+        return self._expect("seconds")
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
+                self.proc.stdin.close()
+            except BrokenPipeError:
+                pass
+            self.proc.wait()
+
+
+def kworker_cpu():
+    """CPU seconds used so far by all kworker threads (system-wide)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        if comm.startswith("kworker"):
+            fields = stat[stat.rindex(")") + 2 :].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
+def drop_caches():
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def remove(files):
+    for path in files:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def fmt_range(values, spec):
+    return f"{statistics.median(values):{spec}} [{min(values):{spec}}..{max(values):{spec}}]"
+
+
+def parse_impl(text):
+    """NAME[:KIND[:VAR=VALUE,...]] with KIND ds or ls (NAME alone is ds or ls)."""
+    parts = text.split(":", 2)
+    name = parts[0]
+    kind = parts[1] if len(parts) > 1 else name
+    if kind not in ("ds", "ls"):
+        raise argparse.ArgumentTypeError(f"{text}: the kind must be ds or ls")
+    env = {}
+    if len(parts) > 2 and parts[2]:
+        for item in parts[2].split(","):
+            var, sep, value = item.partition("=")
+            if not sep:
+                raise argparse.ArgumentTypeError(f"{item}: expected VAR=VALUE")
+            env[var] = value
+    return name, kind, env
+
+
+def main():
+    if len(sys.argv) >= 2 and sys.argv[1] == "--worker":
+        return _worker(sys.argv[2], json.loads(sys.argv[3]))
+    sys.stdout.reconfigure(line_buffering=True)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dir", required=True, help="folder for the files, on the file system to measure")
+    p.add_argument("--runs", type=int, default=5, help="runs per implementation and phase (default 5)")
+    p.add_argument("--seq-size", default="1G", help="bytes of the sequential file (default 1G)")
+    p.add_argument("--small", default="2048x64K,2048x8K", help="COUNTxSIZE,... of the many-files workloads")
+    p.add_argument("--workloads", default="seq,small", help="seq, small or both (default seq,small)")
+    p.add_argument("--phases", default="new,overwrite,read", help="default new,overwrite,read")
+    p.add_argument("--block", default="1M", help="block_size of both handles (default 1M)")
+    p.add_argument("--queue-depth", type=int, default=16)
+    p.add_argument("--threads", type=int, default=2, help="intra_op_parallelism of both handles (default 2)")
+    p.add_argument(
+        "--impl",
+        action="append",
+        type=parse_impl,
+        help="NAME[:KIND[:VAR=VALUE,...]], KIND ds (DeepSpeed) or ls (libswapper), with extra environment "
+        "for that worker; repeat for each (default: --impl ds --impl ls). The first is the reference of the ratios.",
+    )
+    p.add_argument("--no-drop-caches", action="store_true", help="do not drop the page cache before each run")
+    p.add_argument("--verify", action="store_true", help="check the bytes read against those written")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, one run, --verify, no cache dropping")
+    p.add_argument("--json", help="also write every run's figures to this file")
+    a = p.parse_args()
+
+    if a.smoke:
+        a.runs, a.seq_size, a.small, a.verify, a.no_drop_caches = 1, "8M", "16x64K,16x8K", True, True
+    impls = a.impl or [parse_impl("ds"), parse_impl("ls")]
+    if len({name for name, _, _ in impls}) != len(impls):
+        p.error("--impl names must differ")
+    if any(kind == "ls" for _, kind, _ in impls) and not os.environ.get("SWAPPER_LIBRARY"):
+        p.error("set SWAPPER_LIBRARY to the libswapper.so to measure (cargo build --release --lib makes it)")
+    if not a.no_drop_caches and os.geteuid() != 0:
+        p.error("dropping the page cache needs root (or pass --no-drop-caches, and the reads measure the cache)")
+
+    workloads = []
+    for w in a.workloads.split(","):
+        if w == "seq":
+            workloads.append(("seq " + human(parse_size(a.seq_size)), 1, parse_size(a.seq_size)))
+        elif w == "small":
+            for spec in a.small.split(","):
+                count, _, size = spec.partition("x")
+                workloads.append((f"{int(count)} x {human(parse_size(size))}", int(count), parse_size(size)))
+        else:
+            p.error(f"unknown workload {w}")
+    phases = a.phases.split(",")
+    for ph in phases:
+        if ph not in ("new", "overwrite", "read"):
+            p.error(f"unknown phase {ph}")
+    settings = {
+        "block": parse_size(a.block),
+        "queue_depth": a.queue_depth,
+        "threads": a.threads,
+        "buffer_bytes": max(count * size for _, count, size in workloads),
+        "verify": a.verify,
+    }
+    os.makedirs(a.dir, exist_ok=True)
+
+    import platform
+
+    print(f"vs_deepspeed: {time.strftime('%Y-%m-%d %H:%M %Z')}, {platform.node()}, Linux {platform.release()}")
+    fs = subprocess.run(["stat", "-f", "-c", "%T", a.dir], capture_output=True, text=True).stdout.strip()
+    print(f"folder {a.dir} ({fs}); block {human(settings['block'])}, queue depth {a.queue_depth}, "
+          f"{a.threads} threads; {a.runs} runs each, alternating; page cache "
+          f"{'kept' if a.no_drop_caches else 'dropped before every run'}")
+    print("implementations: " + ", ".join(
+        f"{name} ({'DeepSpeed aio_handle' if kind == 'ds' else 'swapper.deepspeed.aio_handle'}"
+        f"{''.join(' ' + k + '=' + v for k, v in env.items())})" for name, kind, env in impls))
+    if any(kind == "ls" for _, kind, _ in impls):
+        print(f"SWAPPER_LIBRARY={os.environ['SWAPPER_LIBRARY']}")
+
+    workers = []
+    try:
+        for name, kind, env in impls:
+            workers.append(Worker(name, kind, env, settings))
+        results = []
+        for label, count, size in workloads:
+            files = {w.name: [os.path.join(a.dir, f"{w.name}.{i}.swp") for i in range(count)] for w in workers}
+            gib = count * size / GIB
+            print(f"\n== {label} ({count * size / 1e6:.1f} MB per run)")
+            for phase in phases:
+                rows = {w.name: [] for w in workers}
+                for run in range(a.runs):
+                    for w in workers:
+                        fl = files[w.name]
+                        if phase == "new":
+                            remove(fl)
+                        elif any(not os.path.exists(f) or os.path.getsize(f) < size for f in fl):
+                            remove(fl)
+                            w.run("write", fl, size)  # untimed: the files must exist
+                        if not a.no_drop_caches:
+                            drop_caches()
+                        k0 = kworker_cpu()
+                        r = w.run("read" if phase == "read" else "write", fl, size)
+                        k1 = kworker_cpu()
+                        if r.get("verified") is False:
+                            raise SystemExit(f"{w.name}: {label} {phase}: the bytes read differ from those written")
+                        row = {
+                            "impl": w.name,
+                            "workload": label,
+                            "phase": phase,
+                            "run": run,
+                            "gbps": count * size / r["seconds"] / 1e9,
+                            "cpu_per_gib": r["cpu"] / gib,
+                            "kworker_per_gib": (k1 - k0) / gib,
+                            "seconds": r["seconds"],
+                        }
+                        rows[w.name].append(row)
+                        results.append(row)
+                        print(f"  {phase:9} run {run + 1} {w.name:>14}: {row['gbps']:6.2f} GB/s, "
+                              f"CPU {row['cpu_per_gib']:.4f} s/GiB, kworker {row['kworker_per_gib']:.4f} s/GiB"
+                              + ("  (bytes verified)" if r.get("verified") else ""), flush=True)
+                ref = workers[0].name
+                print(f"  -- {phase}: median [min..max]")
+                for w in workers:
+                    g = [x["gbps"] for x in rows[w.name]]
+                    c = [x["cpu_per_gib"] for x in rows[w.name]]
+                    k = [x["kworker_per_gib"] for x in rows[w.name]]
+                    line = (f"  {w.name:>14}: {fmt_range(g, '.2f')} GB/s, CPU {fmt_range(c, '.4f')} s/GiB, "
+                            f"kworker {fmt_range(k, '.4f')} s/GiB")
+                    if w.name != ref:
+                        tr = [x["gbps"] / y["gbps"] for x, y in zip(rows[w.name], rows[ref])]
+                        cr = [x["cpu_per_gib"] / y["cpu_per_gib"] if y["cpu_per_gib"] > 0 else float("inf")
+                              for x, y in zip(rows[w.name], rows[ref])]
+                        g_ref = statistics.median(x["gbps"] for x in rows[ref])
+                        c_ref = statistics.median(x["cpu_per_gib"] for x in rows[ref])
+                        c_med = statistics.median(c)
+                        line += (f"\n  {'':>14}  {w.name}/{ref}: throughput {statistics.median(g) / g_ref:.2f}x "
+                                 f"(per run pair {fmt_range(tr, '.2f')}), CPU per GiB "
+                                 f"{c_med / c_ref if c_ref > 0 else float('inf'):.2f}x "
+                                 f"(per run pair {fmt_range(cr, '.2f')})")
+                    print(line, flush=True)
+            for fl in files.values():
+                remove(fl)
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(results, f, indent=1)
+    finally:
+        for w in workers:
+            w.close()
+    print("\nvs_deepspeed: done")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -27,5 +27,8 @@ export SWAPPER_LIBRARY="$PWD/$TARGET/release/libswapper.so"
 case "$TARGET" in /*) export SWAPPER_LIBRARY="$TARGET/release/libswapper.so" ;; esac
 export PATH="$VENV/bin:$PATH"
 start=$(date +%s)
-"$VENV/bin/python" -m pytest -q python/tests/deepspeed_training.py "$@"
+# The differential test skips without torch/deepspeed in the plain pytest run; here a
+# missing one is a failure.
+SWAPPER_REQUIRE_DEEPSPEED=1 "$VENV/bin/python" -m pytest -q \
+    python/tests/test_deepspeed_differential.py python/tests/deepspeed_training.py "$@"
 echo "deepspeed training test: $(( $(date +%s) - start )) s"

@@ -62,6 +62,9 @@ with swapper.Swapper(".", buffer_count=2, buffer_numel=4096) as s:
 print("1 passed, 0 failed: pip-installed package with its bundled", os.path.basename(lib))
 ') 2>&1 | tee -a "$log"
 
+echo "== DeepSpeed: the differential test and ZeRO-3 training, stock op against libswapper"
+./scripts/deepspeed-test.sh 2>&1 | tee -a "$log"
+
 echo "== README commands"
 ./scripts/readme-commands.sh 2>&1 | tee -a "$log"
 

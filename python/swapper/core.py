@@ -581,7 +581,8 @@ class Swapper:
             )
         )
         if not async_op:
-            self._forget_dest(ids)
+            # A synchronous call also released the buffers of earlier asynchronous writes.
+            self._prune_dest()
 
     def swap_in(self, ids, async_op=False, dest_buffers=None):
         """Reads the params back into pool buffers, or into `dest_buffers` (one writable
@@ -634,10 +635,15 @@ class Swapper:
         try:
             check(self._lib.swapper_wait_writes(self._h()))
         finally:
-            with self._lock:
-                for pid in list(self._dest):
-                    if self._status(pid) != ParamStatus.AVAILABLE:
-                        del self._dest[pid]
+            self._prune_dest()
+
+    def _prune_dest(self):
+        """Lets go of the caller buffers of params that no longer hold them (NOT_AVAILABLE:
+        released); an INFLIGHT param's destination is still being read into."""
+        with self._lock:
+            for pid in list(self._dest):
+                if self._status(pid) in (None, ParamStatus.NOT_AVAILABLE):
+                    del self._dest[pid]
 
     def release(self, ids):
         """Gives back the buffers of AVAILABLE params (they become NOT_AVAILABLE)."""

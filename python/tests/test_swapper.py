@@ -266,3 +266,18 @@ def test_reserved_buffers_have_deepspeeds_aligned_length(folder):
         bufs = s.reserve_available_buffers()
         assert [len(b) for b in bufs] == [2048, 2048]
         s.release_reserved_buffers()
+
+
+def test_a_wait_for_writes_keeps_the_destination_of_a_read_in_flight(folder):
+    # wait_writes let go of every caller destination whose param was not AVAILABLE,
+    # including an INFLIGHT one still being read into: its view then failed.
+    with swapper.Swapper(folder, buffer_count=2, buffer_numel=4096) as s:
+        s.get_buffer(1, 100)[:] = 2.5
+        s.swap_out_and_release([1])
+        dest = np.zeros(100, np.float16)
+        s.swap_in([1], async_op=True, dest_buffers=[dest])
+        s.get_buffer(3, 10)
+        s.swap_out([3], async_op=True)
+        s.wait_writes()
+        s.wait_reads()
+        assert (s.param_buffer(1) == 2.5).all()

@@ -18,15 +18,7 @@ fn config(backend: Backend, direct_io: DirectIo) -> IoConfig {
     }
 }
 
-fn backends() -> Vec<Backend> {
-    let mut v = vec![Backend::Blocking];
-    if swapper::sys::uring::Ring::available() {
-        v.push(Backend::IoUring);
-    } else {
-        eprintln!("io_uring is not available on this machine: testing the blocking backend only");
-    }
-    v
-}
+use common::backends;
 
 #[test]
 fn round_trips_every_size_offset_alignment_backend_and_mode() {

@@ -12,15 +12,7 @@ use common::{disk_dir, pattern, TestBuf};
 use swapper::io::IoEngine;
 use swapper::{Backend, DirectIo, IoConfig, Status};
 
-fn backends() -> Vec<Backend> {
-    let mut v = vec![Backend::Blocking];
-    if swapper::sys::uring::Ring::available() {
-        v.push(Backend::IoUring);
-    } else {
-        eprintln!("io_uring is not available on this machine: testing the blocking backend only");
-    }
-    v
-}
+use common::backends;
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| {

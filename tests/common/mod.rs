@@ -128,3 +128,14 @@ pub fn swapper_in(dir: &Path, dtype: swapper::Dtype, buffers: u32, numel: u64) -
     })
     .unwrap()
 }
+
+/// The backends to test: blocking, and io_uring where the kernel allows it.
+pub fn backends() -> Vec<swapper::Backend> {
+    let mut v = vec![swapper::Backend::Blocking];
+    if swapper::sys::uring::Ring::available() {
+        v.push(swapper::Backend::IoUring);
+    } else {
+        eprintln!("io_uring is not available on this machine: testing the blocking backend only");
+    }
+    v
+}

@@ -4,7 +4,7 @@
 The same workload goes through DeepSpeed's own async I/O op
 (deepspeed.ops.op_builder.AsyncIOBuilder().load().aio_handle) and through
 swapper.deepspeed.aio_handle (python/swapper/deepspeed.py over the C library named by
-SWAPPER_LIBRARY), alternating run for run (A B A B ...), with the page cache dropped
+SWAPPER_LIBRARY), alternating run for run (A B, B A, A B, ...), with the page cache dropped (--drop-caches)
 before every timed run. Every implementation runs in a worker process of its own, so
 the CPU time reported for it (getrusage of that process: all its threads, io_uring's
 io-wq workers included) is its own and nobody else's. CPU spent in kernel worker threads
@@ -75,6 +75,50 @@ def human(n):
 
 
 # --------------------------------------------------------------------------- worker
+
+MADV_COLLAPSE = 25  # Linux 6.1: make the range transparent huge pages now
+
+
+def _pages(tensor):
+    """The 2 MiB-aligned part of the tensor's memory: (address, length)."""
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    first = (start + (2 << 20) - 1) & ~((2 << 20) - 1)
+    last = end & ~((2 << 20) - 1)
+    return first, max(0, last - first)
+
+
+def collapse(tensor, kind):
+    """Backs the tensor's memory with 2 MiB pages (madvise MADV_COLLAPSE), so that both
+    implementations move the bytes from the same kind of pages: DeepSpeed's pinned
+    allocator gives 4 KiB pages, libswapper's 2 MiB ones, and a 1 MiB request from 4 KiB
+    pages is split by this disk's segment limit."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    addr, length = _pages(tensor)
+    if length and libc.madvise(addr, length, MADV_COLLAPSE) != 0:
+        err = ctypes.get_errno()
+        print(f"{kind}: madvise(MADV_COLLAPSE) failed: {os.strerror(err)}; the buffer keeps its pages",
+              file=sys.stderr)
+
+
+def huge_kib(tensor):
+    """KiB of the tensor's memory on huge pages (AnonHugePages of its mappings)."""
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                inside = lo < end and hi > start
+            elif inside and head == "AnonHugePages:":
+                total += int(line.split()[1])
+    return total
+
 # A worker owns one handle and one page-locked buffer and carries out the parent's
 # commands, one JSON line each, answering with one JSON line.
 
@@ -106,17 +150,22 @@ def _worker(kind, args):
             return 2
         handle_class = builder.load(verbose=False).aio_handle
     else:
-        sys.path.insert(0, PYTHON_PKG)
+        # SWAPPER_PYTHON_PKG: another checkout's python/ folder (for before/after runs).
+        sys.path.insert(0, os.environ.get("SWAPPER_PYTHON_PKG", PYTHON_PKG))
         from swapper.deepspeed import aio_handle as handle_class
     handle = handle_class(args["block"], args["queue_depth"], False, True, args["threads"])
     example = torch.empty(0, dtype=torch.uint8)
     buf = handle.new_cpu_locked_tensor(args["buffer_bytes"], example)
+    if args["huge_pages"]:
+        collapse(buf, kind)
     gen = torch.Generator().manual_seed(1234)
     buf.copy_(torch.randint(0, 256, (args["buffer_bytes"],), dtype=torch.uint8, generator=gen))
     check = None
     if args["verify"]:
         check = handle.new_cpu_locked_tensor(args["buffer_bytes"], example)
-    answer({"ready": True})
+        if args["huge_pages"]:
+            collapse(check, kind)
+    answer({"ready": True, "huge_kib": huge_kib(buf)})
     for line in sys.stdin:
         cmd = json.loads(line)
         if cmd["op"] == "quit":
@@ -168,7 +217,7 @@ class Worker:
             text=True,
             env=full_env,
         )
-        self._expect("ready")
+        self.ready = self._expect("ready")
 
     def _expect(self, key=None):
         line = self.proc.stdout.readline()
@@ -216,10 +265,15 @@ def kworker_cpu():
     return total / tick
 
 
-def drop_caches():
+DROP = {"pagecache": "1", "all": "3"}
+
+
+def drop_caches(what):
+    """Writes back dirty data, then drops the page cache ("pagecache") or the page cache
+    and the dentry and inode caches ("all")."""
     os.sync()
     with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
+        f.write(DROP[what] + "\n")
 
 
 def remove(files):
@@ -272,21 +326,37 @@ def main():
         help="NAME[:KIND[:VAR=VALUE,...]], KIND ds (DeepSpeed) or ls (libswapper), with extra environment "
         "for that worker; repeat for each (default: --impl ds --impl ls). The first is the reference of the ratios.",
     )
-    p.add_argument("--no-drop-caches", action="store_true", help="do not drop the page cache before each run")
+    p.add_argument(
+        "--huge-pages",
+        action="store_true",
+        help="back both implementations' buffers with 2 MiB pages (MADV_COLLAPSE); by default each uses its "
+        "own pinned allocator (DeepSpeed's gives 4 KiB pages, libswapper's 2 MiB ones)",
+    )
+    p.add_argument(
+        "--drop-caches",
+        choices=("pagecache", "all", "none"),
+        default="pagecache",
+        help="before every run drop the page cache (default: what a swap file's data would be in without "
+        "O_DIRECT), all caches (also the dentries and inodes: every open then reads the file's inode from "
+        "the disk, as after a reboot or under memory pressure; a swapper's files are opened every step, so "
+        "their inodes are normally cached), or none",
+    )
+    p.add_argument("--no-drop-caches", action="store_const", const="none", dest="drop_caches",
+                   help="the same as --drop-caches none")
     p.add_argument("--verify", action="store_true", help="check the bytes read against those written")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, one run, --verify, no cache dropping")
     p.add_argument("--json", help="also write every run's figures to this file")
     a = p.parse_args()
 
     if a.smoke:
-        a.runs, a.seq_size, a.small, a.verify, a.no_drop_caches = 1, "8M", "16x64K,16x8K", True, True
+        a.runs, a.seq_size, a.small, a.verify, a.drop_caches = 1, "8M", "16x64K,16x8K", True, "none"
     impls = a.impl or [parse_impl("ds"), parse_impl("ls")]
     if len({name for name, _, _ in impls}) != len(impls):
         p.error("--impl names must differ")
     if any(kind == "ls" for _, kind, _ in impls) and not os.environ.get("SWAPPER_LIBRARY"):
         p.error("set SWAPPER_LIBRARY to the libswapper.so to measure (cargo build --release --lib makes it)")
-    if not a.no_drop_caches and os.geteuid() != 0:
-        p.error("dropping the page cache needs root (or pass --no-drop-caches, and the reads measure the cache)")
+    if a.drop_caches != "none" and os.geteuid() != 0:
+        p.error("dropping the page cache needs root (or pass --drop-caches none)")
 
     workloads = []
     for w in a.workloads.split(","):
@@ -308,16 +378,18 @@ def main():
         "threads": a.threads,
         "buffer_bytes": max(count * size for _, count, size in workloads),
         "verify": a.verify,
+        "huge_pages": a.huge_pages,
     }
     os.makedirs(a.dir, exist_ok=True)
 
     import platform
 
     print(f"vs_deepspeed: {time.strftime('%Y-%m-%d %H:%M %Z')}, {platform.node()}, Linux {platform.release()}")
-    fs = subprocess.run(["stat", "-f", "-c", "%T", a.dir], capture_output=True, text=True).stdout.strip()
+    fs = subprocess.run(["findmnt", "-n", "-o", "FSTYPE,SOURCE", "-T", a.dir], capture_output=True,
+                        text=True).stdout.strip() or "file system unknown"
     print(f"folder {a.dir} ({fs}); block {human(settings['block'])}, queue depth {a.queue_depth}, "
           f"{a.threads} threads; {a.runs} runs each, alternating; page cache "
-          f"{'kept' if a.no_drop_caches else 'dropped before every run'}")
+          f"{ {'none': 'kept', 'pagecache': 'dropped before every run', 'all': 'and dentry/inode caches dropped before every run'}[a.drop_caches] }")
     print("implementations: " + ", ".join(
         f"{name} ({'DeepSpeed aio_handle' if kind == 'ds' else 'swapper.deepspeed.aio_handle'}"
         f"{''.join(' ' + k + '=' + v for k, v in env.items())})" for name, kind, env in impls))
@@ -328,6 +400,9 @@ def main():
     try:
         for name, kind, env in impls:
             workers.append(Worker(name, kind, env, settings))
+        print("buffers: " + ", ".join(
+            f"{w.name} {w.ready['huge_kib'] >> 10} of {settings['buffer_bytes'] >> 20} MiB on huge pages"
+            for w in workers) + (" (--huge-pages)" if a.huge_pages else " (each library's own allocator)"))
         results = []
         for label, count, size in workloads:
             files = {w.name: [os.path.join(a.dir, f"{w.name}.{i}.swp") for i in range(count)] for w in workers}
@@ -336,15 +411,18 @@ def main():
             for phase in phases:
                 rows = {w.name: [] for w in workers}
                 for run in range(a.runs):
-                    for w in workers:
+                    # A B, then B A: the runs right after another implementation's are
+                    # slower on this disk (its metadata writeback), so no side always
+                    # comes second.
+                    for w in (workers if run % 2 == 0 else workers[::-1]):
                         fl = files[w.name]
                         if phase == "new":
                             remove(fl)
                         elif any(not os.path.exists(f) or os.path.getsize(f) < size for f in fl):
                             remove(fl)
                             w.run("write", fl, size)  # untimed: the files must exist
-                        if not a.no_drop_caches:
-                            drop_caches()
+                        if a.drop_caches != "none":
+                            drop_caches(a.drop_caches)
                         k0 = kworker_cpu()
                         r = w.run("read" if phase == "read" else "write", fl, size)
                         k1 = kworker_cpu()

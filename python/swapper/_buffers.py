@@ -15,9 +15,14 @@ def address_of(obj, writable):
     which must be contiguous CPU tensors). `writable` requires writable memory.
     """
     if hasattr(obj, "data_ptr") and hasattr(obj, "nbytes") and not isinstance(obj, np.ndarray):
-        device = getattr(obj, "device", None)
-        if device is not None and getattr(device, "type", "cpu") != "cpu":
-            raise TypeError(f"only CPU memory can be read or written, got a tensor on {device}")
+        # torch's is_cpu is a plain flag; its device.type builds a string (this runs once
+        # per I/O operation of the DeepSpeed drop-in, so it counts for small ones).
+        is_cpu = getattr(obj, "is_cpu", None)
+        if is_cpu is None:
+            device = getattr(obj, "device", None)
+            is_cpu = device is None or getattr(device, "type", "cpu") == "cpu"
+        if not is_cpu:
+            raise TypeError(f"only CPU memory can be read or written, got a tensor on {obj.device}")
         is_contiguous = getattr(obj, "is_contiguous", None)
         if is_contiguous is not None and not is_contiguous():
             raise ValueError("the tensor must be contiguous")

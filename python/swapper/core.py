@@ -306,10 +306,10 @@ class IoHandle:
         h = self._h()
         if async_op:
             with self._lock:
-                check(fn(h, c_void_p(address), size, path, file_offset, True))
+                check(fn(h, address, size, path, file_offset, True))
                 self._inflight.append(keep)
         else:
-            check(fn(h, c_void_p(address), size, path, file_offset, False))
+            check(fn(h, address, size, path, file_offset, False))
 
     def pread(self, buffer, path, file_offset=0, async_op=False, nbytes=None):
         """Reads `nbytes` (default: the whole buffer) at `file_offset` of `path` into

@@ -99,7 +99,7 @@ impl IoHandle {
         }
         let snapshot: Vec<Ticket> = self.pending.lock().unwrap_or_else(|e| e.into_inner()).clone();
         for t in &snapshot {
-            let _ = t.wait();
+            let _ = t.wait_here();
         }
         let mine: HashSet<usize> = snapshot.iter().map(|t| Arc::as_ptr(&t.0) as usize).collect();
         let mut reaped = Vec::new();
@@ -113,7 +113,7 @@ impl IoHandle {
                 !take
             });
         }
-        let errors: Vec<Error> = reaped.iter().filter_map(|t| t.wait().err()).collect();
+        let errors: Vec<Error> = reaped.iter().filter_map(|t| t.wait_here().err()).collect();
         let completed = reaped.len() as u64;
         let Some(first) = errors.first() else {
             return (completed, usable);

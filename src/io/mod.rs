@@ -62,6 +62,10 @@ struct Queue {
     /// Set by [`IoEngine::close`]: no new operation is accepted, and the workers stop
     /// once the queue is empty.
     shutdown: bool,
+    /// Workers asleep in [`Shared::claim`]: a submit wakes one only when there is one
+    /// (a condition variable's notify is a system call even with nobody waiting), and a
+    /// woken worker that leaves requests behind wakes the next.
+    sleeping: usize,
 }
 
 impl Shared {
@@ -70,6 +74,7 @@ impl Shared {
     /// (or, without `block`, when the queue is empty).
     pub(crate) fn claim(&self, block: bool) -> Option<(Arc<Op>, usize)> {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut woken = false;
         loop {
             if let Some(op) = q.ops.front() {
                 let i = op.next.fetch_add(1, Ordering::Relaxed);
@@ -77,18 +82,26 @@ impl Shared {
                 if i + 1 >= op.request_count() {
                     q.ops.pop_front();
                 }
+                // Pass the wake-up on: another sleeping worker takes what is left.
+                let more = woken && !q.ops.is_empty() && q.sleeping > 0;
+                drop(q);
+                if more {
+                    self.work.notify_one();
+                }
                 return Some((op, i));
             }
             if q.shutdown || !block {
                 return None;
             }
+            q.sleeping += 1;
             q = self.work.wait(q).unwrap_or_else(|e| e.into_inner());
+            q.sleeping -= 1;
+            woken = true;
         }
     }
 
-    /// Whether the engine may take calls: `BadState` in a forked child (the workers live
-    /// in the parent), `Panic` once a worker has panicked.
-    fn usable(&self) -> Result<()> {
+    /// Whether the calling process is the one that started the workers (one getpid).
+    fn same_process(&self) -> Result<()> {
         let me = std::process::id();
         if me != self.pid {
             return Err(Error::bad_state(format!(
@@ -96,10 +109,22 @@ impl Shared {
                 self.pid
             )));
         }
+        Ok(())
+    }
+
+    /// The error every call returns once a worker has panicked.
+    fn not_broken(&self) -> Result<()> {
         match self.broken.get() {
             Some(e) => Err(e.clone()),
             None => Ok(()),
         }
+    }
+
+    /// Whether the engine may take calls: `BadState` in a forked child (the workers live
+    /// in the parent), `Panic` once a worker has panicked.
+    fn usable(&self) -> Result<()> {
+        self.same_process()?;
+        self.not_broken()
     }
 
     /// Called by a worker that panicked, after it has finished its own requests: marks the
@@ -163,11 +188,14 @@ impl Ticket {
     /// worker is in the parent); `Panic` when the engine broke (a worker panicked), even
     /// for an operation that completed.
     pub fn wait(&self) -> Result<()> {
-        if std::process::id() != self.1.pid {
-            return self.1.usable();
-        }
+        self.1.same_process()?;
+        self.wait_here()
+    }
+
+    /// As [`Ticket::wait`], for a caller that has checked it runs in the engine's process.
+    pub(crate) fn wait_here(&self) -> Result<()> {
         let result = self.0.wait();
-        self.1.usable()?;
+        self.1.not_broken()?;
         result
     }
 
@@ -250,6 +278,7 @@ impl IoEngine {
             queue: Mutex::new(Queue {
                 ops: VecDeque::new(),
                 shutdown: false,
+                sleeping: 0,
             }),
             work: Condvar::new(),
             fallback_logged: AtomicBool::new(false),
@@ -355,10 +384,13 @@ impl IoEngine {
                     "the I/O engine is closed (its handle was destroyed)",
                 ));
             }
-            self.shared.usable()?;
+            self.shared.not_broken()?;
             q.ops.push_back(Arc::clone(&op));
+            let wake = q.sleeping > 0;
             drop(q);
-            self.shared.work.notify_all();
+            if wake {
+                self.shared.work.notify_one();
+            }
         }
         Ok(Ticket(op, Arc::clone(&self.shared)))
     }

@@ -175,6 +175,9 @@ struct Outcome {
     finished: bool,
     error: Option<Error>,
     more_errors: u64,
+    /// Threads blocked in [`Op::wait`]: the last request wakes them only if there are any
+    /// (a notify is a system call even with nobody waiting).
+    waiters: usize,
 }
 
 /// An operation under way. Workers claim its requests one by one (under the engine's
@@ -379,7 +382,9 @@ impl Op {
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
             let mut o = self.outcome.lock().unwrap_or_else(|e| e.into_inner());
             o.finished = true;
-            self.done.notify_all();
+            if o.waiters > 0 {
+                self.done.notify_all();
+            }
         }
     }
 
@@ -387,7 +392,9 @@ impl Op {
     pub(crate) fn wait(&self) -> Result<()> {
         let mut o = self.outcome.lock().unwrap_or_else(|e| e.into_inner());
         while !o.finished {
+            o.waiters += 1;
             o = self.done.wait(o).unwrap_or_else(|e| e.into_inner());
+            o.waiters -= 1;
         }
         match &o.error {
             None => Ok(()),

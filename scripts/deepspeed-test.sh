@@ -32,3 +32,20 @@ start=$(date +%s)
 SWAPPER_REQUIRE_DEEPSPEED=1 "$VENV/bin/python" -m pytest -q \
     python/tests/test_deepspeed_differential.py python/tests/deepspeed_training.py "$@"
 echo "deepspeed training test: $(( $(date +%s) - start )) s"
+
+# The side-by-side benchmark against DeepSpeed's aio_handle, at smoke-test sizes: it must
+# run both implementations, verify the bytes each read back and print the ratios.
+smoke_dir=$(mktemp -d "$PWD/$TARGET/vs-deepspeed.XXXXXX")
+case "$TARGET" in /*) smoke_dir=$(mktemp -d "$TARGET/vs-deepspeed.XXXXXX") ;; esac
+trap 'rm -rf "$smoke_dir"' EXIT
+smoke=$("$VENV/bin/python" tools/vs_deepspeed.py --smoke --dir "$smoke_dir" 2>/dev/null)
+echo "$smoke" | grep -E '^==|ls/ds:'
+if echo "$smoke" | grep -q '^vs_deepspeed: done' \
+    && [ "$(echo "$smoke" | grep -c 'bytes verified')" -eq 6 ] \
+    && [ "$(echo "$smoke" | grep -c 'ls/ds: throughput')" -eq 9 ]; then
+    echo "1 passed, 0 failed: tools/vs_deepspeed.py --smoke"
+else
+    echo "$smoke"
+    echo "0 passed, 1 failed: tools/vs_deepspeed.py --smoke"
+    exit 1
+fi

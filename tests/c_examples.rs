@@ -283,14 +283,37 @@ fn small_ops_prints_its_rate_and_a_valid_fio_command() {
 
 /// mpirun with what this machine needs: root is allowed, 4 ranks on fewer cores are
 /// allowed, and a hang ends after two minutes.
+///
+/// OpenMPI 4.1 (Debian 12's) sometimes reports a rank that called MPI_Finalize and
+/// exited 0 as "process rank N with PID 0 ... exiting improperly" and fails the job
+/// (open-mpi/ompi#7833, #9389: a race in its own exit bookkeeping; seen here about once
+/// in ten runs of mpi_shards, every rank having returned 0). A run that fails with
+/// exactly that message, and nothing else wrong, is run again (at most twice more).
 fn mpirun(np: u32, bin: &Path, args: &[&str]) -> Output {
-    Command::new("mpirun")
-        .args(["--allow-run-as-root", "--oversubscribe", "--timeout", "120"])
-        .args(["-np", &np.to_string()])
-        .arg(bin)
-        .args(args)
-        .output()
-        .expect("mpirun runs")
+    let mut attempt = 0;
+    loop {
+        let out = Command::new("mpirun")
+            .args(["--allow-run-as-root", "--oversubscribe", "--timeout", "120"])
+            .args(["-np", &np.to_string()])
+            .arg(bin)
+            .args(args)
+            .output()
+            .expect("mpirun runs");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let launcher_race = !out.status.success()
+            && text.contains("with PID 0 on")
+            && text.contains("exiting improperly")
+            && !text.contains("FAILED");
+        attempt += 1;
+        if !launcher_race || attempt == 3 {
+            return out;
+        }
+        eprintln!("mpirun misreported a rank's exit (OpenMPI's exit race, PID 0); running it again");
+    }
 }
 
 #[test]

@@ -247,9 +247,9 @@ class Worker:
 
 
 def kworker_cpu():
-    """CPU seconds used so far by all kworker threads (system-wide)."""
+    """CPU seconds used so far by each kworker thread (system-wide): {pid: seconds}."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+    used = {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -261,8 +261,14 @@ def kworker_cpu():
         comm = stat[stat.index("(") + 1 : stat.rindex(")")]
         if comm.startswith("kworker"):
             fields = stat[stat.rindex(")") + 2 :].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / tick
+            used[pid] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return used
+
+
+def kworker_delta(before, after):
+    """CPU seconds the kworkers used between two samples: threads that exited meanwhile
+    are left out (their last figures are gone), threads that started count in full."""
+    return sum(t - before.get(pid, 0.0) for pid, t in after.items())
 
 
 DROP = {"pagecache": "1", "all": "3"}
@@ -435,7 +441,7 @@ def main():
                             "run": run,
                             "gbps": count * size / r["seconds"] / 1e9,
                             "cpu_per_gib": r["cpu"] / gib,
-                            "kworker_per_gib": (k1 - k0) / gib,
+                            "kworker_per_gib": kworker_delta(k0, k1) / gib,
                             "seconds": r["seconds"],
                         }
                         rows[w.name].append(row)

@@ -10,6 +10,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${SWAPPER_DEEPSPEED_VENV:-$HOME/.cache/libswapper/deepspeed-venv}"
 DEEPSPEED_VERSION=0.19.8
+# DeepSpeed's op is built once, into a folder of ours, with the venv's ninja (PATH below):
+# in torch's shared ~/.cache/torch_extensions another torch, DeepSpeed or ninja (Debian's
+# 1.11 hashes command lines differently from pip's 1.13) would rebuild it, minutes each.
+export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$HOME/.cache/libswapper/torch-extensions}"
 if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi

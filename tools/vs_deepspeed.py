@@ -31,8 +31,8 @@ Getting torch and DeepSpeed when they are missing: use the cached venv
   python3 -m venv ~/.cache/libswapper/deepspeed-venv
   ~/.cache/libswapper/deepspeed-venv/bin/pip install torch --index-url https://download.pytorch.org/whl/cpu
   ~/.cache/libswapper/deepspeed-venv/bin/pip install deepspeed numpy
-DeepSpeed's async_io op is compiled on first use (a minute or more; cached under
-~/.cache/torch_extensions): it needs a C++ compiler, ninja (apt install ninja-build or pip
+DeepSpeed's async_io op is compiled on first use (a few minutes; cached under
+$TORCH_EXTENSIONS_DIR, default ~/.cache/libswapper/torch-extensions, as in the tests): it needs a C++ compiler, ninja (apt install ninja-build or pip
 install ninja) and libaio's headers (apt install libaio-dev).
 """
 
@@ -48,6 +48,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 PYTHON_PKG = os.path.join(os.path.dirname(HERE), "python")
 VENV = "~/.cache/libswapper/deepspeed-venv"
+TORCH_EXTENSIONS = "~/.cache/libswapper/torch-extensions"
 
 HOW_TO_GET = f"""torch and deepspeed are needed for this benchmark. Either run it with the cached venv:
     {VENV}/bin/python {os.path.relpath(os.path.abspath(__file__))} ...
@@ -139,6 +140,11 @@ def _worker(kind, args):
         answer({"error": f"cannot import torch ({e}).\n{HOW_TO_GET}"})
         return 2
     if kind == "ds":
+        # DeepSpeed compiles its op with the first ninja on PATH, and ninja 1.11 (Debian's)
+        # and 1.13 (pip's, in the venv) hash command lines differently: each takes the
+        # other's build for stale and rebuilds the whole op (minutes at -O0). Use this
+        # interpreter's venv tools first, as an activated venv would.
+        os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
         try:
             from deepspeed.ops.op_builder import AsyncIOBuilder
         except ImportError as e:
@@ -315,6 +321,9 @@ def main():
     if len(sys.argv) >= 2 and sys.argv[1] == "--worker":
         return _worker(sys.argv[2], json.loads(sys.argv[3]))
     sys.stdout.reconfigure(line_buffering=True)
+    # DeepSpeed's op builds once into the folder scripts/deepspeed-test.sh uses, not into
+    # torch's shared default, where another torch, DeepSpeed or ninja would rebuild it.
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.expanduser(TORCH_EXTENSIONS))
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dir", required=True, help="folder for the files, on the file system to measure")
     p.add_argument("--runs", type=int, default=5, help="runs per implementation and phase (default 5)")

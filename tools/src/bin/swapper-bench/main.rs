@@ -312,13 +312,7 @@ fn io_bench(args: IoArgs) -> Result<()> {
                     ours.run(path, write, size, &bytes_msg(label))
                 }
                 .with_context(|| format!("{side} {op}, run {run}"))?;
-                results
-                    .entry(side)
-                    .or_default()
-                    .entry(op)
-                    .or_default()
-                    .runs
-                    .push(s);
+                report::push(&mut results, side, op, s);
                 pb.inc(1);
             }
         }

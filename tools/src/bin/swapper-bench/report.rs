@@ -28,6 +28,14 @@ impl Sample {
             cpu_s_per_gib: cpu_s / (bytes as f64 / GIB).max(1e-12),
         }
     }
+
+    /// The run's figures as CSV fields: bytes,seconds,mib_s,cpu_s,cpu_s_per_gib.
+    pub fn csv_fields(&self) -> String {
+        format!(
+            "{},{:.6},{:.3},{:.6},{:.6}",
+            self.bytes, self.seconds, self.mib_s, self.cpu_s, self.cpu_s_per_gib
+        )
+    }
 }
 
 /// Median, min and max of one figure over the runs.
@@ -84,6 +92,17 @@ const SIDES: [&str; 4] = ["libswapper", "swapper", "engine", "fio"];
 
 /// Results by side ("libswapper", "fio") and then by direction ("write", "read").
 pub type Results = BTreeMap<&'static str, BTreeMap<&'static str, Series>>;
+
+/// Adds one run of `side`'s `op` to the results.
+pub fn push(results: &mut Results, side: &'static str, op: &'static str, s: Sample) {
+    results
+        .entry(side)
+        .or_default()
+        .entry(op)
+        .or_default()
+        .runs
+        .push(s);
+}
 
 /// libswapper's median MiB/s over fio's, per direction measured by both.
 pub fn ratios(results: &Results) -> BTreeMap<&'static str, f64> {
@@ -194,15 +213,7 @@ pub fn csv(results: &Results) -> String {
     let mut out = String::from("side,op,run,bytes,seconds,mib_s,cpu_s,cpu_s_per_gib\n");
     for (side, op, s) in ordered(results) {
         for (i, r) in s.runs.iter().enumerate() {
-            out.push_str(&format!(
-                "{side},{op},{},{},{:.6},{:.3},{:.6},{:.6}\n",
-                i + 1,
-                r.bytes,
-                r.seconds,
-                r.mib_s,
-                r.cpu_s,
-                r.cpu_s_per_gib
-            ));
+            out.push_str(&format!("{side},{op},{},{}\n", i + 1, r.csv_fields()));
         }
     }
     out

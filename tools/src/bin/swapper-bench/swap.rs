@@ -22,7 +22,7 @@ use swapper::sys::RawBuf;
 use swapper::{Dtype, ParamStatus, Settings, Status, Swapper};
 
 use crate::ours::{cpu_seconds, fill_random, Ours};
-use crate::report::{self, Results, Sample, Spread};
+use crate::report::{self, push, Results, Sample, Spread};
 use crate::{cleanup, direct_io_supported, drop_page_cache, fio, units, IoFlags};
 
 /// Bytes checked at each end of a param.
@@ -633,16 +633,6 @@ pub fn run(args: SwapArgs) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn push(results: &mut Results, side: &'static str, op: &'static str, s: Sample) {
-    results
-        .entry(side)
-        .or_default()
-        .entry(op)
-        .or_default()
-        .runs
-        .push(s);
 }
 
 fn ours_op_size(on: bool, config: swapper::IoConfig, total: u64) -> serde_json::Value {

@@ -285,17 +285,13 @@ pub fn run(args: TuneArgs) -> Result<()> {
             for (op, s) in &p.series {
                 for (i, r) in s.runs.iter().enumerate() {
                     println!(
-                        "{},{},{},{},{op},{},{},{:.6},{:.3},{:.6},{:.6}",
+                        "{},{},{},{},{op},{},{}",
                         p.block_size,
                         p.queue_depth,
                         p.threads,
                         p.backend,
                         i + 1,
-                        r.bytes,
-                        r.seconds,
-                        r.mib_s,
-                        r.cpu_s,
-                        r.cpu_s_per_gib
+                        r.csv_fields()
                     );
                 }
             }

@@ -4,6 +4,8 @@
 //! - [`sys`]: the unsafe boundary (aligned memory, files, io_uring, fault injection).
 //! - [`io`]: the asynchronous I/O engine: operations split into `block_size`
 //!   requests, spread over worker threads, `queue_depth` in flight each.
+//! - [`memory_budget`]: what the process can page-lock (cgroups, MemAvailable,
+//!   RLIMIT_MEMLOCK), checked before anything is pinned.
 //! - [`swapper`]: the parameter swapper (params, buffer pool, swap folder) over the engine;
 //!   [`convert`] turns fp32 into fp16 / bf16 for its partitioned path.
 //! - [`ffi`]: the C ABI; it checks pointers, catches panics, converts and delegates.
@@ -56,6 +58,7 @@ pub mod ffi;
 pub mod io;
 #[macro_use]
 pub mod log;
+pub mod memory_budget;
 pub mod status;
 pub mod swapper;
 pub mod sys;

@@ -63,9 +63,10 @@ pub mod swap_in;
 pub mod swap_out;
 pub mod wait;
 
+use std::ops::Deref;
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard};
 
+use crate::claim::{Bookkeeping, Held};
 use crate::config::IO_ALIGNMENT;
 use crate::io::{IoEngine, Request, Ticket};
 use crate::status::{Error, Result, Status};
@@ -75,14 +76,14 @@ use folder::SwapFolder;
 pub use param::ParamStatus;
 use param::Slot;
 use pool::Pool;
-use state::State;
+use state::{ParamClaim, State};
 pub use stats::Stats;
 
 /// The parameter swapper. Dropping it waits for every read and write in flight.
 pub struct Swapper {
     // Field order matters: the engine is dropped (and drained) before the memory.
     engine: IoEngine,
-    state: Mutex<State>,
+    state: Bookkeeping<State>,
     pool: Pool,
     folder: SwapFolder,
     config: Settings,
@@ -109,9 +110,10 @@ impl Swapper {
                 "not page-locked"
             }
         );
+        let name = folder.path().display().to_string();
         Ok(Swapper {
             engine,
-            state: Mutex::new(State::new(pool.count())),
+            state: Bookkeeping::new(State::new(pool.count(), name.clone()), format!("swapper {name}")),
             pool,
             folder,
             elem: config.dtype.size(),
@@ -119,9 +121,32 @@ impl Swapper {
         })
     }
 
-    /// The bookkeeping, locked. Held only for bookkeeping (see the module doc).
-    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    /// The bookkeeping, locked. Held only for bookkeeping (see the module doc); `Panic`
+    /// once a panic broke the swapper.
+    pub(crate) fn lock(&self) -> Result<Held<'_, State>> {
+        self.state.lock()
+    }
+
+    /// The bookkeeping, locked for reading only (stats, dumps), even when broken.
+    pub(crate) fn peek(&self) -> impl Deref<Target = State> + '_ {
+        self.state.peek()
+    }
+
+    /// Opens a claim, holding the lock (see the module doc); `Panic` once broken.
+    pub(crate) fn claim(&self) -> Result<ParamClaim<'_>> {
+        self.state.claim()
+    }
+
+    /// `Panic` once a panic inside a call broke the swapper (every call then fails with
+    /// it; only destroying the swapper works), else Ok.
+    pub fn usable(&self) -> Result<()> {
+        self.state.usable()
+    }
+
+    /// A step of a call, where a test may inject a panic (feature `fault-injection`;
+    /// nothing otherwise): named `<swap folder>|<call>:<step>`.
+    fn step(&self, call: &str, step: &str) {
+        crate::sys::fault::point(|| format!("{}|{call}:{step}", self.folder.path().display()));
     }
 
     /// The settings.

@@ -180,9 +180,11 @@ impl State {
         }
     }
 
-    /// Runs one transition, marked as changing while it runs.
+    /// Runs one transition, marked as changing while it runs. (Tests may inject a panic
+    /// here, `<swap folder>|change`: the middle of a transition.)
     fn change<R>(&mut self, f: impl FnOnce(&mut State) -> R) -> R {
         self.changing = true;
+        crate::sys::fault::point(|| format!("{}|change", self.tag));
         let r = f(self);
         self.changing = false;
         r

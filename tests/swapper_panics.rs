@@ -172,7 +172,7 @@ impl World {
     fn check_holds(&self, id: u64, what: &str) {
         let got = self.bytes(id);
         assert!(
-            self.may_hold[&id].iter().any(|b| *b == got),
+            self.may_hold[&id].contains(&got),
             "{what}: param {id} holds bytes it was never given"
         );
     }

@@ -52,6 +52,7 @@ macro_rules! c_enum {
     };
 }
 
+mod claim;
 pub mod config;
 pub mod convert;
 pub mod ffi;

@@ -166,6 +166,17 @@ fn a_pool_above_the_memory_cgroup_limit_fails_at_once() {
                 fill_pool(&s, 4, 32 * MIB);
                 let (buf, _) = s.param_buffer(0).unwrap();
                 assert_eq!(swapper::sys::alloc::find_allocation(buf.addr(), 0), Some(true));
+                // The pinned partitioned swap space is checked as well: 300 MiB of fp16
+                // partitions do not fit beside the 256 MiB pool (512 MiB limit).
+                let e = s.reserve_partitioned_swap_space(&[150 * MIB]).unwrap_err();
+                assert_eq!(e.status(), Status::OutOfMemory, "{e}");
+                assert!(
+                    e.message()
+                        .contains("the partitioned swap space (157286400 elements)"),
+                    "{e}"
+                );
+                assert!(e.message().contains("lower the partition sizes"), "{e}");
+                s.reserve_partitioned_swap_space(&[16 * MIB]).unwrap();
             }
             other => panic!("unknown scenario {other}"),
         }

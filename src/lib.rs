@@ -57,6 +57,7 @@ pub mod io;
 #[macro_use]
 pub mod log;
 pub mod status;
+pub mod store;
 pub mod swapper;
 pub mod sys;
 

@@ -1,7 +1,7 @@
 //! A param: its state, where its bytes are in memory and on disk, and the one I/O it may
 //! have under way.
 
-use crate::io::Ticket;
+use crate::store::StoreTicket as Ticket;
 use crate::sys::RawBuf;
 
 use super::checksum::Checksum;

@@ -10,8 +10,8 @@
 use std::sync::Arc;
 
 use crate::convert;
-use crate::io::Ticket;
 use crate::status::{Error, Result, Status};
+use crate::store::StoreTicket as Ticket;
 use crate::sys::alloc::Memory;
 
 use super::batch::{self, combine, Unknown};

@@ -1,7 +1,7 @@
 //! Swap-in: reading NOT_AVAILABLE params back, into pool buffers or the caller's.
 
-use crate::io::Ticket;
 use crate::status::{Error, Result, Status};
+use crate::store::StoreTicket as Ticket;
 use crate::sys::RawBuf;
 
 use super::batch::{self, Unknown};

@@ -139,3 +139,38 @@ pub fn backends() -> Vec<swapper::Backend> {
     }
     v
 }
+
+/// What the store holds of param `id`: its extents' bytes read straight from the extent
+/// files, in order (reserved length: the param's bytes, then padding).
+pub fn stored_bytes(s: &swapper::Swapper, id: u64) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut out = Vec::new();
+    for e in s.param_locations(id) {
+        let f = std::fs::File::open(&e.path).unwrap();
+        let mut buf = vec![0u8; e.len as usize];
+        f.read_exact_at(&mut buf, e.file_offset).unwrap();
+        out.extend_from_slice(&buf);
+    }
+    out
+}
+
+/// Flips byte `at` of param `id` where the store keeps it (in its extent file).
+pub fn flip_stored_byte(s: &swapper::Swapper, id: u64, mut at: u64) -> std::path::PathBuf {
+    use std::os::unix::fs::FileExt;
+    for e in s.param_locations(id) {
+        if at < e.len {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&e.path)
+                .unwrap();
+            let mut b = [0u8];
+            f.read_exact_at(&mut b, e.file_offset + at).unwrap();
+            b[0] ^= 0x40;
+            f.write_all_at(&b, e.file_offset + at).unwrap();
+            return e.path;
+        }
+        at -= e.len;
+    }
+    panic!("param {id} has no byte {at} in the store");
+}

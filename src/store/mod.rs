@@ -671,13 +671,13 @@ mod tests {
         s.reserve(7, len as u64, false).unwrap();
         let loc = s.locations(7);
         assert_eq!(loc.iter().map(|e| e.drive).collect::<Vec<_>>(), [0, 1]);
-        let mut data = filled(len, 3);
+        let data = filled(len, 3);
         let want = crc32c::crc32c(&data.as_slice()[..len - 100]);
         // SAFETY: `data` outlives the wait.
         let t = unsafe { s.submit(7, true, data.raw(), 0, len as u64, Some(len as u64 - 100)) }.unwrap();
         assert_eq!(t.wait().unwrap(), Some(want));
         // A range across the drive boundary, read back.
-        let mut got = AlignedBuf::new(2 << 20, false).unwrap();
+        let got = AlignedBuf::new(2 << 20, false).unwrap();
         // SAFETY: `got` outlives the wait.
         let t = unsafe { s.submit(7, false, got.raw(), 2 << 20, 2 << 20, Some(2 << 20)) }.unwrap();
         let crc = t.wait().unwrap();
@@ -688,10 +688,12 @@ mod tests {
             .iter()
             .all(|&(o, n, c)| crc32c::crc32c(&got.as_slice()[o as usize..(o + n) as usize]) == c));
         // Out of range, unknown key.
+        // SAFETY: refused before any I/O; the buffer outlives the call anyway.
         let e = unsafe { s.submit(7, false, got.raw(), 5 << 20, 2 << 20, None) }
             .err()
             .unwrap();
         assert_eq!(e.status(), Status::InvalidArgument);
+        // SAFETY: refused before any I/O; the buffer outlives the call anyway.
         let e = unsafe { s.submit(8, false, got.raw(), 0, 4096, None) }
             .err()
             .unwrap();
@@ -758,6 +760,7 @@ mod tests {
         let e = s.check(1).err().unwrap();
         assert!(e.message().contains("replaced by another file"), "{e}");
         std::fs::remove_file(&fresh).unwrap();
+        // SAFETY: refused before any I/O; the buffer outlives the call anyway.
         let e = unsafe { s.submit(1, false, b.raw(), 0, 4096, None) }
             .err()
             .unwrap();

@@ -510,7 +510,9 @@ impl Store {
     /// range if asked; returns at once. `offset` should be a multiple of 4 KiB and `len`
     /// too except at the tensor's end (anything else works, through buffered I/O, but
     /// slower). The range is split at the tensor's pieces, each queued on its drive.
-    /// Before queueing, each extent file involved is checked ([`Store::check`]). If a
+    /// Before queueing, each extent file involved is checked ([`Store::check`]); a write
+    /// of the whole tensor whose file is found damaged goes to a new place instead (the
+    /// damage is logged), any other operation fails with the check's error. If a
     /// piece cannot be queued, the pieces already queued are waited for before the error
     /// returns, so the buffer is free again.
     ///
@@ -526,8 +528,20 @@ impl Store {
         len: u64,
         checksum_len: Option<u64>,
     ) -> Result<StoreTicket> {
-        let segs = self.segments(key, offset, len)?;
-        self.check_segments(key, &segs)?;
+        let mut segs = self.segments(key, offset, len)?;
+        if let Err(e) = self.check_segments(key, &segs) {
+            // A write of the whole tensor does not need what its old place held: it goes
+            // to a new place (the damaged file takes nothing new). Anything else fails.
+            let bytes = self.reserved(key).unwrap_or(0);
+            let whole = write && offset == 0 && align_up(len, IO_ALIGNMENT) >= bytes;
+            if !whole || e.status() != Status::CorruptData {
+                return Err(e);
+            }
+            crate::log!(Warn, "{}; writing key {key} to a new place", e.message());
+            self.reserve(key, bytes, false)?;
+            segs = self.segments(key, offset, len)?;
+            self.check_segments(key, &segs)?;
+        }
         let mut parts: Vec<Part> = Vec::with_capacity(segs.len());
         for s in &segs {
             let drive = &self.drives[s.drive];

@@ -55,6 +55,11 @@
 #define BF16_NAN 65535
 
 /**
+ * The unit a tensor is split in, and the alignment of its chunks: 1 MiB.
+ */
+#define SPLIT_UNIT (1 << 20)
+
+/**
  * DeepSpeed's `offload_param.buffer_count`.
  */
 #define SWAPPER_DEFAULT_BUFFER_COUNT 5
@@ -325,10 +330,13 @@ typedef void (*SwapperFreeFn)(void *ptr, uint64_t nbytes, void *user_data);
  */
 typedef struct {
   /**
-   * Root folder of the swap files (required; must exist, be a real folder, not a
-   * symbolic link). The swapper uses `<nvme_path>/zero_stage_3/<dtype>params/rank<R>/`,
-   * created with mode 0700, locked for the handle's life and emptied at creation.
-   * Borrowed during `swapper_create` only. DeepSpeed `offload_param.nvme_path`.
+   * Root folder of the swap files (required unless `nvme_paths` is given; must exist,
+   * be a real folder, not a symbolic link). The swapper uses
+   * `<nvme_path>/zero_stage_3/<dtype>params/rank<R>/`, created with mode 0700, locked for
+   * the handle's life and emptied at creation; the params' bytes go into a few large
+   * extent files there (`extent-<k>.swp`), not a file per param. Borrowed during
+   * `swapper_create` only. DeepSpeed `offload_param.nvme_path`. With `nvme_paths` set it
+   * may be NULL; if not NULL it must equal `nvme_paths[0]`.
    */
   const char *nvme_path;
   /**
@@ -379,6 +387,19 @@ typedef struct {
    * Passed to `alloc_fn` and `free_fn`; never touched by libswapper.
    */
   void *allocator_user_data;
+  /**
+   * Several drives: `nvme_path_count` root folders, one per drive (each as `nvme_path`
+   * says, with its own rank folder, lock and I/O queue). Params are placed across them
+   * (small ones whole on one drive, large ones split in 1 MiB units) so that each drive
+   * carries an equal share of the bytes. NULL (the default) with a count of 0: the single
+   * `nvme_path`. Borrowed during `swapper_create` only. DeepSpeed `offload_param.nvme_path`
+   * given as a list.
+   */
+  const char *const *nvme_paths;
+  /**
+   * Entries in `nvme_paths` (0: use `nvme_path`). Default 0.
+   */
+  size_t nvme_path_count;
 } SwapperConfig;
 
 /**

@@ -50,6 +50,7 @@ macro_rules! c_enum {
     };
 }
 
+mod claim;
 pub mod config;
 pub mod convert;
 pub mod ffi;

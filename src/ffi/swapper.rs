@@ -147,8 +147,12 @@ impl TryFrom<&SwapperConfig> for Settings {
 
 static HANDLES: LazyLock<Registry<Core>> = LazyLock::new(|| Registry::new("Swapper handle", 2));
 
+/// The live swapper behind a handle; `SWAPPER_STATUS_PANIC` once a panic inside an
+/// earlier call broke it (every call but `swapper_destroy` then fails so).
 fn handle(s: *const Swapper) -> Result<std::sync::Arc<Core>> {
-    HANDLES.get(s as usize)
+    let core = HANDLES.get(s as usize)?;
+    core.usable()?;
+    Ok(core)
 }
 
 fn getter<T>(name: &str, s: *const Swapper, fallback: T, f: impl FnOnce(&Core) -> T) -> T {
@@ -618,7 +622,7 @@ pub unsafe extern "C" fn swapper_reserve_available_buffers(
                 "out_buffers is NULL but capacity is not 0",
             ));
         }
-        let bufs = s.reserve_available_buffers(capacity);
+        let bufs = s.reserve_available_buffers(capacity)?;
         for (i, b) in bufs.iter().enumerate() {
             // SAFETY: i < capacity; the caller's contract.
             unsafe { out_buffers.add(i).write(b.0 as *mut libc::c_void) };

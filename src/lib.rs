@@ -4,7 +4,9 @@
 //! - [`sys`]: the unsafe boundary (aligned memory, files, io_uring, fault injection).
 //! - [`io`]: the asynchronous I/O engine: operations split into `block_size`
 //!   requests, spread over worker threads, `queue_depth` in flight each.
-//! - [`swapper`]: the parameter swapper (params, buffer pool, swap folder) over the engine;
+//! - [`store`]: the swap store under both swappers: locked rank folders on one or several
+//!   drives, an engine per drive, extent files held open, placement and free space;
+//! - [`swapper`]: the parameter swapper (params, buffer pool) over the store;
 //!   [`convert`] turns fp32 into fp16 / bf16 for its partitioned path.
 //! - [`ffi`]: the C ABI; it checks pointers, catches panics, converts and delegates.
 //!

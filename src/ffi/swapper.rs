@@ -879,7 +879,10 @@ pub unsafe extern "C" fn swapper_param_extents(
             return Err(Error::new(Status::NullPointer, "out_count is NULL"));
         }
         if out.is_null() && capacity > 0 {
-            return Err(Error::new(Status::NullPointer, "out is NULL but capacity is not 0"));
+            return Err(Error::new(
+                Status::NullPointer,
+                "out is NULL but capacity is not 0",
+            ));
         }
         s.param_status(id)?;
         let extents = s.param_locations(id);

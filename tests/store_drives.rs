@@ -296,3 +296,41 @@ fn folder_faults_on_every_drive() {
         assert!(e.message().contains(&format!("drive {d}")), "{e}");
     }
 }
+
+/// Space reused for a tensor that must read as zeros is zeroed by the file system
+/// (FALLOC_FL_ZERO_RANGE on ext4 and XFS), on real drives, and fresh space reads as zeros.
+#[test]
+fn reused_space_reserved_zeroed_reads_zeros_on_ext4_and_xfs() {
+    use swapper::store::{Store, StoreConfig};
+    for (fs, mib) in [(Fs::Ext4, 64), (Fs::Xfs, 320)] {
+        let d = LoopDrive::new(fs, mib);
+        let s = Store::open(StoreConfig {
+            paths: vec![d.path().to_path_buf()],
+            folder: ["zero_stage_3", "optimizer", "rank0"].map(String::from).to_vec(),
+            io: IoConfig::default(),
+        })
+        .unwrap();
+        let mut buf = common::TestBuf::new(3 << 20, 0);
+        buf.as_mut_slice().copy_from_slice(&common::pattern(3 << 20, 5));
+        s.reserve(1, 3 << 20, false).unwrap();
+        s.transfer(1, true, buf.as_mut_slice(), 0).unwrap();
+        let old = s.locations(1);
+        s.forget(1);
+        s.reserve(2, 3 << 20, true).unwrap();
+        assert_eq!(
+            s.locations(2)[0].file_offset,
+            old[0].file_offset,
+            "{fs:?}: the same space, reused"
+        );
+        s.reserve(3, 1 << 20, true).unwrap(); // fresh space
+        for (key, len) in [(2u64, 3usize << 20), (3, 1 << 20)] {
+            let mut got = common::TestBuf::new(len, 0);
+            got.as_mut_slice().fill(0xAA);
+            s.transfer(key, false, got.as_mut_slice(), 0).unwrap();
+            assert!(
+                got.as_slice().iter().all(|&b| b == 0),
+                "{fs:?}: key {key} reads zeros"
+            );
+        }
+    }
+}

@@ -55,6 +55,11 @@
 #define BF16_NAN 65535
 
 /**
+ * The unit a tensor is split in, and the alignment of its chunks: 1 MiB.
+ */
+#define SPLIT_UNIT (1 << 20)
+
+/**
  * DeepSpeed's `offload_param.buffer_count`.
  */
 #define SWAPPER_DEFAULT_BUFFER_COUNT 5
@@ -330,10 +335,13 @@ typedef void (*SwapperFreeFn)(void *ptr, uint64_t nbytes, void *user_data);
  */
 typedef struct {
   /**
-   * Root folder of the swap files (required; must exist, be a real folder, not a
-   * symbolic link). The swapper uses `<nvme_path>/zero_stage_3/<dtype>params/rank<R>/`,
-   * created with mode 0700, locked for the handle's life and emptied at creation.
-   * Borrowed during `swapper_create` only. DeepSpeed `offload_param.nvme_path`.
+   * Root folder of the swap files (required unless `nvme_paths` is given; must exist,
+   * be a real folder, not a symbolic link). The swapper uses
+   * `<nvme_path>/zero_stage_3/<dtype>params/rank<R>/`, created with mode 0700, locked for
+   * the handle's life and emptied at creation; the params' bytes go into a few large
+   * extent files there (`extent-<k>.swp`), not a file per param. Borrowed during
+   * `swapper_create` only. DeepSpeed `offload_param.nvme_path`. With `nvme_paths` set it
+   * may be NULL; if not NULL it must equal `nvme_paths[0]`.
    */
   const char *nvme_path;
   /**
@@ -384,6 +392,19 @@ typedef struct {
    * Passed to `alloc_fn` and `free_fn`; never touched by libswapper.
    */
   void *allocator_user_data;
+  /**
+   * Several drives: `nvme_path_count` root folders, one per drive (each as `nvme_path`
+   * says, with its own rank folder, lock and I/O queue). Params are placed across them
+   * (small ones whole on one drive, large ones split in 1 MiB units) so that each drive
+   * carries an equal share of the bytes. NULL (the default) with a count of 0: the single
+   * `nvme_path`. Borrowed during `swapper_create` only. DeepSpeed `offload_param.nvme_path`
+   * given as a list.
+   */
+  const char *const *nvme_paths;
+  /**
+   * Entries in `nvme_paths` (0: use `nvme_path`). Default 0.
+   */
+  size_t nvme_path_count;
 } SwapperConfig;
 
 /**
@@ -447,6 +468,29 @@ typedef struct {
    */
   uint64_t write_wait_ns;
 } SwapperStats;
+
+/**
+ * Where one piece of a param's bytes lives on disk (see `swapper_param_extents`).
+ */
+typedef struct {
+  /**
+   * The drive: an index into `nvme_paths` (0 with a single `nvme_path`).
+   */
+  uint32_t drive;
+  /**
+   * Where the piece starts in the file.
+   */
+  uint64_t file_offset;
+  /**
+   * Bytes (the param's bytes, then padding to the 4 KiB alignment in the last piece).
+   */
+  uint64_t len;
+  /**
+   * The extent file's absolute path, NUL-terminated (shorter than PATH_MAX, which the
+   * swapper checks at creation).
+   */
+  char path[4096];
+} SwapperExtent;
 
 #ifdef __cplusplus
 extern "C" {
@@ -1151,6 +1195,27 @@ uint32_t swapper_element_size(const Swapper *swapper);
  * `buffer` must be NULL or valid for writing `capacity` bytes; `out_len` NULL or valid.
  */
 SwapperStatus swapper_dump(const Swapper *swapper, char *buffer, size_t capacity, size_t *out_len);
+
+/**
+ * Where param `id`'s bytes are on disk: its pieces in order (one per drive it is split
+ * over; a small param has one), each an extent file shared with other params, an offset
+ * and a length. Writes up to `capacity` of them to `out` and the param's total number of
+ * pieces to `*out_count` (0 when the param is not on disk yet): call with capacity 0 to
+ * ask the count. Thread-safe; a snapshot (a later swap-out may move a param whose file
+ * was found damaged).
+ *
+ * Errors: `SWAPPER_STATUS_NULL_POINTER` (`out_count` NULL, or `out` NULL with a capacity);
+ * `SWAPPER_STATUS_NOT_FOUND` (unknown id); `SWAPPER_STATUS_INVALID_ARGUMENT` (a dead
+ * handle). On failure `*out` and `*out_count` are not written.
+ *
+ * # Safety
+ * `out` must be NULL or valid for writing `capacity` `SwapperExtent`s; `out_count` valid.
+ */
+SwapperStatus swapper_param_extents(const Swapper *swapper,
+                                    uint64_t id,
+                                    SwapperExtent *out,
+                                    size_t capacity,
+                                    size_t *out_count);
 
 /**
  * How many `Swapper` handles are live in this process (for leak checks). Thread-safe.

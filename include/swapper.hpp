@@ -171,6 +171,15 @@ class Swapper {
         c.nvme_path = nvme_path;
         return c;
     }
+    /** swapper_config_default with several drives (`nvme_paths`; the strings and the array
+     * must outlive creation). */
+    static SwapperConfig default_config(const std::vector<const char *> &nvme_paths) noexcept {
+        SwapperConfig c;
+        swapper_config_default(&c);
+        c.nvme_paths = nvme_paths.data();
+        c.nvme_path_count = nvme_paths.size();
+        return c;
+    }
     explicit Swapper(const SwapperConfig &config) { check(swapper_create(&config, &h_)); }
     /** Bytes a swapper created with `config` would page-lock for its pool, whole pages
      *  as the kernel counts them (0 when not pinned or with alloc_fn); creates nothing

@@ -6,7 +6,9 @@
 //!   requests, spread over worker threads, `queue_depth` in flight each.
 //! - [`memory_budget`]: what the process can page-lock (cgroups, MemAvailable,
 //!   RLIMIT_MEMLOCK), checked before anything is pinned.
-//! - [`swapper`]: the parameter swapper (params, buffer pool, swap folder) over the engine;
+//! - [`store`]: the swap store under both swappers: locked rank folders on one or several
+//!   drives, an engine per drive, extent files held open, placement and free space;
+//! - [`swapper`]: the parameter swapper (params, buffer pool) over the store;
 //!   [`convert`] turns fp32 into fp16 / bf16 for its partitioned path.
 //! - [`ffi`]: the C ABI; it checks pointers, catches panics, converts and delegates.
 //!
@@ -61,6 +63,7 @@ pub mod io;
 pub mod log;
 pub mod memory_budget;
 pub mod status;
+pub mod store;
 pub mod swapper;
 pub mod sys;
 

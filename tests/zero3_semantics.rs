@@ -181,7 +181,7 @@ fn every_bf16_nan_is_written_as_0xffff_as_torch_does() {
         f32::INFINITY,
     ];
     s.swap_out_partitioned(&[1], &[&src]).unwrap();
-    let file = std::fs::read(s.param_path(1)).unwrap();
+    let file = common::stored_bytes(&s, 1);
     let bits: Vec<u16> = file[..12]
         .chunks_exact(2)
         .map(|p| u16::from_ne_bytes([p[0], p[1]]))

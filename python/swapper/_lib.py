@@ -57,6 +57,17 @@ class ConfigStruct(Structure):
         ("alloc_fn", AllocFn),
         ("free_fn", FreeFn),
         ("allocator_user_data", c_void_p),
+        ("nvme_paths", POINTER(c_char_p)),
+        ("nvme_path_count", c_size_t),
+    ]
+
+
+class ExtentStruct(Structure):
+    _fields_ = [
+        ("drive", c_uint32),
+        ("file_offset", c_uint64),
+        ("len", c_uint64),
+        ("path", ctypes.c_char * 4096),
     ]
 
 
@@ -154,6 +165,7 @@ PROTOTYPES = {
     "swapper_buffer_count": (c_uint32, [_p]),
     "swapper_partitioned_swap_capacity": (c_uint64, [_p]),
     "swapper_dump": (c_status, [_p, POINTER(c_char), c_size_t, POINTER(c_size_t)]),
+    "swapper_param_extents": (c_status, [_p, c_uint64, POINTER(ExtentStruct), c_size_t, POINTER(c_size_t)]),
     "swapper_live_handles": (c_uint64, []),
 }
 

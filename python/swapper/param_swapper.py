@@ -2,6 +2,7 @@
 
 import ctypes
 import json
+import os
 import threading
 from ctypes import byref, c_int, c_size_t, c_uint64, c_void_p
 
@@ -9,7 +10,7 @@ import numpy as np
 
 from . import _buffers
 from ._args import _ids, _path, _uint
-from ._lib import STATS_FIELDS, ConfigStruct, StatsStruct, lib
+from ._lib import STATS_FIELDS, ConfigStruct, ExtentStruct, StatsStruct, lib
 from .enums import ParamStatus, _dtype, numpy_dtype
 from .errors import BadStateError, InvalidArgumentError, check
 from .io_handle import _IO_KEYS, _fill_io_config
@@ -50,8 +51,17 @@ class Swapper:
         self._lib = lib()
         cfg = ConfigStruct()
         self._lib.swapper_config_default(byref(cfg))
-        path = _path(nvme_path, "nvme_path")
-        cfg.nvme_path = path
+        if isinstance(nvme_path, (list, tuple)):
+            # Several drives: one rank folder, lock and I/O queue each.
+            if not nvme_path:
+                raise InvalidArgumentError("nvme_path is an empty list")
+            paths = [_path(p, f"nvme_path[{k}]") for k, p in enumerate(nvme_path)]
+            array = (ctypes.c_char_p * len(paths))(*paths)
+            cfg.nvme_paths = ctypes.cast(array, ctypes.POINTER(ctypes.c_char_p))
+            cfg.nvme_path_count = len(paths)
+        else:
+            path = _path(nvme_path, "nvme_path")
+            cfg.nvme_path = path
         cfg.rank = _uint(rank, "rank", 32)
         cfg.dtype = int(_dtype(dtype))
         cfg.buffer_count = _uint(buffer_count, "buffer_count", 32)
@@ -361,6 +371,25 @@ class Swapper:
         out = StatsStruct()
         check(self._lib.swapper_stats(self._h(), byref(out)))
         return Stats(*(int(getattr(out, f)) for f in STATS_FIELDS))
+
+    def param_extents(self, param_id):
+        """Where a param's bytes are on disk, in order: a list of (drive, path,
+        file_offset, length), one per drive the param is split over (empty when it is
+        not on disk yet). The files are extent files shared with other params."""
+        h = self._h()
+        pid = _uint(param_id, "param id")
+        count = c_size_t()
+        check(self._lib.swapper_param_extents(h, pid, None, 0, byref(count)))
+        while True:
+            out = (ExtentStruct * max(count.value, 1))()
+            need = c_size_t()
+            check(self._lib.swapper_param_extents(h, pid, out, count.value, byref(need)))
+            if need.value <= count.value:
+                return [
+                    (int(e.drive), os.fsdecode(e.path), int(e.file_offset), int(e.len))
+                    for e in out[: need.value]
+                ]
+            count = need
 
     def dump(self):
         """A human-readable dump of the state (DeepSpeed's print_object)."""

@@ -37,10 +37,13 @@ pub struct Swapper {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct SwapperConfig {
-    /// Root folder of the swap files (required; must exist, be a real folder, not a
-    /// symbolic link). The swapper uses `<nvme_path>/zero_stage_3/<dtype>params/rank<R>/`,
-    /// created with mode 0700, locked for the handle's life and emptied at creation.
-    /// Borrowed during `swapper_create` only. DeepSpeed `offload_param.nvme_path`.
+    /// Root folder of the swap files (required unless `nvme_paths` is given; must exist,
+    /// be a real folder, not a symbolic link). The swapper uses
+    /// `<nvme_path>/zero_stage_3/<dtype>params/rank<R>/`, created with mode 0700, locked for
+    /// the handle's life and emptied at creation; the params' bytes go into a few large
+    /// extent files there (`extent-<k>.swp`), not a file per param. Borrowed during
+    /// `swapper_create` only. DeepSpeed `offload_param.nvme_path`. With `nvme_paths` set it
+    /// may be NULL; if not NULL it must equal `nvme_paths[0]`.
     pub nvme_path: *const libc::c_char,
     /// This process's rank; each rank has its own folder. Default 0.
     pub rank: u32,
@@ -70,16 +73,56 @@ pub struct SwapperConfig {
     pub free_fn: SwapperFreeFn,
     /// Passed to `alloc_fn` and `free_fn`; never touched by libswapper.
     pub allocator_user_data: *mut libc::c_void,
+    /// Several drives: `nvme_path_count` root folders, one per drive (each as `nvme_path`
+    /// says, with its own rank folder, lock and I/O queue). Params are placed across them
+    /// (small ones whole on one drive, large ones split in 1 MiB units) so that each drive
+    /// carries an equal share of the bytes. NULL (the default) with a count of 0: the single
+    /// `nvme_path`. Borrowed during `swapper_create` only. DeepSpeed `offload_param.nvme_path`
+    /// given as a list.
+    pub nvme_paths: *const *const libc::c_char,
+    /// Entries in `nvme_paths` (0: use `nvme_path`). Default 0.
+    pub nvme_path_count: usize,
 }
 
 impl TryFrom<&SwapperConfig> for Settings {
     type Error = Error;
     fn try_from(c: &SwapperConfig) -> Result<Settings> {
-        // SAFETY: the caller of swapper_create promises a NUL-terminated string or NULL.
-        let nvme_path = unsafe { arg_path(c.nvme_path, "config->nvme_path") }?;
+        let nvme_paths = if c.nvme_path_count == 0 {
+            Vec::new()
+        } else {
+            if c.nvme_paths.is_null() {
+                return Err(Error::new(
+                    Status::NullPointer,
+                    format!(
+                        "config->nvme_paths is NULL with nvme_path_count {}",
+                        c.nvme_path_count
+                    ),
+                ));
+            }
+            if c.nvme_path_count > 4096 {
+                return Err(Error::invalid(format!(
+                    "config->nvme_path_count {} is not a number of drives (at most 4096)",
+                    c.nvme_path_count
+                )));
+            }
+            (0..c.nvme_path_count)
+                .map(|i| {
+                    // SAFETY: the caller promises `nvme_path_count` readable entries, each a
+                    // NUL-terminated string or NULL.
+                    unsafe { arg_path(*c.nvme_paths.add(i), &format!("config->nvme_paths[{i}]")) }
+                })
+                .collect::<Result<Vec<_>>>()?
+        };
+        let nvme_path = if c.nvme_path.is_null() && !nvme_paths.is_empty() {
+            std::path::PathBuf::new()
+        } else {
+            // SAFETY: the caller of swapper_create promises a NUL-terminated string or NULL.
+            unsafe { arg_path(c.nvme_path, "config->nvme_path") }?
+        };
         let allocator = allocator_of(c)?;
         let s = Settings {
             nvme_path,
+            nvme_paths,
             rank: c.rank,
             dtype: Dtype::from_c(c.dtype)?,
             buffer_count: c.buffer_count,
@@ -142,6 +185,8 @@ pub unsafe extern "C" fn swapper_config_default(out: *mut SwapperConfig) {
         alloc_fn: None,
         free_fn: None,
         allocator_user_data: std::ptr::null_mut(),
+        nvme_paths: std::ptr::null(),
+        nvme_path_count: 0,
     };
     // SAFETY: the caller's contract.
     unsafe { write_opt(out, c) }
@@ -273,7 +318,7 @@ pub extern "C" fn swapper_destroy(swapper: *mut Swapper) {
         return;
     }
     let _ = crate::ffi_boundary!("swapper_destroy", {
-        HANDLES.destroy(swapper as usize, |s| s.engine().close())
+        HANDLES.destroy(swapper as usize, |s| s.close())
     });
 }
 
@@ -840,6 +885,76 @@ pub unsafe extern "C" fn swapper_dump(
         }
         // SAFETY: the caller's contract.
         unsafe { write_opt(out_len, text.len()) };
+        Ok(())
+    })
+}
+
+/// Where one piece of a param's bytes lives on disk (see `swapper_param_extents`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SwapperExtent {
+    /// The drive: an index into `nvme_paths` (0 with a single `nvme_path`).
+    pub drive: u32,
+    /// Where the piece starts in the file.
+    pub file_offset: u64,
+    /// Bytes (the param's bytes, then padding to the 4 KiB alignment in the last piece).
+    pub len: u64,
+    /// The extent file's absolute path, NUL-terminated (shorter than PATH_MAX, which the
+    /// swapper checks at creation).
+    pub path: [libc::c_char; 4096],
+}
+
+/// Where param `id`'s bytes are on disk: its pieces in order (one per drive it is split
+/// over; a small param has one), each an extent file shared with other params, an offset
+/// and a length. Writes up to `capacity` of them to `out` and the param's total number of
+/// pieces to `*out_count` (0 when the param is not on disk yet): call with capacity 0 to
+/// ask the count. Thread-safe; a snapshot (a later swap-out may move a param whose file
+/// was found damaged).
+///
+/// Errors: `SWAPPER_STATUS_NULL_POINTER` (`out_count` NULL, or `out` NULL with a capacity);
+/// `SWAPPER_STATUS_NOT_FOUND` (unknown id); `SWAPPER_STATUS_INVALID_ARGUMENT` (a dead
+/// handle). On failure `*out` and `*out_count` are not written.
+///
+/// # Safety
+/// `out` must be NULL or valid for writing `capacity` `SwapperExtent`s; `out_count` valid.
+#[no_mangle]
+pub unsafe extern "C" fn swapper_param_extents(
+    swapper: *const Swapper,
+    id: u64,
+    out: *mut SwapperExtent,
+    capacity: usize,
+    out_count: *mut usize,
+) -> Status {
+    crate::ffi_boundary!("swapper_param_extents", {
+        let s = handle(swapper)?;
+        if out_count.is_null() {
+            return Err(Error::new(Status::NullPointer, "out_count is NULL"));
+        }
+        if out.is_null() && capacity > 0 {
+            return Err(Error::new(
+                Status::NullPointer,
+                "out is NULL but capacity is not 0",
+            ));
+        }
+        s.param_status(id)?;
+        let extents = s.param_locations(id);
+        for (k, e) in extents.iter().take(capacity).enumerate() {
+            let bytes = std::os::unix::ffi::OsStrExt::as_bytes(e.path.as_os_str());
+            let mut x = SwapperExtent {
+                drive: e.drive as u32,
+                file_offset: e.file_offset,
+                len: e.len,
+                path: [0; 4096],
+            };
+            let n = bytes.len().min(x.path.len() - 1);
+            for (d, &b) in x.path.iter_mut().zip(&bytes[..n]) {
+                *d = b as libc::c_char;
+            }
+            // SAFETY: k < capacity: the caller's contract.
+            unsafe { out.add(k).write(x) };
+        }
+        // SAFETY: checked non-NULL; the caller's contract.
+        unsafe { out_count.write(extents.len()) };
         Ok(())
     })
 }

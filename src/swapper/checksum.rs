@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use crate::io::Ticket;
 use crate::status::{Error, Result, Status};
+use crate::store::StoreTicket as Ticket;
 use crate::sys::alloc;
 use crate::sys::RawBuf;
 

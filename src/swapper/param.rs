@@ -2,7 +2,7 @@
 //! have under way. The param itself ([`super::state::Param`]) lives with the bookkeeping,
 //! whose transitions are the only code that changes it.
 
-use crate::io::Ticket;
+use crate::store::StoreTicket as Ticket;
 use crate::sys::RawBuf;
 
 use super::pool::BufferId;

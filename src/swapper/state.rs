@@ -18,8 +18,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crate::claim::{Claim, Ledger, Settle};
-use crate::io::Ticket;
 use crate::status::{Error, Result, Status};
+use crate::store::StoreTicket as Ticket;
 use crate::sys::RawBuf;
 
 use super::checksum::Checksum;

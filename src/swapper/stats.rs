@@ -80,7 +80,8 @@ impl Swapper {
     pub fn dump(&self) -> String {
         let s = self.stats();
         let mut out = String::new();
-        let _ = writeln!(out, "swapper {}", self.folder.path().display());
+        let folders: Vec<String> = self.folders().iter().map(|f| f.display().to_string()).collect();
+        let _ = writeln!(out, "swapper {}", folders.join(", "));
         let _ = writeln!(
             out,
             "  dtype {:?} ({} bytes), buffers {} x {} elements ({} bytes), pinned {}, checksums {}",
@@ -92,11 +93,12 @@ impl Swapper {
             self.pool.is_locked(),
             self.config.verify_checksums
         );
-        let io = self.engine.config();
+        let engine = self.store().engine(0);
+        let io = engine.config();
         let _ = writeln!(
             out,
             "  io: backend {}, block {} bytes, queue depth {}, threads {}, direct {}",
-            self.engine.backend().name(),
+            engine.backend().name(),
             io.block_size,
             io.queue_depth,
             io.thread_count,

@@ -1,7 +1,7 @@
 //! Swap-out: writing AVAILABLE params' buffers to their files.
 
-use crate::io::Ticket;
 use crate::status::{Error, Result};
+use crate::store::StoreTicket as Ticket;
 
 use super::batch::{self, Unknown};
 use super::param::{PendingWrite, Slot};

@@ -6,8 +6,8 @@
 
 use std::time::Instant;
 
-use crate::io::Ticket;
 use crate::status::{Error, Result};
+use crate::store::StoreTicket as Ticket;
 use crate::sys::RawBuf;
 
 use super::batch::{self, combine};

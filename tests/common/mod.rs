@@ -6,6 +6,8 @@ pub mod drive_bed;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+pub mod loop_drive;
+
 /// Deterministic bytes: a xorshift stream from `seed`.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -140,4 +142,39 @@ pub fn backends() -> Vec<swapper::Backend> {
         eprintln!("io_uring is not available on this machine: testing the blocking backend only");
     }
     v
+}
+
+/// What the store holds of param `id`: its extents' bytes read straight from the extent
+/// files, in order (reserved length: the param's bytes, then padding).
+pub fn stored_bytes(s: &swapper::Swapper, id: u64) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut out = Vec::new();
+    for e in s.param_locations(id) {
+        let f = std::fs::File::open(&e.path).unwrap();
+        let mut buf = vec![0u8; e.len as usize];
+        f.read_exact_at(&mut buf, e.file_offset).unwrap();
+        out.extend_from_slice(&buf);
+    }
+    out
+}
+
+/// Flips byte `at` of param `id` where the store keeps it (in its extent file).
+pub fn flip_stored_byte(s: &swapper::Swapper, id: u64, mut at: u64) -> std::path::PathBuf {
+    use std::os::unix::fs::FileExt;
+    for e in s.param_locations(id) {
+        if at < e.len {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&e.path)
+                .unwrap();
+            let mut b = [0u8];
+            f.read_exact_at(&mut b, e.file_offset + at).unwrap();
+            b[0] ^= 0x40;
+            f.write_all_at(&b, e.file_offset + at).unwrap();
+            return e.path;
+        }
+        at -= e.len;
+    }
+    panic!("param {id} has no byte {at} in the store");
 }

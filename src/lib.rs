@@ -6,6 +6,8 @@
 //!   requests, spread over worker threads, `queue_depth` in flight each.
 //! - [`swapper`]: the parameter swapper (params, buffer pool, swap folder) over the engine;
 //!   [`convert`] turns fp32 into fp16 / bf16 for its partitioned path.
+//! - [`optimizer`]: the optimizer-state swapper (sub-groups of fp32 tensors stepped
+//!   through a page-locked ring) over the swap store [`store`].
 //! - [`ffi`]: the C ABI; it checks pointers, catches panics, converts and delegates.
 //!
 //! Errors are [`Error`] values carrying a [`Status`] and a message; diagnostics go
@@ -50,12 +52,14 @@ macro_rules! c_enum {
     };
 }
 
+pub mod checksum;
 pub mod config;
 pub mod convert;
 pub mod ffi;
 pub mod io;
 #[macro_use]
 pub mod log;
+pub mod optimizer;
 pub mod status;
 pub mod store;
 pub mod swapper;

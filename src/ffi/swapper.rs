@@ -147,7 +147,7 @@ impl TryFrom<&SwapperConfig> for Settings {
 
 static HANDLES: LazyLock<Registry<Core>> = LazyLock::new(|| Registry::new("Swapper handle", 2));
 
-fn handle(s: *const Swapper) -> Result<std::sync::Arc<Core>> {
+pub(crate) fn handle(s: *const Swapper) -> Result<std::sync::Arc<Core>> {
     HANDLES.get(s as usize)
 }
 

@@ -4,8 +4,8 @@
 use crate::store::StoreTicket as Ticket;
 use crate::sys::RawBuf;
 
-use super::checksum::Checksum;
 use super::pool::BufferId;
+use crate::checksum::Checksum;
 
 /// Where a param's data lives in memory.
 #[repr(C)]

@@ -15,9 +15,9 @@ use crate::store::StoreTicket as Ticket;
 use crate::sys::alloc::Memory;
 
 use super::batch::{self, combine, Unknown};
-use super::checksum::Checksum;
 use super::param::{Io, ParamStatus};
 use super::Swapper;
+use crate::checksum::Checksum;
 
 /// The staging space.
 pub(crate) struct PartitionSpace {

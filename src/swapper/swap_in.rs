@@ -5,10 +5,10 @@ use crate::store::StoreTicket as Ticket;
 use crate::sys::RawBuf;
 
 use super::batch::{self, Unknown};
-use super::checksum::{self, Checksum};
 use super::param::{Io, ParamStatus, Slot};
 use super::wait::Kind;
 use super::Swapper;
+use crate::checksum::{self, Checksum};
 
 /// A param claimed for a read: what the submission outside the lock needs.
 struct Claim {
@@ -206,7 +206,16 @@ impl Swapper {
             .map_err(|e| read_error(id, e))?;
         ticket.wait().map_err(|e| read_error(id, e))?;
         // SAFETY: the read has completed; `dest` holds `bytes` bytes (the caller's contract).
-        unsafe { checksum::verify(id, &self.param_path(id), want, &ticket, dest, bytes as usize) }
+        unsafe {
+            checksum::verify(
+                &format!("param {id}"),
+                |o| format!("{} at offset {o}", self.param_path(id).display()),
+                want,
+                ticket.checksum(),
+                dest,
+                bytes as usize,
+            )
+        }
     }
 }
 

@@ -7,7 +7,7 @@ mod common;
 
 use std::path::Path;
 
-use swapper::optimizer::{OptimizerSettings, OptimizerSwapper, TensorKind, TensorSpec};
+use swapper::optimizer::{OptimizerSettings, OptimizerStats, OptimizerSwapper, TensorKind, TensorSpec};
 use swapper::{Dtype, IoConfig, Status};
 
 /// A swapper in `dir` with a ring of `ring` bytes and checksums on.
@@ -59,7 +59,7 @@ fn gradient(p: &[f32], step: i32, index: u32) -> Vec<f32> {
 
 /// Trains `sizes.len()` sub-groups for `steps` steps on NVMe and in memory; the params,
 /// both moments are compared bit for bit after every step.
-fn train(dir: &Path, sizes: &[u64], ring: u64, read_ahead: u32, steps: i32, shuffle: bool) {
+fn train(dir: &Path, sizes: &[u64], ring: u64, read_ahead: u32, steps: i32, shuffle: bool) -> OptimizerStats {
     let o = opt(dir, ring, read_ahead);
     let mut mem: Vec<[Vec<f32>; 3]> = Vec::new();
     for (i, &n) in sizes.iter().enumerate() {
@@ -141,6 +141,11 @@ fn train(dir: &Path, sizes: &[u64], ring: u64, read_ahead: u32, steps: i32, shuf
         v.discard().unwrap();
     }
     o.end_step().unwrap();
+    let stats = o.stats().unwrap();
+    assert!(stats.ring_peak <= o.ring_bytes(), "{stats:?}");
+    assert_eq!(stats.ring_in_use, 0, "{stats:?}");
+    assert_eq!(stats.steps, steps as u64 + 2);
+    stats
 }
 
 #[test]
@@ -161,7 +166,8 @@ fn adam_on_nvme_matches_adam_in_memory_bit_for_bit() {
 fn any_order_and_a_ring_of_one_sub_group() {
     let dir = common::disk_dir();
     // The ring holds exactly the largest sub-group: no overlap, still correct.
-    train(dir.path(), &[4096, 4096, 2048, 1000], 4 * 4 * 4096, 0, 3, true);
+    let stats = train(dir.path(), &[4096, 4096, 2048, 1000], 4 * 4 * 4096, 0, 3, true);
+    assert_eq!(stats.ring_peak, 4 * 4 * 4096, "{stats:?}");
 }
 
 #[test]

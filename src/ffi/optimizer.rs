@@ -6,7 +6,7 @@ use super::boundary::{arg_path, arg_ref, arg_slice, arg_str, write_opt, write_ou
 use super::io::{flag_is_set, SwapperIoConfig};
 use super::swapper::Swapper;
 use crate::config::IoConfig;
-use crate::optimizer::{OptimizerSettings, OptimizerSwapper as Core, TensorKind, TensorSpec};
+use crate::optimizer::{OptimizerSettings, OptimizerStats, OptimizerSwapper as Core, TensorKind, TensorSpec};
 use crate::status::{Error, Result, Status};
 
 /// A `SwapperTensorKind` as C stores it (see `StatusCode` in common.rs).
@@ -506,21 +506,25 @@ pub unsafe extern "C" fn swapper_optimizer_swap_out_params(
     })
 }
 
-/// Bytes of the ring (the page-locked memory the swapper uses); 0 for a handle that is
-/// not live (the last error says why). Thread-safe.
+/// Fills `*out` with the swapper's counters: sub-groups, steps, the ring's bytes (the
+/// page-locked memory it holds), its use now and at its peak, the most sub-groups read
+/// ahead at once, bytes moved, and the time calls spent blocked on reads and writes.
+/// Thread-safe.
+///
+/// Errors: `SWAPPER_STATUS_NULL_POINTER`; `SWAPPER_STATUS_PANIC` for a broken handle.
+/// After a failure `*out` is unchanged.
+///
+/// # Safety
+/// `out` must be NULL or valid for writing one `SwapperOptimizerStats`.
 #[no_mangle]
-pub extern "C" fn swapper_optimizer_ring_bytes(optimizer: *const SwapperOptimizer) -> u64 {
-    crate::ffi_boundary!("swapper_optimizer_ring_bytes", 0, {
-        Ok(handle(optimizer)?.ring_bytes())
-    })
-}
-
-/// Whether the ring's pages are locked in RAM (false when the memlock limit refused; a
-/// warning was logged); false for a handle that is not live. Thread-safe.
-#[no_mangle]
-pub extern "C" fn swapper_optimizer_ring_locked(optimizer: *const SwapperOptimizer) -> bool {
-    crate::ffi_boundary!("swapper_optimizer_ring_locked", false, {
-        Ok(handle(optimizer)?.ring_locked())
+pub unsafe extern "C" fn swapper_optimizer_stats(
+    optimizer: *const SwapperOptimizer,
+    out: *mut OptimizerStats,
+) -> Status {
+    crate::ffi_boundary!("swapper_optimizer_stats", {
+        let stats = handle(optimizer)?.stats()?;
+        // SAFETY: the caller's contract.
+        unsafe { write_out(out, "out", stats) }
     })
 }
 

@@ -136,6 +136,7 @@ impl OptimizerSwapper {
         })?;
         let mut st = self.lock()?;
         region.start = None;
+        st.note_use();
         st.grads.push(GradWrite {
             index,
             tensor,

@@ -66,6 +66,7 @@ use crate::status::{Error, Result, Status};
 use crate::store::{Store, StoreConfig};
 use ring::{Arena, RingMemory};
 pub use step::Visit;
+
 use step::{GradWrite, Step};
 use subgroup::{Phase, SubGroup};
 pub use subgroup::{TensorKind, TensorSpec};
@@ -116,6 +117,58 @@ pub(crate) struct State {
     pub grad_errors: Vec<Error>,
     /// Calls settling gradient writes without the lock.
     pub grads_settling: usize,
+    /// The counters of [`OptimizerStats`] kept here.
+    pub counters: Counters,
+}
+
+/// Counters kept under the lock.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub steps: u64,
+    pub ahead_peak: u64,
+    pub ring_peak: u64,
+    pub read_wait_ns: u64,
+    pub write_wait_ns: u64,
+}
+
+impl State {
+    /// Notes the ring's use and the read-ahead after a claim.
+    pub fn note_use(&mut self) {
+        let used = self.arena.in_use();
+        self.counters.ring_peak = self.counters.ring_peak.max(used);
+        if let Some(s) = &self.step {
+            let ahead = (s.read - s.next) as u64;
+            self.counters.ahead_peak = self.counters.ahead_peak.max(ahead);
+        }
+    }
+}
+
+/// What the optimizer swapper has done, and the memory it holds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OptimizerStats {
+    /// Sub-groups registered.
+    pub subgroups: u64,
+    /// Steps ended.
+    pub steps: u64,
+    /// Bytes of the ring: the page-locked memory the swapper holds (when `ring_locked`).
+    pub ring_bytes: u64,
+    /// Bytes of the ring in use now.
+    pub ring_in_use: u64,
+    /// Most bytes of the ring ever in use at once.
+    pub ring_peak: u64,
+    /// Most sub-groups ever read (or being read) ahead of the caller at once.
+    pub read_ahead_peak: u64,
+    /// Bytes read and written by the swapper's store since it opened.
+    pub bytes_read: u64,
+    /// As `bytes_read`, written.
+    pub bytes_written: u64,
+    /// Nanoseconds `next_ready` spent blocked waiting for reads (the I/O the step did not hide).
+    pub read_wait_ns: u64,
+    /// Nanoseconds spent blocked waiting for writes (end_step, and a full ring).
+    pub write_wait_ns: u64,
+    /// Whether the ring's pages are locked in RAM: 1 or 0.
+    pub ring_locked: u8,
 }
 
 impl State {
@@ -177,6 +230,7 @@ impl OptimizerSwapper {
                 grads: Vec::new(),
                 grad_errors: Vec::new(),
                 grads_settling: 0,
+                counters: Counters::default(),
             }),
             ring,
             config,
@@ -202,6 +256,25 @@ impl OptimizerSwapper {
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> Result<OptimizerStats> {
+        let (bytes_read, bytes_written) = self.store.bytes_moved();
+        let st = self.lock()?;
+        Ok(OptimizerStats {
+            subgroups: st.groups.len() as u64,
+            steps: st.counters.steps,
+            ring_bytes: self.ring.bytes(),
+            ring_in_use: st.arena.in_use(),
+            ring_peak: st.counters.ring_peak,
+            read_ahead_peak: st.counters.ahead_peak,
+            bytes_read,
+            bytes_written,
+            read_wait_ns: st.counters.read_wait_ns,
+            write_wait_ns: st.counters.write_wait_ns,
+            ring_locked: u8::from(self.ring.is_locked()),
+        })
     }
 
     /// Bytes of the ring.

@@ -293,7 +293,9 @@ impl OptimizerSwapper {
                 continue;
             };
             // Without the lock: wait for the reads and check them.
+            let started = std::time::Instant::now();
             let outcome = self.finish_read(j, &tickets);
+            self.lock()?.counters.read_wait_ns += started.elapsed().as_nanos() as u64;
             self.pump()?;
             return match outcome {
                 Ok(()) => self.hand_out(j, serial).map(Some),
@@ -527,9 +529,11 @@ impl OptimizerSwapper {
         };
         match oldest {
             Some((_, _, tickets)) => {
+                let started = std::time::Instant::now();
                 for (_, t) in &tickets {
                     let _ = t.wait();
                 }
+                self.lock()?.counters.write_wait_ns += started.elapsed().as_nanos() as u64;
                 self.settle(false)
             }
             None => {
@@ -608,6 +612,7 @@ impl OptimizerSwapper {
                     io: Tickets::claimed(serial),
                     taken: false,
                 };
+                st.note_use();
                 (j, serial, jobs, refused)
             };
             let (j, serial, jobs, refused) = claim;
@@ -927,7 +932,9 @@ impl OptimizerSwapper {
                 ));
             }
         }
+        let started = std::time::Instant::now();
         self.settle(true)?;
+        self.lock()?.counters.write_wait_ns += started.elapsed().as_nanos() as u64;
         // Reads queued ahead and never taken: wait, then give their regions back.
         let reads: Vec<Ticket> = {
             let st = self.lock()?;
@@ -951,11 +958,13 @@ impl OptimizerSwapper {
             arena,
             step,
             grad_errors,
+            counters,
             ..
         } = &mut *st;
         let Some(mut step) = step.take() else {
             return Err(Error::bad_state("the step was ended by another thread"));
         };
+        counters.steps += 1;
         let never: Vec<String> = step.order[step.next..].iter().map(|i| i.to_string()).collect();
         if !never.is_empty() {
             step.errors.push(Error::bad_state(format!(

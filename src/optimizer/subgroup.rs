@@ -11,7 +11,7 @@ use crate::store::StoreTicket as Ticket;
 use super::ring::aligned;
 
 /// Bytes per element: the optimizer state is fp32.
-pub const ELEM: u64 = 4;
+pub(crate) const ELEM: u64 = 4;
 
 /// What a tensor of a sub-group is.
 #[repr(C)]
@@ -249,9 +249,9 @@ impl SubGroup {
 }
 
 /// Most tensors per sub-group.
-pub const MAX_TENSORS: usize = 1 << 16;
+pub(crate) const MAX_TENSORS: usize = 1 << 16;
 /// Largest tensor (1 TiB): keeps every offset computation far from overflow.
-pub const MAX_TENSOR_BYTES: u64 = 1 << 40;
+pub(crate) const MAX_TENSOR_BYTES: u64 = 1 << 40;
 
 /// The store key of tensor `k` of sub-group `index`.
 pub fn key(index: u32, k: usize) -> u64 {

@@ -32,6 +32,7 @@ impl OptimizerSwapper {
     /// (or the next `begin_step`) reports the writes' outcome. Refused during a step. The
     /// whole call is checked before anything is written.
     pub fn swap_out_gradients(&self, index: u32, tensor: usize, fragments: &[(u64, &[f32])]) -> Result<()> {
+        self.usable()?;
         let (key, name) = {
             let mut st = self.lock()?;
             if st.step.is_some() {
@@ -153,6 +154,7 @@ impl OptimizerSwapper {
     /// reported. A failed fragment makes its tensor unreadable until the same fragment is
     /// written again successfully.
     pub fn wait_gradients(&self) -> Result<()> {
+        self.usable()?;
         self.settle_gradients(true)?;
         let errors = std::mem::take(&mut self.lock()?.grad_errors);
         crate::status::combine(errors, "gradient writes")

@@ -248,6 +248,13 @@ impl OptimizerSwapper {
         })
     }
 
+    /// Whether the store's engines take operations: `BadState` in a forked child (the I/O
+    /// threads are the parent's), `Panic` once an engine broke, `BadState` once closed.
+    /// Every call that changes state checks it first, so such a call fails at once.
+    pub(crate) fn usable(&self) -> Result<()> {
+        self.store.check_usable()
+    }
+
     /// The settings.
     pub fn config(&self) -> &OptimizerSettings {
         &self.config
@@ -290,6 +297,7 @@ impl OptimizerSwapper {
     /// Registers sub-group `index` with its tensors: reserves their space in the store,
     /// reading back as zeros (no zeros go through the CPU). `BadState` if it is registered.
     pub fn register(&self, index: u32, tensors: &[TensorSpec]) -> Result<()> {
+        self.usable()?;
         let group = SubGroup::new(index, tensors, |k| subgroup::key(index, k))?;
         if group.region_bytes > self.ring.bytes() {
             return Err(Error::new(
@@ -353,6 +361,7 @@ impl OptimizerSwapper {
     /// Forgets every sub-group and its files (DeepSpeed's `purge_state`): refused during a
     /// step or with gradient writes in flight. Data whose write-behind failed is dropped.
     pub fn purge(&self) -> Result<()> {
+        self.usable()?;
         let keys: Vec<u64> = {
             let mut st = self.lock()?;
             if st.step.is_some() {

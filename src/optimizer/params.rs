@@ -51,6 +51,7 @@ impl OptimizerSwapper {
         ids: &[u64],
         numels: &[u64],
     ) -> Result<()> {
+        self.usable()?;
         if ids.len() != numels.len() {
             return Err(Error::invalid(format!(
                 "{} ids but {} numels",

@@ -220,6 +220,7 @@ impl OptimizerSwapper {
     /// not necessarily all). Waits for gradient writes first and reports their failures;
     /// then queues the first reads.
     pub fn begin_step(&self, order: &[u32]) -> Result<()> {
+        self.usable()?;
         self.wait_gradients()?;
         {
             let mut st = self.lock()?;
@@ -268,6 +269,7 @@ impl OptimizerSwapper {
     /// skipped (its files are untouched) and its error returned; the next call goes on
     /// with the one after it.
     pub fn next_ready(&self) -> Result<Option<Visit<'_>>> {
+        self.usable()?;
         loop {
             let taken = {
                 let mut st = self.lock()?;
@@ -691,6 +693,7 @@ impl OptimizerSwapper {
 
     /// Out -> Writing, the writes of its state tensors queued.
     pub(crate) fn hand_back_inner(&self, index: u32) -> Result<()> {
+        self.usable()?;
         let (serial, jobs) = {
             let mut st = self.lock()?;
             let State { groups, step, .. } = &mut *st;
@@ -901,6 +904,7 @@ impl OptimizerSwapper {
     /// are out with the caller. Returns every failure of the step: reads skipped, writes
     /// failed, visits discarded, sub-groups of the order never taken.
     pub fn end_step(&self) -> Result<()> {
+        self.usable()?;
         {
             let mut st = self.lock()?;
             let State { groups, step, .. } = &mut *st;

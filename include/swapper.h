@@ -130,7 +130,12 @@ typedef enum {
    */
   SWAPPER_STATUS_OUT_OF_MEMORY = 10,
   /**
-   * A bug inside libswapper was caught at the API boundary; the handle may be unusable.
+   * A bug inside libswapper (a panic) was caught at the API boundary. The handle is then
+   * either fully usable (the call's changes were undone, or its I/O recorded as queued)
+   * or broken: every later call on it returns `SWAPPER_STATUS_PANIC` and says so in
+   * the last error, and only destroying it works. An I/O handle breaks when one of its
+   * worker threads panicked; a swapper, when a panic struck in the middle of a change
+   * of its bookkeeping.
    */
   SWAPPER_STATUS_PANIC = 11,
 } SwapperStatus;
@@ -616,6 +621,29 @@ typedef struct {
    */
   uint64_t write_wait_ns;
 } SwapperStats;
+
+/**
+ * Where one piece of a param's bytes lives on disk (see `swapper_param_extents`).
+ */
+typedef struct {
+  /**
+   * The drive: an index into `nvme_paths` (0 with a single `nvme_path`).
+   */
+  uint32_t drive;
+  /**
+   * Where the piece starts in the file.
+   */
+  uint64_t file_offset;
+  /**
+   * Bytes (the param's bytes, then padding to the 4 KiB alignment in the last piece).
+   */
+  uint64_t len;
+  /**
+   * The extent file's absolute path, NUL-terminated (shorter than PATH_MAX, which the
+   * swapper checks at creation).
+   */
+  char path[4096];
+} SwapperExtent;
 
 #ifdef __cplusplus
 extern "C" {
@@ -1542,6 +1570,27 @@ uint32_t swapper_element_size(const Swapper *swapper);
  * `buffer` must be NULL or valid for writing `capacity` bytes; `out_len` NULL or valid.
  */
 SwapperStatus swapper_dump(const Swapper *swapper, char *buffer, size_t capacity, size_t *out_len);
+
+/**
+ * Where param `id`'s bytes are on disk: its pieces in order (one per drive it is split
+ * over; a small param has one), each an extent file shared with other params, an offset
+ * and a length. Writes up to `capacity` of them to `out` and the param's total number of
+ * pieces to `*out_count` (0 when the param is not on disk yet): call with capacity 0 to
+ * ask the count. Thread-safe; a snapshot (a later swap-out may move a param whose file
+ * was found damaged).
+ *
+ * Errors: `SWAPPER_STATUS_NULL_POINTER` (`out_count` NULL, or `out` NULL with a capacity);
+ * `SWAPPER_STATUS_NOT_FOUND` (unknown id); `SWAPPER_STATUS_INVALID_ARGUMENT` (a dead
+ * handle). On failure `*out` and `*out_count` are not written.
+ *
+ * # Safety
+ * `out` must be NULL or valid for writing `capacity` `SwapperExtent`s; `out_count` valid.
+ */
+SwapperStatus swapper_param_extents(const Swapper *swapper,
+                                    uint64_t id,
+                                    SwapperExtent *out,
+                                    size_t capacity,
+                                    size_t *out_count);
 
 /**
  * How many `Swapper` handles are live in this process (for leak checks). Thread-safe.

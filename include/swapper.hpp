@@ -173,6 +173,15 @@ class Swapper {
         c.nvme_path = nvme_path;
         return c;
     }
+    /** swapper_config_default with several drives (`nvme_paths`; the strings and the array
+     * must outlive creation). */
+    static SwapperConfig default_config(const std::vector<const char *> &nvme_paths) noexcept {
+        SwapperConfig c;
+        swapper_config_default(&c);
+        c.nvme_paths = nvme_paths.data();
+        c.nvme_path_count = nvme_paths.size();
+        return c;
+    }
     explicit Swapper(const SwapperConfig &config) { check(swapper_create(&config, &h_)); }
     /** From DeepSpeed JSON text (the aio block and zero_optimization.offload_param). */
     static Swapper from_json(const std::string &deepspeed_json, std::uint32_t rank = 0,

@@ -53,6 +53,7 @@ macro_rules! c_enum {
 }
 
 pub mod checksum;
+mod claim;
 pub mod config;
 pub mod convert;
 pub mod ffi;

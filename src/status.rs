@@ -42,7 +42,12 @@ pub enum Status {
     Unsupported = 9,
     /// Memory could not be allocated or locked.
     OutOfMemory = 10,
-    /// A bug inside libswapper was caught at the API boundary; the handle may be unusable.
+    /// A bug inside libswapper (a panic) was caught at the API boundary. The handle is then
+    /// either fully usable (the call's changes were undone, or its I/O recorded as queued)
+    /// or broken: every later call on it returns `SWAPPER_STATUS_PANIC` and says so in
+    /// the last error, and only destroying it works. An I/O handle breaks when one of its
+    /// worker threads panicked; a swapper, when a panic struck in the middle of a change
+    /// of its bookkeeping.
     Panic = 11,
 }
 

@@ -122,7 +122,7 @@ fn caller_buffers_as_swap_in_destinations() {
     s.release(&[1]).unwrap();
     assert_eq!(s.available_buffers(), 1);
     // Reserved pool buffers can serve as destinations, and cannot be given back under a param.
-    let reserved = s.reserve_available_buffers(8);
+    let reserved = s.reserve_available_buffers(8).unwrap();
     assert_eq!(reserved.len(), 1);
     // SAFETY: the reserved buffer holds buffer_numel elements.
     unsafe { s.swap_in(&[1], false, Some(&reserved)) }.unwrap();

@@ -154,7 +154,7 @@ fn reserved_buffers_hold_the_io_aligned_buffer_size() {
     let dir = common::disk_dir();
     let s = swapper_in(dir.path(), Dtype::Fp16, 3, 1000);
     assert_eq!(s.aligned_buffer_numel(), 2048);
-    let bufs = s.reserve_available_buffers(3);
+    let bufs = s.reserve_available_buffers(3).unwrap();
     assert_eq!(bufs.len(), 3);
     let mut addrs: Vec<usize> = bufs.iter().map(|b| b.addr()).collect();
     addrs.sort_unstable();

@@ -11,28 +11,22 @@
 The library is found through $SWAPPER_LIBRARY, next to this package, or in the crate's
 target/release (then target/debug) folder. swapper.deepspeed.aio_handle is a drop-in
 for DeepSpeed's async I/O handle.
+
+One module per concept: enums (Backend, DirectIo, Dtype, ParamStatus, LogLevel),
+library (version, alignment, live_handles), memory (alloc_aligned, is_locked,
+allocation_state), log (set_log_callback), io_handle (IoHandle, IoConfig), stats (Stats),
+param_swapper (Swapper), errors (Status and the exceptions), deepspeed (aio_handle).
+swapper.core re-exports the first seven for code written against it.
 """
 
 from ._lib import LibraryNotFoundError, load_library
-from .core import (
-    Backend,
-    DirectIo,
-    Dtype,
-    IoConfig,
-    IoHandle,
-    LogLevel,
-    ParamStatus,
-    Stats,
-    Swapper,
-    alignment,
-    alloc_aligned,
-    allocation_state,
-    is_locked,
-    live_handles,
-    numpy_dtype,
-    set_log_callback,
-    version,
-)
+from .enums import Backend, DirectIo, Dtype, LogLevel, ParamStatus, numpy_dtype
+from .io_handle import IoConfig, IoHandle
+from .library import alignment, live_handles, version
+from .log import set_log_callback
+from .memory import alloc_aligned, allocation_state, is_locked
+from .param_swapper import Swapper
+from .stats import Stats
 from .errors import (
     BadStateError,
     BusyError,

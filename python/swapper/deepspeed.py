@@ -25,8 +25,10 @@ import threading
 import numpy as np
 
 from . import _buffers
-from .core import IoHandle, alignment, alloc_aligned, allocation_state
 from .errors import CorruptDataError
+from .io_handle import IoHandle
+from .library import alignment
+from .memory import alloc_aligned, allocation_state
 
 
 def _is_torch_tensor(obj):

@@ -32,6 +32,22 @@ def test_version_and_alignment():
     assert swapper.alignment() == 4096
 
 
+# The names core.py held before it was split one concept per module: code written
+# against `swapper.core.X` keeps working, and gets the very object `swapper.X` is.
+CORE_NAMES = (
+    "Backend DirectIo Dtype ParamStatus LogLevel numpy_dtype version alignment live_handles "
+    "alloc_aligned is_locked allocation_state set_log_callback IoConfig IoHandle Stats Swapper"
+).split()
+
+
+def test_core_keeps_every_public_name():
+    from swapper import core
+
+    for name in CORE_NAMES:
+        assert getattr(core, name) is getattr(swapper, name), name
+        assert name in swapper.__all__, name
+
+
 def test_missing_library_error_names_every_place(monkeypatch, tmp_path):
     missing = str(tmp_path / "nope" / "libswapper.so")
     monkeypatch.setenv("SWAPPER_LIBRARY", missing)

@@ -147,8 +147,12 @@ impl TryFrom<&SwapperConfig> for Settings {
 
 static HANDLES: LazyLock<Registry<Core>> = LazyLock::new(|| Registry::new("Swapper handle", 2));
 
+/// The live swapper behind a handle; `SWAPPER_STATUS_PANIC` once a panic inside an
+/// earlier call broke it (every call but `swapper_destroy` then fails so).
 pub(crate) fn handle(s: *const Swapper) -> Result<std::sync::Arc<Core>> {
-    HANDLES.get(s as usize)
+    let core = HANDLES.get(s as usize)?;
+    core.usable()?;
+    Ok(core)
 }
 
 fn getter<T>(name: &str, s: *const Swapper, fallback: T, f: impl FnOnce(&Core) -> T) -> T {
@@ -618,7 +622,7 @@ pub unsafe extern "C" fn swapper_reserve_available_buffers(
                 "out_buffers is NULL but capacity is not 0",
             ));
         }
-        let bufs = s.reserve_available_buffers(capacity);
+        let bufs = s.reserve_available_buffers(capacity)?;
         for (i, b) in bufs.iter().enumerate() {
             // SAFETY: i < capacity; the caller's contract.
             unsafe { out_buffers.add(i).write(b.0 as *mut libc::c_void) };
@@ -829,6 +833,76 @@ pub unsafe extern "C" fn swapper_dump(
         }
         // SAFETY: the caller's contract.
         unsafe { write_opt(out_len, text.len()) };
+        Ok(())
+    })
+}
+
+/// Where one piece of a param's bytes lives on disk (see `swapper_param_extents`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SwapperExtent {
+    /// The drive: an index into `nvme_paths` (0 with a single `nvme_path`).
+    pub drive: u32,
+    /// Where the piece starts in the file.
+    pub file_offset: u64,
+    /// Bytes (the param's bytes, then padding to the 4 KiB alignment in the last piece).
+    pub len: u64,
+    /// The extent file's absolute path, NUL-terminated (shorter than PATH_MAX, which the
+    /// swapper checks at creation).
+    pub path: [libc::c_char; 4096],
+}
+
+/// Where param `id`'s bytes are on disk: its pieces in order (one per drive it is split
+/// over; a small param has one), each an extent file shared with other params, an offset
+/// and a length. Writes up to `capacity` of them to `out` and the param's total number of
+/// pieces to `*out_count` (0 when the param is not on disk yet): call with capacity 0 to
+/// ask the count. Thread-safe; a snapshot (a later swap-out may move a param whose file
+/// was found damaged).
+///
+/// Errors: `SWAPPER_STATUS_NULL_POINTER` (`out_count` NULL, or `out` NULL with a capacity);
+/// `SWAPPER_STATUS_NOT_FOUND` (unknown id); `SWAPPER_STATUS_INVALID_ARGUMENT` (a dead
+/// handle). On failure `*out` and `*out_count` are not written.
+///
+/// # Safety
+/// `out` must be NULL or valid for writing `capacity` `SwapperExtent`s; `out_count` valid.
+#[no_mangle]
+pub unsafe extern "C" fn swapper_param_extents(
+    swapper: *const Swapper,
+    id: u64,
+    out: *mut SwapperExtent,
+    capacity: usize,
+    out_count: *mut usize,
+) -> Status {
+    crate::ffi_boundary!("swapper_param_extents", {
+        let s = handle(swapper)?;
+        if out_count.is_null() {
+            return Err(Error::new(Status::NullPointer, "out_count is NULL"));
+        }
+        if out.is_null() && capacity > 0 {
+            return Err(Error::new(
+                Status::NullPointer,
+                "out is NULL but capacity is not 0",
+            ));
+        }
+        s.param_status(id)?;
+        let extents = s.param_locations(id);
+        for (k, e) in extents.iter().take(capacity).enumerate() {
+            let bytes = std::os::unix::ffi::OsStrExt::as_bytes(e.path.as_os_str());
+            let mut x = SwapperExtent {
+                drive: e.drive as u32,
+                file_offset: e.file_offset,
+                len: e.len,
+                path: [0; 4096],
+            };
+            let n = bytes.len().min(x.path.len() - 1);
+            for (d, &b) in x.path.iter_mut().zip(&bytes[..n]) {
+                *d = b as libc::c_char;
+            }
+            // SAFETY: k < capacity: the caller's contract.
+            unsafe { out.add(k).write(x) };
+        }
+        // SAFETY: checked non-NULL; the caller's contract.
+        unsafe { out_count.write(extents.len()) };
         Ok(())
     })
 }

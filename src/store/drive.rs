@@ -125,8 +125,25 @@ impl Drive {
                 ),
             ),
         };
-        let buffered = file::open_read_write(dir, OsStr::new(&name), false, true)
-            .map_err(|e| fail("create the extent file", e))?;
+        let buffered = match file::open_read_write(dir, OsStr::new(&name), false, true) {
+            Ok(f) => f,
+            // The folder was emptied at open: whatever holds the name now was put there
+            // behind the store's back. Never opened (a FIFO cannot block), never reused.
+            Err(OpenError::Errno(libc::EEXIST)) => {
+                let what = match self.folder.stat(&name) {
+                    Ok(st) => st.kind.describe(),
+                    Err(_) => "something",
+                };
+                return Err(Error::new(
+                    Status::CorruptData,
+                    format!(
+                        "cannot create the extent file {}: {what} was put there behind the store's back; remove it",
+                        path.display()
+                    ),
+                ));
+            }
+            Err(e) => return Err(fail("create the extent file", e)),
+        };
         let direct = match self.direct {
             DirectIo::Off => None,
             want => match file::open_read_write(dir, OsStr::new(&name), true, false) {

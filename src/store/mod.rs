@@ -528,7 +528,9 @@ impl Store {
     /// range if asked; returns at once. `offset` should be a multiple of 4 KiB and `len`
     /// too except at the tensor's end (anything else works, through buffered I/O, but
     /// slower). The range is split at the tensor's pieces, each queued on its drive.
-    /// Before queueing, each extent file involved is checked ([`Store::check`]). If a
+    /// Before queueing, each extent file involved is checked ([`Store::check`]); a write
+    /// of the whole tensor whose file is found damaged goes to a new place instead (the
+    /// damage is logged), any other operation fails with the check's error. If a
     /// piece cannot be queued, the pieces already queued are waited for before the error
     /// returns, so the buffer is free again.
     ///
@@ -544,8 +546,20 @@ impl Store {
         len: u64,
         checksum_len: Option<u64>,
     ) -> Result<StoreTicket> {
-        let segs = self.segments(key, offset, len)?;
-        self.check_segments(key, &segs)?;
+        let mut segs = self.segments(key, offset, len)?;
+        if let Err(e) = self.check_segments(key, &segs) {
+            // A write of the whole tensor does not need what its old place held: it goes
+            // to a new place (the damaged file takes nothing new). Anything else fails.
+            let bytes = self.reserved(key).unwrap_or(0);
+            let whole = write && offset == 0 && align_up(len, IO_ALIGNMENT) >= bytes;
+            if !whole || e.status() != Status::CorruptData {
+                return Err(e);
+            }
+            crate::log!(Warn, "{}; writing key {key} to a new place", e.message());
+            self.reserve(key, bytes, false)?;
+            segs = self.segments(key, offset, len)?;
+            self.check_segments(key, &segs)?;
+        }
         let mut parts: Vec<Part> = Vec::with_capacity(segs.len());
         for s in &segs {
             let drive = &self.drives[s.drive];
@@ -689,13 +703,13 @@ mod tests {
         s.reserve(7, len as u64, false).unwrap();
         let loc = s.locations(7);
         assert_eq!(loc.iter().map(|e| e.drive).collect::<Vec<_>>(), [0, 1]);
-        let mut data = filled(len, 3);
+        let data = filled(len, 3);
         let want = crc32c::crc32c(&data.as_slice()[..len - 100]);
         // SAFETY: `data` outlives the wait.
         let t = unsafe { s.submit(7, true, data.raw(), 0, len as u64, Some(len as u64 - 100)) }.unwrap();
         assert_eq!(t.wait().unwrap(), Some(want));
         // A range across the drive boundary, read back.
-        let mut got = AlignedBuf::new(2 << 20, false).unwrap();
+        let got = AlignedBuf::new(2 << 20, false).unwrap();
         // SAFETY: `got` outlives the wait.
         let t = unsafe { s.submit(7, false, got.raw(), 2 << 20, 2 << 20, Some(2 << 20)) }.unwrap();
         let crc = t.wait().unwrap();
@@ -706,10 +720,12 @@ mod tests {
             .iter()
             .all(|&(o, n, c)| crc32c::crc32c(&got.as_slice()[o as usize..(o + n) as usize]) == c));
         // Out of range, unknown key.
+        // SAFETY: refused before any I/O; the buffer outlives the call anyway.
         let e = unsafe { s.submit(7, false, got.raw(), 5 << 20, 2 << 20, None) }
             .err()
             .unwrap();
         assert_eq!(e.status(), Status::InvalidArgument);
+        // SAFETY: refused before any I/O; the buffer outlives the call anyway.
         let e = unsafe { s.submit(8, false, got.raw(), 0, 4096, None) }
             .err()
             .unwrap();
@@ -776,6 +792,7 @@ mod tests {
         let e = s.check(1).err().unwrap();
         assert!(e.message().contains("replaced by another file"), "{e}");
         std::fs::remove_file(&fresh).unwrap();
+        // SAFETY: refused before any I/O; the buffer outlives the call anyway.
         let e = unsafe { s.submit(1, false, b.raw(), 0, 4096, None) }
             .err()
             .unwrap();

@@ -283,6 +283,50 @@ mod tests {
     }
 
     #[test]
+    fn nvme_path_may_be_a_list_of_drives() {
+        let c = Settings::from_deepspeed_json(
+            r#"{"zero_optimization": {"offload_param": {"nvme_path": ["/nvme0", "/nvme1"]}}}"#,
+            0,
+            Dtype::Fp16,
+        )
+        .unwrap();
+        assert_eq!(
+            c.drive_paths(),
+            [PathBuf::from("/nvme0"), PathBuf::from("/nvme1")]
+        );
+        assert_eq!(c.nvme_path, PathBuf::from("/nvme0"));
+        let one = Settings::from_deepspeed_json(
+            r#"{"zero_optimization": {"offload_param": {"nvme_path": ["/nvme0"]}}}"#,
+            0,
+            Dtype::Fp16,
+        )
+        .unwrap();
+        assert_eq!(one.drive_paths(), [PathBuf::from("/nvme0")]);
+        for bad in [r#"[]"#, r#"["/a", 3]"#, r#"["/a", ""]"#, r#"{"a": 1}"#, r#"7"#] {
+            let json = format!(r#"{{"zero_optimization": {{"offload_param": {{"nvme_path": {bad}}}}}}}"#);
+            let e = Settings::from_deepspeed_json(&json, 0, Dtype::Fp16)
+                .err()
+                .unwrap();
+            assert!(e.message().contains("offload_param.nvme_path"), "{bad}: {e}");
+        }
+        // The optimizer's section is read the same way.
+        let v: Value = serde_json::from_str(r#"{"nvme_path": ["/a", "/b", "/c"]}"#).unwrap();
+        assert_eq!(
+            nvme_paths(&v, "zero_optimization.offload_optimizer.nvme_path")
+                .unwrap()
+                .len(),
+            3
+        );
+        // Both fields set and disagreeing is refused.
+        let s = Settings {
+            nvme_path: "/x".into(),
+            nvme_paths: vec!["/y".into()],
+            ..Settings::default()
+        };
+        assert!(s.validate().is_err());
+    }
+
+    #[test]
     fn wrong_types_are_named() {
         for (json, key) in [
             (

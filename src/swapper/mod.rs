@@ -7,9 +7,13 @@
 //! the buffer.
 //!
 //! # The rooms
-//! - [`param`]: a param's states, its slot (pool or caller buffer), its one I/O under way.
+//! - [`param`]: what a param can be: its states, its slot (pool or caller buffer), its
+//!   one I/O under way.
 //! - [`pool`]: the pool's memory (read without the lock) and its free/reserved lists.
-//! - [`state`]: the bookkeeping behind the one mutex.
+//! - [`state`]: the bookkeeping behind the one mutex (the params, the pool's accounting,
+//!   the pending sets, the partitioned space's flag) and *every change to it*: the
+//!   transitions, and the claim entries that record or undo a call's changes. Its
+//!   fields are private, so no other file can change a param but through them.
 //! - [`buffers`]: handing buffers to params and to the caller: get_buffer, release,
 //!   reserve_available_buffers, and what a param holds.
 //! - [`batch`]: the one validation of a batch of ids, and how a batch reports failures.
@@ -36,6 +40,41 @@
 //!
 //! A synchronous call then waits without the lock, for every pending operation of its
 //! kind (as DeepSpeed's `synchronize_reads` / `synchronize_writes` do).
+//!
+//! The three steps are one value, a claim ([`crate::claim::Claim`], on this swapper
+//! [`state::ParamClaim`]): opened holding the lock, it logs an entry per claimed param
+//! (the param as it was, the pool buffer it took) before changing it; the submit step
+//! notes each outcome in the entry ([`state::Fate`]); ending the claim resolves every
+//! entry under the lock: a queued read or write is recorded, anything else is undone.
+//! A claim dropped without being ended (an early `?`, or a panic unwinding through the
+//! call, at any step) ends itself the same way, after waiting (without the lock) for any
+//! I/O into memory the call owns (`swap_into_buffer`'s destination, the partitioned
+//! space). So no param is ever left `Io::Submitting`, no buffer lost, and
+//! `partition_busy` never stays set.
+//!
+//! # Panics
+//! A panic inside a call leaves the swapper in one of two states, and std's poison flag
+//! is not what decides (see [`crate::claim`]):
+//! - *usable*, the rule: between two transitions the bookkeeping is consistent, and the
+//!   claim undid or recorded whatever the call had claimed. The poison is cleared and
+//!   every call works as before; the panicking call returned `SWAPPER_STATUS_PANIC`.
+//! - *broken*, when the panic struck in the middle of a transition ([`state::State`]
+//!   marks itself as changing while one runs): every later call returns
+//!   `SWAPPER_STATUS_PANIC` ("... destroy the handle and create a new one"), as the I/O
+//!   engine does after a worker panicked; `swapper_destroy` still works. The read-only
+//!   Rust methods (`stats`, `dump`, `available_buffers`) still answer; the C ABI refuses
+//!   every call.
+//!
+//! `tests/swapper_panics.rs` injects a panic at each step (`Call::Point` rules of the
+//! fault injection: `<swap folder>|<call>:<step>`, and `<swap folder>|change` for the
+//! middle of a transition) of every call, through the C ABI.
+//!
+//! # Reusing the claim (the optimizer-state swapper)
+//! [`crate::claim`] knows nothing of params: a second swapper keeps its bookkeeping in a
+//! [`crate::claim::Bookkeeping`], implements [`crate::claim::Ledger`] for it (whether a
+//! change is half-done; how an entry is recorded or undone) and
+//! [`crate::claim::Settle`] for its entries (waiting for I/O into memory the call
+//! owns), and writes its transitions as this swapper's `state.rs` does.
 //!
 //! # One param, from `swapper_swap_in` to the disk
 //! ```text
@@ -65,9 +104,10 @@ pub mod swap_in;
 pub mod swap_out;
 pub mod wait;
 
+use std::ops::Deref;
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard};
 
+use crate::claim::{Bookkeeping, Held};
 use crate::config::IO_ALIGNMENT;
 use crate::status::{Error, Result, Status};
 use crate::store::{Extent, Store, StoreConfig, StoreTicket};
@@ -76,14 +116,14 @@ pub use config::Settings;
 pub use param::ParamStatus;
 use param::Slot;
 use pool::Pool;
-use state::State;
+use state::{ParamClaim, State};
 pub use stats::Stats;
 
 /// The parameter swapper. Dropping it waits for every read and write in flight.
 pub struct Swapper {
     // Field order matters: the store's engines are dropped (and drained) before the memory.
     store: Store,
-    state: Mutex<State>,
+    state: Bookkeeping<State>,
     pool: Pool,
     config: Settings,
     elem: usize,
@@ -121,18 +161,42 @@ impl Swapper {
                 "not page-locked"
             }
         );
+        let name = store.folder(0).display().to_string();
         Ok(Swapper {
             store,
-            state: Mutex::new(State::new(pool.count())),
+            state: Bookkeeping::new(State::new(pool.count(), name.clone()), format!("swapper {name}")),
             pool,
             elem: config.dtype.size(),
             config,
         })
     }
 
-    /// The bookkeeping, locked. Held only for bookkeeping (see the module doc).
-    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    /// The bookkeeping, locked. Held only for bookkeeping (see the module doc); `Panic`
+    /// once a panic broke the swapper.
+    pub(crate) fn lock(&self) -> Result<Held<'_, State>> {
+        self.state.lock()
+    }
+
+    /// The bookkeeping, locked for reading only (stats, dumps), even when broken.
+    pub(crate) fn peek(&self) -> impl Deref<Target = State> + '_ {
+        self.state.peek()
+    }
+
+    /// Opens a claim, holding the lock (see the module doc); `Panic` once broken.
+    pub(crate) fn claim(&self) -> Result<ParamClaim<'_>> {
+        self.state.claim()
+    }
+
+    /// `Panic` once a panic inside a call broke the swapper (every call then fails with
+    /// it; only destroying the swapper works), else Ok.
+    pub fn usable(&self) -> Result<()> {
+        self.state.usable()
+    }
+
+    /// A step of a call, where a test may inject a panic (feature `fault-injection`;
+    /// nothing otherwise): named `<swap folder>|<call>:<step>`.
+    fn step(&self, call: &str, step: &str) {
+        crate::sys::fault::point(|| format!("{}|{call}:{step}", self.store.folder(0).display()));
     }
 
     /// The settings.

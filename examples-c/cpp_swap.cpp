@@ -43,6 +43,15 @@ static void swap_loop(const char *folder) {
     config.buffer_numel = 1 << 16;
     config.io.block_size = 1 << 16;
     config.io.thread_count = 2;
+    CHECK(swapper::Swapper::page_locked_bytes(config) == 0, "an unpinned pool locks nothing");
+    config.pin_memory = 1;
+    /* 3 buffers of 2^16 fp32 elements: 768 KiB, whole pages. */
+    CHECK(swapper::Swapper::page_locked_bytes(config) == 3 * (1 << 18), "a pinned pool's bytes");
+    config.pin_memory = 0;
+    config.buffer_count = 0;
+    CHECK(status_of([&] { (void)swapper::Swapper::page_locked_bytes(config); }) == SWAPPER_STATUS_INVALID_ARGUMENT,
+          "an invalid config throws");
+    config.buffer_count = 3;
     swapper::Swapper s(config);
     CHECK(s.element_size() == 4, "element size");
 

@@ -652,12 +652,14 @@ extern "C" {
 /**
  * Allocates `nbytes` (0 gives one page) of zero-filled memory aligned to at least 4096
  * bytes, suitable for O_DIRECT. With `lock` true the pages are locked in RAM (pinned)
- * when RLIMIT_MEMLOCK allows it; otherwise the memory stays unlocked and a warning is
- * logged (`swapper_is_locked` tells which). The caller owns the memory and frees it with
- * `swapper_free_aligned`. Thread-safe.
+ * when RLIMIT_MEMLOCK allows it (or the process holds CAP_IPC_LOCK); otherwise the memory
+ * stays unlocked and a warning is logged (`swapper_is_locked` tells which). The caller
+ * owns the memory and frees it with `swapper_free_aligned`. Thread-safe.
  *
  * Errors: `SWAPPER_STATUS_NULL_POINTER` if `out` is NULL; `SWAPPER_STATUS_OUT_OF_MEMORY`
- * if the memory cannot be had (more than the machine's RAM is refused up front).
+ * if the memory cannot be had (more than the machine's RAM is refused up front; with
+ * `lock`, more than MemAvailable or than the memory cgroup's room is refused up front,
+ * the message saying how much fits). `*out` is left unchanged on failure.
  *
  * # Safety
  * `out` must be NULL or valid for writing one pointer.
@@ -1171,6 +1173,30 @@ uint64_t swapper_optimizer_live_handles(void);
  * `out` must be NULL or valid for writing one `SwapperConfig`.
  */
 void swapper_config_default(SwapperConfig *out);
+
+/**
+ * Stores in `*out_bytes` how many bytes `swapper_create` with `*config` would page-lock
+ * (pin) for the buffer pool, counted as the kernel counts locked memory: `buffer_count`
+ * buffers of `buffer_numel` elements of `dtype` (each buffer rounded up to the I/O
+ * alignment), the whole rounded up to pages. 0 when `pin_memory` is off or `alloc_fn`
+ * provides the memory (libswapper then locks nothing). Creates and allocates nothing;
+ * reads only `dtype`, `buffer_count`, `buffer_numel`, `pin_memory`, `alloc_fn` and
+ * `free_fn` (`nvme_path` may be NULL). `swapper_create` checks this many bytes, before it
+ * allocates, against the memory cgroup's room and MemAvailable (refused with
+ * `SWAPPER_STATUS_OUT_OF_MEMORY`, the message saying how much fits and what to lower)
+ * and RLIMIT_MEMLOCK (the pool is then created unlocked, with a warning). The
+ * partitioned swap space, reserved later, is not included. Thread-safe.
+ *
+ * Errors: `SWAPPER_STATUS_NULL_POINTER` (config or out_bytes NULL);
+ * `SWAPPER_STATUS_INVALID_ARGUMENT` (buffer_count or buffer_numel 0, an invalid dtype,
+ * only one of alloc_fn and free_fn set); `SWAPPER_STATUS_OUT_OF_MEMORY` (the pool's size
+ * overflows). After a failure `*out_bytes` is 0 (when out_bytes is not NULL).
+ *
+ * # Safety
+ * `config` must be NULL or point to a `SwapperConfig`; `out_bytes` must be NULL or valid
+ * for writing one `uint64_t`.
+ */
+SwapperStatus swapper_config_page_locked_bytes(const SwapperConfig *config, uint64_t *out_bytes);
 
 /**
  * Creates a swapper with `*config` and stores its handle in `*out`; the caller owns it and

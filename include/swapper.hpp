@@ -183,6 +183,14 @@ class Swapper {
         return c;
     }
     explicit Swapper(const SwapperConfig &config) { check(swapper_create(&config, &h_)); }
+    /** Bytes a swapper created with `config` would page-lock for its pool, whole pages
+     *  as the kernel counts them (0 when not pinned or with alloc_fn); creates nothing
+     *  (swapper_config_page_locked_bytes). Throws swapper::Error for an invalid config. */
+    static std::uint64_t page_locked_bytes(const SwapperConfig &config) {
+        std::uint64_t n = 0;
+        check(swapper_config_page_locked_bytes(&config, &n));
+        return n;
+    }
     /** From DeepSpeed JSON text (the aio block and zero_optimization.offload_param). */
     static Swapper from_json(const std::string &deepspeed_json, std::uint32_t rank = 0,
                              SwapperDtype dtype = SWAPPER_DTYPE_FP16) {

@@ -4,6 +4,8 @@
 //! - [`sys`]: the unsafe boundary (aligned memory, files, io_uring, fault injection).
 //! - [`io`]: the asynchronous I/O engine: operations split into `block_size`
 //!   requests, spread over worker threads, `queue_depth` in flight each.
+//! - [`memory_budget`]: what the process can page-lock (cgroups, MemAvailable,
+//!   RLIMIT_MEMLOCK), checked before anything is pinned.
 //! - [`swapper`]: the parameter swapper (params, buffer pool, swap folder) over the engine;
 //!   [`convert`] turns fp32 into fp16 / bf16 for its partitioned path.
 //! - [`optimizer`]: the optimizer-state swapper (sub-groups of fp32 tensors stepped
@@ -60,6 +62,7 @@ pub mod ffi;
 pub mod io;
 #[macro_use]
 pub mod log;
+pub mod memory_budget;
 pub mod optimizer;
 pub mod status;
 pub mod store;

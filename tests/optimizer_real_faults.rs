@@ -12,7 +12,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::loopfs::LoopFs;
+use common::loop_drive::{Fs, LoopDrive};
 use swapper::optimizer::{OptimizerSettings, OptimizerSwapper, TensorKind, TensorSpec};
 use swapper::{IoConfig, Status};
 
@@ -61,8 +61,8 @@ fn check(o: &OptimizerSwapper, order: &[u32], base: f32) {
 /// Registers sub-groups until the file system is full: the failure names the drive and
 /// the sub-group, the failed one is not registered, the others keep every byte.
 fn full_file_system() {
-    let fs = LoopFs::new(&["mkfs.ext4", "-q", "-F"], 24);
-    let o = opt(&fs.mount);
+    let fs = LoopDrive::new(Fs::Ext4, 24);
+    let o = opt(fs.path());
     let mut registered = Vec::new();
     let err = loop {
         let i = registered.len() as u32;

@@ -5,14 +5,72 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
-use common::loopfs::LoopFs;
-use common::{pattern, TestBuf};
+use common::{disk_dir, pattern, TestBuf};
 use swapper::io::IoEngine;
 use swapper::{Backend, DirectIo, IoConfig, Status};
 
 use common::backends;
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!("cannot run {cmd:?} ({e}): this test needs util-linux (losetup, mount) and e2fsprogs")
+    });
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {} (this test needs root for losetup and mount)",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A file system image on a loop device, mounted; unmounted and detached on drop.
+struct LoopFs {
+    _dir: tempfile::TempDir,
+    device: String,
+    mount: PathBuf,
+}
+
+impl LoopFs {
+    /// `mkfs` (with its arguments) over a sparse image of `mib` MiB.
+    fn new(mkfs: &[&str], mib: u64) -> LoopFs {
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "this test mounts loop devices: run it as root"
+        );
+        let dir = disk_dir();
+        let image = dir.path().join("fs.img");
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(mib << 20))
+            .expect("image file");
+        run(Command::new(mkfs[0]).args(&mkfs[1..]).arg(&image));
+        let device = run(Command::new("losetup").args(["-f", "--show"]).arg(&image));
+        let mount = dir.path().join("mnt");
+        std::fs::create_dir(&mount).expect("mount point");
+        let fs = LoopFs {
+            _dir: dir,
+            device,
+            mount,
+        };
+        run(Command::new("mount").arg(&fs.device).arg(&fs.mount));
+        fs
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.mount.join(name)
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mount).status();
+        let _ = Command::new("losetup").args(["-d", &self.device]).status();
+    }
+}
 
 /// Free bytes of the file system holding `path` (for unprivileged users: what they may
 /// still write).

@@ -157,6 +157,7 @@ PROTOTYPES = {
     "swapper_io_alignment": (c_uint64, []),
     "swapper_io_live_handles": (c_uint64, []),
     "swapper_config_default": (None, [POINTER(ConfigStruct)]),
+    "swapper_config_page_locked_bytes": (c_status, [POINTER(ConfigStruct), POINTER(c_uint64)]),
     "swapper_create": (c_status, [POINTER(ConfigStruct), POINTER(c_void_p)]),
     "swapper_create_from_json": (c_status, [c_char_p, c_uint32, c_enum, POINTER(c_void_p)]),
     "swapper_destroy": (None, [_p]),

@@ -73,6 +73,23 @@ class Swapper:
         check(self._lib.swapper_create(byref(cfg), byref(handle)))
         self._setup(handle, _dtype(dtype), cfg.buffer_numel)
 
+    @staticmethod
+    def page_locked_bytes(dtype="fp16", buffer_count=5, buffer_numel=100_000_000, pin_memory=False):
+        """Bytes a Swapper with these settings would page-lock for its pool, whole pages as
+        the kernel counts them (0 when not pinned); creates nothing
+        (swapper_config_page_locked_bytes). Creation checks them against the memory cgroup
+        and MemAvailable (OutOfMemoryError, saying what fits) and RLIMIT_MEMLOCK (unlocked,
+        with a warning)."""
+        cfg = ConfigStruct()
+        lib().swapper_config_default(byref(cfg))
+        cfg.dtype = int(_dtype(dtype))
+        cfg.buffer_count = _uint(buffer_count, "buffer_count", 32)
+        cfg.buffer_numel = _uint(buffer_numel, "buffer_numel")
+        cfg.pin_memory = bool(pin_memory)
+        out = c_uint64()
+        check(lib().swapper_config_page_locked_bytes(byref(cfg), byref(out)))
+        return out.value
+
     @classmethod
     def from_deepspeed_config(cls, config, rank=0, dtype="fp16"):
         """A swapper from a DeepSpeed configuration: JSON text, a path to a JSON file, or

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
 
 use super::boundary::write_out;
+use crate::memory_budget::{self, Demand};
 use crate::status::Status;
 use crate::sys::alloc::{find_allocation, release, retain, AlignedBuf};
 
@@ -18,12 +19,14 @@ fn allocations() -> std::sync::MutexGuard<'static, HashMap<usize, AlignedBuf>> {
 
 /// Allocates `nbytes` (0 gives one page) of zero-filled memory aligned to at least 4096
 /// bytes, suitable for O_DIRECT. With `lock` true the pages are locked in RAM (pinned)
-/// when RLIMIT_MEMLOCK allows it; otherwise the memory stays unlocked and a warning is
-/// logged (`swapper_is_locked` tells which). The caller owns the memory and frees it with
-/// `swapper_free_aligned`. Thread-safe.
+/// when RLIMIT_MEMLOCK allows it (or the process holds CAP_IPC_LOCK); otherwise the memory
+/// stays unlocked and a warning is logged (`swapper_is_locked` tells which). The caller
+/// owns the memory and frees it with `swapper_free_aligned`. Thread-safe.
 ///
 /// Errors: `SWAPPER_STATUS_NULL_POINTER` if `out` is NULL; `SWAPPER_STATUS_OUT_OF_MEMORY`
-/// if the memory cannot be had (more than the machine's RAM is refused up front).
+/// if the memory cannot be had (more than the machine's RAM is refused up front; with
+/// `lock`, more than MemAvailable or than the memory cgroup's room is refused up front,
+/// the message saying how much fits). `*out` is left unchanged on failure.
 ///
 /// # Safety
 /// `out` must be NULL or valid for writing one pointer.
@@ -39,6 +42,13 @@ pub unsafe extern "C" fn swapper_alloc_aligned(
         }
         let len = usize::try_from(nbytes)
             .map_err(|_| crate::Error::new(Status::OutOfMemory, format!("cannot allocate {nbytes} bytes")))?;
+        let lock = lock
+            && memory_budget::check(&[Demand::new(
+                format!("swapper_alloc_aligned of {nbytes} bytes"),
+                "nbytes",
+                nbytes,
+            )])?
+            .lock;
         let buf = AlignedBuf::new(len, lock)?;
         let ptr = buf.as_ptr() as *mut libc::c_void;
         allocations().insert(ptr as usize, buf);

@@ -119,15 +119,7 @@ impl TryFrom<&SwapperConfig> for Settings {
             // SAFETY: the caller of swapper_create promises a NUL-terminated string or NULL.
             unsafe { arg_path(c.nvme_path, "config->nvme_path") }?
         };
-        let allocator = match (c.alloc_fn, c.free_fn) {
-            (Some(alloc), Some(free)) => Some(ExternalAllocator {
-                alloc,
-                free,
-                user_data: c.allocator_user_data as usize,
-            }),
-            (None, None) => None,
-            _ => return Err(Error::invalid("set both alloc_fn and free_fn, or neither")),
-        };
+        let allocator = allocator_of(c)?;
         let s = Settings {
             nvme_path,
             nvme_paths,
@@ -142,6 +134,19 @@ impl TryFrom<&SwapperConfig> for Settings {
         };
         s.validate()?;
         Ok(s)
+    }
+}
+
+/// The caller's allocator, if `alloc_fn` and `free_fn` are both set.
+fn allocator_of(c: &SwapperConfig) -> Result<Option<ExternalAllocator>> {
+    match (c.alloc_fn, c.free_fn) {
+        (Some(alloc), Some(free)) => Ok(Some(ExternalAllocator {
+            alloc,
+            free,
+            user_data: c.allocator_user_data as usize,
+        })),
+        (None, None) => Ok(None),
+        _ => Err(Error::invalid("set both alloc_fn and free_fn, or neither")),
     }
 }
 
@@ -185,6 +190,53 @@ pub unsafe extern "C" fn swapper_config_default(out: *mut SwapperConfig) {
     };
     // SAFETY: the caller's contract.
     unsafe { write_opt(out, c) }
+}
+
+/// Stores in `*out_bytes` how many bytes `swapper_create` with `*config` would page-lock
+/// (pin) for the buffer pool, counted as the kernel counts locked memory: `buffer_count`
+/// buffers of `buffer_numel` elements of `dtype` (each buffer rounded up to the I/O
+/// alignment), the whole rounded up to pages. 0 when `pin_memory` is off or `alloc_fn`
+/// provides the memory (libswapper then locks nothing). Creates and allocates nothing;
+/// reads only `dtype`, `buffer_count`, `buffer_numel`, `pin_memory`, `alloc_fn` and
+/// `free_fn` (`nvme_path` may be NULL). `swapper_create` checks this many bytes, before it
+/// allocates, against the memory cgroup's room and MemAvailable (refused with
+/// `SWAPPER_STATUS_OUT_OF_MEMORY`, the message saying how much fits and what to lower)
+/// and RLIMIT_MEMLOCK (the pool is then created unlocked, with a warning). The
+/// partitioned swap space, reserved later, is not included. Thread-safe.
+///
+/// Errors: `SWAPPER_STATUS_NULL_POINTER` (config or out_bytes NULL);
+/// `SWAPPER_STATUS_INVALID_ARGUMENT` (buffer_count or buffer_numel 0, an invalid dtype,
+/// only one of alloc_fn and free_fn set); `SWAPPER_STATUS_OUT_OF_MEMORY` (the pool's size
+/// overflows). After a failure `*out_bytes` is 0 (when out_bytes is not NULL).
+///
+/// # Safety
+/// `config` must be NULL or point to a `SwapperConfig`; `out_bytes` must be NULL or valid
+/// for writing one `uint64_t`.
+#[no_mangle]
+pub unsafe extern "C" fn swapper_config_page_locked_bytes(
+    config: *const SwapperConfig,
+    out_bytes: *mut u64,
+) -> Status {
+    crate::ffi_boundary!("swapper_config_page_locked_bytes", {
+        // SAFETY: the caller's contract.
+        unsafe { write_opt(out_bytes, 0) };
+        // SAFETY: the caller's contract.
+        let c = unsafe { arg_ref(config, "config") }?;
+        if out_bytes.is_null() {
+            return Err(Error::new(Status::NullPointer, "out_bytes is NULL"));
+        }
+        let pool = Settings {
+            dtype: Dtype::from_c(c.dtype)?,
+            buffer_count: c.buffer_count,
+            buffer_numel: c.buffer_numel,
+            pin_memory: flag_is_set(c.pin_memory),
+            allocator: allocator_of(c)?,
+            ..Settings::default()
+        };
+        let bytes = crate::swapper::page_locked_bytes(&pool)?;
+        // SAFETY: checked non-NULL; the caller's contract.
+        unsafe { write_out(out_bytes, "out_bytes", bytes) }
+    })
 }
 
 fn create(settings: Settings, out: *mut *mut Swapper) -> Result<()> {

@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 
 use crate::config::IO_ALIGNMENT;
+use crate::memory_budget::{self, Demand};
 use crate::status::{Error, Result, Status};
 use crate::sys::alloc::Memory;
 use crate::sys::RawBuf;
@@ -30,7 +31,9 @@ pub(crate) struct RingMemory {
 
 impl RingMemory {
     /// `budget` bytes (rounded down to the alignment; at least one aligned unit), page-locked
-    /// when `lock`. The page-lock budget is checked before anything is locked.
+    /// when `lock`. The page-lock budget is checked before anything is locked
+    /// ([`memory_budget::check`]): a ring the memory cannot hold is `OutOfMemory` naming
+    /// `ring_bytes`; one only RLIMIT_MEMLOCK refuses is allocated unlocked (with a warning).
     pub fn new(budget: u64, lock: bool) -> Result<RingMemory> {
         let bytes = budget / IO_ALIGNMENT * IO_ALIGNMENT;
         if bytes == 0 {
@@ -40,6 +43,13 @@ impl RingMemory {
         }
         let len = usize::try_from(bytes)
             .map_err(|_| Error::new(Status::OutOfMemory, format!("ring_bytes {budget} is too large")))?;
+        let lock = lock
+            && memory_budget::check(&[Demand::new(
+                format!("the optimizer swapper's ring ({bytes} bytes)"),
+                "ring_bytes (DeepSpeed: offload_optimizer.buffer_count x the largest sub-group)",
+                bytes,
+            )])?
+            .lock;
         let memory = Memory::allocate(len, lock, None)
             .map_err(|e| e.context(format!("the optimizer swapper's ring of {bytes} bytes")))?;
         Ok(RingMemory { memory, bytes })

@@ -129,6 +129,12 @@ pub struct Swapper {
     elem: usize,
 }
 
+/// Bytes a swapper with these settings page-locks for its pool, as the kernel counts
+/// them (0 when not pinned); creates nothing. Reads only the pool's settings.
+pub fn page_locked_bytes(config: &Settings) -> Result<u64> {
+    Pool::page_locked_bytes(config)
+}
+
 impl Swapper {
     /// Opens the store (a rank folder per drive, locked and emptied, and an engine per
     /// drive) and the buffer pool.

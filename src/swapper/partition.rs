@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use crate::convert;
+use crate::memory_budget::{self, Demand};
 use crate::status::{Error, Result, Status};
 use crate::sys::alloc::Memory;
 
@@ -35,8 +36,9 @@ impl PartitionSpace {
 impl Swapper {
     /// Allocates the staging space for [`Swapper::swap_out_partitioned`]: the sum of the
     /// io-aligned lengths of `numels` (DeepSpeed's `reserve_partitioned_swap_space`),
-    /// pinned when `pin_memory` is set. Replaces an earlier one (a partitioned swap-out
-    /// running meanwhile finishes with the old one).
+    /// pinned when `pin_memory` is set (and it fits: see [`memory_budget::check`]).
+    /// Replaces an earlier one (a partitioned swap-out running meanwhile finishes with
+    /// the old one).
     pub fn reserve_partitioned_swap_space(&self, numels: &[u64]) -> Result<()> {
         if numels.is_empty() {
             return Err(Error::invalid("no partition sizes given"));
@@ -50,7 +52,15 @@ impl Swapper {
             .checked_mul(self.elem as u64)
             .and_then(|b| usize::try_from(b).ok())
             .ok_or_else(too_large)?;
-        let memory = Memory::allocate(bytes, self.config.pin_memory, self.config.allocator)
+        let lock = self.config.pin_memory
+            && self.config.allocator.is_none()
+            && memory_budget::check(&[Demand::new(
+                format!("the partitioned swap space ({capacity} elements)"),
+                "the partition sizes given to reserve_partitioned_swap_space",
+                bytes as u64,
+            )])?
+            .lock;
+        let memory = Memory::allocate(bytes, lock, self.config.allocator)
             .map_err(|e| e.context(format!("partitioned swap space of {capacity} elements")))?;
         self.lock()?
             .set_partition(Arc::new(PartitionSpace { memory, capacity }));

@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-pub mod loopfs;
+pub mod drive_bed;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -359,17 +359,23 @@ impl OptimizerSwapper {
     }
 
     /// Forgets every sub-group and its files (DeepSpeed's `purge_state`): refused during a
-    /// step or with gradient writes in flight. Data whose write-behind failed is dropped.
+    /// step. Waits for gradient writes in flight first (their outcome no longer matters).
+    /// Data whose write-behind failed is dropped.
     pub fn purge(&self) -> Result<()> {
         self.usable()?;
+        if self.lock()?.step.is_some() {
+            return Err(Error::bad_state("purge during a step: end the step first"));
+        }
+        self.settle_gradients(true)?;
         let keys: Vec<u64> = {
             let mut st = self.lock()?;
             if st.step.is_some() {
                 return Err(Error::bad_state("purge during a step: end the step first"));
             }
-            if !st.grads.is_empty() {
-                return Err(Error::bad_state(
-                    "purge with gradient writes in flight: call wait_gradients first",
+            if !st.grads.is_empty() || st.grads_settling > 0 {
+                return Err(Error::new(
+                    Status::Busy,
+                    "gradient writes were queued by another thread during purge: call purge again",
                 ));
             }
             if let Some((i, g)) = st

@@ -127,11 +127,11 @@ fn train(dir: &Path, sizes: &[u64], ring: u64, read_ahead: u32, steps: i32, shuf
     o.begin_step(&order).unwrap();
     while let Some(v) = o.next_ready().unwrap() {
         let i = v.index() as usize;
-        for k in 0..3 {
+        for (k, want) in mem[i].iter().enumerate() {
             let same = v
                 .tensor(k)
                 .iter()
-                .zip(&mem[i][k])
+                .zip(want)
                 .all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(
                 same,

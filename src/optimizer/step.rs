@@ -100,6 +100,13 @@ impl Drop for Claim<'_> {
     }
 }
 
+/// A sub-group's tickets: (tensor index, ticket).
+type TensorTickets = Vec<(usize, Ticket)>;
+
+/// What became of one tensor's write: its index, the outcome (its crc32c when asked) and
+/// the checksum's parts.
+type WriteOutcome = (usize, Result<Option<u32>>, Vec<(u64, u64, u32)>);
+
 /// One tensor to read or write: index, store key, offset in the ring, bytes, name.
 struct Job {
     k: usize,
@@ -622,7 +629,7 @@ impl OptimizerSwapper {
             claim.io.failed = refused;
             if claim.io.failed.is_none() {
                 for job in &jobs {
-                    match self.submit(j, &job, false) {
+                    match self.submit(j, job, false) {
                         Ok(t) => claim.io.queued.push((job.k, t)),
                         Err(e) => {
                             claim.io.failed = Some(e);
@@ -806,7 +813,7 @@ impl OptimizerSwapper {
     /// Writing -> Done with the region freed and the new checksums, or, on failure,
     /// -> Unsaved with the data kept in the region and the files marked invalid.
     pub(crate) fn settle(&self, block: bool) -> Result<()> {
-        let snapshot: Vec<(u32, u64, Vec<(usize, Ticket)>)> = {
+        let snapshot: Vec<(u32, u64, TensorTickets)> = {
             let st = self.lock()?;
             st.groups
                 .iter()
@@ -822,7 +829,7 @@ impl OptimizerSwapper {
             return Ok(());
         }
         // Without the lock (the tickets have finished, or `block` waits for them).
-        let results: Vec<Vec<(usize, Result<Option<u32>>, Vec<(u64, u64, u32)>)>> = snapshot
+        let results: Vec<Vec<WriteOutcome>> = snapshot
             .iter()
             .map(|(_, _, ts)| {
                 ts.iter()

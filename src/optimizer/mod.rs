@@ -21,12 +21,17 @@
 //! - [`params`]: a visited sub-group's new fp32 params straight to the parameter
 //!   swapper's fp16/bf16 files.
 //!
+//! Below it: the swap store ([`crate::store`], opened with separate read and write
+//! engines per drive, so a write-behind never delays the next read), the page-lock budget
+//! ([`crate::memory_budget`], checked before the ring is pinned) and the checksums
+//! ([`crate::checksum`], shared with the parameter swapper).
+//!
 //! # The lock discipline
 //! One mutex holds the bookkeeping (registry, arena, step). No call holds it across a
 //! file-system call, a submission, a wait, a copy or a conversion. Every I/O runs as
 //! *claim* (under the lock: check, move the sub-group to its new phase, take a ring
 //! region), *submit* (without the lock, through the store), *record* (under the lock:
-//! the tickets, or the failure). The claim is a guard ([`step::Claim`]) that records
+//! the tickets, or the failure). The claim is a guard (`step::Claim`) that records
 //! itself when dropped: a panic between claim and record leaves the sub-group with the
 //! tickets already queued and a `Panic` failure, never stuck. A panic while the lock is
 //! held poisons it, and every later call returns `Panic` (the handle is broken).

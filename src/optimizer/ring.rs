@@ -1,9 +1,9 @@
 //! The ring: one page-locked allocation of the caller's budget, carved into regions of
 //! exact sizes (a sub-group's tensors, or a gradient fragment being written).
 //!
-//! The memory ([`RingMemory`]) is read and written without the bookkeeping lock, by the
+//! The memory (`RingMemory`) is read and written without the bookkeeping lock, by the
 //! caller (a sub-group out with it) and by the I/O workers (a region being read or
-//! written); who may touch which region is decided by the [`Arena`], which lives behind
+//! written); who may touch which region is decided by the `Arena`, which lives behind
 //! the swapper's lock. Regions are handed out like a ring buffer: the next one starts
 //! where the last one ended, wrapping to the start, skipping regions still in use (a
 //! sub-group the caller keeps, a write still in flight, data whose write-behind failed).

@@ -1,10 +1,7 @@
 //! The pipeline of a step: begin_step announces the order, next_ready hands out the next
 //! sub-group once its reads are done, hand_back queues its write-behind, end_step waits
-//! for every write. Reads ahead and writes behind advance inside these calls ([`pump`],
-//! [`settle`]): there is no thread of the swapper's own and no callback.
-//!
-//! [`pump`]: OptimizerSwapper::pump
-//! [`settle`]: OptimizerSwapper::settle
+//! for every write. Reads ahead and writes behind advance inside these calls (`pump`,
+//! `settle`): there is no thread of the swapper's own and no callback.
 
 use crate::status::{Error, Result, Status};
 use crate::store::StoreTicket as Ticket;

@@ -99,10 +99,22 @@ impl OptimizerSwapper {
         let start = loop {
             let oldest = {
                 let mut st = self.lock()?;
-                if let Some(r) = st.arena.alloc(need) {
-                    break r;
+                // A write in flight to an overlapping range must land first: two writes of
+                // the same bytes in flight at once may land in either order.
+                let end = off + data.len() as u64;
+                let overlapping = st
+                    .grads
+                    .iter()
+                    .find(|g| {
+                        g.index == index && g.tensor == tensor && g.offset < end && off < g.offset + g.numel
+                    })
+                    .map(|g| g.ticket.clone());
+                if overlapping.is_none() {
+                    if let Some(r) = st.arena.alloc(need) {
+                        break r;
+                    }
                 }
-                st.grads.first().map(|g| g.ticket.clone())
+                overlapping.or_else(|| st.grads.first().map(|g| g.ticket.clone()))
             };
             match oldest {
                 Some(t) => {

@@ -469,3 +469,53 @@ fn a_failed_gradient_fragment_is_reported_and_blocks_the_read_until_rewritten() 
     v.discard().unwrap();
     o.end_step().unwrap();
 }
+
+#[test]
+fn bookkeeping_answers_while_a_step_waits_for_slow_reads_and_writes() {
+    let _serial = FAULTS.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = common::disk_dir();
+    let o = std::sync::Arc::new(opt(dir.path(), 1 << 20));
+    o.register(0, &specs(10_000)).unwrap();
+    o.register(1, &specs(10_000)).unwrap();
+    fill_step(&o, &[0, 1], |i, _| i as f32).unwrap();
+    // Every request of the next reads and writes takes 150 ms.
+    for call in [Call::Read, Call::Write] {
+        fault::install(Rule {
+            call,
+            path_contains: "zero_stage_3/optimizer".into(),
+            fault: Fault::DelayMs(150),
+            skip: 0,
+            times: 4,
+        });
+    }
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (o, done) = (o.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut slowest = std::time::Duration::ZERO;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = std::time::Instant::now();
+                o.stats().unwrap();
+                o.subgroups().unwrap();
+                slowest = slowest.max(t.elapsed());
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            slowest
+        })
+    };
+    let started = std::time::Instant::now();
+    fill_step(&o, &[1, 0], |i, _| 10.0 + i as f32).unwrap();
+    let took = started.elapsed();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let slowest = watcher.join().unwrap();
+    fault::clear();
+    assert!(
+        took >= std::time::Duration::from_millis(150),
+        "the delay did not apply: {took:?}"
+    );
+    assert!(
+        slowest < std::time::Duration::from_millis(100),
+        "a bookkeeping call waited {slowest:?} while the step waited for I/O"
+    );
+    check_step(&o, &[0, 1], |i, _| 10.0 + i as f32);
+}

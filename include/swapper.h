@@ -55,6 +55,12 @@
 #define BF16_NAN 65535
 
 /**
+ * What `swapper_optimizer_next_ready` stores in `*out_subgroup` when every sub-group of
+ * the step has been handed out.
+ */
+#define SWAPPER_OPTIMIZER_NONE UINT32_MAX
+
+/**
  * The unit a tensor is split in, and the alignment of its chunks: 1 MiB.
  */
 #define SPLIT_UNIT (1 << 20)
@@ -234,6 +240,24 @@ typedef enum {
 } SwapperDtype;
 
 /**
+ * What a tensor of a sub-group is.
+ */
+typedef enum {
+  /**
+   * Optimizer state (master params, moments, ...): read at the start of its sub-group's
+   * visit, written back when the sub-group is handed back. Reads back as zeros until
+   * first written.
+   */
+  SWAPPER_TENSOR_KIND_STATE = 0,
+  /**
+   * Gradients: written in fragments by `swap_out_gradients` during backward, read
+   * with the sub-group, never written back by the step. Reads back as zeros until a
+   * fragment is written.
+   */
+  SWAPPER_TENSOR_KIND_GRADIENT = 1,
+} SwapperTensorKind;
+
+/**
  * A parameter swapper: ZeRO-Infinity parameter offload to NVMe. Create with
  * `swapper_create` or `swapper_create_from_json`, destroy with `swapper_destroy`. Every
  * function taking a `Swapper` is thread-safe (a prefetch thread beside a compute thread
@@ -262,6 +286,18 @@ typedef struct Swapper Swapper;
  * keeps working), and `swapper_io_destroy` only forgets it.
  */
 typedef struct SwapperIo SwapperIo;
+
+/**
+ * An optimizer-state swapper: the fp32 master params, optimizer moments and gradients of
+ * ZeRO-Infinity's optimizer offload, in sub-groups, on NVMe, stepped through a bounded
+ * ring of page-locked memory. Create with `swapper_optimizer_create`, destroy with
+ * `swapper_optimizer_destroy`. Every function taking one is thread-safe; the step calls
+ * (`begin_step`, `next_ready`, `hand_back`, `end_step`) are meant for one thread at a
+ * time, and two threads may each take and hand back sub-groups of the same step.
+ * Nothing is ever called back from the library's I/O threads: the pipeline advances
+ * inside these calls.
+ */
+typedef struct SwapperOptimizer SwapperOptimizer;
 
 /**
  * A log callback: receives the message's level, the message (NUL-terminated, valid
@@ -317,6 +353,123 @@ typedef struct {
    */
   SwapperDirectIo direct_io;
 } SwapperIoConfig;
+
+/**
+ * The optimizer swapper's settings. Fill with `swapper_optimizer_config_default`, then
+ * set `nvme_path` (or `nvme_paths`).
+ */
+typedef struct {
+  /**
+   * Root folder of the swap files (DeepSpeed `offload_optimizer.nvme_path`): the files
+   * go to `<nvme_path>/zero_stage_3/optimizer/rank<R>/`. Ignored when `nvme_paths` is
+   * set. Borrowed during `swapper_optimizer_create` only.
+   */
+  const char *nvme_path;
+  /**
+   * Several drives' folders (`nvme_path_count` strings), each with its own rank
+   * folder and queue; NULL to use `nvme_path`. Borrowed during create only.
+   */
+  const char *const *nvme_paths;
+  /**
+   * Entries of `nvme_paths`.
+   */
+  size_t nvme_path_count;
+  /**
+   * This process's rank. Default 0.
+   */
+  uint32_t rank;
+  /**
+   * Bytes of the ring of page-locked buffers the step runs in: at least the largest
+   * sub-group's bytes (each tensor rounded up to 4096); twice that lets the next
+   * sub-group's read overlap this one's step. Default 1 GiB.
+   */
+  uint64_t ring_bytes;
+  /**
+   * Most sub-groups read ahead of the caller; 0 (the default): as many as the ring holds.
+   */
+  uint32_t read_ahead;
+  /**
+   * Page-lock the ring. Default 1. A one-byte flag: 0 is false, any other value true.
+   */
+  uint8_t pin_memory;
+  /**
+   * Keep a crc32c of every tensor written (of every gradient fragment) and check it on
+   * every read; a mismatch is `SWAPPER_STATUS_CORRUPT_DATA`. Default 0.
+   */
+  uint8_t verify_checksums;
+  /**
+   * The I/O engine's settings (DeepSpeed `aio`).
+   */
+  SwapperIoConfig io;
+} SwapperOptimizerConfig;
+
+/**
+ * One tensor of a sub-group, as `swapper_optimizer_register` takes it.
+ */
+typedef struct {
+  /**
+   * Its name, unique in the sub-group (NUL-terminated; borrowed for the call).
+   */
+  const char *name;
+  /**
+   * fp32 elements, at least 1.
+   */
+  uint64_t numel;
+  /**
+   * `SWAPPER_TENSOR_KIND_STATE` or `SWAPPER_TENSOR_KIND_GRADIENT`.
+   */
+  SwapperTensorKind kind;
+} SwapperTensorSpec;
+
+/**
+ * What the optimizer swapper has done, and the memory it holds.
+ */
+typedef struct {
+  /**
+   * Sub-groups registered.
+   */
+  uint64_t subgroups;
+  /**
+   * Steps ended.
+   */
+  uint64_t steps;
+  /**
+   * Bytes of the ring: the page-locked memory the swapper holds (when `ring_locked`).
+   */
+  uint64_t ring_bytes;
+  /**
+   * Bytes of the ring in use now.
+   */
+  uint64_t ring_in_use;
+  /**
+   * Most bytes of the ring ever in use at once.
+   */
+  uint64_t ring_peak;
+  /**
+   * Most sub-groups ever read (or being read) ahead of the caller at once.
+   */
+  uint64_t read_ahead_peak;
+  /**
+   * Bytes read and written by the swapper's store since it opened.
+   */
+  uint64_t bytes_read;
+  /**
+   * As `bytes_read`, written.
+   */
+  uint64_t bytes_written;
+  /**
+   * Nanoseconds `next_ready` spent blocked waiting for reads (the I/O the step did not hide).
+   */
+  uint64_t read_wait_ns;
+  /**
+   * Nanoseconds spent blocked waiting for writes (end_step, and a full ring).
+   */
+  uint64_t write_wait_ns;
+  /**
+   * Whether the ring's pages are locked in RAM: 1 or 0.
+   */
+  uint8_t ring_locked;
+} SwapperOptimizerStats;
 
 /**
  * Allocates the pool's memory: `nbytes` aligned to `alignment` (4096); returns NULL on
@@ -762,6 +915,254 @@ uint64_t swapper_io_alignment(void);
  * How many `SwapperIo` handles are live in this process (for leak checks). Thread-safe.
  */
 uint64_t swapper_io_live_handles(void);
+
+/**
+ * Fills `*out` with the defaults: no nvme_path, rank 0, a ring of 1 GiB, read-ahead as
+ * the ring allows, pinned, checksums off, the engine's defaults. NULL is ignored.
+ * Thread-safe.
+ *
+ * # Safety
+ * `out` must be NULL or valid for writing one `SwapperOptimizerConfig`.
+ */
+void swapper_optimizer_config_default(SwapperOptimizerConfig *out);
+
+/**
+ * Creates an optimizer swapper with `*config` and stores its handle in `*out`; the caller
+ * owns it and frees it with `swapper_optimizer_destroy`. Opens (creates, mode 0700, and
+ * locks) the rank folder on every drive and allocates the ring. Thread-safe.
+ *
+ * Errors: `SWAPPER_STATUS_NULL_POINTER` (config, out or the path NULL),
+ * `SWAPPER_STATUS_INVALID_ARGUMENT` (a setting out of range, ring_bytes under 4096, a
+ * path that is not a folder), `SWAPPER_STATUS_NOT_FOUND` (a path missing),
+ * `SWAPPER_STATUS_BUSY` (another handle holds the rank folder),
+ * `SWAPPER_STATUS_OUT_OF_MEMORY` (the ring cannot be allocated, or page-locked within
+ * the limits), `SWAPPER_STATUS_IO_ERROR`. On failure `*out` is left unchanged.
+ *
+ * # Safety
+ * `config` must be NULL or point to a `SwapperOptimizerConfig` whose strings are NULL or
+ * NUL-terminated (and whose `nvme_paths`, if not NULL, holds `nvme_path_count` of them);
+ * `out` must be NULL or valid for writing one pointer.
+ */
+SwapperStatus swapper_optimizer_create(const SwapperOptimizerConfig *config,
+                                       SwapperOptimizer **out);
+
+/**
+ * Destroys an optimizer swapper: waits for every read and write in flight, frees the
+ * ring, unlocks the folders (the files stay). NULL is ignored; a handle that is not live
+ * is reported through the last error and otherwise ignored. Pointers from
+ * `swapper_optimizer_next_ready` must not be used afterwards; data of a failed
+ * write-behind that was never written again is lost. Thread-safe as
+ * `swapper_destroy`: when it returns, no I/O of the handle touches memory any more.
+ */
+void swapper_optimizer_destroy(SwapperOptimizer *optimizer);
+
+/**
+ * Registers sub-group `subgroup` with `count` tensors: reserves their space in the
+ * store; every tensor reads back as zeros until written (the file system provides the
+ * zeros: none go through the CPU). The names are copied. Thread-safe; refused during a
+ * step only for the sub-groups in it.
+ *
+ * Errors: `SWAPPER_STATUS_BAD_STATE` (already registered), `SWAPPER_STATUS_INVALID_ARGUMENT`
+ * (no tensors, an empty or repeated name, numel 0, an unknown kind),
+ * `SWAPPER_STATUS_NO_BUFFER` (the sub-group is larger than the ring: the message names
+ * the ring_bytes that would fit), `SWAPPER_STATUS_NULL_POINTER`, `SWAPPER_STATUS_IO_ERROR`
+ * (no space on a drive: nothing stays registered).
+ *
+ * # Safety
+ * `tensors` must be NULL or point to `count` specs whose names are NULL or NUL-terminated.
+ */
+SwapperStatus swapper_optimizer_register(SwapperOptimizer *optimizer,
+                                         uint32_t subgroup,
+                                         const SwapperTensorSpec *tensors,
+                                         size_t count);
+
+/**
+ * Forgets every sub-group and frees its space (DeepSpeed's `purge_state`). Refused
+ * during a step and while gradient writes are in flight. Thread-safe.
+ *
+ * Errors: `SWAPPER_STATUS_BAD_STATE`, `SWAPPER_STATUS_BUSY` (a registration under way).
+ */
+SwapperStatus swapper_optimizer_purge(SwapperOptimizer *optimizer);
+
+/**
+ * Starts a step that visits `order[0..count]` (registered sub-groups, each at most once,
+ * in any order). Waits for gradient writes first (their failures are returned here and
+ * the step does not start), then queues the first reads. Thread-safe.
+ *
+ * Errors: `SWAPPER_STATUS_BAD_STATE` (a step is under way), `SWAPPER_STATUS_NOT_FOUND`
+ * (an unknown sub-group), `SWAPPER_STATUS_INVALID_ARGUMENT` (a sub-group twice),
+ * `SWAPPER_STATUS_IO_ERROR` (a gradient write failed), `SWAPPER_STATUS_NULL_POINTER`.
+ *
+ * # Safety
+ * `order` must be NULL or point to `count` values.
+ */
+SwapperStatus swapper_optimizer_begin_step(SwapperOptimizer *optimizer,
+                                           const uint32_t *order,
+                                           size_t count);
+
+/**
+ * Takes the next sub-group of the step's order once its reads are done (and checked):
+ * stores its number in `*out_subgroup`, the address of each of its tensors (fp32, in
+ * registration order, at most `capacity` of them) in `out_tensors`, and its tensor count
+ * in `*out_count`. The tensors are the swapper's memory, zero-copy: compute in place,
+ * then hand the sub-group back with `swapper_optimizer_hand_back`; the addresses are
+ * valid until then. With every sub-group of the step handed out, `*out_subgroup` is
+ * `SWAPPER_OPTIMIZER_NONE` and `*out_count` 0. Blocks until the reads are done. Thread-safe.
+ *
+ * Errors: `SWAPPER_STATUS_BAD_STATE` (no step), `SWAPPER_STATUS_NO_BUFFER` (the ring is
+ * held by sub-groups the caller keeps: hand one back), `SWAPPER_STATUS_IO_ERROR` or
+ * `SWAPPER_STATUS_CORRUPT_DATA` (the sub-group's read failed, or a file was truncated or
+ * replaced: the message names the sub-group, the tensor, the file and the offset; the
+ * sub-group is skipped for this step, its files unchanged, and the next call goes on with
+ * the one after it), `SWAPPER_STATUS_NULL_POINTER`. After a failure `*out_subgroup` is
+ * `SWAPPER_OPTIMIZER_NONE` and `*out_count` 0 (when the pointers are not NULL).
+ *
+ * # Safety
+ * `out_subgroup` and `out_count` must be NULL or valid for writing; `out_tensors` must be
+ * NULL (with `capacity` 0) or valid for writing `capacity` pointers.
+ */
+SwapperStatus swapper_optimizer_next_ready(SwapperOptimizer *optimizer,
+                                           uint32_t *out_subgroup,
+                                           float **out_tensors,
+                                           size_t capacity,
+                                           size_t *out_count);
+
+/**
+ * The address and element count of tensor `tensor` of sub-group `subgroup`, which must
+ * be out with the caller (taken by `swapper_optimizer_next_ready`, not yet handed back).
+ * Thread-safe.
+ *
+ * Errors: `SWAPPER_STATUS_NOT_FOUND`, `SWAPPER_STATUS_BAD_STATE` (not out),
+ * `SWAPPER_STATUS_INVALID_ARGUMENT` (no such tensor), `SWAPPER_STATUS_NULL_POINTER`.
+ * After a failure the out-parameters are unchanged.
+ *
+ * # Safety
+ * `out_buffer` must be NULL or valid for writing one pointer, `out_numel` NULL or valid
+ * for writing one value.
+ */
+SwapperStatus swapper_optimizer_tensor(SwapperOptimizer *optimizer,
+                                       uint32_t subgroup,
+                                       size_t tensor,
+                                       float **out_buffer,
+                                       uint64_t *out_numel);
+
+/**
+ * Hands sub-group `subgroup` back: queues the write-behind of its state tensors (not its
+ * gradients) and returns at once. Its tensor addresses must not be used afterwards.
+ * Thread-safe.
+ *
+ * Errors: `SWAPPER_STATUS_NOT_FOUND` (unknown sub-group), `SWAPPER_STATUS_BAD_STATE` (not
+ * out with the caller: never taken, or handed back twice; no step),
+ * `SWAPPER_STATUS_BUSY` (`swapper_optimizer_swap_out_params` on it runs in another
+ * thread), `SWAPPER_STATUS_IO_ERROR` (a write could not be queued: the new state stays in
+ * the ring and is written again at the sub-group's next visit; `end_step` reports it too).
+ */
+SwapperStatus swapper_optimizer_hand_back(SwapperOptimizer *optimizer, uint32_t subgroup);
+
+/**
+ * Ends the visit of sub-group `subgroup` without writing it: its files keep the state
+ * they had before the step (the caller's changes are dropped). Its tensor addresses must
+ * not be used afterwards. Thread-safe.
+ *
+ * Errors: as `swapper_optimizer_hand_back`, without the I/O error.
+ */
+SwapperStatus swapper_optimizer_discard(SwapperOptimizer *optimizer, uint32_t subgroup);
+
+/**
+ * Ends the step: waits for every write-behind and for reads queued ahead and never taken;
+ * returns the step's failures, all listed in the last error (reads skipped, writes
+ * failed, sub-groups of the order never taken). A sub-group whose write failed keeps its
+ * new state in the ring and is written again at its next visit; its previous file is
+ * never presented as valid. Refused while sub-groups are out with the caller (the step
+ * goes on). Blocks. Thread-safe.
+ *
+ * Errors: `SWAPPER_STATUS_BAD_STATE` (no step; sub-groups still out, named),
+ * `SWAPPER_STATUS_IO_ERROR`, `SWAPPER_STATUS_CORRUPT_DATA` (the step ended; the first
+ * failure's status).
+ */
+SwapperStatus swapper_optimizer_end_step(SwapperOptimizer *optimizer);
+
+/**
+ * Writes `count` gradient fragments of tensor `tensor` (a `SWAPPER_TENSOR_KIND_GRADIENT`
+ * tensor) of sub-group `subgroup`: fragment i is `numels[i]` floats from `data[i]`,
+ * written at element `offsets[i]` of the tensor (DeepSpeed's `swap_out_gradients`).
+ * The data is copied into the ring and queued; the caller's memory is free again when
+ * the call returns. `swapper_optimizer_wait_gradients` (or the next `begin_step`)
+ * reports the writes. Refused during a step. The whole call is checked before anything
+ * is written. Thread-safe.
+ *
+ * Errors: `SWAPPER_STATUS_NOT_FOUND`, `SWAPPER_STATUS_BAD_STATE` (during a step),
+ * `SWAPPER_STATUS_INVALID_ARGUMENT` (not a gradient tensor, a fragment outside it),
+ * `SWAPPER_STATUS_NULL_POINTER`, `SWAPPER_STATUS_IO_ERROR` (a fragment could not be
+ * queued; the ones before it are).
+ *
+ * # Safety
+ * Each array must be NULL or hold `count` entries; `data[i]` must be valid for reading
+ * `numels[i]` floats.
+ */
+SwapperStatus swapper_optimizer_swap_out_gradients(SwapperOptimizer *optimizer,
+                                                   uint32_t subgroup,
+                                                   size_t tensor,
+                                                   const uint64_t *offsets,
+                                                   const float *const *data,
+                                                   const uint64_t *numels,
+                                                   size_t count);
+
+/**
+ * Waits for every gradient fragment queued before the call; the failures (sub-group,
+ * tensor, file, offset) are returned, all listed in the last error. A failed fragment's
+ * tensor cannot be read until the same fragment is written again. Blocks. Thread-safe.
+ *
+ * Errors: `SWAPPER_STATUS_IO_ERROR` and the like, from the writes.
+ */
+SwapperStatus swapper_optimizer_wait_gradients(SwapperOptimizer *optimizer);
+
+/**
+ * Writes the new fp32 master params of sub-group `subgroup` (out with the caller, after
+ * its step) to the parameter swapper `swapper`, straight from the ring: tensor `tensor`'s
+ * first `numels[0]` elements become param `param_ids[0]`, the next `numels[1]` param
+ * `param_ids[1]`, and so on, converted to the swapper's dtype in its partitioned space
+ * and written over the params' files (`swapper_swap_out_partitioned`'s rules:
+ * synchronous; the params NOT_AVAILABLE and swapped out before; the batch fits the space
+ * reserved with `swapper_reserve_partitioned_swap_space`). Do not write the tensor
+ * meanwhile. Blocks. Thread-safe.
+ *
+ * Errors: `SWAPPER_STATUS_BAD_STATE` (the sub-group is not out; a param in the wrong
+ * state), `SWAPPER_STATUS_INVALID_ARGUMENT` (no such tensor, numels adding up to more than
+ * it holds, a numel differing from its param's), `SWAPPER_STATUS_NO_BUFFER` (the
+ * partitioned space is too small), `SWAPPER_STATUS_NULL_POINTER`, `SWAPPER_STATUS_IO_ERROR`.
+ *
+ * # Safety
+ * `param_ids` and `numels` must be NULL or hold `count` entries.
+ */
+SwapperStatus swapper_optimizer_swap_out_params(SwapperOptimizer *optimizer,
+                                                uint32_t subgroup,
+                                                size_t tensor,
+                                                Swapper *swapper,
+                                                const uint64_t *param_ids,
+                                                const uint64_t *numels,
+                                                size_t count);
+
+/**
+ * Fills `*out` with the swapper's counters: sub-groups, steps, the ring's bytes (the
+ * page-locked memory it holds), its use now and at its peak, the most sub-groups read
+ * ahead at once, bytes moved, and the time calls spent blocked on reads and writes.
+ * Thread-safe.
+ *
+ * Errors: `SWAPPER_STATUS_NULL_POINTER`; `SWAPPER_STATUS_PANIC` for a broken handle.
+ * After a failure `*out` is unchanged.
+ *
+ * # Safety
+ * `out` must be NULL or valid for writing one `SwapperOptimizerStats`.
+ */
+SwapperStatus swapper_optimizer_stats(const SwapperOptimizer *optimizer,
+                                      SwapperOptimizerStats *out);
+
+/**
+ * How many optimizer swapper handles are live in the process (for leak checks).
+ * Thread-safe.
+ */
+uint64_t swapper_optimizer_live_handles(void);
 
 /**
  * Fills `*out` with the defaults: no nvme_path, rank 0, fp16, 5 buffers of 100000000

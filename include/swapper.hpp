@@ -1,8 +1,9 @@
 /*
  * libswapper for C++: a header-only RAII wrapper over swapper.h (C++17).
  *
- * Owners are move-only (swapper::Io, swapper::Swapper, swapper::AlignedBuffer) and free
- * their handle in the destructor; every failing call throws swapper::Error with the
+ * Owners are move-only (swapper::Io, swapper::Swapper, swapper::Optimizer,
+ * swapper::Optimizer::Visit, swapper::AlignedBuffer) and free their handle in the
+ * destructor; every failing call throws swapper::Error with the
  * status and swapper_last_error()'s message. Batches are pointer + length or
  * std::vector.
  *
@@ -17,6 +18,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -345,6 +347,158 @@ class Swapper {
 
   private:
     ::Swapper *h_ = nullptr;
+};
+
+/** The optimizer-state swapper (SwapperOptimizer): sub-groups of named fp32 tensors on
+ * NVMe, stepped through a page-locked ring. Thread-safe, move-only.
+ *
+ *     swapper::Optimizer opt(swapper::Optimizer::default_config("/nvme"));
+ *     opt.register_subgroup(0, {{"param", n}, {"exp_avg", n}, {"exp_avg_sq", n},
+ *                               {"grad", n, SWAPPER_TENSOR_KIND_GRADIENT}});
+ *     opt.begin_step({0});
+ *     while (auto v = opt.next_ready()) { adam(v->tensor(0), ...); v->hand_back(); }
+ *     opt.end_step();
+ */
+class Optimizer {
+  public:
+    /** One tensor of a sub-group. */
+    struct Tensor {
+        std::string name;
+        std::uint64_t numel;
+        SwapperTensorKind kind = SWAPPER_TENSOR_KIND_STATE;
+    };
+
+    /** A sub-group out with the caller: its tensors in the swapper's ring (zero-copy).
+     * hand_back() queues its write-behind; destroyed without it, the visit is discarded
+     * (no write: the files keep the previous step's state). Move-only. */
+    class Visit {
+      public:
+        Visit(Visit &&o) noexcept
+            : h_(std::exchange(o.h_, nullptr)), subgroup_(o.subgroup_), tensors_(std::move(o.tensors_)),
+              numels_(std::move(o.numels_)) {}
+        Visit &operator=(Visit &&o) noexcept {
+            if (this != &o) {
+                finish();
+                h_ = std::exchange(o.h_, nullptr);
+                subgroup_ = o.subgroup_;
+                tensors_ = std::move(o.tensors_);
+                numels_ = std::move(o.numels_);
+            }
+            return *this;
+        }
+        Visit(const Visit &) = delete;
+        Visit &operator=(const Visit &) = delete;
+        ~Visit() { finish(); }
+
+        std::uint32_t subgroup() const noexcept { return subgroup_; }
+        std::size_t size() const noexcept { return tensors_.size(); }
+        /** Tensor `k` (registration order) and its element count. */
+        float *tensor(std::size_t k) const { return tensors_.at(k); }
+        std::uint64_t numel(std::size_t k) const { return numels_.at(k); }
+        /** Writes tensor `k`'s first numels[0] elements as param ids[0], and so on, to the
+         * parameter swapper `params` (converted to its dtype), straight from the ring. */
+        void swap_out_params(std::size_t k, Swapper &params, const std::vector<std::uint64_t> &ids,
+                             const std::vector<std::uint64_t> &numels) const {
+            if (ids.size() != numels.size()) {
+                throw Error(SWAPPER_STATUS_INVALID_ARGUMENT, "swap_out_params: one numel per id is needed");
+            }
+            check(swapper_optimizer_swap_out_params(h_, subgroup_, k, params.get(), ids.data(), numels.data(),
+                                                    ids.size()));
+        }
+        /** Queues the write-behind and ends the visit. */
+        void hand_back() {
+            SwapperOptimizer *h = std::exchange(h_, nullptr);
+            if (h != nullptr) check(swapper_optimizer_hand_back(h, subgroup_));
+        }
+        /** Ends the visit without writing. */
+        void discard() {
+            SwapperOptimizer *h = std::exchange(h_, nullptr);
+            if (h != nullptr) check(swapper_optimizer_discard(h, subgroup_));
+        }
+
+      private:
+        friend class Optimizer;
+        Visit(SwapperOptimizer *h, std::uint32_t subgroup, std::vector<float *> tensors)
+            : h_(h), subgroup_(subgroup), tensors_(std::move(tensors)) {
+            for (std::size_t k = 0; k < tensors_.size(); k++) {
+                float *p = nullptr;
+                std::uint64_t n = 0;
+                check(swapper_optimizer_tensor(h_, subgroup_, k, &p, &n));
+                numels_.push_back(n);
+            }
+        }
+        void finish() noexcept {
+            if (h_ != nullptr) (void)swapper_optimizer_discard(std::exchange(h_, nullptr), subgroup_);
+        }
+        SwapperOptimizer *h_;
+        std::uint32_t subgroup_;
+        std::vector<float *> tensors_;
+        std::vector<std::uint64_t> numels_;
+    };
+
+    /** swapper_optimizer_config_default with `nvme_path` set (it must outlive creation). */
+    static SwapperOptimizerConfig default_config(const char *nvme_path) noexcept {
+        SwapperOptimizerConfig c;
+        swapper_optimizer_config_default(&c);
+        c.nvme_path = nvme_path;
+        return c;
+    }
+    explicit Optimizer(const SwapperOptimizerConfig &config) { check(swapper_optimizer_create(&config, &h_)); }
+    ~Optimizer() { swapper_optimizer_destroy(h_); }
+    Optimizer(Optimizer &&o) noexcept : h_(std::exchange(o.h_, nullptr)) {}
+    Optimizer &operator=(Optimizer &&o) noexcept {
+        if (this != &o) {
+            swapper_optimizer_destroy(h_);
+            h_ = std::exchange(o.h_, nullptr);
+        }
+        return *this;
+    }
+    Optimizer(const Optimizer &) = delete;
+    Optimizer &operator=(const Optimizer &) = delete;
+
+    /** Registers sub-group `index`; its tensors read back as zeros until written. */
+    void register_subgroup(std::uint32_t index, const std::vector<Tensor> &tensors) {
+        std::vector<SwapperTensorSpec> specs;
+        for (const Tensor &t : tensors) specs.push_back({t.name.c_str(), t.numel, t.kind});
+        check(swapper_optimizer_register(h_, index, specs.data(), specs.size()));
+    }
+    void purge() { check(swapper_optimizer_purge(h_)); }
+    void begin_step(const std::vector<std::uint32_t> &order) {
+        check(swapper_optimizer_begin_step(h_, order.data(), order.size()));
+    }
+    /** The next sub-group of the step once read, or nullopt when all were handed out. */
+    std::optional<Visit> next_ready() {
+        std::uint32_t g = SWAPPER_OPTIMIZER_NONE;
+        std::size_t n = 0;
+        std::vector<float *> tensors(16);
+        check(swapper_optimizer_next_ready(h_, &g, tensors.data(), tensors.size(), &n));
+        if (g == SWAPPER_OPTIMIZER_NONE) return std::nullopt;
+        tensors.resize(n);
+        for (std::size_t k = 16; k < n; k++) check(swapper_optimizer_tensor(h_, g, k, &tensors[k], nullptr));
+        return Visit(h_, g, std::move(tensors));
+    }
+    void end_step() { check(swapper_optimizer_end_step(h_)); }
+    /** Gradient fragments of tensor `tensor`: data[i] (numels[i] floats) at element offsets[i]. */
+    void swap_out_gradients(std::uint32_t subgroup, std::size_t tensor, const std::vector<std::uint64_t> &offsets,
+                            const std::vector<const float *> &data, const std::vector<std::uint64_t> &numels) {
+        if (data.size() != offsets.size() || numels.size() != offsets.size()) {
+            throw Error(SWAPPER_STATUS_INVALID_ARGUMENT, "swap_out_gradients: offsets, data and numels differ in length");
+        }
+        check(swapper_optimizer_swap_out_gradients(h_, subgroup, tensor, offsets.data(), data.data(), numels.data(),
+                                                   offsets.size()));
+    }
+    void wait_gradients() { check(swapper_optimizer_wait_gradients(h_)); }
+    SwapperOptimizerStats stats() const {
+        SwapperOptimizerStats s;
+        check(swapper_optimizer_stats(h_, &s));
+        return s;
+    }
+
+    SwapperOptimizer *get() const noexcept { return h_; }
+    explicit operator bool() const noexcept { return h_ != nullptr; }
+
+  private:
+    SwapperOptimizer *h_ = nullptr;
 };
 
 }  // namespace swapper

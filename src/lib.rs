@@ -10,6 +10,8 @@
 //!   drives, an engine per drive, extent files held open, placement and free space;
 //! - [`swapper`]: the parameter swapper (params, buffer pool) over the store;
 //!   [`convert`] turns fp32 into fp16 / bf16 for its partitioned path.
+//! - [`optimizer`]: the optimizer-state swapper (sub-groups of fp32 tensors stepped
+//!   through a page-locked ring) over the swap store [`store`].
 //! - [`ffi`]: the C ABI; it checks pointers, catches panics, converts and delegates.
 //!
 //! Errors are [`Error`] values carrying a [`Status`] and a message; diagnostics go
@@ -54,6 +56,7 @@ macro_rules! c_enum {
     };
 }
 
+pub mod checksum;
 mod claim;
 pub mod config;
 pub mod convert;
@@ -62,6 +65,7 @@ pub mod io;
 #[macro_use]
 pub mod log;
 pub mod memory_budget;
+pub mod optimizer;
 pub mod status;
 pub mod store;
 pub mod swapper;

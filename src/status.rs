@@ -166,6 +166,29 @@ impl Error {
     }
 }
 
+/// Several failures as one error: Ok for none, the error itself for one, else the first
+/// one's status with "N <what> failed: " and the first eight messages (the count of the
+/// rest). Used by every call that reports a batch's failures together.
+pub fn combine(errors: Vec<Error>, what: &str) -> Result<()> {
+    const SHOWN: usize = 8;
+    match errors.len() {
+        0 => Ok(()),
+        1 => Err(errors.into_iter().next().expect("one error")),
+        n => {
+            let status = errors[0].status();
+            let text: Vec<&str> = errors.iter().take(SHOWN).map(|e| e.message()).collect();
+            let more = match n.checked_sub(SHOWN) {
+                Some(m) if m > 0 => format!("; and {m} more"),
+                _ => String::new(),
+            };
+            Err(Error::new(
+                status,
+                format!("{n} {what} failed: {}{more}", text.join("; ")),
+            ))
+        }
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.status.name(), self.message)

@@ -78,7 +78,7 @@ fn compile_with(
         .arg("-L")
         .arg(&lib)
         .arg(format!("-Wl,-rpath,{}", lib.display()))
-        .args(["-lswapper", "-lpthread"]);
+        .args(["-lswapper", "-lpthread", "-lm"]);
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("cannot run the compiler {compiler}: {e}"));

@@ -154,7 +154,7 @@ static HANDLES: LazyLock<Registry<Core>> = LazyLock::new(|| Registry::new("Swapp
 
 /// The live swapper behind a handle; `SWAPPER_STATUS_PANIC` once a panic inside an
 /// earlier call broke it (every call but `swapper_destroy` then fails so).
-fn handle(s: *const Swapper) -> Result<std::sync::Arc<Core>> {
+pub(crate) fn handle(s: *const Swapper) -> Result<std::sync::Arc<Core>> {
     let core = HANDLES.get(s as usize)?;
     core.usable()?;
     Ok(core)

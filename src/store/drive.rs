@@ -41,8 +41,11 @@ pub fn extent_name(k: usize) -> String {
 pub struct Drive {
     /// Its index in the store.
     pub index: usize,
-    // Field order: the engine is dropped (drained) before the folder is unlocked.
+    // Field order: the engines are dropped (drained) before the folder is unlocked.
     engine: IoEngine,
+    /// A second engine for writes, when the store keeps them out of the reads' queue
+    /// ([`super::Store::open_split`]); None: writes share `engine`.
+    writer: Option<IoEngine>,
     folder: RankFolder,
     direct: DirectIo,
     /// Held while one thread grows this drive's space (fallocate, a new file): not a
@@ -51,13 +54,16 @@ pub struct Drive {
 }
 
 impl Drive {
-    /// Locks and empties the rank folder `parts` under `root` and starts the drive's engine.
-    pub fn open(index: usize, root: &Path, parts: &[String], io: IoConfig) -> Result<Drive> {
+    /// Locks and empties the rank folder `parts` under `root` and starts the drive's engine
+    /// (and, with `split`, a second one for writes).
+    pub fn open(index: usize, root: &Path, parts: &[String], io: IoConfig, split: bool) -> Result<Drive> {
         let folder = RankFolder::open(root, parts)?;
         let engine = IoEngine::new(io)?;
+        let writer = if split { Some(IoEngine::new(io)?) } else { None };
         Ok(Drive {
             index,
             engine,
+            writer,
             folder,
             direct: io.direct_io,
             grow: Mutex::new(()),
@@ -74,9 +80,22 @@ impl Drive {
         &self.folder
     }
 
-    /// The drive's engine.
+    /// The drive's engine (its reads', and its writes' too unless split).
     pub fn engine(&self) -> &IoEngine {
         &self.engine
+    }
+
+    /// The engine an operation goes to: writes to the write engine when there is one.
+    pub fn engine_for(&self, write: bool) -> &IoEngine {
+        match (&self.writer, write) {
+            (Some(w), true) => w,
+            _ => &self.engine,
+        }
+    }
+
+    /// Every engine of the drive (one, or the read and the write engine).
+    pub fn engines(&self) -> impl Iterator<Item = &IoEngine> {
+        std::iter::once(&self.engine).chain(self.writer.as_ref())
     }
 
     /// Serialises growth of this drive.

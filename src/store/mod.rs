@@ -147,6 +147,18 @@ impl Store {
     /// A folder another store holds is `Busy` (naming it); a path given twice is
     /// `InvalidArgument`.
     pub fn open(cfg: StoreConfig) -> Result<Store> {
+        Self::open_inner(cfg, false)
+    }
+
+    /// As [`Store::open`], with two engines per drive, one for reads and one for writes:
+    /// a write queued behind (a write-behind) never delays a read queued after it (the
+    /// next read-ahead), as DeepSpeed's pipelined optimizer swapper keeps separate read
+    /// and write handles. Costs a second set of worker threads per drive.
+    pub fn open_split(cfg: StoreConfig) -> Result<Store> {
+        Self::open_inner(cfg, true)
+    }
+
+    fn open_inner(cfg: StoreConfig, split: bool) -> Result<Store> {
         if cfg.paths.is_empty() {
             return Err(Error::invalid(
                 "no nvme_path given (the store needs at least one folder)",
@@ -167,7 +179,7 @@ impl Store {
         }
         let mut drives = Vec::with_capacity(cfg.paths.len());
         for (k, p) in cfg.paths.iter().enumerate() {
-            let d = Drive::open(k, p, &cfg.folder, cfg.io).map_err(|e| {
+            let d = Drive::open(k, p, &cfg.folder, cfg.io, split).map_err(|e| {
                 if cfg.paths.len() > 1 {
                     e.context(format!("drive {k} ({})", p.display()))
                 } else {
@@ -235,22 +247,28 @@ impl Store {
     /// Closes every drive's engine ([`crate::io::IoEngine::close`]): returns once every
     /// operation submitted has finished; later submits fail.
     pub fn close(&self) {
-        for d in &self.drives {
-            d.engine().close();
+        for e in self.drives.iter().flat_map(|d| d.engines()) {
+            e.close();
         }
     }
 
     /// Whether every drive's engine still takes operations (the first error otherwise).
     pub fn check_usable(&self) -> Result<()> {
-        self.drives.iter().try_for_each(|d| d.engine().check_usable())
+        self.drives
+            .iter()
+            .flat_map(|d| d.engines())
+            .try_for_each(|e| e.check_usable())
     }
 
     /// Bytes read and written by every drive's engine since the store opened.
     pub fn bytes_moved(&self) -> (u64, u64) {
-        self.drives.iter().fold((0, 0), |(r, w), d| {
-            let (dr, dw) = d.engine().bytes_moved();
-            (r + dr, w + dw)
-        })
+        self.drives
+            .iter()
+            .flat_map(|d| d.engines())
+            .fold((0, 0), |(r, w), e| {
+                let (dr, dw) = e.bytes_moved();
+                (r + dr, w + dw)
+            })
     }
 
     /// Places `bytes` (rounded up to 4 KiB) for `key`. Idempotent: a key already placed
@@ -556,7 +574,7 @@ impl Store {
             };
             // SAFETY: the piece is inside the caller's buffer (`buf_offset + len` <= `len`
             // of the operation), covered by this function's contract.
-            match unsafe { drive.engine().submit_held(&req) } {
+            match unsafe { drive.engine_for(write).submit_held(&req) } {
                 Ok(ticket) => parts.push(Part {
                     drive: s.drive,
                     folder: drive.path().to_path_buf(),

@@ -19,7 +19,6 @@
 //! - [`batch`]: the one validation of a batch of ids, and how a batch reports failures.
 //! - [`swap_out`], [`swap_in`]: batches of writes and reads.
 //! - [`wait`]: completion: the waits, and what a finished read or write does to its param.
-//! - [`checksum`]: the crc32c of the bytes on disk, checked on every read.
 //! - [`partition`]: the packed staging space for fp32 partitions and their swap-out.
 //! - [`stats`]: the counters and the dump.
 //! - [`config`]: the settings and the DeepSpeed configuration reader.
@@ -95,7 +94,6 @@
 
 pub mod batch;
 pub mod buffers;
-pub mod checksum;
 pub mod config;
 pub mod param;
 pub mod partition;

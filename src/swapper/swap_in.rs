@@ -4,11 +4,11 @@ use crate::status::{Error, Result, Status};
 use crate::sys::RawBuf;
 
 use super::batch::{self, Unknown};
-use super::checksum;
 use super::param::Slot;
 use super::state::{Fate, ParamClaim, ReadPlan};
 use super::wait::Kind;
 use super::Swapper;
+use crate::checksum;
 
 impl Swapper {
     /// Reads each param into a free pool buffer (or into `dest[i]`, which must hold the
@@ -167,10 +167,10 @@ impl Swapper {
         // SAFETY: the read has completed; `dest` holds `bytes` bytes (the caller's contract).
         unsafe {
             checksum::verify(
-                id,
-                &self.param_path(id),
+                &format!("param {id}"),
+                |o| format!("{} at offset {o}", self.param_path(id).display()),
                 plan.checksum.as_ref(),
-                &ticket,
+                ticket.checksum(),
                 dest,
                 bytes as usize,
             )

@@ -52,9 +52,12 @@ echo "== pip install ./python into a fresh virtual environment"
 "$python" -m venv "$scratch/venv"
 "$scratch/venv/bin/python" -m pip install -q ./python
 (cd "$scratch" && env -u SWAPPER_LIBRARY "$scratch/venv/bin/python" -c '
-import os, numpy as np, swapper, swapper._lib as L
+import os, importlib.metadata, numpy as np, swapper, swapper._lib as L
 lib = L.candidate_paths()[0][1]
 assert lib.startswith(os.path.dirname(swapper.__file__)), lib
+# One version: the wheel's (setup.py reads Cargo.toml), the package's, the library's.
+assert importlib.metadata.version("swapper") == swapper.__version__ == swapper.version(), (
+    importlib.metadata.version("swapper"), swapper.version())
 with swapper.Swapper(".", buffer_count=2, buffer_numel=4096) as s:
     s.get_buffer(1, 100)[:] = 2.5
     s.swap_out_and_release([1]); s.swap_in([1]); s.wait_reads()

@@ -31,10 +31,13 @@ export SWAPPER_LIBRARY="$PWD/$TARGET/release/libswapper.so"
 case "$TARGET" in /*) export SWAPPER_LIBRARY="$TARGET/release/libswapper.so" ;; esac
 export PATH="$VENV/bin:$PATH"
 start=$(date +%s)
-# The differential test skips without torch/deepspeed in the plain pytest run; here a
-# missing one is a failure.
-SWAPPER_REQUIRE_DEEPSPEED=1 "$VENV/bin/python" -m pytest -q \
-    python/tests/test_deepspeed_differential.py python/tests/deepspeed_training.py "$@"
+# The differential test and the tests on torch tensors skip without torch/deepspeed in the
+# plain pytest run (python/tests/skip_policy.py allows that there); here they run, and a
+# skip of any of them is a failure (SWAPPER_NO_SKIPS=1).
+SWAPPER_REQUIRE_DEEPSPEED=1 SWAPPER_NO_SKIPS=1 "$VENV/bin/python" -m pytest -q -rs \
+    python/tests/test_deepspeed_differential.py python/tests/deepspeed_training.py \
+    python/tests/test_deepspeed.py::test_torch_tensors \
+    python/tests/test_safety.py::test_is_pinned_on_slices_of_locked_buffers "$@"
 echo "deepspeed training test: $(( $(date +%s) - start )) s"
 
 # The side-by-side benchmark against DeepSpeed's aio_handle, at smoke-test sizes: it must

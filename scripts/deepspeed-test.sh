@@ -42,8 +42,8 @@ echo "deepspeed training test: $(( $(date +%s) - start )) s"
 
 # The side-by-side benchmark against DeepSpeed's aio_handle, at smoke-test sizes: it must
 # run both implementations, verify the bytes each read back and print the ratios.
-smoke_dir=$(mktemp -d "$PWD/$TARGET/vs-deepspeed.XXXXXX")
-case "$TARGET" in /*) smoke_dir=$(mktemp -d "$TARGET/vs-deepspeed.XXXXXX") ;; esac
+case "$TARGET" in /*) target_abs=$TARGET ;; *) target_abs=$PWD/$TARGET ;; esac
+smoke_dir=$(mktemp -d "$target_abs/vs-deepspeed.XXXXXX")
 trap 'rm -rf "$smoke_dir"' EXIT
 smoke=$("$VENV/bin/python" tools/vs_deepspeed.py --smoke --dir "$smoke_dir" 2>/dev/null)
 echo "$smoke" | grep -E '^==|ls/ds:'

@@ -91,5 +91,5 @@ echo "== README commands"
 # "N passed, N failed" lines of the steps above. Skipped: pytest's skips (each allowed by
 # python/tests/skip_policy.py, with its reason above); ignored: cargo's #[ignore] tests,
 # which other tests run in a process of their own.
-sum() { grep -hoE "[0-9]+ $1" "$log" | awk '{s += $1} END {print s + 0}'; }
-echo "all tests: $(sum passed) passed, $(sum failed) failed, $(sum skipped) skipped, $(sum ignored) ignored by cargo ($(( $(date +%s) - start )) s)"
+total() { grep -hoE "[0-9]+ $1" "$log" | awk '{s += $1} END {print s + 0}'; }
+echo "all tests: $(total passed) passed, $(total failed) failed, $(total skipped) skipped, $(total ignored) ignored by cargo ($(( $(date +%s) - start )) s)"

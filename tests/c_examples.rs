@@ -3,7 +3,8 @@
 //! valgrind, and built with AddressSanitizer + UndefinedBehaviorSanitizer (on the
 //! io_uring and on the blocking backend). The MPI example runs under `mpirun -np 4`.
 //! A missing tool (valgrind, the sanitizer runtimes, OpenMPI) fails the test when `CI`
-//! is `true`; elsewhere the test says what to install and skips.
+//! is `true` or SWAPPER_NO_SKIPS=1 (scripts/test.sh); elsewhere the test says what to
+//! install and skips.
 
 mod common;
 
@@ -20,7 +21,8 @@ const SANITIZE: &[&str] = &[
 ];
 
 /// Whether to run a test that needs `what`: true when `present`; otherwise a failure
-/// in CI (`CI=true`) and a skip with a message elsewhere.
+/// in CI (`CI=true`) and under scripts/test.sh (`SWAPPER_NO_SKIPS=1`), a skip with a
+/// message elsewhere.
 fn require(present: bool, what: &str, install: &str) -> bool {
     if present {
         return true;

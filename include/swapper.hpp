@@ -35,7 +35,7 @@ class Error : public std::runtime_error {
         : std::runtime_error(std::string(swapper_status_name(status)) + ": " + message),
           status_(status), message_(message) {}
     /** The status the call returned. */
-    SwapperStatus status() const noexcept { return status_; }
+    [[nodiscard]] SwapperStatus status() const noexcept { return status_; }
     /** Its name as in swapper.h ("SWAPPER_STATUS_IO_ERROR"). */
     const char *status_name() const noexcept { return swapper_status_name(status_); }
     /** swapper_last_error() at the time of the failure. */
@@ -54,10 +54,10 @@ inline void check(SwapperStatus status) {
 }
 
 /** The library's version, "MAJOR.MINOR.PATCH". */
-inline std::string version() { return swapper_version(); }
+[[nodiscard]] inline std::string version() { return swapper_version(); }
 
 /** The O_DIRECT alignment in bytes (4096). */
-inline std::uint64_t alignment() noexcept { return swapper_io_alignment(); }
+[[nodiscard]] inline std::uint64_t alignment() noexcept { return swapper_io_alignment(); }
 
 /** The engine defaults (DeepSpeed's). */
 inline SwapperIoConfig default_io_config() noexcept {
@@ -87,11 +87,11 @@ class AlignedBuffer {
     AlignedBuffer(const AlignedBuffer &) = delete;
     AlignedBuffer &operator=(const AlignedBuffer &) = delete;
 
-    void *data() const noexcept { return ptr_; }
-    template <typename T> T *as() const noexcept { return static_cast<T *>(ptr_); }
-    std::uint64_t size() const noexcept { return size_; }
+    [[nodiscard]] void *data() const noexcept { return ptr_; }
+    template <typename T> [[nodiscard]] T *as() const noexcept { return static_cast<T *>(ptr_); }
+    [[nodiscard]] std::uint64_t size() const noexcept { return size_; }
     /** Whether the pages are locked in RAM. */
-    bool locked() const noexcept { return swapper_is_locked(ptr_); }
+    [[nodiscard]] bool locked() const noexcept { return swapper_is_locked(ptr_); }
 
   private:
     void *ptr_ = nullptr;
@@ -131,19 +131,19 @@ class Io {
         check(swapper_io_wait(h_, &done));
         return done;
     }
-    SwapperIoConfig config() const {
+    [[nodiscard]] SwapperIoConfig config() const {
         SwapperIoConfig c;
         check(swapper_io_get_config(h_, &c));
         return c;
     }
-    std::uint64_t block_size() const noexcept { return swapper_io_block_size(h_); }
-    std::uint32_t queue_depth() const noexcept { return swapper_io_queue_depth(h_); }
-    std::uint32_t thread_count() const noexcept { return swapper_io_thread_count(h_); }
-    bool single_submit() const noexcept { return swapper_io_single_submit(h_); }
-    bool overlap_events() const noexcept { return swapper_io_overlap_events(h_); }
-    SwapperBackend backend() const noexcept { return swapper_io_backend(h_); }
-    SwapperDirectIo direct_io() const noexcept { return swapper_io_direct_io(h_); }
-    std::uint64_t pending() const noexcept { return swapper_io_pending(h_); }
+    [[nodiscard]] std::uint64_t block_size() const noexcept { return swapper_io_block_size(h_); }
+    [[nodiscard]] std::uint32_t queue_depth() const noexcept { return swapper_io_queue_depth(h_); }
+    [[nodiscard]] std::uint32_t thread_count() const noexcept { return swapper_io_thread_count(h_); }
+    [[nodiscard]] bool single_submit() const noexcept { return swapper_io_single_submit(h_); }
+    [[nodiscard]] bool overlap_events() const noexcept { return swapper_io_overlap_events(h_); }
+    [[nodiscard]] SwapperBackend backend() const noexcept { return swapper_io_backend(h_); }
+    [[nodiscard]] SwapperDirectIo direct_io() const noexcept { return swapper_io_direct_io(h_); }
+    [[nodiscard]] std::uint64_t pending() const noexcept { return swapper_io_pending(h_); }
 
     SwapperIo *get() const noexcept { return h_; }
     /** Gives up ownership: the caller destroys the handle. */
@@ -213,12 +213,12 @@ class Swapper {
     Swapper &operator=(const Swapper &) = delete;
 
     /** A free pool buffer for `numel` elements of param `id` (now AVAILABLE). */
-    void *get_buffer(std::uint64_t id, std::uint64_t numel) {
+    [[nodiscard]] void *get_buffer(std::uint64_t id, std::uint64_t numel) {
         void *p = nullptr;
         check(swapper_get_buffer(h_, id, numel, &p));
         return p;
     }
-    template <typename T> T *get_buffer(std::uint64_t id, std::uint64_t numel) {
+    template <typename T> [[nodiscard]] T *get_buffer(std::uint64_t id, std::uint64_t numel) {
         return static_cast<T *>(get_buffer(id, numel));
     }
 
@@ -281,21 +281,21 @@ class Swapper {
     void release(const std::uint64_t *ids, std::size_t count) { check(swapper_release(h_, ids, count)); }
     void release(const Ids &ids) { release(ids.data(), ids.size()); }
 
-    SwapperParamStatus param_status(std::uint64_t id) const {
+    [[nodiscard]] SwapperParamStatus param_status(std::uint64_t id) const {
         SwapperParamStatus s;
         check(swapper_param_status(h_, id, &s));
         return s;
     }
-    template <typename T = void> ParamBuffer<T> param_buffer(std::uint64_t id) const {
+    template <typename T = void> [[nodiscard]] ParamBuffer<T> param_buffer(std::uint64_t id) const {
         void *p = nullptr;
         std::uint64_t n = 0;
         check(swapper_param_buffer(h_, id, &p, &n));
         return {static_cast<T *>(p), n};
     }
 
-    std::uint64_t available_buffers() const noexcept { return swapper_available_buffers(h_); }
+    [[nodiscard]] std::uint64_t available_buffers() const noexcept { return swapper_available_buffers(h_); }
     /** Takes every free buffer out of the pool (each holds buffer_numel elements). */
-    std::vector<void *> reserve_available_buffers() {
+    [[nodiscard]] std::vector<void *> reserve_available_buffers() {
         std::vector<void *> out(stats().total_buffers);
         std::size_t n = 0;
         check(swapper_reserve_available_buffers(h_, out.data(), out.size(), &n));
@@ -304,11 +304,11 @@ class Swapper {
     }
     void release_reserved_buffers() { check(swapper_release_reserved_buffers(h_)); }
 
-    bool swappable(std::uint64_t numel) const noexcept { return swapper_swappable(h_, numel); }
+    [[nodiscard]] bool swappable(std::uint64_t numel) const noexcept { return swapper_swappable(h_, numel); }
     /** `numel` rounded up to a multiple of 4096 bytes (swapper_aligned_numel). */
-    std::uint64_t aligned_numel(std::uint64_t numel) const noexcept { return swapper_aligned_numel(h_, numel); }
+    [[nodiscard]] std::uint64_t aligned_numel(std::uint64_t numel) const noexcept { return swapper_aligned_numel(h_, numel); }
     /** Deprecated (removed in the next release): the old name of aligned_numel. */
-    [[deprecated("use aligned_numel")]] std::uint64_t io_aligned_numel(std::uint64_t numel) const noexcept {
+    [[deprecated("use aligned_numel")]] [[nodiscard]] std::uint64_t io_aligned_numel(std::uint64_t numel) const noexcept {
         return aligned_numel(numel);
     }
 
@@ -325,13 +325,13 @@ class Swapper {
         check(swapper_swap_out_partitioned(h_, ids.data(), src.data(), numels.data(), ids.size()));
     }
 
-    SwapperStats stats() const {
+    [[nodiscard]] SwapperStats stats() const {
         SwapperStats s;
         check(swapper_stats(h_, &s));
         return s;
     }
     std::uint32_t element_size() const noexcept { return swapper_element_size(h_); }
-    std::string dump() const {
+    [[nodiscard]] std::string dump() const {
         std::size_t len = 0;
         check(swapper_dump(h_, nullptr, 0, &len));
         std::string out(len + 1, '\0');

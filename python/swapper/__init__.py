@@ -44,7 +44,15 @@ from .errors import (
     UnsupportedError,
 )
 
-__version__ = "0.1.0"
+
+def __getattr__(name):
+    # `swapper.__version__` is the loaded library's version (swapper_version(), from
+    # Cargo.toml), asked for when first read so that importing needs no library; the
+    # wheel's metadata gets the same Cargo.toml version from setup.py.
+    if name == "__version__":
+        return version()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Backend",

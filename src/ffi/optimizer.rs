@@ -2,7 +2,7 @@
 
 use std::sync::LazyLock;
 
-use super::boundary::{arg_path, arg_ref, arg_slice, arg_str, write_opt, write_out, Registry};
+use super::boundary::{arg_path, arg_ref, arg_slice, arg_str, clear_out, write_opt, write_out, Registry};
 use super::io::{flag_is_set, SwapperIoConfig};
 use super::swapper::Swapper;
 use crate::config::IoConfig;
@@ -140,7 +140,8 @@ pub unsafe extern "C" fn swapper_optimizer_config_default(out: *mut SwapperOptim
 /// path that is not a folder), `SWAPPER_STATUS_NOT_FOUND` (a path missing),
 /// `SWAPPER_STATUS_BUSY` (another handle holds the rank folder),
 /// `SWAPPER_STATUS_OUT_OF_MEMORY` (the ring cannot be allocated, or page-locked within
-/// the limits), `SWAPPER_STATUS_IO_ERROR`. On failure `*out` is left unchanged.
+/// the limits), `SWAPPER_STATUS_IO_ERROR`. After a failure `*out` is NULL (every
+/// out-parameter is neutral after a failure).
 ///
 /// # Safety
 /// `config` must be NULL or point to a `SwapperOptimizerConfig` whose strings are NULL or
@@ -152,6 +153,8 @@ pub unsafe extern "C" fn swapper_optimizer_create(
     out: *mut *mut SwapperOptimizer,
 ) -> Status {
     crate::ffi_boundary!("swapper_optimizer_create", {
+        // SAFETY: the caller's contract.
+        unsafe { clear_out(out) };
         // SAFETY: the caller's contract.
         let c = unsafe { arg_ref(config, "config") }?;
         if out.is_null() {
@@ -330,7 +333,7 @@ pub unsafe extern "C" fn swapper_optimizer_next_ready(
 ///
 /// Errors: `SWAPPER_STATUS_NOT_FOUND`, `SWAPPER_STATUS_BAD_STATE` (not out),
 /// `SWAPPER_STATUS_INVALID_ARGUMENT` (no such tensor), `SWAPPER_STATUS_NULL_POINTER`.
-/// After a failure the out-parameters are unchanged.
+/// After a failure `*out_buffer` is NULL and `*out_numel` 0 (when not NULL).
 ///
 /// # Safety
 /// `out_buffer` must be NULL or valid for writing one pointer, `out_numel` NULL or valid
@@ -344,6 +347,11 @@ pub unsafe extern "C" fn swapper_optimizer_tensor(
     out_numel: *mut u64,
 ) -> Status {
     crate::ffi_boundary!("swapper_optimizer_tensor", {
+        // SAFETY: the caller's contract.
+        unsafe {
+            clear_out(out_buffer);
+            clear_out(out_numel);
+        }
         let o = handle(optimizer)?;
         if out_buffer.is_null() {
             return Err(Error::new(Status::NullPointer, "out_buffer is NULL"));
@@ -512,7 +520,7 @@ pub unsafe extern "C" fn swapper_optimizer_swap_out_params(
 /// Thread-safe.
 ///
 /// Errors: `SWAPPER_STATUS_NULL_POINTER`; `SWAPPER_STATUS_PANIC` for a broken handle.
-/// After a failure `*out` is unchanged.
+/// After a failure `*out` is all zeros (when not NULL).
 ///
 /// # Safety
 /// `out` must be NULL or valid for writing one `SwapperOptimizerStats`.
@@ -522,6 +530,8 @@ pub unsafe extern "C" fn swapper_optimizer_stats(
     out: *mut OptimizerStats,
 ) -> Status {
     crate::ffi_boundary!("swapper_optimizer_stats", {
+        // SAFETY: the caller's contract.
+        unsafe { clear_out(out) };
         let stats = handle(optimizer)?.stats()?;
         // SAFETY: the caller's contract.
         unsafe { write_out(out, "out", stats) }

@@ -2,7 +2,7 @@
 
 use std::sync::LazyLock;
 
-use super::boundary::{arg_path, arg_ref, arg_slice, arg_str, write_opt, write_out, Registry};
+use super::boundary::{arg_path, arg_ref, arg_slice, arg_str, clear_out, write_opt, write_out, Registry};
 use super::io::{flag_is_set, SwapperIoConfig};
 use crate::config::IoConfig;
 use crate::convert::Dtype;
@@ -259,12 +259,17 @@ fn create(settings: Settings, out: *mut *mut Swapper) -> Result<()> {
 /// `SWAPPER_STATUS_OUT_OF_MEMORY` (the pool cannot be allocated; larger than the machine's
 /// memory is refused up front).
 ///
+/// After a failure `*out` is NULL (every out-parameter is neutral after a failure).
+///
 /// # Safety
 /// `config` must be NULL or point to a `SwapperConfig` whose `nvme_path` is NULL or a
 /// NUL-terminated string; `out` must be NULL or valid for writing one pointer.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_create(config: *const SwapperConfig, out: *mut *mut Swapper) -> Status {
     crate::ffi_boundary!("swapper_create", {
+        // SAFETY: the caller's contract.
+        unsafe { clear_out(out) };
         // SAFETY: the caller's contract.
         let c = unsafe { arg_ref(config, "config") }?;
         create(Settings::try_from(c)?, out)
@@ -280,10 +285,13 @@ pub unsafe extern "C" fn swapper_create(config: *const SwapperConfig, out: *mut 
 /// Errors: as `swapper_create`, plus `SWAPPER_STATUS_INVALID_ARGUMENT` for text that is
 /// not JSON, a key of the wrong type (the message names it) or a missing nvme_path.
 ///
+/// After a failure `*out` is NULL (every out-parameter is neutral after a failure).
+///
 /// # Safety
 /// `deepspeed_config_json` must be NULL or a NUL-terminated string; `out` must be NULL or
 /// valid for writing one pointer.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_create_from_json(
     deepspeed_config_json: *const libc::c_char,
     rank: u32,
@@ -291,6 +299,8 @@ pub unsafe extern "C" fn swapper_create_from_json(
     out: *mut *mut Swapper,
 ) -> Status {
     crate::ffi_boundary!("swapper_create_from_json", {
+        // SAFETY: the caller's contract.
+        unsafe { clear_out(out) };
         // SAFETY: the caller's contract.
         let text = unsafe { arg_str(deepspeed_config_json, "deepspeed_config_json") }?;
         create(
@@ -332,9 +342,12 @@ pub extern "C" fn swapper_destroy(swapper: *mut Swapper) {
 /// `SWAPPER_STATUS_NO_BUFFER` (numel larger than a buffer, or no free buffer),
 /// `SWAPPER_STATUS_BAD_STATE` (the param already has a buffer), `SWAPPER_STATUS_NULL_POINTER`.
 ///
+/// After a failure `*out_buffer` is NULL (every out-parameter is neutral after a failure).
+///
 /// # Safety
 /// `out_buffer` must be NULL or valid for writing one pointer.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_get_buffer(
     swapper: *mut Swapper,
     param_id: u64,
@@ -342,6 +355,8 @@ pub unsafe extern "C" fn swapper_get_buffer(
     out_buffer: *mut *mut libc::c_void,
 ) -> Status {
     crate::ffi_boundary!("swapper_get_buffer", {
+        // SAFETY: the caller's contract.
+        unsafe { clear_out(out_buffer) };
         let s = handle(swapper)?;
         if out_buffer.is_null() {
             return Err(Error::new(Status::NullPointer, "out_buffer is NULL"));
@@ -372,6 +387,7 @@ pub unsafe extern "C" fn swapper_get_buffer(
 /// # Safety
 /// `param_ids` must be NULL or point to `count` ids.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_swap_out(
     swapper: *mut Swapper,
     param_ids: *const u64,
@@ -398,6 +414,7 @@ pub unsafe extern "C" fn swapper_swap_out(
 /// # Safety
 /// `param_ids` must be NULL or point to `count` ids.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_swap_out_and_release(
     swapper: *mut Swapper,
     param_ids: *const u64,
@@ -437,6 +454,7 @@ pub unsafe extern "C" fn swapper_swap_out_and_release(
 /// `param_ids` must be NULL or point to `count` ids; `dest_buffers` must be NULL or point
 /// to `count` pointers, each valid as stated above.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_swap_in(
     swapper: *mut Swapper,
     param_ids: *const u64,
@@ -469,6 +487,7 @@ pub unsafe extern "C" fn swapper_swap_in(
 /// `param_ids`, `dest_buffers` and `dest_numels` must be NULL or hold `count` entries; each
 /// buffer must be valid for `dest_numels[i]` elements until its param is released.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_swap_in_buffers(
     swapper: *mut Swapper,
     param_ids: *const u64,
@@ -505,6 +524,7 @@ pub unsafe extern "C" fn swapper_swap_in_buffers(
 /// # Safety
 /// `dest` must be NULL or valid for writing `dest_numel` elements.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_swap_into_buffer(
     swapper: *mut Swapper,
     param_id: u64,
@@ -523,6 +543,7 @@ pub unsafe extern "C" fn swapper_swap_into_buffer(
 /// param NOT_AVAILABLE; the status is the first failure's and the last error names every
 /// failed param. With nothing pending: `SWAPPER_STATUS_OK` at once. Thread-safe; blocks.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn swapper_wait_reads(swapper: *mut Swapper) -> Status {
     crate::ffi_boundary!("swapper_wait_reads", { handle(swapper)?.wait_reads() })
 }
@@ -532,6 +553,7 @@ pub extern "C" fn swapper_wait_reads(swapper: *mut Swapper) -> Status {
 /// (retry the swap-out); the last error names every failed param. With nothing pending:
 /// `SWAPPER_STATUS_OK` at once. Thread-safe; blocks.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn swapper_wait_writes(swapper: *mut Swapper) -> Status {
     crate::ffi_boundary!("swapper_wait_writes", { handle(swapper)?.wait_writes() })
 }
@@ -548,6 +570,7 @@ pub extern "C" fn swapper_wait_writes(swapper: *mut Swapper) -> Status {
 /// # Safety
 /// `param_ids` must be NULL or point to `count` ids.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_wait_params(
     swapper: *mut Swapper,
     param_ids: *const u64,
@@ -573,6 +596,7 @@ pub unsafe extern "C" fn swapper_wait_params(
 /// # Safety
 /// `param_ids` must be NULL or point to `count` ids.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_release(
     swapper: *mut Swapper,
     param_ids: *const u64,
@@ -590,15 +614,20 @@ pub unsafe extern "C" fn swapper_release(
 ///
 /// Errors: `SWAPPER_STATUS_NOT_FOUND` for an id the swapper has never seen.
 ///
+/// After a failure `*out` is 0, no status (every out-parameter is neutral after a failure).
+///
 /// # Safety
 /// `out` must be NULL or valid for writing one `SwapperParamStatus`.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_param_status(
     swapper: *const Swapper,
     param_id: u64,
     out: *mut ParamStatus,
 ) -> Status {
     crate::ffi_boundary!("swapper_param_status", {
+        // SAFETY: the caller's contract.
+        unsafe { clear_out(out) };
         let s = handle(swapper)?;
         if out.is_null() {
             return Err(Error::new(Status::NullPointer, "out is NULL"));
@@ -616,9 +645,13 @@ pub unsafe extern "C" fn swapper_param_status(
 /// Errors: `SWAPPER_STATUS_NOT_FOUND`; `SWAPPER_STATUS_BAD_STATE` when the param is not
 /// AVAILABLE (INFLIGHT: wait for reads first).
 ///
+/// After a failure `*out_buffer` is NULL and `*out_numel` 0 (every out-parameter is neutral
+/// after a failure).
+///
 /// # Safety
 /// Each out-pointer must be NULL or valid for writing.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_param_buffer(
     swapper: *const Swapper,
     param_id: u64,
@@ -626,6 +659,11 @@ pub unsafe extern "C" fn swapper_param_buffer(
     out_numel: *mut u64,
 ) -> Status {
     crate::ffi_boundary!("swapper_param_buffer", {
+        // SAFETY: the caller's contract.
+        unsafe {
+            clear_out(out_buffer);
+            clear_out(out_numel);
+        }
         let s = handle(swapper)?;
         let (buf, numel) = s.param_buffer(param_id)?;
         // SAFETY: the caller's contract.
@@ -653,10 +691,14 @@ pub extern "C" fn swapper_available_buffers(swapper: *const Swapper) -> u64 {
 ///
 /// Errors: `SWAPPER_STATUS_NULL_POINTER` (out_buffers NULL with capacity > 0, or out_count NULL).
 ///
+/// After a failure `*out_count` is 0 and no buffer is reserved (every out-parameter is
+/// neutral after a failure).
+///
 /// # Safety
 /// `out_buffers` must be NULL or valid for writing `capacity` pointers; `out_count` must be
 /// NULL or valid for writing one `size_t`.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_reserve_available_buffers(
     swapper: *mut Swapper,
     out_buffers: *mut *mut libc::c_void,
@@ -664,6 +706,8 @@ pub unsafe extern "C" fn swapper_reserve_available_buffers(
     out_count: *mut usize,
 ) -> Status {
     crate::ffi_boundary!("swapper_reserve_available_buffers", {
+        // SAFETY: the caller's contract.
+        unsafe { clear_out(out_count) };
         let s = handle(swapper)?;
         if out_count.is_null() {
             return Err(Error::new(Status::NullPointer, "out_count is NULL"));
@@ -689,6 +733,7 @@ pub unsafe extern "C" fn swapper_reserve_available_buffers(
 /// Errors: `SWAPPER_STATUS_BAD_STATE` while a param still uses a reserved buffer as its
 /// swap-in destination (release the param first).
 #[no_mangle]
+#[must_use]
 pub extern "C" fn swapper_release_reserved_buffers(swapper: *mut Swapper) -> Status {
     crate::ffi_boundary!("swapper_release_reserved_buffers", {
         handle(swapper)?.release_reserved_buffers()
@@ -734,6 +779,7 @@ pub extern "C" fn swapper_io_aligned_numel(swapper: *const Swapper, numel: u64) 
 /// # Safety
 /// `numels` must be NULL or point to `count` values.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_reserve_partitioned_swap_space(
     swapper: *mut Swapper,
     numels: *const u64,
@@ -768,6 +814,7 @@ pub unsafe extern "C" fn swapper_reserve_partitioned_swap_space(
 /// Each array must be NULL or hold `count` entries; each `src_fp32[i]` must be valid for
 /// reading `numels[i]` floats.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_swap_out_partitioned(
     swapper: *mut Swapper,
     dst_param_ids: *const u64,
@@ -810,11 +857,16 @@ pub unsafe extern "C" fn swapper_swap_out_partitioned(
 
 /// Stores the swapper's bookkeeping in `*out`. Thread-safe.
 ///
+/// After a failure `*out` is all zeros (every out-parameter is neutral after a failure).
+///
 /// # Safety
 /// `out` must be NULL or valid for writing one `SwapperStats`.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_stats(swapper: *const Swapper, out: *mut Stats) -> Status {
     crate::ffi_boundary!("swapper_stats", {
+        // SAFETY: the caller's contract.
+        unsafe { clear_out(out) };
         let s = handle(swapper)?;
         // SAFETY: the caller's contract.
         unsafe { write_out(out, "out", s.stats()) }
@@ -857,9 +909,13 @@ pub extern "C" fn swapper_element_size(swapper: *const Swapper) -> u32 {
 /// full length, without the NUL, in `*out_len` (if not NULL): call with capacity 0 to ask
 /// the size. DeepSpeed's `print_object`. Thread-safe.
 ///
+/// After a failure `*out_len` is 0 and `buffer` (capacity > 0) holds "" (every out-parameter
+/// is neutral after a failure).
+///
 /// # Safety
 /// `buffer` must be NULL or valid for writing `capacity` bytes; `out_len` NULL or valid.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_dump(
     swapper: *const Swapper,
     buffer: *mut libc::c_char,
@@ -867,6 +923,12 @@ pub unsafe extern "C" fn swapper_dump(
     out_len: *mut usize,
 ) -> Status {
     crate::ffi_boundary!("swapper_dump", {
+        // SAFETY: the caller's contract.
+        unsafe { clear_out(out_len) };
+        if !buffer.is_null() && capacity > 0 {
+            // SAFETY: capacity > 0 bytes are writable (the caller's contract): "" until done.
+            unsafe { buffer.write(0) };
+        }
         let s = handle(swapper)?;
         let text = s.dump();
         if buffer.is_null() && capacity > 0 {
@@ -913,7 +975,8 @@ pub struct SwapperExtent {
 ///
 /// Errors: `SWAPPER_STATUS_NULL_POINTER` (`out_count` NULL, or `out` NULL with a capacity);
 /// `SWAPPER_STATUS_NOT_FOUND` (unknown id); `SWAPPER_STATUS_INVALID_ARGUMENT` (a dead
-/// handle). On failure `*out` and `*out_count` are not written.
+/// handle). After a failure `*out_count` is 0 (when not NULL) and no entry of `out` is
+/// valid.
 ///
 /// # Safety
 /// `out` must be NULL or valid for writing `capacity` `SwapperExtent`s; `out_count` valid.
@@ -926,6 +989,8 @@ pub unsafe extern "C" fn swapper_param_extents(
     out_count: *mut usize,
 ) -> Status {
     crate::ffi_boundary!("swapper_param_extents", {
+        // SAFETY: the caller's contract.
+        unsafe { clear_out(out_count) };
         let s = handle(swapper)?;
         if out_count.is_null() {
             return Err(Error::new(Status::NullPointer, "out_count is NULL"));

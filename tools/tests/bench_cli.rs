@@ -168,6 +168,54 @@ fn swap_reports_swapper_engine_and_fio() {
 }
 
 #[test]
+fn swap_spreads_over_several_drives_and_measures_new_overwritten_and_read_params() {
+    let (a, b) = (bench_dir(), bench_dir());
+    let dirs = format!("{}:{}", a.path().display(), b.path().display());
+    for extra in [
+        // Many small params, the many-small-file workload (--param-bytes is --param-size).
+        &["--params", "64", "--param-bytes", "64K", "--buffers", "4"][..],
+        // One large tensor, split over the drives.
+        &[
+            "--params",
+            "1",
+            "--param-size",
+            "8MiB",
+            "--buffers",
+            "1",
+            "--prefetch",
+            "0",
+        ][..],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_swapper-bench"))
+            .args(["swap", "--dirs", &dirs, "--runs", "1", "--json"])
+            .args(extra)
+            .output()
+            .expect("swapper-bench runs");
+        assert!(
+            out.status.success(),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        check_side(&v, "swapper");
+        let new = &v["results"]["swapper"]["new"];
+        assert!(new["mib_s"]["median"].as_f64().unwrap() > 0.0, "{v}");
+        let folders = v["settings"]["folders"].as_array().unwrap();
+        assert_eq!(folders.len(), 2, "{v}");
+        assert!(v["swapper_stats"]["bytes_written"].as_u64().unwrap() > 0);
+        assert_empty(a.path());
+        assert_empty(b.path());
+    }
+    // The engine and fio compare one drive.
+    let out = Command::new(env!("CARGO_BIN_EXE_swapper-bench"))
+        .args(["swap", "--dirs", &dirs, "--vs-engine"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("one --dir"));
+}
+
+#[test]
 fn swap_checksum_cost_pairs_both_modes() {
     let dir = bench_dir();
     let v = run_cmd(

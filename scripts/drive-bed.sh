@@ -99,10 +99,16 @@ detach_file() {
     done
 }
 
+# Whether $1 is a mount point, from /proc/mounts (not `mountpoint`, which stats the folder
+# and so takes a shut-down file system, whose stat fails with EIO, for a plain folder).
+is_mounted() {
+    awk -v m="$1" '$2 == m { found = 1 } END { exit !found }' /proc/mounts
+}
+
 unmount() {
     local m=$1 tries
     for tries in 1 2 3 4 5 6 7 8 9 10; do
-        mountpoint -q "$m" 2>/dev/null || return 0
+        is_mounted "$m" || return 0
         umount "$m" 2>/dev/null && return 0
         sleep 0.2
     done
@@ -149,7 +155,7 @@ teardown() {
     # Folders and the group.
     if [[ -d $base ]]; then
         for m in "$base"/*; do
-            [[ -d $m ]] && ! mountpoint -q "$m" && rmdir "$m" 2>/dev/null
+            [[ -d $m ]] && ! is_mounted "$m" && rmdir "$m" 2>/dev/null
         done
         rmdir "$base" 2>/dev/null || ok=1
     fi

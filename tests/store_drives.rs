@@ -342,6 +342,10 @@ fn a_drive_that_fails_with_eio_is_named_and_the_others_stay_readable() {
         // The good drive still takes writes.
         s.swap_out_and_release(&[only_a[0]], false, false).unwrap();
         drop(s);
+        let name = bed.name.clone();
+        drop(bed);
+        let left = common::drive_bed::leftovers(&name);
+        assert!(left.is_empty(), "{fs}: the failed drive's bed is gone: {left:?}");
     }
 }
 

@@ -335,3 +335,62 @@ fn tune_sweeps_a_tiny_grid_and_plots_it() {
     }
     assert_empty(dir.path());
 }
+
+/// tools/drives_bench.sh --smoke: the item-3 matrix's tooling on tiny unthrottled beds
+/// (figures meaningless): a summary line per configuration, workload and op with the
+/// ratio each target is about, the raw JSON kept, every bed torn down.
+#[test]
+fn drives_bench_smoke_runs_the_matrix_and_leaves_no_bed() {
+    let out_dir = bench_dir();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("drives_bench.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .args(["--smoke", "--bench", env!("CARGO_BIN_EXE_swapper-bench"), "--out"])
+        .arg(out_dir.path())
+        .output()
+        .expect("bash runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for config in ["ext4-1", "ext4-2", "ext4-2half"] {
+        for workload in ["many", "big"] {
+            for op in ["new", "write", "read"] {
+                let line = stdout
+                    .lines()
+                    .find(|l| {
+                        let f: Vec<&str> = l.split_whitespace().collect();
+                        f.len() > 3 && f[0] == config && f[1] == workload && f[2] == op
+                    })
+                    .unwrap_or_else(|| panic!("no {config} {workload} {op} line in {stdout}"));
+                let mib_s: f64 = line.split_whitespace().nth(3).unwrap().parse().unwrap();
+                assert!(mib_s > 0.0, "{line}");
+                match config {
+                    "ext4-2" => assert!(line.contains("of 2 x one drive"), "{line}"),
+                    "ext4-2half" => assert!(line.contains("of the ideal split"), "{line}"),
+                    _ => {}
+                }
+            }
+            let json = out_dir.path().join(format!("{config}-{workload}-1.json"));
+            let v: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+            check_side(&v, "swapper");
+            // The bed it ran in is gone.
+            let bed =
+                std::fs::read_to_string(out_dir.path().join(format!("{config}-{workload}-1.bed"))).unwrap();
+            let name = bed
+                .lines()
+                .find_map(|l| l.strip_prefix("name="))
+                .unwrap_or_else(|| panic!("no bed name in {bed}"));
+            for p in [
+                format!("/run/drive-bed/{name}.state"),
+                format!("/mnt/drive-bed/{name}"),
+                format!("/sys/fs/cgroup/blkio/{name}"),
+            ] {
+                assert!(!Path::new(&p).exists(), "{p} is left");
+            }
+        }
+    }
+    assert!(out_dir.path().join("summary.txt").exists());
+}

@@ -120,6 +120,32 @@ fn every_byte_comes_back_across_2_xfs_drives() {
     round_trip(&bed.paths());
 }
 
+/// Each swap-in or swap-out checks each extent file it touches once (the store's check),
+/// not once in the swapper and again in the store.
+#[test]
+fn a_swap_checks_each_extent_file_it_touches_once() {
+    let (x, y) = (common::disk_dir(), common::disk_dir());
+    let s = Swapper::new(settings(&[x.path(), y.path()], 2, 2 << 20)).unwrap();
+    put(&s, 1, 2 << 20); // 4 MiB: split over both drives
+    put(&s, 2, 2048); // 4 KiB: whole on one
+    s.swap_out_and_release(&[1, 2], false, false).unwrap();
+    assert_eq!(s.param_locations(1).len(), 2);
+    let checks = || s.store().file_checks();
+    let before = checks();
+    // SAFETY: pool buffers only.
+    unsafe { s.swap_in(&[1], false, None) }.unwrap();
+    assert_eq!(checks() - before, 2, "one check per drive's file");
+    // SAFETY: pool buffers only.
+    unsafe { s.swap_in(&[2], false, None) }.unwrap();
+    assert_eq!(checks() - before, 3);
+    s.swap_out_and_release(&[1, 2], false, false).unwrap();
+    assert_eq!(checks() - before, 6);
+    let mut dest = vec![0u16; 2 << 20];
+    // SAFETY: `dest` holds the param's elements for the call.
+    unsafe { s.swap_into_buffer(1, swapper::sys::RawBuf(dest.as_mut_ptr().cast()), 2 << 20) }.unwrap();
+    assert_eq!(checks() - before, 8);
+}
+
 #[test]
 fn each_drive_folder_is_locked_on_its_own() {
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| common::disk_dir()).collect();

@@ -3,11 +3,11 @@
 //!
 //! - A small tensor goes whole to one drive: the one whose load, with the tensor added,
 //!   is lowest relative to its weight (so bytes per drive follow the weights).
-//! - A tensor of at least two [`SPLIT_UNIT`]s is cut into consecutive chunks, one per
+//! - A tensor of at least two `SPLIT_UNIT`s (1 MiB) is cut into consecutive chunks, one per
 //!   drive that gets a share, in drive order: the shares fill the drives up to a common
 //!   level of load per unit of weight ("water filling"), so on balanced drives each gets
 //!   its weight's share of the tensor, and a lagging drive catches up first. Shares are
-//!   whole [`SPLIT_UNIT`]s (the last chunk takes the tensor's remainder), so every chunk
+//!   whole `SPLIT_UNIT`s (the last chunk takes the tensor's remainder), so every chunk
 //!   starts on a 1 MiB boundary of the tensor and reads and writes of it stay large.
 
 //!
@@ -16,21 +16,21 @@
 //! not move bytes, and a drive twice as fast takes twice the bytes.
 
 /// The unit a tensor is split in, and the alignment of its chunks: 1 MiB.
-pub const SPLIT_UNIT: u64 = 1 << 20;
+pub(crate) const SPLIT_UNIT: u64 = 1 << 20;
 
 /// The least weight a measured drive gets (relative to the fastest's 1): even a very slow
 /// drive keeps taking a share, so its rate stays measured.
-pub const MIN_WEIGHT: f64 = 1.0 / 8.0;
+pub(crate) const MIN_WEIGHT: f64 = 1.0 / 8.0;
 /// Weights are multiples of this step.
-pub const WEIGHT_STEP: f64 = 1.0 / 16.0;
+pub(crate) const WEIGHT_STEP: f64 = 1.0 / 16.0;
 /// A drive at least this fraction of the fastest's rate weighs as much as the fastest.
-pub const SAME_RATE: f64 = 0.9;
+pub(crate) const SAME_RATE: f64 = 0.9;
 
 /// Each drive's weight from its measured rate (bytes per second of busy time; None when
 /// not measured yet). Until every drive is measured, or if a rate is not a positive
 /// number, all weigh 1. Otherwise a drive weighs its rate over the fastest drive's,
-/// counted as 1 from [`SAME_RATE`] up, at least [`MIN_WEIGHT`], rounded to a multiple of
-/// [`WEIGHT_STEP`]. A pure function: the same rates give the same weights.
+/// counted as 1 from `SAME_RATE` (0.9) up, at least `MIN_WEIGHT` (1/8), rounded to a multiple of
+/// `WEIGHT_STEP` (1/16). A pure function: the same rates give the same weights.
 pub fn weights_from_rates(rates: &[Option<f64>]) -> Vec<f64> {
     let measured: Option<Vec<f64>> = rates
         .iter()

@@ -9,11 +9,11 @@
 //!   its weight's share of the tensor, and a lagging drive catches up first. Shares are
 //!   whole `SPLIT_UNIT`s (the last chunk takes the tensor's remainder), so every chunk
 //!   starts on a 1 MiB boundary of the tensor and reads and writes of it stay large.
-
 //!
 //! The weights come from the drives' measured rates ([`weights_from_rates`]): bounded,
 //! in coarse steps and with a dead band, so that measurement noise on equal drives does
 //! not move bytes, and a drive twice as fast takes twice the bytes.
+
 
 /// The unit a tensor is split in, and the alignment of its chunks: 1 MiB.
 pub(crate) const SPLIT_UNIT: u64 = 1 << 20;

@@ -14,7 +14,6 @@
 //! in coarse steps and with a dead band, so that measurement noise on equal drives does
 //! not move bytes, and a drive twice as fast takes twice the bytes.
 
-
 /// The unit a tensor is split in, and the alignment of its chunks: 1 MiB.
 pub(crate) const SPLIT_UNIT: u64 = 1 << 20;
 

@@ -317,7 +317,8 @@ impl Store {
                 }
                 Self::unplace(&mut st, key);
             }
-            if !st.pinned {
+            // (One drive takes every byte: no weights to measure.)
+            if !st.pinned && self.drives.len() > 1 {
                 match &measured {
                     Some(w) => st.weights.clone_from(w),
                     None => {

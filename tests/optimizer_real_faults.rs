@@ -12,7 +12,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::loop_drive::{Fs, LoopDrive};
+use common::drive_bed::DriveBed;
 use swapper::optimizer::{OptimizerSettings, OptimizerSwapper, TensorKind, TensorSpec};
 use swapper::{IoConfig, Status};
 
@@ -61,8 +61,8 @@ fn check(o: &OptimizerSwapper, order: &[u32], base: f32) {
 /// Registers sub-groups until the file system is full: the failure names the drive and
 /// the sub-group, the failed one is not registered, the others keep every byte.
 fn full_file_system() {
-    let fs = LoopDrive::new(Fs::Ext4, 24);
-    let o = opt(fs.path());
+    let bed = DriveBed::up(1, &["--fs", "ext4", "--size", "24M"]);
+    let o = opt(bed.paths()[0]);
     let mut registered = Vec::new();
     let err = loop {
         let i = registered.len() as u32;

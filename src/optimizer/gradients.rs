@@ -89,12 +89,12 @@ impl OptimizerSwapper {
             };
             ranges.extend(t.bad.iter().map(|(&o, &n)| (o, n)));
             let (key, name, numel) = (t.key, t.spec.name.clone(), t.spec.numel);
-            ranges.extend(
-                st.grads
-                    .iter()
-                    .filter(|w| w.index == index && w.tensor == tensor)
-                    .map(|w| (w.offset, w.numel)),
-            );
+            // Those in flight replace, in their order, what they overlap.
+            for w in st.grads.iter().filter(|w| w.index == index && w.tensor == tensor) {
+                let end = w.offset + w.numel;
+                ranges.retain(|&(o, m)| o + m <= w.offset || end <= o);
+                ranges.push((w.offset, w.numel));
+            }
             for (f, &(off, data)) in fragments.iter().enumerate() {
                 let n = data.len() as u64;
                 if n == 0 || off.checked_add(n).is_none_or(|end| end > numel) {

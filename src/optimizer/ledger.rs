@@ -15,7 +15,7 @@
 //! | `Register` | the sub-group becomes idle | the sub-group is forgotten, its reserved space at the next register or purge |
 //! | `Io`, a read | its tickets go to the sub-group's phase | the tickets queued so far, and a `Panic` failure: `next_ready` skips the sub-group (files unchanged) |
 //! | `Io`, a write-behind | as a read | nothing queued: the sub-group is out with the caller again; some queued: a `Panic` failure, the data kept in memory (`Unsaved`) and written again next step |
-//! | `Take` | the sub-group is out with the caller, or skipped with its read error | its reads are waited for, then it is skipped this step (files unchanged) |
+//! | `Take` | the sub-group is out with the caller, or skipped with its read error | its reads are waited for, then it is skipped this step (files unchanged; unsaved data stays in memory) |
 //! | `Fragment` | the fragment's write joins the gradient writes | its ring region is freed (nothing was queued) |
 //! | `Settling` | the writes' outcomes are recorded | the writes go back to the list of writes in flight |
 //! | `Reader` | the out sub-group's reader count goes down | the same |
@@ -236,12 +236,14 @@ impl Ledger for State {
                     return;
                 };
                 match outcome.take() {
-                    Some(Ok(())) => self.change(|st| {
+                    // Handed out only to a call that returns it: one that unwinds would
+                    // leave the sub-group out with nobody holding it.
+                    Some(Ok(())) if !std::thread::panicking() => self.change(|st| {
                         let g = st.groups.get_mut(&index).expect("looked up above");
                         g.phase = Phase::Out { region, users: 0 };
                     }),
                     Some(Err(e)) => self.change(|st| st.skip_read(index, e)),
-                    None => self.change(|st| {
+                    Some(Ok(())) | None => self.change(|st| {
                         st.skip_read(
                             index,
                             Error::new(

@@ -125,17 +125,21 @@ impl Visit<'_> {
         self.bufs[k].0
     }
 
-    /// Queues the write-behind of its state tensors and ends the visit.
+    /// Queues the write-behind of its state tensors and ends the visit. If the sub-group
+    /// is still out after a failure (or a panic) before its write was claimed, the visit's
+    /// drop discards it: its files keep the previous state and `end_step` reports it.
     pub fn hand_back(mut self) -> Result<()> {
-        self.handed = true;
-        self.sw.hand_back_inner(self.index)
+        let r = self.sw.hand_back_inner(self.index);
+        self.handed = r.is_ok();
+        r
     }
 
     /// Ends the visit without writing: its files keep the state they had (the caller's
     /// update is discarded); `end_step` does not count it as a failure.
     pub fn discard(mut self) -> Result<()> {
-        self.handed = true;
-        self.sw.discard_inner(self.index, None)
+        let r = self.sw.discard_inner(self.index, None);
+        self.handed = r.is_ok();
+        r
     }
 
     /// Ends the visit without freeing anything, for the C API, which hands back by index.
@@ -265,12 +269,12 @@ impl OptimizerSwapper {
             }
             // 3. Record: out with the caller, or skipped with its error.
             claim.end()?;
+            // The visit first: if what follows fails or panics, its drop discards the
+            // sub-group (the error recorded) instead of leaving it out with nobody.
+            let visit = outcome.and_then(|()| self.hand_out(j, serial));
             self.lock()?.counters.read_wait_ns += started.elapsed().as_nanos() as u64;
             self.pump("next_ready")?;
-            return match outcome {
-                Ok(()) => self.hand_out(j, serial).map(Some),
-                Err(e) => Err(e),
-            };
+            return visit.map(Some);
         }
     }
 

@@ -61,6 +61,11 @@
 #define SWAPPER_OPTIMIZER_NONE UINT32_MAX
 
 /**
+ * DeepSpeed's default `offload_optimizer.buffer_count`.
+ */
+#define DEEPSPEED_BUFFER_COUNT 4
+
+/**
  * The unit a tensor is split in, and the alignment of its chunks: 1 MiB.
  */
 #define SPLIT_UNIT (1 << 20)
@@ -949,6 +954,30 @@ void swapper_optimizer_config_default(SwapperOptimizerConfig *out);
  */
 SwapperStatus swapper_optimizer_create(const SwapperOptimizerConfig *config,
                                        SwapperOptimizer **out);
+
+/**
+ * Creates an optimizer swapper from a DeepSpeed configuration (JSON text): the `aio`
+ * block and `zero_optimization.offload_optimizer` (device, nvme_path as a string or a
+ * list, buffer_count, pipeline_read, pipeline_write, fast_init, pin_memory), with
+ * DeepSpeed's defaults for missing keys. The ring is `buffer_count` x the bytes of the
+ * largest tensor of any sub-group (`largest_numel` elements, as DeepSpeed sizes its swap
+ * buffers; 0 takes `zero_optimization.sub_group_size`), or
+ * `offload_optimizer.ring_bytes` when that (libswapper's own key) is set;
+ * `pipeline_read` true reads as many sub-groups ahead as the ring holds, false one.
+ * Ownership and thread-safety as `swapper_optimizer_create`.
+ *
+ * Errors: as `swapper_optimizer_create`, plus `SWAPPER_STATUS_INVALID_ARGUMENT` for text
+ * that is not JSON, a key of the wrong type (the message names it), a device other than
+ * "nvme", a missing nvme_path, or no way to size the ring. On failure `*out` is NULL.
+ *
+ * # Safety
+ * `deepspeed_config_json` must be NULL or a NUL-terminated string; `out` must be NULL or
+ * valid for writing one pointer.
+ */
+SwapperStatus swapper_optimizer_create_from_json(const char *deepspeed_config_json,
+                                                 uint32_t rank,
+                                                 uint64_t largest_numel,
+                                                 SwapperOptimizer **out);
 
 /**
  * Destroys an optimizer swapper: waits for every read and write in flight, frees the

@@ -168,6 +168,45 @@ pub unsafe extern "C" fn swapper_optimizer_create(
     })
 }
 
+/// Creates an optimizer swapper from a DeepSpeed configuration (JSON text): the `aio`
+/// block and `zero_optimization.offload_optimizer` (device, nvme_path as a string or a
+/// list, buffer_count, pipeline_read, pipeline_write, fast_init, pin_memory), with
+/// DeepSpeed's defaults for missing keys. The ring is `buffer_count` x the bytes of the
+/// largest tensor of any sub-group (`largest_numel` elements, as DeepSpeed sizes its swap
+/// buffers; 0 takes `zero_optimization.sub_group_size`), or
+/// `offload_optimizer.ring_bytes` when that (libswapper's own key) is set;
+/// `pipeline_read` true reads as many sub-groups ahead as the ring holds, false one.
+/// Ownership and thread-safety as `swapper_optimizer_create`.
+///
+/// Errors: as `swapper_optimizer_create`, plus `SWAPPER_STATUS_INVALID_ARGUMENT` for text
+/// that is not JSON, a key of the wrong type (the message names it), a device other than
+/// "nvme", a missing nvme_path, or no way to size the ring. On failure `*out` is NULL.
+///
+/// # Safety
+/// `deepspeed_config_json` must be NULL or a NUL-terminated string; `out` must be NULL or
+/// valid for writing one pointer.
+#[no_mangle]
+pub unsafe extern "C" fn swapper_optimizer_create_from_json(
+    deepspeed_config_json: *const libc::c_char,
+    rank: u32,
+    largest_numel: u64,
+    out: *mut *mut SwapperOptimizer,
+) -> Status {
+    // SAFETY: the caller's contract.
+    unsafe { write_opt(out, std::ptr::null_mut()) };
+    crate::ffi_boundary!("swapper_optimizer_create_from_json", {
+        // SAFETY: the caller's contract.
+        let text = unsafe { arg_str(deepspeed_config_json, "deepspeed_config_json") }?;
+        if out.is_null() {
+            return Err(Error::new(Status::NullPointer, "out is NULL"));
+        }
+        let core = Core::new(OptimizerSettings::from_deepspeed_json(text, rank, largest_numel)?)?;
+        let key = HANDLES.insert(core);
+        // SAFETY: checked non-NULL; the caller's contract.
+        unsafe { write_out(out, "out", key as *mut SwapperOptimizer) }
+    })
+}
+
 /// Destroys an optimizer swapper: waits for every read and write in flight, frees the
 /// ring, unlocks the folders (the files stay). NULL is ignored; a handle that is not live
 /// is reported through the last error and otherwise ignored. Pointers from

@@ -64,6 +64,7 @@
 //! end_step()                    waits every write; every sub-group back to Idle; all failures
 //! ```
 
+pub mod config;
 pub mod gradients;
 mod ledger;
 pub mod params;

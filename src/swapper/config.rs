@@ -154,7 +154,7 @@ pub(crate) fn parse(text: &str) -> Result<Value> {
 /// refused). Missing keys keep `io`'s values. Shared by the readers of `offload_param`
 /// and `offload_optimizer`.
 pub fn aio(root: &Value, mut io: IoConfig) -> Result<IoConfig> {
-    if let Some(aio) = section(&root, &["aio"])? {
+    if let Some(aio) = section(root, &["aio"])? {
         if let Some(v) = integer(aio, "aio.block_size")? {
             io.block_size = v;
         }

@@ -20,6 +20,9 @@
 //! - [`gradients`]: gradient fragments written during backward, through the ring.
 //! - [`params`]: a visited sub-group's new fp32 params straight to the parameter
 //!   swapper's fp16/bf16 files.
+//! - `ledger`: what each claim remembers, and how it is recorded or undone (the
+//!   optimizer's side of the shared claim guard, [`crate::claim`]).
+//! - [`config`]: the settings from DeepSpeed's `offload_optimizer` block.
 //!
 //! Below it: the swap store ([`crate::store`], opened with separate read and write
 //! engines per drive, so a write-behind never delays the next read), the page-lock budget

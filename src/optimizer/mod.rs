@@ -21,7 +21,7 @@
 //! - [`params`]: a visited sub-group's new fp32 params straight to the parameter
 //!   swapper's fp16/bf16 files.
 //! - `ledger`: what each claim remembers, and how it is recorded or undone (the
-//!   optimizer's side of the shared claim guard, [`crate::claim`]).
+//!   optimizer's side of the shared claim guard, `crate::claim`).
 //! - [`config`]: the settings from DeepSpeed's `offload_optimizer` block.
 //!
 //! Below it: the swap store ([`crate::store`], opened with separate read and write
@@ -31,11 +31,11 @@
 //!
 //! # The lock discipline
 //! One mutex holds the bookkeeping (registry, arena, step): the shared
-//! [`crate::claim::Bookkeeping`], as under the parameter swapper. No call holds it across
+//! `crate::claim::Bookkeeping`, as under the parameter swapper. No call holds it across
 //! a file-system call, a submission, a wait, a copy or a conversion. Every I/O runs as
 //! *claim* (under the lock: check, move the sub-group to its new phase, take a ring
 //! region), *submit* (without the lock, through the store), *record* (under the lock:
-//! the tickets, or the failure). The claim is the shared guard ([`crate::claim::Claim`]
+//! the tickets, or the failure). The claim is the shared guard (`crate::claim::Claim`
 //! with the entries of `ledger`): ended or dropped by a panic, it records what was
 //! submitted and undoes what was not, so a panic at any step of claim, submit or record
 //! leaves nothing stuck (the `ledger` module's table says what each claim becomes).

@@ -25,7 +25,7 @@ and PipelinedOptimizerSwapper):
     v = opt.swap_in(i, next=i + 1)                    # swap_in_optimizer_state
     ... step in place in v["fp32"], v["exp_avg"], ... (v["grad"] holds the gradients)
     opt.swap_out(i)                                   # swap_out_optimizer_state (write-behind)
-    opt.release_swap_buffers()                        # after the last sub-group: end of step
+    opt.release_swap_buffers(i)                       # after the last sub-group: the step ends
     opt.purge()                                       # purge_state
 """
 
@@ -188,6 +188,7 @@ class OptimizerSwapper:
         self._names = {}  # sub-group -> tensor names
         self._kinds = {}  # sub-group -> tensor kinds
         self._in_step = False
+        self._order = []  # the step's order
         self._out = {}  # sub-group -> Visit taken by swap_in
 
     @classmethod
@@ -279,6 +280,7 @@ class OptimizerSwapper:
         ids = [_uint(i, "sub-group", 32) for i in order]
         check(self._lib.swapper_optimizer_begin_step(self._h(), (c_uint32 * len(ids))(*ids), len(ids)))
         self._in_step = True
+        self._order = ids
 
     def next_ready(self):
         """The next sub-group of the step once read (a Visit), or None when all were
@@ -404,10 +406,19 @@ class OptimizerSwapper:
             raise BadStateError(f"sub-group {subgroup} is not swapped in")
         v.hand_back()
 
-    def release_swap_buffers(self):
-        """After the last sub-group of a step: hands back any still swapped in, then
-        ends the step (waits for every write-behind; raises the step's failures).
-        Nothing when no step is under way."""
+    def release_swap_buffers(self, subgroup=None):
+        """DeepSpeed's release_swap_buffers(parameter), called after each sub-group's
+        swap_out: hands `subgroup` back if it is still swapped in; after the last
+        sub-group of the step's order (or with no sub-group: at once) hands back any
+        still swapped in and ends the step (waits for every write-behind; raises the
+        step's failures). Nothing when no step is under way."""
+        if subgroup is not None:
+            subgroup = _uint(subgroup, "sub-group", 32)
+            v = self._out.pop(subgroup, None)
+            if v is not None and v.open:
+                v.hand_back()
+            if self._in_step and self._order and subgroup != self._order[-1]:
+                return
         out, self._out = self._out, {}
         for v in out.values():
             if v.open:

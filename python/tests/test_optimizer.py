@@ -163,7 +163,9 @@ def test_deepspeed_config_and_calls_run_a_zero3_style_step(tmp_path):
                 adam(step, v["fp32"], v["exp_avg"], v["exp_avg_sq"], v["grad"])
                 adam(step, *mem[i], grads[i])
                 opt.swap_out(i)
-            opt.release_swap_buffers()
+                # DeepSpeed calls it after every sub-group; the step ends after the last.
+                opt.release_swap_buffers(i)
+                assert opt._in_step == (i + 1 < len(sizes))
         for v in opt.step(range(len(sizes))):
             for k, name in enumerate(["fp32", "exp_avg", "exp_avg_sq"]):
                 assert np.array_equal(v[name], mem[v.subgroup][k]), (v.subgroup, name)

@@ -158,8 +158,6 @@ def test_deepspeed_config_and_calls_run_a_zero3_style_step(tmp_path):
             for i in range(len(sizes)):
                 v = opt.swap_in(i, next=i + 1 if i + 1 < len(sizes) else None)
                 assert np.array_equal(v["grad"], grads[i])
-                t = torch_like = v["fp32"]  # zero-copy numpy view (torch.from_numpy shares it)
-                assert t.ctypes.data == torch_like.ctypes.data
                 adam(step, v["fp32"], v["exp_avg"], v["exp_avg_sq"], v["grad"])
                 adam(step, *mem[i], grads[i])
                 opt.swap_out(i)

@@ -429,3 +429,79 @@ fn drives_bench_smoke_runs_the_matrix_and_leaves_no_bed() {
     }
     assert!(out_dir.path().join("summary.txt").exists());
 }
+
+#[test]
+fn optimizer_mode_measures_the_device_limit_with_fio_alternating() {
+    let dir = bench_dir();
+    let out = Command::new(env!("CARGO_BIN_EXE_swapper-bench"))
+        .args([
+            "optimizer",
+            "--params",
+            "2MiB",
+            "--sub-group-size",
+            "131072",
+            "--block-size",
+            "128KiB",
+            "--vs-fio",
+            "--runs",
+            "2",
+            "--json",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("swapper-bench runs");
+    assert!(
+        out.status.success(),
+        "swapper-bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = &v["settings"];
+    assert!(s["fio"].as_str().unwrap().starts_with("fio-"), "{v}");
+    // fio moves what a step moves: every tensor read, every state tensor written.
+    assert_eq!(s["bytes_read_per_step"], 8u64 << 20, "{v}");
+    assert_eq!(s["bytes_written_per_step"], 6u64 << 20, "{v}");
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{v}");
+    for r in runs {
+        assert_eq!(r["bytes_moved"], 14u64 << 20, "{v}");
+        let (step, fio) = (r["step_s"].as_f64().unwrap(), r["fio_s"].as_f64().unwrap());
+        assert!(fio > 0.0 && step > 0.0, "{v}");
+        let ratio = r["device_limit_ratio"].as_f64().unwrap();
+        assert!((ratio - fio / step).abs() < 1e-9, "{v}");
+    }
+    for k in ["step_s", "gb_s", "cpu_s", "fio_s", "device_limit_ratio"] {
+        let sp = &v["summary"][k];
+        let (lo, med, hi) = (
+            sp["min"].as_f64().unwrap(),
+            sp["median"].as_f64().unwrap(),
+            sp["max"].as_f64().unwrap(),
+        );
+        assert!(lo <= med && med <= hi, "{k}: {v}");
+    }
+    // fio's file went with the swap folder.
+    assert_empty(dir.path());
+    // The table names the ratio.
+    let out = Command::new(env!("CARGO_BIN_EXE_swapper-bench"))
+        .args([
+            "optimizer",
+            "--params",
+            "1MiB",
+            "--sub-group-size",
+            "131072",
+            "--vs-fio",
+            "--runs",
+            "1",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("swapper-bench runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("ratio to the device limit"),
+        "{text}"
+    );
+    assert_empty(dir.path());
+}

@@ -308,6 +308,7 @@ fn reused_space_reserved_zeroed_reads_zeros_on_ext4_and_xfs() {
             paths: vec![d.path().to_path_buf()],
             folder: ["zero_stage_3", "optimizer", "rank0"].map(String::from).to_vec(),
             io: IoConfig::default(),
+            adopt: false,
         })
         .unwrap();
         let mut buf = common::TestBuf::new(3 << 20, 0);

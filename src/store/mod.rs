@@ -41,13 +41,24 @@
 //!   a renamed or replaced folder cannot redirect it; nothing is written outside the rank
 //!   folders.
 //!
-//! Issue 20's crash consistency (a rewrite after a flush goes to fresh space, the old
-//! space freed only once a newer manifest is durable) hooks in at [`space`] (see its doc)
-//! and at [`Store::reserve`], which would place a key afresh instead of in place.
+//! - **Durability** (issue 20; [`manifest`], [`flush`], [`adopt`], [`snapshot`]): at a
+//!   flush the index becomes a manifest in every drive's rank folder, written atomically
+//!   after the extent files' data were synced. A tensor rewritten after a flush that named
+//!   it goes to fresh space (copy-on-write in [`Store::reserve`]); its old pieces are
+//!   retired, not freed, until a newer manifest is durable ([`space`]); a tensor rewritten
+//!   twice between two flushes reuses its own unflushed place. A store opened with
+//!   `adopt` keeps the rank folders, reads the newest complete manifest and knows every
+//!   tensor it names; space it does not name is free again. A snapshot clones the files
+//!   a flushed manifest names into a checkpoint folder (reflinks where the file system
+//!   shares extents), and a restore clones them back.
 
+pub mod adopt;
 pub mod drive;
+pub mod flush;
 pub mod folder;
+pub mod manifest;
 pub mod placement;
+pub mod snapshot;
 pub mod space;
 pub mod ticket;
 
@@ -85,6 +96,9 @@ pub struct StoreConfig {
     pub folder: Vec<String>,
     /// The I/O settings of each drive's engine.
     pub io: IoConfig,
+    /// Keep what the rank folders hold and adopt it from their manifest ([`adopt`])
+    /// instead of emptying them.
+    pub adopt: bool,
 }
 
 /// Where part of a tensor lives.
@@ -104,6 +118,9 @@ pub struct Extent {
 struct Placed {
     bytes: u64,
     pieces: Vec<(usize, Piece)>,
+    /// The last generation whose manifest names these pieces (None: no manifest does, so
+    /// a rewrite may go in place).
+    named: Option<u64>,
 }
 
 /// One drive's bookkeeping.
@@ -118,6 +135,8 @@ struct State {
     keys: HashMap<Key, Placed>,
     drives: Vec<DriveState>,
     weights: Vec<f64>,
+    /// The durability bookkeeping ([`flush`]).
+    durable: flush::Durable,
 }
 
 /// A piece of an operation, resolved under the lock.
@@ -136,6 +155,14 @@ pub struct Store {
     // Field order: the drives' engines are drained before the files are closed.
     drives: Vec<Drive>,
     state: Mutex<State>,
+    /// Held by one flush or snapshot at a time (from the manifest's preparation to its
+    /// rename, and through a snapshot's copies): not a bookkeeping lock, only flushers
+    /// wait for it.
+    flushing: Mutex<()>,
+    /// The rank folder's parts (the manifest's kind and rank).
+    parts: Vec<String>,
+    /// What an adopting store found (taken once by the swapper).
+    adopted: Mutex<Vec<manifest::TensorEntry>>,
 }
 
 fn align_up(x: u64, align: u64) -> u64 {
@@ -143,9 +170,11 @@ fn align_up(x: u64, align: u64) -> u64 {
 }
 
 impl Store {
-    /// Locks and empties the rank folder on every drive and starts each drive's engine.
-    /// A folder another store holds is `Busy` (naming it); a path given twice is
-    /// `InvalidArgument`.
+    /// Locks and empties the rank folder on every drive (with `adopt`: keeps it and adopts
+    /// what its manifest names, see [`adopt`]) and starts each drive's engine. A folder
+    /// another store holds is `Busy` (naming it); a path given twice is
+    /// `InvalidArgument`; an adoption that does not match is an error naming the tensor
+    /// and the file, and nothing is removed.
     pub fn open(cfg: StoreConfig) -> Result<Store> {
         if cfg.paths.is_empty() {
             return Err(Error::invalid(
@@ -167,7 +196,12 @@ impl Store {
         }
         let mut drives = Vec::with_capacity(cfg.paths.len());
         for (k, p) in cfg.paths.iter().enumerate() {
-            let d = Drive::open(k, p, &cfg.folder, cfg.io).map_err(|e| {
+            let opened = if cfg.adopt {
+                Drive::adopt(k, p, &cfg.folder, cfg.io)
+            } else {
+                Drive::open(k, p, &cfg.folder, cfg.io)
+            };
+            let d = opened.map_err(|e| {
                 if cfg.paths.len() > 1 {
                     e.context(format!("drive {k} ({})", p.display()))
                 } else {
@@ -176,21 +210,36 @@ impl Store {
             })?;
             drives.push(d);
         }
-        let state = State {
-            keys: HashMap::new(),
-            drives: (0..drives.len())
-                .map(|_| DriveState {
-                    space: Space::new(),
-                    files: Vec::new(),
-                    load: 0,
-                })
-                .collect(),
-            weights: vec![1.0; drives.len()],
+        let (state, adopted) = if cfg.adopt {
+            adopt::adopt(&drives, &cfg.folder)?
+        } else {
+            let state = State {
+                keys: HashMap::new(),
+                drives: (0..drives.len())
+                    .map(|_| DriveState {
+                        space: Space::new(),
+                        files: Vec::new(),
+                        load: 0,
+                    })
+                    .collect(),
+                weights: vec![1.0; drives.len()],
+                durable: flush::Durable::new(manifest::new_store_id(), 0),
+            };
+            (state, Vec::new())
         };
         Ok(Store {
             drives,
             state: Mutex::new(state),
+            flushing: Mutex::new(()),
+            parts: cfg.folder.clone(),
+            adopted: Mutex::new(adopted),
         })
+    }
+
+    /// The tensors an adopting store found in the manifest (each once: the first call
+    /// takes them; empty for a store that did not adopt).
+    pub fn take_adopted(&self) -> Vec<manifest::TensorEntry> {
+        std::mem::take(&mut *self.adopted.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -255,7 +304,9 @@ impl Store {
 
     /// Places `bytes` (rounded up to 4 KiB) for `key`. Idempotent: a key already placed
     /// with the same size keeps its place (and its bytes), unless a file it uses was found
-    /// damaged; with another size it is placed afresh. With `zeroed`, a newly placed key
+    /// damaged or a manifest names its place (copy-on-write: the caller is about to
+    /// rewrite it, and the flushed bytes must stay until a newer manifest is durable);
+    /// with another size it is placed afresh. With `zeroed`, a newly placed key
     /// reads back as zeros (the file system zeroes reused space; fresh space is zeros).
     /// Grows a drive's space when needed (fallocate, or a new extent file); a drive that
     /// cannot hold its share fails the call, naming the drive and the key (the key is then
@@ -269,7 +320,7 @@ impl Store {
                     .pieces
                     .iter()
                     .any(|(d, pc)| st.drives[*d].space.is_damaged(pc.file));
-                if p.bytes == want && !damaged {
+                if p.bytes == want && !damaged && p.named.is_none() {
                     return Ok(());
                 }
                 Self::unplace(&mut st, key);
@@ -319,6 +370,7 @@ impl Store {
                 Placed {
                     bytes: want,
                     pieces: got,
+                    named: None,
                 },
             );
             drop(st);
@@ -341,13 +393,17 @@ impl Store {
         }
     }
 
-    /// Removes `key`'s pieces (under the lock): space back to the allocator.
+    /// Removes `key`'s pieces (under the lock): space back to the allocator, or, for
+    /// pieces a manifest names, retired until a newer manifest is durable.
     fn unplace(st: &mut State, key: Key) {
         if let Some(p) = st.keys.remove(&key) {
             for (d, pc) in p.pieces {
                 let ds = &mut st.drives[d];
                 ds.load = ds.load.saturating_sub(pc.len);
-                ds.space.free(pc);
+                match p.named {
+                    Some(g) => ds.space.retire(pc, g),
+                    None => ds.space.free(pc),
+                }
             }
         }
     }
@@ -608,6 +664,7 @@ mod tests {
             paths: paths.iter().map(|p| p.to_path_buf()).collect(),
             folder: vec!["zero_stage_3".into(), "optimizer".into(), "rank0".into()],
             io: IoConfig::default(),
+            adopt: false,
         })
         .unwrap()
     }
@@ -734,6 +791,7 @@ mod tests {
             paths: vec![a.path().to_path_buf(), a.path().join(".")],
             folder: vec!["x".into()],
             io: IoConfig::default(),
+            adopt: false,
         })
         .err()
         .unwrap();

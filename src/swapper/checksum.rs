@@ -17,6 +17,21 @@ pub(crate) struct Checksum {
 }
 
 impl Checksum {
+    /// A checksum recorded elsewhere (an adopted manifest's).
+    pub fn from_parts(crc: u32, parts: Vec<(u64, u64, u32)>) -> Checksum {
+        Checksum { crc, parts }
+    }
+
+    /// The crc32c of the whole param.
+    pub fn crc(&self) -> u32 {
+        self.crc
+    }
+
+    /// The parts (offset, length, crc32c).
+    pub fn parts(&self) -> &[(u64, u64, u32)] {
+        &self.parts
+    }
+
     /// The checksum a finished operation computed, if it was asked for.
     pub fn of(ticket: &Ticket) -> Option<Checksum> {
         Some(Checksum {

@@ -275,6 +275,17 @@ class Swapper {
     }
     void wait_reads() { check(swapper_wait_reads(h_)); }
     void wait_writes() { check(swapper_wait_writes(h_)); }
+    /// Makes the swap folder resumable up to now (swapper_flush); a Swapper created with
+    /// `config.adopt = 1` on the same folders finds every param as this flush left it.
+    void flush() { check(swapper_flush(h_)); }
+    /// Flushes, then records that state into `dest_folder` (swapper_snapshot: reflinks
+    /// where the file system shares extents, copies otherwise).
+    void snapshot(const std::string &dest_folder) { check(swapper_snapshot(h_, dest_folder.c_str())); }
+    /// Puts a snapshot back into the rank folders `config` names (swapper_restore); then
+    /// construct a Swapper from `config` with `adopt = 1`.
+    static void restore(const std::string &snapshot_folder, const SwapperConfig &config) {
+        check(swapper_restore(snapshot_folder.c_str(), &config));
+    }
 
     void release(const std::uint64_t *ids, std::size_t count) { check(swapper_release(h_, ids, count)); }
     void release(const Ids &ids) { release(ids.data(), ids.size()); }

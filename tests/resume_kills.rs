@@ -26,6 +26,8 @@ const KILLS_PER_FS: usize = 100;
 
 /// param -> (numel, tag)
 type Promise = BTreeMap<u64, (u64, u64)>;
+/// (generation, promise) of a flush.
+type Flushed = (u64, Promise);
 
 fn settings(paths: &[PathBuf]) -> Settings {
     Settings {
@@ -162,10 +164,10 @@ fn kill_child() {
 
 /// What the log says: (generation, promise) of the last completed flush, and of the
 /// flush under way at the kill.
-fn read_log(path: &Path) -> (Option<(u64, Promise)>, Option<(u64, Promise)>) {
+fn read_log(path: &Path) -> (Option<Flushed>, Option<Flushed>) {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let mut last_done = None;
-    let mut begun: Option<(u64, Promise)> = None;
+    let mut begun: Option<Flushed> = None;
     for line in text.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
         let w: Vec<&str> = line.trim_end().splitn(3, ' ').collect();
         match w[0] {

@@ -124,6 +124,9 @@ pub struct Manifest {
     pub tensors: Vec<TensorEntry>,
 }
 
+/// A piece's bytes in its file and its tensor: (offset, length, key).
+type Span = (u64, u64, u64);
+
 /// What an adopting store expects of a manifest.
 #[derive(Clone, Debug)]
 pub struct Expected {
@@ -263,7 +266,8 @@ impl Manifest {
                 ),
             ));
         }
-        let mut used: HashMap<(usize, usize), Vec<(u64, u64, u64)>> = HashMap::new();
+        // (drive, file) -> (offset, length, key) of each piece there.
+        let mut used: HashMap<(usize, usize), Vec<Span>> = HashMap::new();
         for t in &self.tensors {
             let mut total = 0u64;
             for p in &t.pieces {
@@ -433,7 +437,8 @@ mod tests {
 
     #[test]
     fn another_rank_kind_version_drive_count_or_overlap_is_refused() {
-        let cases: Vec<(Box<dyn Fn(&mut Manifest)>, Status, &str)> = vec![
+        type Edit = Box<dyn Fn(&mut Manifest)>;
+        let cases: Vec<(Edit, Status, &str)> = vec![
             (
                 Box::new(|m| m.rank = "rank1".into()),
                 Status::InvalidArgument,

@@ -781,6 +781,7 @@ mod tests {
                 paths: vec![p.to_path_buf()],
                 folder: vec!["zero_stage_3".into(), "optimizer".into(), "rank0".into()],
                 io: IoConfig::default(),
+                adopt: false,
             })
             .err()
             .unwrap();

@@ -104,7 +104,10 @@ int main(int argc, char **argv) {
     EXPECT(swapper_io_pread(NULL, &on_stack, 4, "/x", 0, false), SWAPPER_STATUS_NULL_POINTER);
     EXPECT(swapper_io_pread(fake_io, &on_stack, 4, "/x", 0, false), SWAPPER_STATUS_INVALID_ARGUMENT);
     EXPECT(swapper_io_wait(fake_io, &n), SWAPPER_STATUS_INVALID_ARGUMENT);
-    EXPECT(swapper_io_get_config(NULL, &io_cfg), SWAPPER_STATUS_NULL_POINTER);
+    SwapperIoConfig got;
+    memset(&got, 0xab, sizeof got);
+    EXPECT(swapper_io_get_config(NULL, &got), SWAPPER_STATUS_NULL_POINTER);
+    TRUE(got.block_size == 0 && got.queue_depth == 0 && got.backend == 0); /* neutral after a failure */
     TRUE(swapper_io_block_size(NULL) == 0 && swapper_io_queue_depth(fake_io) == 0);
     TRUE(swapper_io_thread_count(NULL) == 0 && !swapper_io_single_submit(NULL) && !swapper_io_overlap_events(NULL));
     TRUE(swapper_io_backend(NULL) == SWAPPER_BACKEND_AUTO && swapper_io_direct_io(NULL) == SWAPPER_DIRECT_IO_AUTO);

@@ -4,6 +4,7 @@ import ctypes
 import json
 import os
 import threading
+import warnings
 from ctypes import byref, c_int, c_size_t, c_uint64, c_void_p
 
 import numpy as np
@@ -346,13 +347,13 @@ class Swapper:
 
     def reserve_available_buffers(self):
         """Takes every free buffer out of the pool for the caller: a list of numpy views
-        of io_aligned_numel(buffer_numel) elements (the whole buffer, as DeepSpeed hands
+        of aligned_numel(buffer_numel) elements (the whole buffer, as DeepSpeed hands
         them out), valid until release_reserved_buffers() or close()."""
         capacity = self.stats().total_buffers
         ptrs = (c_void_p * max(capacity, 1))()
         count = c_size_t()
         check(self._lib.swapper_reserve_available_buffers(self._h(), ptrs, capacity, byref(count)))
-        numel = self.io_aligned_numel(self.buffer_numel)
+        numel = self.aligned_numel(self.buffer_numel)
         return [self._view(ptrs[i], numel) for i in range(count.value)]
 
     def release_reserved_buffers(self):
@@ -363,9 +364,17 @@ class Swapper:
         """Whether a tensor of `numel` elements is worth swapping (DeepSpeed's rule)."""
         return bool(self._lib.swapper_swappable(self._h(), _uint(numel, "numel")))
 
-    def io_aligned_numel(self, numel):
-        """`numel` rounded up to a multiple of 4096 bytes."""
+    def aligned_numel(self, numel):
+        """`numel` rounded up to a multiple of 4096 bytes (C swapper_aligned_numel, C++
+        Swapper::aligned_numel)."""
         return int(self._lib.swapper_aligned_numel(self._h(), _uint(numel, "numel")))
+
+    def io_aligned_numel(self, numel):
+        """Deprecated, removed in the next release: the old name of aligned_numel
+        (DeepSpeed's swapper calls its method _io_aligned_numel; the aio_handle drop-in
+        in swapper.deepspeed does not need this one)."""
+        warnings.warn("Swapper.io_aligned_numel is deprecated: use aligned_numel", DeprecationWarning, stacklevel=2)
+        return self.aligned_numel(numel)
 
     def reserve_partitioned_swap_space(self, numels):
         """Allocates the packed staging space of swap_out_partitioned: the sum of the

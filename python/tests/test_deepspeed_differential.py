@@ -224,7 +224,7 @@ class Pair:
         return self.params[pid]
 
     def aligned(self, numel):
-        return self.ls.io_aligned_numel(numel)
+        return self.ls.aligned_numel(numel)
 
     def bits_of(self, x):
         if isinstance(x, torch.Tensor):

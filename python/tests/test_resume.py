@@ -73,3 +73,26 @@ def test_a_garbled_manifest_and_a_folder_in_use_are_clear_errors(tmp_path):
         swapper.Swapper(str(tmp_path), buffer_count=1, buffer_numel=4096, adopt=True)
     assert manifest.read_bytes() == bytes(data)
     assert os.path.exists(tmp_path / "zero_stage_3/float16params/rank0/extent-0.swp")
+
+
+def test_optimizer_flush_and_adopt(tmp_path):
+    specs = [("param", 3000), ("exp_avg", 3000), ("grad", 3000, "gradient")]
+    kw = dict(ring_bytes=1 << 20, pin_memory=False, verify_checksums=True)
+    with swapper.OptimizerSwapper(tmp_path, **kw) as opt:
+        opt.register(0, specs)
+        for v in opt.step([0]):
+            v["param"][:] = 1.25
+            v["exp_avg"][:] = np.arange(3000, dtype=np.float32)
+            v.hand_back()
+        opt.flush()
+        for v in opt.step([0]):
+            v["param"][:] = 9.0  # after the flush: not promised
+            v.hand_back()
+    with swapper.OptimizerSwapper(tmp_path, adopt=True, **kw) as opt:
+        with pytest.raises(swapper.InvalidArgumentError, match="param"):
+            opt.register(0, [("param", 2999), ("exp_avg", 3000), ("grad", 3000, "gradient")])
+        opt.register(0, specs)
+        for v in opt.step([0]):
+            assert np.all(v["param"] == 1.25)
+            assert np.array_equal(v["exp_avg"], np.arange(3000, dtype=np.float32))
+            v.discard()

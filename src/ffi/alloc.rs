@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
 
-use super::boundary::write_out;
+use super::boundary::{clear_out, write_out};
 use crate::memory_budget::{self, Demand};
 use crate::status::Status;
 use crate::sys::alloc::{find_allocation, release, retain, AlignedBuf};
@@ -26,17 +26,22 @@ fn allocations() -> std::sync::MutexGuard<'static, HashMap<usize, AlignedBuf>> {
 /// Errors: `SWAPPER_STATUS_NULL_POINTER` if `out` is NULL; `SWAPPER_STATUS_OUT_OF_MEMORY`
 /// if the memory cannot be had (more than the machine's RAM is refused up front; with
 /// `lock`, more than MemAvailable or than the memory cgroup's room is refused up front,
-/// the message saying how much fits). `*out` is left unchanged on failure.
+/// the message saying how much fits).
+///
+/// After a failure `*out` is NULL (every out-parameter is neutral after a failure).
 ///
 /// # Safety
 /// `out` must be NULL or valid for writing one pointer.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_alloc_aligned(
     nbytes: u64,
     lock: bool,
     out: *mut *mut libc::c_void,
 ) -> Status {
     crate::ffi_boundary!("swapper_alloc_aligned", {
+        // SAFETY: the caller's contract.
+        unsafe { clear_out(out) };
         if out.is_null() {
             return Err(crate::Error::new(Status::NullPointer, "out is NULL"));
         }
@@ -127,6 +132,7 @@ pub extern "C" fn swapper_allocation_locked(ptr: *const libc::c_void, nbytes: u6
 /// Errors: `SWAPPER_STATUS_NULL_POINTER` if `ptr` is NULL; `SWAPPER_STATUS_NOT_FOUND` if
 /// the range is not entirely inside one live libswapper allocation.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn swapper_memory_retain(ptr: *const libc::c_void, nbytes: u64) -> Status {
     crate::ffi_boundary!("swapper_memory_retain", {
         if ptr.is_null() {
@@ -149,6 +155,7 @@ pub extern "C" fn swapper_memory_retain(ptr: *const libc::c_void, nbytes: u64) -
 /// Errors: `SWAPPER_STATUS_NULL_POINTER` if `ptr` is NULL; `SWAPPER_STATUS_INVALID_ARGUMENT`
 /// if `ptr` is not inside retained libswapper memory (nothing is changed).
 #[no_mangle]
+#[must_use]
 pub extern "C" fn swapper_memory_release(ptr: *const libc::c_void) -> Status {
     crate::ffi_boundary!("swapper_memory_release", {
         if ptr.is_null() {

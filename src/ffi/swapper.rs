@@ -2,7 +2,7 @@
 
 use std::sync::LazyLock;
 
-use super::boundary::{arg_path, arg_ref, arg_slice, arg_str, write_opt, write_out, Registry};
+use super::boundary::{arg_path, arg_ref, arg_slice, arg_str, clear_out, write_opt, write_out, Registry};
 use super::io::{flag_is_set, SwapperIoConfig};
 use crate::config::IoConfig;
 use crate::convert::Dtype;
@@ -76,7 +76,9 @@ pub struct SwapperConfig {
     /// Several drives: `nvme_path_count` root folders, one per drive (each as `nvme_path`
     /// says, with its own rank folder, lock and I/O queue). Params are placed across them
     /// (small ones whole on one drive, large ones split in 1 MiB units) so that each drive
-    /// carries an equal share of the bytes. NULL (the default) with a count of 0: the single
+    /// carries its share of the bytes: equal until the drives' rates are measured, then in
+    /// proportion to each drive's rate (bytes per second while it has work); a full drive
+    /// takes no new params while another has room. NULL (the default) with a count of 0: the single
     /// `nvme_path`. Borrowed during `swapper_create` only. DeepSpeed `offload_param.nvme_path`
     /// given as a list.
     pub nvme_paths: *const *const libc::c_char,
@@ -168,7 +170,7 @@ static HANDLES: LazyLock<Registry<Core>> = LazyLock::new(|| Registry::new("Swapp
 
 /// The live swapper behind a handle; `SWAPPER_STATUS_PANIC` once a panic inside an
 /// earlier call broke it (every call but `swapper_destroy` then fails so).
-fn handle(s: *const Swapper) -> Result<std::sync::Arc<Core>> {
+pub(crate) fn handle(s: *const Swapper) -> Result<std::sync::Arc<Core>> {
     let core = HANDLES.get(s as usize)?;
     core.usable()?;
     Ok(core)
@@ -274,12 +276,17 @@ fn create(settings: Settings, out: *mut *mut Swapper) -> Result<()> {
 /// `SWAPPER_STATUS_OUT_OF_MEMORY` (the pool cannot be allocated; larger than the machine's
 /// memory is refused up front).
 ///
+/// After a failure `*out` is NULL (every out-parameter is neutral after a failure).
+///
 /// # Safety
 /// `config` must be NULL or point to a `SwapperConfig` whose `nvme_path` is NULL or a
 /// NUL-terminated string; `out` must be NULL or valid for writing one pointer.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_create(config: *const SwapperConfig, out: *mut *mut Swapper) -> Status {
     crate::ffi_boundary!("swapper_create", {
+        // SAFETY: the caller's contract.
+        unsafe { clear_out(out) };
         // SAFETY: the caller's contract.
         let c = unsafe { arg_ref(config, "config") }?;
         create(Settings::try_from(c)?, out)
@@ -295,10 +302,13 @@ pub unsafe extern "C" fn swapper_create(config: *const SwapperConfig, out: *mut 
 /// Errors: as `swapper_create`, plus `SWAPPER_STATUS_INVALID_ARGUMENT` for text that is
 /// not JSON, a key of the wrong type (the message names it) or a missing nvme_path.
 ///
+/// After a failure `*out` is NULL (every out-parameter is neutral after a failure).
+///
 /// # Safety
 /// `deepspeed_config_json` must be NULL or a NUL-terminated string; `out` must be NULL or
 /// valid for writing one pointer.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_create_from_json(
     deepspeed_config_json: *const libc::c_char,
     rank: u32,
@@ -306,6 +316,8 @@ pub unsafe extern "C" fn swapper_create_from_json(
     out: *mut *mut Swapper,
 ) -> Status {
     crate::ffi_boundary!("swapper_create_from_json", {
+        // SAFETY: the caller's contract.
+        unsafe { clear_out(out) };
         // SAFETY: the caller's contract.
         let text = unsafe { arg_str(deepspeed_config_json, "deepspeed_config_json") }?;
         create(
@@ -347,9 +359,12 @@ pub extern "C" fn swapper_destroy(swapper: *mut Swapper) {
 /// `SWAPPER_STATUS_NO_BUFFER` (numel larger than a buffer, or no free buffer),
 /// `SWAPPER_STATUS_BAD_STATE` (the param already has a buffer), `SWAPPER_STATUS_NULL_POINTER`.
 ///
+/// After a failure `*out_buffer` is NULL (every out-parameter is neutral after a failure).
+///
 /// # Safety
 /// `out_buffer` must be NULL or valid for writing one pointer.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_get_buffer(
     swapper: *mut Swapper,
     param_id: u64,
@@ -357,6 +372,8 @@ pub unsafe extern "C" fn swapper_get_buffer(
     out_buffer: *mut *mut libc::c_void,
 ) -> Status {
     crate::ffi_boundary!("swapper_get_buffer", {
+        // SAFETY: the caller's contract.
+        unsafe { clear_out(out_buffer) };
         let s = handle(swapper)?;
         if out_buffer.is_null() {
             return Err(Error::new(Status::NullPointer, "out_buffer is NULL"));
@@ -387,6 +404,7 @@ pub unsafe extern "C" fn swapper_get_buffer(
 /// # Safety
 /// `param_ids` must be NULL or point to `count` ids.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_swap_out(
     swapper: *mut Swapper,
     param_ids: *const u64,
@@ -413,6 +431,7 @@ pub unsafe extern "C" fn swapper_swap_out(
 /// # Safety
 /// `param_ids` must be NULL or point to `count` ids.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_swap_out_and_release(
     swapper: *mut Swapper,
     param_ids: *const u64,
@@ -452,6 +471,7 @@ pub unsafe extern "C" fn swapper_swap_out_and_release(
 /// `param_ids` must be NULL or point to `count` ids; `dest_buffers` must be NULL or point
 /// to `count` pointers, each valid as stated above.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_swap_in(
     swapper: *mut Swapper,
     param_ids: *const u64,
@@ -484,6 +504,7 @@ pub unsafe extern "C" fn swapper_swap_in(
 /// `param_ids`, `dest_buffers` and `dest_numels` must be NULL or hold `count` entries; each
 /// buffer must be valid for `dest_numels[i]` elements until its param is released.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_swap_in_buffers(
     swapper: *mut Swapper,
     param_ids: *const u64,
@@ -520,6 +541,7 @@ pub unsafe extern "C" fn swapper_swap_in_buffers(
 /// # Safety
 /// `dest` must be NULL or valid for writing `dest_numel` elements.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_swap_into_buffer(
     swapper: *mut Swapper,
     param_id: u64,
@@ -623,6 +645,7 @@ pub unsafe extern "C" fn swapper_restore(
 /// param NOT_AVAILABLE; the status is the first failure's and the last error names every
 /// failed param. With nothing pending: `SWAPPER_STATUS_OK` at once. Thread-safe; blocks.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn swapper_wait_reads(swapper: *mut Swapper) -> Status {
     crate::ffi_boundary!("swapper_wait_reads", { handle(swapper)?.wait_reads() })
 }
@@ -632,6 +655,7 @@ pub extern "C" fn swapper_wait_reads(swapper: *mut Swapper) -> Status {
 /// (retry the swap-out); the last error names every failed param. With nothing pending:
 /// `SWAPPER_STATUS_OK` at once. Thread-safe; blocks.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn swapper_wait_writes(swapper: *mut Swapper) -> Status {
     crate::ffi_boundary!("swapper_wait_writes", { handle(swapper)?.wait_writes() })
 }
@@ -648,6 +672,7 @@ pub extern "C" fn swapper_wait_writes(swapper: *mut Swapper) -> Status {
 /// # Safety
 /// `param_ids` must be NULL or point to `count` ids.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_wait_params(
     swapper: *mut Swapper,
     param_ids: *const u64,
@@ -673,6 +698,7 @@ pub unsafe extern "C" fn swapper_wait_params(
 /// # Safety
 /// `param_ids` must be NULL or point to `count` ids.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_release(
     swapper: *mut Swapper,
     param_ids: *const u64,
@@ -690,15 +716,20 @@ pub unsafe extern "C" fn swapper_release(
 ///
 /// Errors: `SWAPPER_STATUS_NOT_FOUND` for an id the swapper has never seen.
 ///
+/// After a failure `*out` is 0, no status (every out-parameter is neutral after a failure).
+///
 /// # Safety
 /// `out` must be NULL or valid for writing one `SwapperParamStatus`.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_param_status(
     swapper: *const Swapper,
     param_id: u64,
     out: *mut ParamStatus,
 ) -> Status {
     crate::ffi_boundary!("swapper_param_status", {
+        // SAFETY: the caller's contract.
+        unsafe { clear_out(out) };
         let s = handle(swapper)?;
         if out.is_null() {
             return Err(Error::new(Status::NullPointer, "out is NULL"));
@@ -716,9 +747,13 @@ pub unsafe extern "C" fn swapper_param_status(
 /// Errors: `SWAPPER_STATUS_NOT_FOUND`; `SWAPPER_STATUS_BAD_STATE` when the param is not
 /// AVAILABLE (INFLIGHT: wait for reads first).
 ///
+/// After a failure `*out_buffer` is NULL and `*out_numel` 0 (every out-parameter is neutral
+/// after a failure).
+///
 /// # Safety
 /// Each out-pointer must be NULL or valid for writing.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_param_buffer(
     swapper: *const Swapper,
     param_id: u64,
@@ -726,6 +761,11 @@ pub unsafe extern "C" fn swapper_param_buffer(
     out_numel: *mut u64,
 ) -> Status {
     crate::ffi_boundary!("swapper_param_buffer", {
+        // SAFETY: the caller's contract.
+        unsafe {
+            clear_out(out_buffer);
+            clear_out(out_numel);
+        }
         let s = handle(swapper)?;
         let (buf, numel) = s.param_buffer(param_id)?;
         // SAFETY: the caller's contract.
@@ -753,10 +793,14 @@ pub extern "C" fn swapper_available_buffers(swapper: *const Swapper) -> u64 {
 ///
 /// Errors: `SWAPPER_STATUS_NULL_POINTER` (out_buffers NULL with capacity > 0, or out_count NULL).
 ///
+/// After a failure `*out_count` is 0 and no buffer is reserved (every out-parameter is
+/// neutral after a failure).
+///
 /// # Safety
 /// `out_buffers` must be NULL or valid for writing `capacity` pointers; `out_count` must be
 /// NULL or valid for writing one `size_t`.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_reserve_available_buffers(
     swapper: *mut Swapper,
     out_buffers: *mut *mut libc::c_void,
@@ -764,6 +808,8 @@ pub unsafe extern "C" fn swapper_reserve_available_buffers(
     out_count: *mut usize,
 ) -> Status {
     crate::ffi_boundary!("swapper_reserve_available_buffers", {
+        // SAFETY: the caller's contract.
+        unsafe { clear_out(out_count) };
         let s = handle(swapper)?;
         if out_count.is_null() {
             return Err(Error::new(Status::NullPointer, "out_count is NULL"));
@@ -789,6 +835,7 @@ pub unsafe extern "C" fn swapper_reserve_available_buffers(
 /// Errors: `SWAPPER_STATUS_BAD_STATE` while a param still uses a reserved buffer as its
 /// swap-in destination (release the param first).
 #[no_mangle]
+#[must_use]
 pub extern "C" fn swapper_release_reserved_buffers(swapper: *mut Swapper) -> Status {
     crate::ffi_boundary!("swapper_release_reserved_buffers", {
         handle(swapper)?.release_reserved_buffers()
@@ -834,6 +881,7 @@ pub extern "C" fn swapper_io_aligned_numel(swapper: *const Swapper, numel: u64) 
 /// # Safety
 /// `numels` must be NULL or point to `count` values.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_reserve_partitioned_swap_space(
     swapper: *mut Swapper,
     numels: *const u64,
@@ -868,6 +916,7 @@ pub unsafe extern "C" fn swapper_reserve_partitioned_swap_space(
 /// Each array must be NULL or hold `count` entries; each `src_fp32[i]` must be valid for
 /// reading `numels[i]` floats.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_swap_out_partitioned(
     swapper: *mut Swapper,
     dst_param_ids: *const u64,
@@ -910,11 +959,16 @@ pub unsafe extern "C" fn swapper_swap_out_partitioned(
 
 /// Stores the swapper's bookkeeping in `*out`. Thread-safe.
 ///
+/// After a failure `*out` is all zeros (every out-parameter is neutral after a failure).
+///
 /// # Safety
 /// `out` must be NULL or valid for writing one `SwapperStats`.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_stats(swapper: *const Swapper, out: *mut Stats) -> Status {
     crate::ffi_boundary!("swapper_stats", {
+        // SAFETY: the caller's contract.
+        unsafe { clear_out(out) };
         let s = handle(swapper)?;
         // SAFETY: the caller's contract.
         unsafe { write_out(out, "out", s.stats()) }
@@ -957,9 +1011,13 @@ pub extern "C" fn swapper_element_size(swapper: *const Swapper) -> u32 {
 /// full length, without the NUL, in `*out_len` (if not NULL): call with capacity 0 to ask
 /// the size. DeepSpeed's `print_object`. Thread-safe.
 ///
+/// After a failure `*out_len` is 0 and `buffer` (capacity > 0) holds "" (every out-parameter
+/// is neutral after a failure).
+///
 /// # Safety
 /// `buffer` must be NULL or valid for writing `capacity` bytes; `out_len` NULL or valid.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_dump(
     swapper: *const Swapper,
     buffer: *mut libc::c_char,
@@ -967,6 +1025,12 @@ pub unsafe extern "C" fn swapper_dump(
     out_len: *mut usize,
 ) -> Status {
     crate::ffi_boundary!("swapper_dump", {
+        // SAFETY: the caller's contract.
+        unsafe { clear_out(out_len) };
+        if !buffer.is_null() && capacity > 0 {
+            // SAFETY: capacity > 0 bytes are writable (the caller's contract): "" until done.
+            unsafe { buffer.write(0) };
+        }
         let s = handle(swapper)?;
         let text = s.dump();
         if buffer.is_null() && capacity > 0 {
@@ -1013,7 +1077,8 @@ pub struct SwapperExtent {
 ///
 /// Errors: `SWAPPER_STATUS_NULL_POINTER` (`out_count` NULL, or `out` NULL with a capacity);
 /// `SWAPPER_STATUS_NOT_FOUND` (unknown id); `SWAPPER_STATUS_INVALID_ARGUMENT` (a dead
-/// handle). On failure `*out` and `*out_count` are not written.
+/// handle). After a failure `*out_count` is 0 (when not NULL) and no entry of `out` is
+/// valid.
 ///
 /// # Safety
 /// `out` must be NULL or valid for writing `capacity` `SwapperExtent`s; `out_count` valid.
@@ -1026,6 +1091,8 @@ pub unsafe extern "C" fn swapper_param_extents(
     out_count: *mut usize,
 ) -> Status {
     crate::ffi_boundary!("swapper_param_extents", {
+        // SAFETY: the caller's contract.
+        unsafe { clear_out(out_count) };
         let s = handle(swapper)?;
         if out_count.is_null() {
             return Err(Error::new(Status::NullPointer, "out_count is NULL"));

@@ -195,6 +195,7 @@ pub(super) fn adopt(drives: &[Drive], parts: &[String]) -> Result<(State, Vec<Te
             space,
             files,
             load: 0,
+            full: false,
         });
     }
     // Everything checked: now the garbage goes.
@@ -270,6 +271,7 @@ pub(super) fn adopt(drives: &[Drive], parts: &[String]) -> Result<(State, Vec<Te
             keys,
             weights: vec![1.0; drives.len()],
             drives: states,
+            pinned: false,
             durable,
         },
         chosen.tensors,
@@ -314,8 +316,10 @@ fn start_empty(drives: &[Drive]) -> Result<(State, Vec<TensorEntry>)> {
                     space: Space::new(),
                     files: Vec::new(),
                     load: 0,
+                    full: false,
                 })
                 .collect(),
+            pinned: false,
             durable: Durable::new(manifest::new_store_id(), 0),
         },
         Vec::new(),

@@ -50,6 +50,9 @@ const MAGIC: &str = "libswapper-manifest";
 /// What the owning swapper says of one tensor: enough to serve it after an adoption.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TensorRecord {
+    /// The tensor's name, if its swapper names tensors (the optimizer's "exp_avg"); "" else.
+    #[serde(default)]
+    pub name: String,
     /// Elements.
     pub numel: u64,
     /// The element type ("float16", "bfloat16", "float32").
@@ -363,6 +366,7 @@ mod tests {
                     key: 1,
                     reserved: 8192,
                     record: TensorRecord {
+                        name: String::new(),
                         numel: 4096,
                         dtype: "float16".into(),
                         bytes: 8192,
@@ -380,6 +384,7 @@ mod tests {
                     key: 2,
                     reserved: 4096,
                     record: TensorRecord {
+                        name: String::new(),
                         numel: 10,
                         dtype: "float16".into(),
                         bytes: 4096,

@@ -288,7 +288,7 @@ pub fn restore(snapshot: &Path, paths: &[PathBuf], parts: &[String]) -> Result<S
     let targets: Vec<Drive> = paths
         .iter()
         .enumerate()
-        .map(|(k, p)| Drive::open(k, p, parts, crate::config::IoConfig::default()))
+        .map(|(k, p)| Drive::open(k, p, parts, crate::config::IoConfig::default(), false))
         .collect::<Result<_>>()?;
     for (k, ((src, m), target)) in sources.iter().zip(&targets).enumerate() {
         for (i, entry) in m.files[k].iter().enumerate() {

@@ -122,21 +122,5 @@ pub(crate) fn not_queued(total: usize, failed: Vec<(u64, Error)>, left_as: &str)
 /// The errors of the params a batch could not queue (or finish), as one error. The
 /// params not named were handled.
 pub(crate) fn combine(errors: Vec<Error>) -> Result<()> {
-    const SHOWN: usize = 8;
-    match errors.len() {
-        0 => Ok(()),
-        1 => Err(errors.into_iter().next().expect("one error")),
-        n => {
-            let status = errors[0].status();
-            let text: Vec<&str> = errors.iter().take(SHOWN).map(|e| e.message()).collect();
-            let more = match n.checked_sub(SHOWN) {
-                Some(m) if m > 0 => format!("; and {m} more"),
-                _ => String::new(),
-            };
-            Err(Error::new(
-                status,
-                format!("{n} params failed: {}{more}", text.join("; ")),
-            ))
-        }
-    }
+    crate::status::combine(errors, "params")
 }

@@ -11,7 +11,7 @@ use crate::convert::Dtype;
 use crate::status::{Error, Result};
 use crate::sys::alloc::ExternalAllocator;
 
-/// The swapper's settings (the Rust twin of the C `Settings`).
+/// The swapper's settings (the Rust twin of the C `SwapperConfig`).
 #[derive(Clone, Debug)]
 pub struct Settings {
     /// Root of the swap files. DeepSpeed: `offload_param.nvme_path`. With `nvme_paths`

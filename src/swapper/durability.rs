@@ -23,9 +23,9 @@
 
 use std::path::Path;
 
-use super::checksum::Checksum;
 use super::param::Io;
 use super::Swapper;
+use crate::checksum::{self, Checksum};
 use crate::status::{Error, Result, Status};
 use crate::store::manifest::TensorRecord;
 use crate::store::snapshot::{self, SnapshotReport};
@@ -68,6 +68,7 @@ impl Swapper {
                     Some(bytes) if !busy => records.push((
                         id,
                         TensorRecord {
+                            name: String::new(),
                             numel: p.numel(),
                             dtype: self.config.dtype.folder_name().to_string(),
                             bytes,
@@ -135,39 +136,14 @@ impl Swapper {
                     ),
                 ));
             };
-            let checksum = r
-                .crc32c
-                .map(|c| Checksum::from_parts(c, r.checksum_parts.clone()));
-            if let Some(want) = &checksum {
-                let need = t.reserved as usize;
-                if scratch.as_ref().is_none_or(|b| b.len() < need) {
-                    scratch = Some(AlignedBuf::new(need.max(4096), false)?);
-                }
-                let buf = scratch.as_mut().expect("allocated above");
-                let got = &mut buf.as_mut_slice()[..need];
-                self.store
-                    .transfer(id, false, got, 0)
-                    .map_err(|e| e.context(format!("cannot read param {id} to verify its checksum")))?;
-                let crc = crc32c::crc32c(&got[..data as usize]);
-                if crc != want.crc() {
-                    let at = want
-                        .parts()
-                        .iter()
-                        .find(|(o, n, c)| {
-                            let end = (o + n) as usize;
-                            end > got.len() || crc32c::crc32c(&got[*o as usize..end]) != *c
-                        })
-                        .map_or(String::new(), |(o, n, _)| format!(" at bytes {o} to {}", o + n));
-                    return Err(Error::new(
-                        Status::CorruptData,
-                        format!(
-                            "cannot adopt param {id}: checksum mismatch in {}{at} (crc32c {crc:08x}, the manifest says {:08x}); nothing was changed or removed",
-                            file.display(),
-                            want.crc()
-                        ),
-                    ));
-                }
-            }
+            let checksum = checksum::verify_adopted(
+                &self.store,
+                &t,
+                data,
+                &format!("cannot adopt param {id}"),
+                &file,
+                &mut scratch,
+            )?;
             self.lock()?.adopt(id, r.numel, r.bytes, checksum)?;
         }
         Ok(())

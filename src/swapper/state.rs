@@ -22,11 +22,11 @@ use crate::status::{Error, Result, Status};
 use crate::store::StoreTicket as Ticket;
 use crate::sys::RawBuf;
 
-use super::checksum::Checksum;
 use super::param::{Io, ParamStatus, PendingWrite, Slot};
 use super::partition::PartitionSpace;
 use super::pool::{BufferId, Buffers};
 use super::wait::Kind;
+use crate::checksum::Checksum;
 
 /// Totals kept for the stats.
 #[derive(Default)]

@@ -4,11 +4,11 @@ use crate::status::{Error, Result, Status};
 use crate::sys::RawBuf;
 
 use super::batch::{self, Unknown};
-use super::checksum;
 use super::param::Slot;
 use super::state::{Fate, ParamClaim, ReadPlan};
 use super::wait::Kind;
 use super::Swapper;
+use crate::checksum;
 
 impl Swapper {
     /// Reads each param into a free pool buffer (or into `dest[i]`, which must hold the
@@ -101,7 +101,7 @@ impl Swapper {
                 Slot::Caller(_) => c.numel * elem,
             };
             let checksum_len = c.checksum.as_ref().map(|_| c.numel * elem);
-            let r = self.check_file(*id, c.on_disk).and_then(|()| {
+            let r = self.check_place(*id, c.on_disk).and_then(|()| {
                 // SAFETY: pool buffers outlive the engine's work; caller buffers are
                 // covered by this function's contract.
                 unsafe { self.submit_file_io(*id, false, self.slot_buf(*slot), len, checksum_len) }
@@ -155,7 +155,8 @@ impl Swapper {
     fn read_into(&self, id: u64, dest: RawBuf, plan: &ReadPlan, claim: &mut ParamClaim<'_>) -> Result<()> {
         let bytes = plan.numel * self.elem as u64;
         self.step("swap_into_buffer", "submit");
-        self.check_file(id, plan.on_disk).map_err(|e| read_error(id, e))?;
+        self.check_place(id, plan.on_disk)
+            .map_err(|e| read_error(id, e))?;
         let checksum_len = plan.checksum.as_ref().map(|_| bytes);
         // SAFETY: the caller's contract; the ticket is waited for before the claim ends
         // (here, or by the claim's settle if this call panics).
@@ -167,10 +168,10 @@ impl Swapper {
         // SAFETY: the read has completed; `dest` holds `bytes` bytes (the caller's contract).
         unsafe {
             checksum::verify(
-                id,
-                &self.param_path(id),
+                &format!("param {id}"),
+                |o| format!("{} at offset {o}", self.param_path(id).display()),
                 plan.checksum.as_ref(),
-                &ticket,
+                ticket.checksum(),
                 dest,
                 bytes as usize,
             )

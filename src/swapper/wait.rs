@@ -11,9 +11,9 @@ use crate::store::StoreTicket as Ticket;
 use crate::sys::RawBuf;
 
 use super::batch::{self, combine};
-use super::checksum::{self, Checksum};
 use super::swap_in::read_error;
 use super::Swapper;
+use crate::checksum::{self, Checksum};
 
 /// Reads or writes.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -99,7 +99,14 @@ impl Swapper {
                     // SAFETY: the read has completed; the buffer stays the param's until
                     // the param is finished below (an INFLIGHT param cannot be released).
                     Some((want, buf, len)) => unsafe {
-                        checksum::verify(w.id, &self.param_path(w.id), want.as_ref(), &w.ticket, *buf, *len)
+                        checksum::verify(
+                            &format!("param {}", w.id),
+                            |o| format!("{} at offset {o}", self.param_path(w.id).display()),
+                            want.as_ref(),
+                            w.ticket.checksum(),
+                            *buf,
+                            *len,
+                        )
                     },
                 }
             })

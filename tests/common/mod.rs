@@ -6,8 +6,6 @@ pub mod drive_bed;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-pub mod loop_drive;
-
 /// Deterministic bytes: a xorshift stream from `seed`.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -74,21 +72,9 @@ pub fn have(tool: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// The soname's version for Cargo.toml's version, by cargo-c's rule: the part semver lets
-/// break the ABI (1.2.3 -> "1", 0.1.2 -> "0.1", 0.0.3 -> "0.0.3").
+/// The soname's version, as build.rs computed it (cargo-c's rule, written there once).
 pub fn soversion() -> String {
-    let (major, minor, patch) = (
-        env!("CARGO_PKG_VERSION_MAJOR"),
-        env!("CARGO_PKG_VERSION_MINOR"),
-        env!("CARGO_PKG_VERSION_PATCH"),
-    );
-    if major != "0" {
-        major.to_string()
-    } else if minor != "0" {
-        format!("0.{minor}")
-    } else {
-        format!("0.0.{patch}")
-    }
+    env!("SWAPPER_SOVERSION").to_string()
 }
 
 /// The DT_SONAME of the shared object at `path`, read with `readelf -d` (binutils).

@@ -168,6 +168,54 @@ fn swap_reports_swapper_engine_and_fio() {
 }
 
 #[test]
+fn swap_spreads_over_several_drives_and_measures_new_overwritten_and_read_params() {
+    let (a, b) = (bench_dir(), bench_dir());
+    let dirs = format!("{}:{}", a.path().display(), b.path().display());
+    for extra in [
+        // Many small params, the many-small-file workload (--param-bytes is --param-size).
+        &["--params", "64", "--param-bytes", "64K", "--buffers", "4"][..],
+        // One large tensor, split over the drives.
+        &[
+            "--params",
+            "1",
+            "--param-size",
+            "8MiB",
+            "--buffers",
+            "1",
+            "--prefetch",
+            "0",
+        ][..],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_swapper-bench"))
+            .args(["swap", "--dirs", &dirs, "--runs", "1", "--json"])
+            .args(extra)
+            .output()
+            .expect("swapper-bench runs");
+        assert!(
+            out.status.success(),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        check_side(&v, "swapper");
+        let new = &v["results"]["swapper"]["new"];
+        assert!(new["mib_s"]["median"].as_f64().unwrap() > 0.0, "{v}");
+        let folders = v["settings"]["folders"].as_array().unwrap();
+        assert_eq!(folders.len(), 2, "{v}");
+        assert!(v["swapper_stats"]["bytes_written"].as_u64().unwrap() > 0);
+        assert_empty(a.path());
+        assert_empty(b.path());
+    }
+    // The engine and fio compare one drive.
+    let out = Command::new(env!("CARGO_BIN_EXE_swapper-bench"))
+        .args(["swap", "--dirs", &dirs, "--vs-engine"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("one --dir"));
+}
+
+#[test]
 fn swap_checksum_cost_pairs_both_modes() {
     let dir = bench_dir();
     let v = run_cmd(
@@ -286,4 +334,98 @@ fn tune_sweeps_a_tiny_grid_and_plots_it() {
         assert!(text.contains(&label), "no legend entry {label:?}");
     }
     assert_empty(dir.path());
+}
+
+#[test]
+fn optimizer_mode_steps_every_sub_group_and_reports_the_update_phase() {
+    let dir = bench_dir();
+    let v = run_cmd(
+        dir.path(),
+        &[
+            "optimizer",
+            "--params",
+            "4MiB",
+            "--sub-group-size",
+            "262144",
+            "--block-size",
+            "256KiB",
+        ],
+    );
+    let s = &v["settings"];
+    assert_eq!(s["sub_groups"], 4, "{v}");
+    assert_eq!(s["state_bytes"], 16 << 20, "{v}");
+    // Two of the largest sub-group's four 1 MiB tensors.
+    assert_eq!(s["ring_bytes"], 8 << 20, "{v}");
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1, "{v}");
+    let r = &runs[0];
+    // Every tensor read (4 x 4 MiB), every state tensor written (3 x 4 MiB).
+    assert_eq!(r["bytes_moved"], 28u64 << 20, "{v}");
+    assert!(r["step_s"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(r["gb_s"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(r["cpu_s"].as_f64().unwrap() >= 0.0, "{v}");
+    let locked = v["page_locked_bytes"].as_u64().unwrap();
+    assert!(locked == 0 || locked == 8 << 20, "{v}");
+    assert!(v["ring_peak_bytes"].as_u64().unwrap() <= 8 << 20, "{v}");
+    assert!(v["read_ahead_peak"].as_u64().unwrap() >= 1, "{v}");
+    assert_empty(dir.path());
+}
+
+/// tools/drives_bench.sh --smoke: the item-3 matrix's tooling on tiny unthrottled beds
+/// (figures meaningless): a summary line per configuration, workload and op with the
+/// ratio each target is about, the raw JSON kept, every bed torn down.
+#[test]
+fn drives_bench_smoke_runs_the_matrix_and_leaves_no_bed() {
+    let out_dir = bench_dir();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("drives_bench.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .args(["--smoke", "--bench", env!("CARGO_BIN_EXE_swapper-bench"), "--out"])
+        .arg(out_dir.path())
+        .output()
+        .expect("bash runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for config in ["ext4-1", "ext4-2", "ext4-2half"] {
+        for workload in ["many", "big"] {
+            for op in ["new", "write", "read"] {
+                let line = stdout
+                    .lines()
+                    .find(|l| {
+                        let f: Vec<&str> = l.split_whitespace().collect();
+                        f.len() > 3 && f[0] == config && f[1] == workload && f[2] == op
+                    })
+                    .unwrap_or_else(|| panic!("no {config} {workload} {op} line in {stdout}"));
+                let mib_s: f64 = line.split_whitespace().nth(3).unwrap().parse().unwrap();
+                assert!(mib_s > 0.0, "{line}");
+                match config {
+                    "ext4-2" => assert!(line.contains("of 2 x one drive"), "{line}"),
+                    "ext4-2half" => assert!(line.contains("of the ideal split"), "{line}"),
+                    _ => {}
+                }
+            }
+            let json = out_dir.path().join(format!("{config}-{workload}-1.json"));
+            let v: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+            check_side(&v, "swapper");
+            // The bed it ran in is gone.
+            let bed =
+                std::fs::read_to_string(out_dir.path().join(format!("{config}-{workload}-1.bed"))).unwrap();
+            let name = bed
+                .lines()
+                .find_map(|l| l.strip_prefix("name="))
+                .unwrap_or_else(|| panic!("no bed name in {bed}"));
+            for p in [
+                format!("/run/drive-bed/{name}.state"),
+                format!("/mnt/drive-bed/{name}"),
+                format!("/sys/fs/cgroup/blkio/{name}"),
+            ] {
+                assert!(!Path::new(&p).exists(), "{p} is left");
+            }
+        }
+    }
+    assert!(out_dir.path().join("summary.txt").exists());
 }

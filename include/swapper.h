@@ -1161,6 +1161,40 @@ SwapperStatus swapper_optimizer_end_step(SwapperOptimizer *optimizer);
 SwapperStatus swapper_optimizer_flush(SwapperOptimizer *optimizer);
 
 /**
+ * Flushes (as `swapper_optimizer_flush`, between steps), then records that state into
+ * the checkpoint folder `dest_folder` as `swapper_snapshot` does: for each drive k,
+ * `<dest_folder>/drive<k>/zero_stage_3/optimizer/rank<R>/`, reflinks where the file
+ * system shares extents, copies of the recorded ranges otherwise, fsynced, manifest last.
+ * `dest_folder` is borrowed for the call, created if missing; its rank folders must be
+ * new or empty. Thread-safe; blocks.
+ *
+ * Errors: as `swapper_optimizer_flush`; `SWAPPER_STATUS_NULL_POINTER` for a NULL
+ * `dest_folder`; `SWAPPER_STATUS_BAD_STATE` for a destination that is not empty (nothing
+ * written); `SWAPPER_STATUS_BUSY` when another handle holds it; `SWAPPER_STATUS_IO_ERROR`
+ * naming the file of a copy or sync that failed.
+ *
+ * # Safety
+ * `dest_folder` must be NULL or a NUL-terminated string.
+ */
+SwapperStatus swapper_optimizer_snapshot(SwapperOptimizer *optimizer, const char *dest_folder);
+
+/**
+ * Puts a snapshot made by `swapper_optimizer_snapshot` back into the rank folders
+ * `config` names (its nvme_path or nvme_paths and rank; the other fields are ignored),
+ * emptying them first (each locked meanwhile); then create an optimizer swapper with the
+ * same config and `adopt` set. Nothing is emptied before the snapshot's manifests were
+ * read and checked. Both arguments are borrowed for the call. Thread-safe.
+ *
+ * Errors: as `swapper_restore`.
+ *
+ * # Safety
+ * `snapshot_folder` must be NULL or a NUL-terminated string; `config` NULL or a valid
+ * `SwapperOptimizerConfig` (its strings as `swapper_optimizer_create` requires).
+ */
+SwapperStatus swapper_optimizer_restore(const char *snapshot_folder,
+                                        const SwapperOptimizerConfig *config);
+
+/**
  * Writes `count` gradient fragments of tensor `tensor` (a `SWAPPER_TENSOR_KIND_GRADIENT`
  * tensor) of sub-group `subgroup`: fragment i is `numels[i]` floats from `data[i]`,
  * written at element `offsets[i]` of the tensor (DeepSpeed's `swap_out_gradients`).

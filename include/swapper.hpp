@@ -491,6 +491,13 @@ class Optimizer {
     void end_step() { check(swapper_optimizer_end_step(h_)); }
     /// Makes the state resumable as of now (swapper_optimizer_flush): after end_step.
     void flush() { check(swapper_optimizer_flush(h_)); }
+    /// Flushes, then records the state into `dest_folder` (swapper_optimizer_snapshot).
+    void snapshot(const std::string &dest_folder) { check(swapper_optimizer_snapshot(h_, dest_folder.c_str())); }
+    /// Puts a snapshot back into `config`'s rank folders (swapper_optimizer_restore); then
+    /// construct an Optimizer from `config` with `adopt = 1`.
+    static void restore(const std::string &snapshot_folder, const SwapperOptimizerConfig &config) {
+        check(swapper_optimizer_restore(snapshot_folder.c_str(), &config));
+    }
     /** Gradient fragments of tensor `tensor`: data[i] (numels[i] floats) at element offsets[i]. */
     void swap_out_gradients(std::uint32_t subgroup, std::size_t tensor, const std::vector<std::uint64_t> &offsets,
                             const std::vector<const float *> &data, const std::vector<std::uint64_t> &numels) {

@@ -173,3 +173,38 @@ fn step_one(o: &OptimizerSwapper) {
     v.hand_back().unwrap();
     o.end_step().unwrap();
 }
+
+#[test]
+fn an_optimizer_snapshot_restores_into_other_folders_and_is_adopted() {
+    let a = common::disk_dir();
+    let t = common::disk_dir();
+    let dest = common::disk_dir();
+    let ckpt = dest.path().join("ckpt");
+    let o = opt(&[a.path()], false);
+    for (i, &n) in SIZES.iter().enumerate() {
+        o.register(i as u32, &specs(n)).unwrap();
+    }
+    step(&o, 1);
+    let r = o.snapshot_to(&ckpt).unwrap();
+    assert_eq!((r.generation, r.files), (1, 1));
+    step(&o, 2);
+    o.flush().unwrap();
+    drop(o);
+    let settings = OptimizerSettings {
+        nvme_paths: vec![t.path().to_path_buf()],
+        ..OptimizerSettings::default()
+    };
+    OptimizerSwapper::restore(&ckpt, &settings).unwrap();
+    let o = opt(&[t.path()], true);
+    for (i, &n) in SIZES.iter().enumerate() {
+        o.register(i as u32, &specs(n)).unwrap();
+    }
+    check(&o, 1);
+    // The live folder still has step 2.
+    drop(o);
+    let o = opt(&[a.path()], true);
+    for (i, &n) in SIZES.iter().enumerate() {
+        o.register(i as u32, &specs(n)).unwrap();
+    }
+    check(&o, 2);
+}

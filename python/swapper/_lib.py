@@ -215,6 +215,8 @@ PROTOTYPES = {
     "swapper_optimizer_config_default": (None, [POINTER(OptimizerConfigStruct)]),
     "swapper_optimizer_create": (c_status, [POINTER(OptimizerConfigStruct), POINTER(c_void_p)]),
     "swapper_optimizer_flush": (c_status, [_p]),
+    "swapper_optimizer_snapshot": (c_status, [_p, c_char_p]),
+    "swapper_optimizer_restore": (c_status, [c_char_p, POINTER(OptimizerConfigStruct)]),
     "swapper_optimizer_destroy": (None, [_p]),
     "swapper_optimizer_register": (c_status, [_p, c_uint32, POINTER(TensorSpecStruct), c_size_t]),
     "swapper_optimizer_purge": (c_status, [_p]),

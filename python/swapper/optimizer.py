@@ -246,6 +246,27 @@ class OptimizerSwapper:
         takes each sub-group's state up when it is registered again."""
         check(self._lib.swapper_optimizer_flush(self._h()))
 
+    def snapshot(self, dest_folder):
+        """Flushes, then records that state into the checkpoint folder `dest_folder`
+        (swapper_optimizer_snapshot; between steps). Restore with OptimizerSwapper.restore,
+        then create with adopt=True."""
+        check(self._lib.swapper_optimizer_snapshot(self._h(), _path(dest_folder, "dest_folder")))
+
+    @staticmethod
+    def restore(snapshot_folder, nvme_path, rank=0):
+        """Puts a snapshot back into the rank folders of `nvme_path` (a folder or a list),
+        emptying them first (swapper_optimizer_restore); then create an OptimizerSwapper
+        with the same nvme_path and rank and adopt=True."""
+        cfg = OptimizerConfigStruct()
+        lib().swapper_optimizer_config_default(byref(cfg))
+        paths = [nvme_path] if isinstance(nvme_path, (str, bytes)) or hasattr(nvme_path, "__fspath__") else list(nvme_path)
+        encoded = [_path(p, "nvme_path") for p in paths]
+        arr = (c_char_p * len(encoded))(*encoded)
+        cfg.nvme_paths = arr
+        cfg.nvme_path_count = len(encoded)
+        cfg.rank = _uint(rank, "rank", 32)
+        check(lib().swapper_optimizer_restore(_path(snapshot_folder, "snapshot_folder"), byref(cfg)))
+
     def end_step(self):
         check(self._lib.swapper_optimizer_end_step(self._h()))
 

@@ -96,3 +96,22 @@ def test_optimizer_flush_and_adopt(tmp_path):
             assert np.all(v["param"] == 1.25)
             assert np.array_equal(v["exp_avg"], np.arange(3000, dtype=np.float32))
             v.discard()
+
+
+def test_optimizer_snapshot_and_restore(tmp_path):
+    specs = [("param", 2000), ("grad", 2000, "gradient")]
+    live, other = tmp_path / "live", tmp_path / "other"
+    live.mkdir()
+    other.mkdir()
+    with swapper.OptimizerSwapper(live, ring_bytes=1 << 20, pin_memory=False) as opt:
+        opt.register(3, specs)
+        for v in opt.step([3]):
+            v["param"][:] = 2.5
+            v.hand_back()
+        opt.snapshot(tmp_path / "ckpt")
+    swapper.OptimizerSwapper.restore(tmp_path / "ckpt", other)
+    with swapper.OptimizerSwapper(other, ring_bytes=1 << 20, pin_memory=False, adopt=True) as opt:
+        opt.register(3, specs)
+        for v in opt.step([3]):
+            assert np.all(v["param"] == 2.5)
+            v.discard()

@@ -446,6 +446,58 @@ pub extern "C" fn swapper_optimizer_flush(optimizer: *mut SwapperOptimizer) -> S
     })
 }
 
+/// Flushes (as `swapper_optimizer_flush`, between steps), then records that state into
+/// the checkpoint folder `dest_folder` as `swapper_snapshot` does: for each drive k,
+/// `<dest_folder>/drive<k>/zero_stage_3/optimizer/rank<R>/`, reflinks where the file
+/// system shares extents, copies of the recorded ranges otherwise, fsynced, manifest last.
+/// `dest_folder` is borrowed for the call, created if missing; its rank folders must be
+/// new or empty. Thread-safe; blocks.
+///
+/// Errors: as `swapper_optimizer_flush`; `SWAPPER_STATUS_NULL_POINTER` for a NULL
+/// `dest_folder`; `SWAPPER_STATUS_BAD_STATE` for a destination that is not empty (nothing
+/// written); `SWAPPER_STATUS_BUSY` when another handle holds it; `SWAPPER_STATUS_IO_ERROR`
+/// naming the file of a copy or sync that failed.
+///
+/// # Safety
+/// `dest_folder` must be NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn swapper_optimizer_snapshot(
+    optimizer: *mut SwapperOptimizer,
+    dest_folder: *const libc::c_char,
+) -> Status {
+    crate::ffi_boundary!("swapper_optimizer_snapshot", {
+        let o = handle(optimizer)?;
+        // SAFETY: the caller's contract.
+        let dest = unsafe { arg_path(dest_folder, "dest_folder") }?;
+        o.snapshot_to(&dest).map(drop)
+    })
+}
+
+/// Puts a snapshot made by `swapper_optimizer_snapshot` back into the rank folders
+/// `config` names (its nvme_path or nvme_paths and rank; the other fields are ignored),
+/// emptying them first (each locked meanwhile); then create an optimizer swapper with the
+/// same config and `adopt` set. Nothing is emptied before the snapshot's manifests were
+/// read and checked. Both arguments are borrowed for the call. Thread-safe.
+///
+/// Errors: as `swapper_restore`.
+///
+/// # Safety
+/// `snapshot_folder` must be NULL or a NUL-terminated string; `config` NULL or a valid
+/// `SwapperOptimizerConfig` (its strings as `swapper_optimizer_create` requires).
+#[no_mangle]
+pub unsafe extern "C" fn swapper_optimizer_restore(
+    snapshot_folder: *const libc::c_char,
+    config: *const SwapperOptimizerConfig,
+) -> Status {
+    crate::ffi_boundary!("swapper_optimizer_restore", {
+        // SAFETY: the caller's contract.
+        let snapshot = unsafe { arg_path(snapshot_folder, "snapshot_folder") }?;
+        // SAFETY: the caller's contract.
+        let c = unsafe { arg_ref(config, "config") }?;
+        Core::restore(&snapshot, &OptimizerSettings::try_from(c)?).map(drop)
+    })
+}
+
 /// Writes `count` gradient fragments of tensor `tensor` (a `SWAPPER_TENSOR_KIND_GRADIENT`
 /// tensor) of sub-group `subgroup`: fragment i is `numels[i]` floats from `data[i]`,
 /// written at element `offsets[i]` of the tensor (DeepSpeed's `swap_out_gradients`).

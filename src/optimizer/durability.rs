@@ -25,7 +25,17 @@ use super::OptimizerSwapper;
 use crate::checksum;
 use crate::status::{Error, Result, Status};
 use crate::store::manifest::{TensorEntry, TensorRecord};
+use crate::store::snapshot::SnapshotReport;
 use crate::store::Store;
+
+/// The optimizer's rank folder parts.
+pub(super) fn folder_parts(rank: u32) -> Vec<String> {
+    vec![
+        "zero_stage_3".to_string(),
+        "optimizer".to_string(),
+        format!("rank{rank}"),
+    ]
+}
 
 /// The dtype the optimizer's tensors are recorded with.
 const DTYPE: &str = "float32";
@@ -116,6 +126,28 @@ impl OptimizerSwapper {
     /// second flush waits for the first. `IoError` names what failed (the earlier
     /// generation stays the durable one).
     pub fn flush(&self) -> Result<u64> {
+        self.flush_then(|_, f| Ok(f.manifest.generation))
+    }
+
+    /// Flushes, then records that generation into the checkpoint folder `dest`, as the
+    /// parameter swapper's snapshot does ([`crate::store::snapshot`]): between steps only.
+    pub fn snapshot_to(&self, dest: &std::path::Path) -> Result<SnapshotReport> {
+        self.flush_then(|o, f| o.store.snapshot(f, dest))
+    }
+
+    /// Puts a snapshot back into the rank folders `config` names (emptied first, locked
+    /// meanwhile); then create an optimizer swapper with `adopt` on the same settings.
+    pub fn restore(snapshot: &std::path::Path, config: &super::OptimizerSettings) -> Result<SnapshotReport> {
+        if config.nvme_paths.is_empty() {
+            return Err(Error::invalid("no nvme_path given"));
+        }
+        crate::store::snapshot::restore(snapshot, &config.nvme_paths, &folder_parts(config.rank))
+    }
+
+    fn flush_then<R>(
+        &self,
+        then: impl FnOnce(&Self, &crate::store::flush::Flushed<'_>) -> Result<R>,
+    ) -> Result<R> {
         self.usable()?;
         let lock = self.store.begin_flush();
         let prepared = {
@@ -151,7 +183,8 @@ impl OptimizerSwapper {
             }
             lock.prepare(records, &keep)?
         };
-        Ok(prepared.commit()?.manifest.generation)
+        let flushed = prepared.commit()?;
+        then(self, &flushed)
     }
 
     /// The generation of the last manifest made durable (0: none).

@@ -217,11 +217,7 @@ impl OptimizerSwapper {
         // Reads and writes in separate queues: a write-behind never delays the next read.
         let store = Store::open_split(StoreConfig {
             paths: config.nvme_paths.clone(),
-            folder: vec![
-                "zero_stage_3".to_string(),
-                "optimizer".to_string(),
-                format!("rank{}", config.rank),
-            ],
+            folder: durability::folder_parts(config.rank),
             io: config.io,
             adopt: config.adopt,
         })?;

@@ -321,9 +321,20 @@ fn generations_one_apart_take_the_newer_and_a_real_mix_is_refused() {
     let g2 = write_all(&s, 2);
     s.flush().unwrap();
     let m2 = std::fs::read(rank_folder(b.path()).join(manifest::NAME)).unwrap();
-    write_all(&s, 3);
+    let g3 = write_all(&s, 3);
     s.flush().unwrap();
+    let m3 = std::fs::read(rank_folder(a.path()).join(manifest::NAME)).unwrap();
     drop(s);
+    // Drive 1 back at generation 2, drive 0 at 3: a flush interrupted between drives.
+    // Generation 3 is adopted, and drive 1 is brought up to it.
+    std::fs::write(rank_folder(b.path()).join(manifest::NAME), &m2).unwrap();
+    let s = Swapper::new(settings(&drives, true)).unwrap();
+    assert_eq!(s.durable_generation(), 3);
+    check_all(&s, &g3);
+    drop(s);
+    let on_b = Manifest::decode(&std::fs::read(rank_folder(b.path()).join(manifest::NAME)).unwrap(), "b").unwrap();
+    assert_eq!((on_b.generation, on_b.this_drive), (3, 1));
+    std::fs::write(rank_folder(a.path()).join(manifest::NAME), &m3).unwrap();
     // Drive 1 back at generation 1, drive 0 at 3: not a crash's leftovers.
     std::fs::write(rank_folder(b.path()).join(manifest::NAME), &m1).unwrap();
     let e = Swapper::new(settings(&drives, true)).err().unwrap();

@@ -13,7 +13,9 @@
 //! 3. The space the manifest does not name is free ([`super::space::Space::adopt_file`]):
 //!    the garbage of writes after the last flush. Extent files past the listed ones
 //!    (made after the last flush) and a leftover `manifest.json.new` are removed, each
-//!    logged; any other name is left alone, with a warning.
+//!    logged; any other name is left alone, with a warning. A drive left at G - 1 gets
+//!    generation G's copy (atomically, as a flush writes it), so that the next flush
+//!    cannot leave generations G + 1 and G - 1 side by side.
 //!
 //! No manifest on any drive: nothing was ever flushed there. If the folders hold
 //! nothing but the store's own files, the store starts empty (those files removed and
@@ -226,6 +228,21 @@ pub(super) fn adopt(drives: &[Drive], parts: &[String]) -> Result<(State, Vec<Te
                     drive.path().join(&name).display()
                 ),
             }
+        }
+    }
+    // A flush was interrupted between drives: bring the drives left at the older generation
+    // up to the adopted one (its data is on stable storage: it was synced before the first
+    // rename), so that the next flush cannot leave two generations between drives.
+    for (k, m) in copies.iter().enumerate() {
+        if m.as_ref().map(|m| m.generation) != Some(chosen.generation) {
+            let mut copy = chosen.clone();
+            super::flush::write_copy(&drives[k], &mut copy, k).map_err(|e| {
+                e.context(format!(
+                    "bringing {} up to generation {}",
+                    name(k),
+                    chosen.generation
+                ))
+            })?;
         }
     }
     let mut keys = HashMap::with_capacity(chosen.tensors.len());

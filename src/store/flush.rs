@@ -195,6 +195,26 @@ impl<'a> FlushLock<'a> {
     }
 }
 
+/// Writes drive `k`'s copy of `m` atomically into its rank folder: `manifest.json.new`,
+/// fsync, rename over `manifest.json`, fsync the folder. The data `m` names must be on
+/// stable storage already.
+pub(super) fn write_copy(drive: &super::drive::Drive, m: &mut Manifest, k: usize) -> Result<()> {
+    m.this_drive = k;
+    let bytes = m.encode();
+    let folder = drive.folder();
+    let new_path = folder.path().join(manifest::NEW_NAME);
+    durable::write_synced(folder.dir(), OsStr::new(manifest::NEW_NAME), &bytes, &new_path)
+        .map_err(|e| Error::os("cannot write the manifest", &new_path, None, e))?;
+    durable::rename(
+        folder.dir(),
+        OsStr::new(manifest::NEW_NAME),
+        OsStr::new(manifest::NAME),
+    )
+    .map_err(|e| Error::os("cannot rename the manifest into place", &new_path, None, e))?;
+    durable::sync_dir(folder.dir(), folder.path())
+        .map_err(|e| Error::os("cannot sync the folder", folder.path(), None, e))
+}
+
 impl<'a> PreparedFlush<'a> {
     /// The generation this flush writes.
     pub fn generation(&self) -> u64 {
@@ -237,27 +257,7 @@ impl<'a> PreparedFlush<'a> {
         }
         let mut m = self.manifest;
         for (k, drive) in store.drives.iter().enumerate() {
-            m.this_drive = k;
-            let bytes = m.encode();
-            let folder = drive.folder();
-            let new_path = folder.path().join(manifest::NEW_NAME);
-            durable::write_synced(folder.dir(), OsStr::new(manifest::NEW_NAME), &bytes, &new_path)
-                .map_err(|e| fail(Error::os("cannot write the manifest", &new_path, None, e)))?;
-            durable::rename(
-                folder.dir(),
-                OsStr::new(manifest::NEW_NAME),
-                OsStr::new(manifest::NAME),
-            )
-            .map_err(|e| {
-                fail(Error::os(
-                    "cannot rename the manifest into place",
-                    &new_path,
-                    None,
-                    e,
-                ))
-            })?;
-            durable::sync_dir(folder.dir(), folder.path())
-                .map_err(|e| fail(Error::os("cannot sync the folder", folder.path(), None, e)))?;
+            write_copy(drive, &mut m, k).map_err(fail)?;
         }
         m.this_drive = 0;
         let mut st = store.lock();

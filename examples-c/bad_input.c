@@ -223,6 +223,14 @@ int main(int argc, char **argv) {
     EXPECT(swapper_swap_out(fake, ids, 1, false), SWAPPER_STATUS_INVALID_ARGUMENT);
     EXPECT(swapper_wait_reads(NULL), SWAPPER_STATUS_NULL_POINTER);
     EXPECT(swapper_wait_writes(fake), SWAPPER_STATUS_INVALID_ARGUMENT);
+    EXPECT(swapper_flush(NULL), SWAPPER_STATUS_NULL_POINTER);
+    EXPECT(swapper_flush(fake), SWAPPER_STATUS_INVALID_ARGUMENT);
+    EXPECT(swapper_snapshot(fake, "/nonexistent/ckpt"), SWAPPER_STATUS_INVALID_ARGUMENT);
+    EXPECT(swapper_restore(NULL, &cfg), SWAPPER_STATUS_NULL_POINTER);
+    EXPECT(swapper_restore("/nonexistent/ckpt", NULL), SWAPPER_STATUS_NULL_POINTER);
+    EXPECT(swapper_optimizer_flush(NULL), SWAPPER_STATUS_NULL_POINTER);
+    EXPECT(swapper_optimizer_snapshot(NULL, "/nonexistent/ckpt"), SWAPPER_STATUS_NULL_POINTER);
+    EXPECT(swapper_optimizer_restore("/nonexistent/ckpt", NULL), SWAPPER_STATUS_NULL_POINTER);
     TRUE(swapper_available_buffers(fake) == 0 && !swapper_swappable(NULL, 1u << 30));
     TRUE(swapper_aligned_numel(NULL, 5) == 0 && swapper_io_aligned_numel(NULL, 5) == 0 && swapper_element_size(fake) == 0);
     swapper_destroy(NULL);
@@ -230,6 +238,7 @@ int main(int argc, char **argv) {
 
     /* The swapper: wrong arguments on a live handle. */
     EXPECT(swapper_create(&cfg, &s), SWAPPER_STATUS_OK);
+    EXPECT(swapper_snapshot(s, NULL), SWAPPER_STATUS_NULL_POINTER);
     EXPECT(swapper_get_buffer(s, 1, 0, &p), SWAPPER_STATUS_INVALID_ARGUMENT);
     EXPECT(swapper_get_buffer(s, 1, cfg.buffer_numel + 1, &p), SWAPPER_STATUS_NO_BUFFER);
     EXPECT(swapper_get_buffer(s, 1, 100, NULL), SWAPPER_STATUS_NULL_POINTER);

@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include <sys/stat.h>
+
 #include "swapper.hpp"
 
 #define CHECK(cond, what)                                                                     \
@@ -119,6 +121,34 @@ static void swap_loop(const char *folder) {
 
     swapper::Swapper moved(std::move(s));  // ownership moves, the handle stays one
     CHECK(!s && moved && swapper::Swapper::live_handles() == 1, "move");
+
+    // Resume: flush, snapshot, then a new swapper adopts the folder (no get_buffer before
+    // swap_in), and one adopts the snapshot after a restore into another folder.
+    moved.flush();
+    std::string ckpt = std::string(folder) + "/ckpt", other = std::string(folder) + "/other";
+    moved.snapshot(ckpt);
+    CHECK(status_of([&] { moved.snapshot(ckpt); }) == SWAPPER_STATUS_BAD_STATE, "snapshot into a used folder");
+    { swapper::Swapper gone(std::move(moved)); }  // destroyed: the folder is free
+    config.adopt = 1;
+    auto check_adopted = [&](swapper::Swapper &a) {
+        for (std::uint64_t id : {0, 7, 9}) {
+            CHECK(a.param_status(id) == SWAPPER_PARAM_STATUS_NOT_AVAILABLE, "adopted as NOT_AVAILABLE");
+            a.swap_in({id});
+            auto buf = a.param_buffer<float>(id);
+            CHECK(buf.numel == numel(id) && buf.data[buf.numel - 1] == value(id, buf.numel - 1), "adopted bytes");
+            a.release({id});
+        }
+    };
+    {
+        swapper::Swapper adopted(config);
+        check_adopted(adopted);
+    }
+    CHECK(mkdir(other.c_str(), 0700) == 0, "mkdir");
+    SwapperConfig elsewhere = config;
+    elsewhere.nvme_path = other.c_str();
+    swapper::Swapper::restore(ckpt, elsewhere);
+    swapper::Swapper restored(elsewhere);
+    check_adopted(restored);
 }
 
 static void io_loop(const char *folder) {

@@ -80,6 +80,16 @@
 #define DEEPSPEED_BUFFER_COUNT 4
 
 /**
+ * The format this library writes and reads.
+ */
+#define FORMAT 1
+
+/**
+ * A manifest larger than this is refused unread (a garbled size, not a real index).
+ */
+#define MAX_BYTES (1 << 30)
+
+/**
  * DeepSpeed's `offload_param.buffer_count`.
  */
 #define SWAPPER_DEFAULT_BUFFER_COUNT 5
@@ -419,6 +429,18 @@ typedef struct {
    * The I/O engine's settings (DeepSpeed `aio`).
    */
   SwapperIoConfig io;
+  /**
+   * Adopt the rank folders instead of emptying them: the state the last
+   * `swapper_optimizer_flush` made durable. The manifest and the files' sizes are
+   * checked at create (and each state tensor's crc32c when the manifest has one: every
+   * such tensor is read back); each sub-group takes up its tensors when it is registered
+   * again with the same tensors (a different name or numel is
+   * `SWAPPER_STATUS_INVALID_ARGUMENT` naming the tensor and the file). Gradients are
+   * not kept (they read as zeros). Errors at create as `swapper_create` with `adopt`;
+   * nothing is removed on a mismatch. Default 0 (the folders are emptied). A one-byte
+   * flag: 0 is false, any other value true.
+   */
+  uint8_t adopt;
 } SwapperOptimizerConfig;
 
 /**
@@ -578,6 +600,21 @@ typedef struct {
    * Entries in `nvme_paths` (0: use `nvme_path`). Default 0.
    */
   size_t nvme_path_count;
+  /**
+   * Adopt the rank folders instead of emptying them: the swapper reads the manifest
+   * the last `swapper_flush` made durable, checks every extent file's size (and each
+   * param's checksum when the manifest has them: every param is read back), and knows
+   * every param it names as NOT_AVAILABLE with its numel (`swapper_swap_in` works
+   * without `swapper_get_buffer` first). Space the manifest does not name (writes after
+   * that flush) is reclaimed; extent files made after it are removed (logged). A folder
+   * without a manifest that holds only the swapper's own files starts empty. A manifest
+   * of another rank, dtype, drive count or libswapper version, a truncated or garbled
+   * one, a file missing or shorter than recorded, a checksum mismatch: creation fails
+   * with a message naming the param and the file, and nothing is removed. Default 0
+   * (false: the folders are emptied). DeepSpeed extension key
+   * `offload_param.libswapper_adopt`. A one-byte flag: 0 is false, any other value true.
+   */
+  uint8_t adopt;
 } SwapperConfig;
 
 /**
@@ -1144,6 +1181,57 @@ SwapperStatus swapper_optimizer_discard(SwapperOptimizer *optimizer, uint32_t su
 SwapperStatus swapper_optimizer_end_step(SwapperOptimizer *optimizer);
 
 /**
+ * Makes the optimizer state resumable as of now: call it after
+ * `swapper_optimizer_end_step` (between steps). Writes a new generation of the manifest
+ * on every drive as `swapper_flush` does (data synced first; write, fsync, rename,
+ * fsync the folder), naming every state tensor of every idle sub-group; a sub-group whose
+ * last write-behind failed keeps what the previous flush recorded. After a crash at any
+ * moment, an optimizer swapper created with `adopt` finds the state of the last flush
+ * that returned OK (or of one under way that had reached a drive). Gradients are not
+ * recorded. Thread-safe; blocks for the syncs.
+ *
+ * Errors: `SWAPPER_STATUS_BAD_STATE` during a step; `SWAPPER_STATUS_IO_ERROR` naming the
+ * file and errno of a sync, write or rename (the previous generation stays the durable
+ * one); `SWAPPER_STATUS_INVALID_ARGUMENT` for a handle that is not live;
+ * `SWAPPER_STATUS_PANIC` once the handle is broken.
+ */
+SwapperStatus swapper_optimizer_flush(SwapperOptimizer *optimizer);
+
+/**
+ * Flushes (as `swapper_optimizer_flush`, between steps), then records that state into
+ * the checkpoint folder `dest_folder` as `swapper_snapshot` does: for each drive k,
+ * `<dest_folder>/drive<k>/zero_stage_3/optimizer/rank<R>/`, reflinks where the file
+ * system shares extents, copies of the recorded ranges otherwise, fsynced, manifest last.
+ * `dest_folder` is borrowed for the call, created if missing; its rank folders must be
+ * new or empty. Thread-safe; blocks.
+ *
+ * Errors: as `swapper_optimizer_flush`; `SWAPPER_STATUS_NULL_POINTER` for a NULL
+ * `dest_folder`; `SWAPPER_STATUS_BAD_STATE` for a destination that is not empty (nothing
+ * written); `SWAPPER_STATUS_BUSY` when another handle holds it; `SWAPPER_STATUS_IO_ERROR`
+ * naming the file of a copy or sync that failed.
+ *
+ * # Safety
+ * `dest_folder` must be NULL or a NUL-terminated string.
+ */
+SwapperStatus swapper_optimizer_snapshot(SwapperOptimizer *optimizer, const char *dest_folder);
+
+/**
+ * Puts a snapshot made by `swapper_optimizer_snapshot` back into the rank folders
+ * `config` names (its nvme_path or nvme_paths and rank; the other fields are ignored),
+ * emptying them first (each locked meanwhile); then create an optimizer swapper with the
+ * same config and `adopt` set. Nothing is emptied before the snapshot's manifests were
+ * read and checked. Both arguments are borrowed for the call. Thread-safe.
+ *
+ * Errors: as `swapper_restore`.
+ *
+ * # Safety
+ * `snapshot_folder` must be NULL or a NUL-terminated string; `config` NULL or a valid
+ * `SwapperOptimizerConfig` (its strings as `swapper_optimizer_create` requires).
+ */
+SwapperStatus swapper_optimizer_restore(const char *snapshot_folder,
+                                        const SwapperOptimizerConfig *config);
+
+/**
  * Writes `count` gradient fragments of tensor `tensor` (a `SWAPPER_TENSOR_KIND_GRADIENT`
  * tensor) of sub-group `subgroup`: fragment i is `numels[i]` floats from `data[i]`,
  * written at element `offsets[i]` of the tensor (DeepSpeed's `swap_out_gradients`).
@@ -1462,6 +1550,73 @@ SwapperStatus swapper_swap_into_buffer(Swapper *swapper,
                                        uint64_t param_id,
                                        void *dest,
                                        uint64_t dest_numel);
+
+/**
+ * Makes the swap folder resumable up to now: waits for every write submitted before the
+ * call, then writes a new generation of the manifest on every drive (after fdatasync of
+ * the extent files; write a new file, fsync, rename over the old, fsync the folder). It
+ * names each param's last write that completed: a param whose write is still being
+ * submitted by another thread, or that has no complete copy on disk (after
+ * `swapper_get_buffer`, or a failed write), keeps what the previous manifest named. After
+ * a crash at any moment, a swapper created with `adopt` finds every param as the last
+ * `swapper_flush` that returned `SWAPPER_STATUS_OK` left it (or as a flush that was under
+ * way at the crash left it, when that one had reached a drive). Space a flushed param
+ * used is reused only after the next flush. Thread-safe: swapping goes on meanwhile; a
+ * second flush waits for the first. Blocks for the writes and the syncs.
+ *
+ * Errors: `SWAPPER_STATUS_IO_ERROR` naming the file and errno of a write in flight that
+ * failed (nothing is flushed then; retry the swap-out, then the flush) or of a sync,
+ * write or rename of the manifest (the previous generation stays the durable one; a
+ * later flush may succeed); `SWAPPER_STATUS_INVALID_ARGUMENT` for a handle that is not
+ * live; `SWAPPER_STATUS_PANIC` once the handle is broken.
+ */
+SwapperStatus swapper_flush(Swapper *swapper);
+
+/**
+ * Flushes (as `swapper_flush`), then records that generation into the checkpoint folder
+ * `dest_folder`: for each drive k, `<dest_folder>/drive<k>/zero_stage_3/<dtype>params/
+ * rank<R>/` with the manifest and the extent files. Each extent file is a reflink
+ * (FICLONE: shared extents, constant time in the data size) where the file system
+ * allows it (XFS with reflink, btrfs, same file system), otherwise a file of the same
+ * size with the ranges the manifest names copied in (copy_file_range; read and write
+ * across file systems). Everything is fsynced; the manifest is written last. Swapping
+ * goes on meanwhile; nothing the snapshot copies can change during the copy.
+ * `dest_folder` is borrowed for the call; it is created if missing (its parent must
+ * exist), and the rank folders inside it must be new or empty. Restore with
+ * `swapper_restore`, or adopt the snapshot in place (nvme_path = `<dest>/drive<k>`).
+ * Thread-safe; blocks.
+ *
+ * Errors: as `swapper_flush`; `SWAPPER_STATUS_NULL_POINTER` for a NULL `dest_folder`;
+ * `SWAPPER_STATUS_BAD_STATE` when a destination rank folder is not empty (nothing is
+ * written); `SWAPPER_STATUS_BUSY` when another swapper holds it; `SWAPPER_STATUS_IO_ERROR`
+ * naming the file of a copy or sync that failed (the folder is then incomplete and has
+ * no manifest for the drive that failed).
+ *
+ * # Safety
+ * `dest_folder` must be NULL or a NUL-terminated string.
+ */
+SwapperStatus swapper_snapshot(Swapper *swapper, const char *dest_folder);
+
+/**
+ * Puts a snapshot made by `swapper_snapshot` back into the rank folders `config` names
+ * (its nvme_path or nvme_paths, rank and dtype; the other fields are ignored), then
+ * returns: create a swapper with the same config and `adopt` set to resume from it. Each
+ * rank folder is locked during the call and emptied first; the files are reflinked or
+ * copied as `swapper_snapshot` does. Nothing is emptied before the snapshot's manifests
+ * were read and checked. Both strings are borrowed for the call. Thread-safe.
+ *
+ * Errors: `SWAPPER_STATUS_NULL_POINTER` for a NULL argument; `SWAPPER_STATUS_NOT_FOUND`
+ * for a snapshot without a manifest for a drive; `SWAPPER_STATUS_CORRUPT_DATA` for a
+ * truncated or garbled manifest or a snapshot file shorter than recorded;
+ * `SWAPPER_STATUS_INVALID_ARGUMENT` or `SWAPPER_STATUS_UNSUPPORTED` for a snapshot of
+ * another rank, dtype, drive count or libswapper version; `SWAPPER_STATUS_BUSY` when a
+ * swapper holds a target folder; `SWAPPER_STATUS_IO_ERROR` naming the file otherwise.
+ *
+ * # Safety
+ * `snapshot_folder` must be NULL or a NUL-terminated string; `config` NULL or a valid
+ * `SwapperConfig` (its strings as `swapper_create` requires).
+ */
+SwapperStatus swapper_restore(const char *snapshot_folder, const SwapperConfig *config);
 
 /**
  * Waits for every read submitted before the call; the params become AVAILABLE. A failed

@@ -277,6 +277,17 @@ class Swapper {
     }
     void wait_reads() { check(swapper_wait_reads(h_)); }
     void wait_writes() { check(swapper_wait_writes(h_)); }
+    /// Makes the swap folder resumable up to now (swapper_flush); a Swapper created with
+    /// `config.adopt = 1` on the same folders finds every param as this flush left it.
+    void flush() { check(swapper_flush(h_)); }
+    /// Flushes, then records that state into `dest_folder` (swapper_snapshot: reflinks
+    /// where the file system shares extents, copies otherwise).
+    void snapshot(const std::string &dest_folder) { check(swapper_snapshot(h_, dest_folder.c_str())); }
+    /// Puts a snapshot back into the rank folders `config` names (swapper_restore); then
+    /// construct a Swapper from `config` with `adopt = 1`.
+    static void restore(const std::string &snapshot_folder, const SwapperConfig &config) {
+        check(swapper_restore(snapshot_folder.c_str(), &config));
+    }
 
     void release(const std::uint64_t *ids, std::size_t count) { check(swapper_release(h_, ids, count)); }
     void release(const Ids &ids) { release(ids.data(), ids.size()); }
@@ -489,6 +500,15 @@ class Optimizer {
         return Visit(h_, g, std::move(tensors));
     }
     void end_step() { check(swapper_optimizer_end_step(h_)); }
+    /// Makes the state resumable as of now (swapper_optimizer_flush): after end_step.
+    void flush() { check(swapper_optimizer_flush(h_)); }
+    /// Flushes, then records the state into `dest_folder` (swapper_optimizer_snapshot).
+    void snapshot(const std::string &dest_folder) { check(swapper_optimizer_snapshot(h_, dest_folder.c_str())); }
+    /// Puts a snapshot back into `config`'s rank folders (swapper_optimizer_restore); then
+    /// construct an Optimizer from `config` with `adopt = 1`.
+    static void restore(const std::string &snapshot_folder, const SwapperOptimizerConfig &config) {
+        check(swapper_optimizer_restore(snapshot_folder.c_str(), &config));
+    }
     /** Gradient fragments of tensor `tensor`: data[i] (numels[i] floats) at element offsets[i]. */
     void swap_out_gradients(std::uint32_t subgroup, std::size_t tensor, const std::vector<std::uint64_t> &offsets,
                             const std::vector<const float *> &data, const std::vector<std::uint64_t> &numels) {

@@ -21,6 +21,16 @@ impl Checksum {
         Checksum { crc, parts }
     }
 
+    /// The crc32c of the whole tensor.
+    pub fn crc(&self) -> u32 {
+        self.crc
+    }
+
+    /// The parts (offset, length, crc32c).
+    pub fn parts(&self) -> &[(u64, u64, u32)] {
+        &self.parts
+    }
+
     /// The checksum a finished operation computed, if it was asked for.
     pub fn of(ticket: &Ticket) -> Option<Checksum> {
         Some(Checksum::new(ticket.checksum()?, ticket.checksum_parts()))
@@ -66,4 +76,62 @@ pub(crate) unsafe fn verify(
         Status::CorruptData,
         format!("{what}: checksum mismatch in {where_}"),
     ))
+}
+
+/// Checks an adopted tensor's bytes against the crc32c its manifest recorded (both
+/// swappers, at adoption): reads the tensor's reserved bytes through `store` into
+/// `scratch` (grown as needed) and compares the crc32c of its first `data` bytes. `what`
+/// names the tensor, `file` where it is. Returns the checksum to keep (None when none
+/// was recorded); `CorruptData` naming the tensor, the file and the offset otherwise.
+pub(crate) fn verify_adopted(
+    store: &crate::store::Store,
+    entry: &crate::store::manifest::TensorEntry,
+    data: u64,
+    what: &str,
+    file: &std::path::Path,
+    scratch: &mut Option<alloc::AlignedBuf>,
+) -> Result<Option<Checksum>> {
+    let r = &entry.record;
+    let Some(crc) = r.crc32c else {
+        return Ok(None);
+    };
+    let want = Checksum::new(crc, r.checksum_parts.clone());
+    let need = entry.reserved as usize;
+    if data > entry.reserved {
+        return Err(Error::new(
+            Status::CorruptData,
+            format!(
+                "{what}: {data} bytes of data do not fit its {need} bytes in {}",
+                file.display()
+            ),
+        ));
+    }
+    if scratch.as_ref().is_none_or(|b| b.len() < need) {
+        *scratch = Some(alloc::AlignedBuf::new(need.max(4096), false)?);
+    }
+    let Some(buf) = scratch.as_mut() else {
+        return Err(Error::new(Status::OutOfMemory, "no scratch buffer"));
+    };
+    let got = &mut buf.as_mut_slice()[..need];
+    store
+        .transfer(entry.key, false, got, 0)
+        .map_err(|e| e.context(format!("cannot read {what} to verify its checksum")))?;
+    let crc = crc32c::crc32c(&got[..data as usize]);
+    // SAFETY: `got` was just read and holds `data` <= its length bytes.
+    unsafe {
+        verify(
+            what,
+            |o| {
+                format!(
+                    "{} at offset {o} (nothing was changed or removed)",
+                    file.display()
+                )
+            },
+            Some(&want),
+            Some(crc),
+            RawBuf(got.as_mut_ptr()),
+            data as usize,
+        )
+    }?;
+    Ok(Some(want))
 }

@@ -255,6 +255,7 @@ fn placement_follows_the_drives_rates_when_one_is_at_half_rate() {
             .map(String::from)
             .to_vec(),
         io: IoConfig::default(),
+        adopt: false,
     });
     join_blkio_group(Path::new("/sys/fs/cgroup/blkio"));
     let s = s.unwrap();
@@ -443,6 +444,7 @@ fn reused_space_reserved_zeroed_reads_zeros_on_ext4_and_xfs() {
             paths: vec![bed.drives[0].path().to_path_buf()],
             folder: ["zero_stage_3", "optimizer", "rank0"].map(String::from).to_vec(),
             io: IoConfig::default(),
+            adopt: false,
         })
         .unwrap();
         let mut buf = common::TestBuf::new(3 << 20, 0);

@@ -59,6 +59,7 @@ class ConfigStruct(Structure):
         ("allocator_user_data", c_void_p),
         ("nvme_paths", POINTER(c_char_p)),
         ("nvme_path_count", c_size_t),
+        ("adopt", ctypes.c_uint8),  # 0 false, non-zero true
     ]
 
 
@@ -104,6 +105,7 @@ class OptimizerConfigStruct(Structure):
         ("pin_memory", ctypes.c_uint8),  # 0 false, non-zero true
         ("verify_checksums", ctypes.c_uint8),
         ("io", IoConfigStruct),
+        ("adopt", ctypes.c_uint8),  # 0 false, non-zero true
     ]
 
 
@@ -182,6 +184,9 @@ PROTOTYPES = {
     "swapper_wait_reads": (c_status, [_p]),
     "swapper_wait_params": (c_status, [_p, _u64p, c_size_t]),
     "swapper_wait_writes": (c_status, [_p]),
+    "swapper_flush": (c_status, [_p]),
+    "swapper_snapshot": (c_status, [_p, c_char_p]),
+    "swapper_restore": (c_status, [c_char_p, POINTER(ConfigStruct)]),
     "swapper_release": (c_status, [_p, _u64p, c_size_t]),
     "swapper_param_status": (c_status, [_p, c_uint64, POINTER(c_enum)]),
     "swapper_param_buffer": (c_status, [_p, c_uint64, POINTER(c_void_p), _u64p]),
@@ -210,6 +215,9 @@ PROTOTYPES = {
     "swapper_optimizer_config_default": (None, [POINTER(OptimizerConfigStruct)]),
     "swapper_optimizer_create": (c_status, [POINTER(OptimizerConfigStruct), POINTER(c_void_p)]),
     "swapper_optimizer_create_from_json": (c_status, [c_char_p, c_uint32, c_uint64, POINTER(c_void_p)]),
+    "swapper_optimizer_flush": (c_status, [_p]),
+    "swapper_optimizer_snapshot": (c_status, [_p, c_char_p]),
+    "swapper_optimizer_restore": (c_status, [c_char_p, POINTER(OptimizerConfigStruct)]),
     "swapper_optimizer_destroy": (None, [_p]),
     "swapper_optimizer_register": (c_status, [_p, c_uint32, POINTER(TensorSpecStruct), c_size_t]),
     "swapper_optimizer_purge": (c_status, [_p]),

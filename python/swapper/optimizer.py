@@ -158,6 +158,7 @@ class OptimizerSwapper:
         read_ahead=0,
         pin_memory=True,
         verify_checksums=False,
+        adopt=False,
         **io,
     ):
         unknown = set(io) - set(_IO_KEYS)
@@ -176,6 +177,7 @@ class OptimizerSwapper:
         cfg.read_ahead = _uint(read_ahead, "read_ahead", 32)
         cfg.pin_memory = bool(pin_memory)
         cfg.verify_checksums = bool(verify_checksums)
+        cfg.adopt = bool(adopt)
         io_defaults = {k: getattr(cfg.io, k) for k in _IO_KEYS}
         io_defaults.update(io)
         _fill_io_config(cfg.io, **io_defaults)
@@ -296,6 +298,33 @@ class OptimizerSwapper:
             tensors.append(self._view(ptr.value, numel.value))
         names = self._names.get(g.value, [str(k) for k in range(n.value)])
         return Visit(self, g.value, names, tensors)
+
+    def flush(self):
+        """Makes the optimizer state resumable as of now (swapper_optimizer_flush): call
+        it after end_step. An OptimizerSwapper created with adopt=True on the same folders
+        takes each sub-group's state up when it is registered again."""
+        check(self._lib.swapper_optimizer_flush(self._h()))
+
+    def snapshot(self, dest_folder):
+        """Flushes, then records that state into the checkpoint folder `dest_folder`
+        (swapper_optimizer_snapshot; between steps). Restore with OptimizerSwapper.restore,
+        then create with adopt=True."""
+        check(self._lib.swapper_optimizer_snapshot(self._h(), _path(dest_folder, "dest_folder")))
+
+    @staticmethod
+    def restore(snapshot_folder, nvme_path, rank=0):
+        """Puts a snapshot back into the rank folders of `nvme_path` (a folder or a list),
+        emptying them first (swapper_optimizer_restore); then create an OptimizerSwapper
+        with the same nvme_path and rank and adopt=True."""
+        cfg = OptimizerConfigStruct()
+        lib().swapper_optimizer_config_default(byref(cfg))
+        paths = [nvme_path] if isinstance(nvme_path, (str, bytes)) or hasattr(nvme_path, "__fspath__") else list(nvme_path)
+        encoded = [_path(p, "nvme_path") for p in paths]
+        arr = (c_char_p * len(encoded))(*encoded)
+        cfg.nvme_paths = arr
+        cfg.nvme_path_count = len(encoded)
+        cfg.rank = _uint(rank, "rank", 32)
+        check(lib().swapper_optimizer_restore(_path(snapshot_folder, "snapshot_folder"), byref(cfg)))
 
     def end_step(self):
         try:

@@ -19,6 +19,23 @@ from .memory import _release_retained
 from .stats import Stats
 
 
+def _set_paths(cfg, nvme_path):
+    """Puts one path or a list of paths (several drives) into `cfg`; returns what must stay
+    alive while `cfg` is used."""
+    if isinstance(nvme_path, (list, tuple)):
+        # Several drives: one rank folder, lock and I/O queue each.
+        if not nvme_path:
+            raise InvalidArgumentError("nvme_path is an empty list")
+        paths = [_path(p, f"nvme_path[{k}]") for k, p in enumerate(nvme_path)]
+        array = (ctypes.c_char_p * len(paths))(*paths)
+        cfg.nvme_paths = ctypes.cast(array, ctypes.POINTER(ctypes.c_char_p))
+        cfg.nvme_path_count = len(paths)
+        return (paths, array)
+    path = _path(nvme_path, "nvme_path")
+    cfg.nvme_path = path
+    return path
+
+
 class Swapper:
     """A parameter swapper (ZeRO-Infinity parameter offload to NVMe). Use as a context
     manager or call close(). Thread-safe.
@@ -44,6 +61,7 @@ class Swapper:
         buffer_numel=100_000_000,
         pin_memory=False,
         verify_checksums=False,
+        adopt=False,
         **io,
     ):
         unknown = set(io) - set(_IO_KEYS)
@@ -52,19 +70,10 @@ class Swapper:
         self._lib = lib()
         cfg = ConfigStruct()
         self._lib.swapper_config_default(byref(cfg))
-        if isinstance(nvme_path, (list, tuple)):
-            # Several drives: one rank folder, lock and I/O queue each.
-            if not nvme_path:
-                raise InvalidArgumentError("nvme_path is an empty list")
-            paths = [_path(p, f"nvme_path[{k}]") for k, p in enumerate(nvme_path)]
-            array = (ctypes.c_char_p * len(paths))(*paths)
-            cfg.nvme_paths = ctypes.cast(array, ctypes.POINTER(ctypes.c_char_p))
-            cfg.nvme_path_count = len(paths)
-        else:
-            path = _path(nvme_path, "nvme_path")
-            cfg.nvme_path = path
+        _keep = _set_paths(cfg, nvme_path)  # noqa: F841 (kept alive through the create)
         cfg.rank = _uint(rank, "rank", 32)
         cfg.dtype = int(_dtype(dtype))
+        cfg.adopt = bool(adopt)
         cfg.buffer_count = _uint(buffer_count, "buffer_count", 32)
         cfg.buffer_numel = _uint(buffer_numel, "buffer_numel")
         cfg.pin_memory = bool(pin_memory)
@@ -258,6 +267,32 @@ class Swapper:
     def wait_reads(self):
         """Waits for every read submitted before the call (params become AVAILABLE)."""
         check(self._lib.swapper_wait_reads(self._h()))
+
+    def flush(self):
+        """Makes the swap folder resumable up to now (swapper_flush): waits for the writes
+        in flight, then makes a new manifest durable. A Swapper created with adopt=True on
+        the same folders (after a crash, a restart) finds every param as this flush left
+        it, NOT_AVAILABLE and ready for swap_in."""
+        check(self._lib.swapper_flush(self._h()))
+
+    def snapshot(self, dest_folder):
+        """Flushes, then records that state into the checkpoint folder `dest_folder`
+        (swapper_snapshot): reflinks where the file system shares extents (XFS, btrfs),
+        copies of the live ranges otherwise. Restore with Swapper.restore, then create
+        with adopt=True."""
+        check(self._lib.swapper_snapshot(self._h(), _path(dest_folder, "dest_folder")))
+
+    @staticmethod
+    def restore(snapshot_folder, nvme_path, rank=0, dtype="fp16"):
+        """Puts a snapshot back into the rank folders of `nvme_path` (a path or a list,
+        as for the constructor), emptying them first (swapper_restore). Then create a
+        Swapper with the same nvme_path, rank, dtype and adopt=True."""
+        cfg = ConfigStruct()
+        lib().swapper_config_default(byref(cfg))
+        _keep = _set_paths(cfg, nvme_path)  # noqa: F841
+        cfg.rank = _uint(rank, "rank", 32)
+        cfg.dtype = int(_dtype(dtype))
+        check(lib().swapper_restore(_path(snapshot_folder, "snapshot_folder"), byref(cfg)))
 
     def wait_writes(self):
         """Waits for every write submitted before the call (releasing buffers of

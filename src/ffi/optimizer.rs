@@ -61,6 +61,16 @@ pub struct SwapperOptimizerConfig {
     pub verify_checksums: u8,
     /// The I/O engine's settings (DeepSpeed `aio`).
     pub io: SwapperIoConfig,
+    /// Adopt the rank folders instead of emptying them: the state the last
+    /// `swapper_optimizer_flush` made durable. The manifest and the files' sizes are
+    /// checked at create (and each state tensor's crc32c when the manifest has one: every
+    /// such tensor is read back); each sub-group takes up its tensors when it is registered
+    /// again with the same tensors (a different name or numel is
+    /// `SWAPPER_STATUS_INVALID_ARGUMENT` naming the tensor and the file). Gradients are
+    /// not kept (they read as zeros). Errors at create as `swapper_create` with `adopt`;
+    /// nothing is removed on a mismatch. Default 0 (the folders are emptied). A one-byte
+    /// flag: 0 is false, any other value true.
+    pub adopt: u8,
 }
 
 /// One tensor of a sub-group, as `swapper_optimizer_register` takes it.
@@ -101,6 +111,7 @@ impl TryFrom<&SwapperOptimizerConfig> for OptimizerSettings {
             pin_memory: flag_is_set(c.pin_memory),
             verify_checksums: flag_is_set(c.verify_checksums),
             io: IoConfig::try_from(&c.io)?,
+            adopt: flag_is_set(c.adopt),
         })
     }
 }
@@ -130,6 +141,7 @@ pub unsafe extern "C" fn swapper_optimizer_config_default(out: *mut SwapperOptim
         pin_memory: u8::from(d.pin_memory),
         verify_checksums: u8::from(d.verify_checksums),
         io: SwapperIoConfig::from(&d.io),
+        adopt: u8::from(d.adopt),
     };
     // SAFETY: the caller's contract.
     unsafe { write_opt(out, c) }
@@ -459,6 +471,78 @@ pub extern "C" fn swapper_optimizer_discard(optimizer: *mut SwapperOptimizer, su
 #[no_mangle]
 pub extern "C" fn swapper_optimizer_end_step(optimizer: *mut SwapperOptimizer) -> Status {
     crate::ffi_boundary!("swapper_optimizer_end_step", { handle(optimizer)?.end_step() })
+}
+
+/// Makes the optimizer state resumable as of now: call it after
+/// `swapper_optimizer_end_step` (between steps). Writes a new generation of the manifest
+/// on every drive as `swapper_flush` does (data synced first; write, fsync, rename,
+/// fsync the folder), naming every state tensor of every idle sub-group; a sub-group whose
+/// last write-behind failed keeps what the previous flush recorded. After a crash at any
+/// moment, an optimizer swapper created with `adopt` finds the state of the last flush
+/// that returned OK (or of one under way that had reached a drive). Gradients are not
+/// recorded. Thread-safe; blocks for the syncs.
+///
+/// Errors: `SWAPPER_STATUS_BAD_STATE` during a step; `SWAPPER_STATUS_IO_ERROR` naming the
+/// file and errno of a sync, write or rename (the previous generation stays the durable
+/// one); `SWAPPER_STATUS_INVALID_ARGUMENT` for a handle that is not live;
+/// `SWAPPER_STATUS_PANIC` once the handle is broken.
+#[no_mangle]
+pub extern "C" fn swapper_optimizer_flush(optimizer: *mut SwapperOptimizer) -> Status {
+    crate::ffi_boundary!("swapper_optimizer_flush", {
+        handle(optimizer)?.flush().map(drop)
+    })
+}
+
+/// Flushes (as `swapper_optimizer_flush`, between steps), then records that state into
+/// the checkpoint folder `dest_folder` as `swapper_snapshot` does: for each drive k,
+/// `<dest_folder>/drive<k>/zero_stage_3/optimizer/rank<R>/`, reflinks where the file
+/// system shares extents, copies of the recorded ranges otherwise, fsynced, manifest last.
+/// `dest_folder` is borrowed for the call, created if missing; its rank folders must be
+/// new or empty. Thread-safe; blocks.
+///
+/// Errors: as `swapper_optimizer_flush`; `SWAPPER_STATUS_NULL_POINTER` for a NULL
+/// `dest_folder`; `SWAPPER_STATUS_BAD_STATE` for a destination that is not empty (nothing
+/// written); `SWAPPER_STATUS_BUSY` when another handle holds it; `SWAPPER_STATUS_IO_ERROR`
+/// naming the file of a copy or sync that failed.
+///
+/// # Safety
+/// `dest_folder` must be NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn swapper_optimizer_snapshot(
+    optimizer: *mut SwapperOptimizer,
+    dest_folder: *const libc::c_char,
+) -> Status {
+    crate::ffi_boundary!("swapper_optimizer_snapshot", {
+        let o = handle(optimizer)?;
+        // SAFETY: the caller's contract.
+        let dest = unsafe { arg_path(dest_folder, "dest_folder") }?;
+        o.snapshot_to(&dest).map(drop)
+    })
+}
+
+/// Puts a snapshot made by `swapper_optimizer_snapshot` back into the rank folders
+/// `config` names (its nvme_path or nvme_paths and rank; the other fields are ignored),
+/// emptying them first (each locked meanwhile); then create an optimizer swapper with the
+/// same config and `adopt` set. Nothing is emptied before the snapshot's manifests were
+/// read and checked. Both arguments are borrowed for the call. Thread-safe.
+///
+/// Errors: as `swapper_restore`.
+///
+/// # Safety
+/// `snapshot_folder` must be NULL or a NUL-terminated string; `config` NULL or a valid
+/// `SwapperOptimizerConfig` (its strings as `swapper_optimizer_create` requires).
+#[no_mangle]
+pub unsafe extern "C" fn swapper_optimizer_restore(
+    snapshot_folder: *const libc::c_char,
+    config: *const SwapperOptimizerConfig,
+) -> Status {
+    crate::ffi_boundary!("swapper_optimizer_restore", {
+        // SAFETY: the caller's contract.
+        let snapshot = unsafe { arg_path(snapshot_folder, "snapshot_folder") }?;
+        // SAFETY: the caller's contract.
+        let c = unsafe { arg_ref(config, "config") }?;
+        Core::restore(&snapshot, &OptimizerSettings::try_from(c)?).map(drop)
+    })
 }
 
 /// Writes `count` gradient fragments of tensor `tensor` (a `SWAPPER_TENSOR_KIND_GRADIENT`

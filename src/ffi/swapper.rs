@@ -84,6 +84,19 @@ pub struct SwapperConfig {
     pub nvme_paths: *const *const libc::c_char,
     /// Entries in `nvme_paths` (0: use `nvme_path`). Default 0.
     pub nvme_path_count: usize,
+    /// Adopt the rank folders instead of emptying them: the swapper reads the manifest
+    /// the last `swapper_flush` made durable, checks every extent file's size (and each
+    /// param's checksum when the manifest has them: every param is read back), and knows
+    /// every param it names as NOT_AVAILABLE with its numel (`swapper_swap_in` works
+    /// without `swapper_get_buffer` first). Space the manifest does not name (writes after
+    /// that flush) is reclaimed; extent files made after it are removed (logged). A folder
+    /// without a manifest that holds only the swapper's own files starts empty. A manifest
+    /// of another rank, dtype, drive count or libswapper version, a truncated or garbled
+    /// one, a file missing or shorter than recorded, a checksum mismatch: creation fails
+    /// with a message naming the param and the file, and nothing is removed. Default 0
+    /// (false: the folders are emptied). DeepSpeed extension key
+    /// `offload_param.libswapper_adopt`. A one-byte flag: 0 is false, any other value true.
+    pub adopt: u8,
 }
 
 impl TryFrom<&SwapperConfig> for Settings {
@@ -133,6 +146,7 @@ impl TryFrom<&SwapperConfig> for Settings {
             verify_checksums: flag_is_set(c.verify_checksums),
             io: IoConfig::try_from(&c.io)?,
             allocator,
+            adopt: flag_is_set(c.adopt),
         };
         s.validate()?;
         Ok(s)
@@ -189,6 +203,7 @@ pub unsafe extern "C" fn swapper_config_default(out: *mut SwapperConfig) {
         allocator_user_data: std::ptr::null_mut(),
         nvme_paths: std::ptr::null(),
         nvme_path_count: 0,
+        adopt: u8::from(d.adopt),
     };
     // SAFETY: the caller's contract.
     unsafe { write_opt(out, c) }
@@ -537,6 +552,91 @@ pub unsafe extern "C" fn swapper_swap_into_buffer(
         let s = handle(swapper)?;
         // SAFETY: the caller's contract.
         unsafe { s.swap_into_buffer(param_id, RawBuf(dest as *mut u8), dest_numel) }
+    })
+}
+
+/// Makes the swap folder resumable up to now: waits for every write submitted before the
+/// call, then writes a new generation of the manifest on every drive (after fdatasync of
+/// the extent files; write a new file, fsync, rename over the old, fsync the folder). It
+/// names each param's last write that completed: a param whose write is still being
+/// submitted by another thread, or that has no complete copy on disk (after
+/// `swapper_get_buffer`, or a failed write), keeps what the previous manifest named. After
+/// a crash at any moment, a swapper created with `adopt` finds every param as the last
+/// `swapper_flush` that returned `SWAPPER_STATUS_OK` left it (or as a flush that was under
+/// way at the crash left it, when that one had reached a drive). Space a flushed param
+/// used is reused only after the next flush. Thread-safe: swapping goes on meanwhile; a
+/// second flush waits for the first. Blocks for the writes and the syncs.
+///
+/// Errors: `SWAPPER_STATUS_IO_ERROR` naming the file and errno of a write in flight that
+/// failed (nothing is flushed then; retry the swap-out, then the flush) or of a sync,
+/// write or rename of the manifest (the previous generation stays the durable one; a
+/// later flush may succeed); `SWAPPER_STATUS_INVALID_ARGUMENT` for a handle that is not
+/// live; `SWAPPER_STATUS_PANIC` once the handle is broken.
+#[no_mangle]
+pub extern "C" fn swapper_flush(swapper: *mut Swapper) -> Status {
+    crate::ffi_boundary!("swapper_flush", { handle(swapper)?.flush().map(drop) })
+}
+
+/// Flushes (as `swapper_flush`), then records that generation into the checkpoint folder
+/// `dest_folder`: for each drive k, `<dest_folder>/drive<k>/zero_stage_3/<dtype>params/
+/// rank<R>/` with the manifest and the extent files. Each extent file is a reflink
+/// (FICLONE: shared extents, constant time in the data size) where the file system
+/// allows it (XFS with reflink, btrfs, same file system), otherwise a file of the same
+/// size with the ranges the manifest names copied in (copy_file_range; read and write
+/// across file systems). Everything is fsynced; the manifest is written last. Swapping
+/// goes on meanwhile; nothing the snapshot copies can change during the copy.
+/// `dest_folder` is borrowed for the call; it is created if missing (its parent must
+/// exist), and the rank folders inside it must be new or empty. Restore with
+/// `swapper_restore`, or adopt the snapshot in place (nvme_path = `<dest>/drive<k>`).
+/// Thread-safe; blocks.
+///
+/// Errors: as `swapper_flush`; `SWAPPER_STATUS_NULL_POINTER` for a NULL `dest_folder`;
+/// `SWAPPER_STATUS_BAD_STATE` when a destination rank folder is not empty (nothing is
+/// written); `SWAPPER_STATUS_BUSY` when another swapper holds it; `SWAPPER_STATUS_IO_ERROR`
+/// naming the file of a copy or sync that failed (the folder is then incomplete and has
+/// no manifest for the drive that failed).
+///
+/// # Safety
+/// `dest_folder` must be NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn swapper_snapshot(swapper: *mut Swapper, dest_folder: *const libc::c_char) -> Status {
+    crate::ffi_boundary!("swapper_snapshot", {
+        let s = handle(swapper)?;
+        // SAFETY: the caller's contract.
+        let dest = unsafe { arg_path(dest_folder, "dest_folder") }?;
+        s.snapshot_to(&dest).map(drop)
+    })
+}
+
+/// Puts a snapshot made by `swapper_snapshot` back into the rank folders `config` names
+/// (its nvme_path or nvme_paths, rank and dtype; the other fields are ignored), then
+/// returns: create a swapper with the same config and `adopt` set to resume from it. Each
+/// rank folder is locked during the call and emptied first; the files are reflinked or
+/// copied as `swapper_snapshot` does. Nothing is emptied before the snapshot's manifests
+/// were read and checked. Both strings are borrowed for the call. Thread-safe.
+///
+/// Errors: `SWAPPER_STATUS_NULL_POINTER` for a NULL argument; `SWAPPER_STATUS_NOT_FOUND`
+/// for a snapshot without a manifest for a drive; `SWAPPER_STATUS_CORRUPT_DATA` for a
+/// truncated or garbled manifest or a snapshot file shorter than recorded;
+/// `SWAPPER_STATUS_INVALID_ARGUMENT` or `SWAPPER_STATUS_UNSUPPORTED` for a snapshot of
+/// another rank, dtype, drive count or libswapper version; `SWAPPER_STATUS_BUSY` when a
+/// swapper holds a target folder; `SWAPPER_STATUS_IO_ERROR` naming the file otherwise.
+///
+/// # Safety
+/// `snapshot_folder` must be NULL or a NUL-terminated string; `config` NULL or a valid
+/// `SwapperConfig` (its strings as `swapper_create` requires).
+#[no_mangle]
+pub unsafe extern "C" fn swapper_restore(
+    snapshot_folder: *const libc::c_char,
+    config: *const SwapperConfig,
+) -> Status {
+    crate::ffi_boundary!("swapper_restore", {
+        // SAFETY: the caller's contract.
+        let snapshot = unsafe { arg_path(snapshot_folder, "snapshot_folder") }?;
+        // SAFETY: the caller's contract.
+        let c = unsafe { arg_ref(config, "config") }?;
+        let settings = Settings::try_from(c)?;
+        Core::restore(&snapshot, &settings).map(drop)
     })
 }
 

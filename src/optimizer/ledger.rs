@@ -12,7 +12,7 @@
 //!
 //! | entry | recorded (the call noted its outcome) | not recorded (a panic interrupted the call) |
 //! | --- | --- | --- |
-//! | `Register` | the sub-group becomes idle | the sub-group is forgotten, its reserved space at the next register or purge |
+//! | `Register` | the sub-group becomes idle | the sub-group is forgotten, its reserved space at the next register or purge; adopted tensors it took go back to the adopted set |
 //! | `Io`, a read | its tickets go to the sub-group's phase | the tickets queued so far, and a `Panic` failure: `next_ready` skips the sub-group (files unchanged) |
 //! | `Io`, a write-behind | as a read | nothing queued: the sub-group is out with the caller again; some queued: a `Panic` failure, the data kept in memory (`Unsaved`) and written again next step |
 //! | `Take` | the sub-group is out with the caller, or skipped with its read error | its reads are waited for, then it is skipped this step (files unchanged; unsaved data stays in memory) |
@@ -38,6 +38,8 @@ pub(crate) enum Claimed {
     Register {
         index: u32,
         keys: Vec<u64>,
+        /// Tensors of an adopted folder the sub-group took up (their space is kept).
+        adopted: Vec<crate::store::manifest::TensorEntry>,
         reserved: bool,
     },
     /// A sub-group's read (`Reading`) or write-behind (`Writing`) with `serial`; the
@@ -148,6 +150,7 @@ impl Ledger for State {
             Claimed::Register {
                 index,
                 keys,
+                adopted,
                 reserved,
             } => {
                 self.point("register", "record");
@@ -160,6 +163,7 @@ impl Ledger for State {
                 }
                 let keep = *reserved;
                 let keys = std::mem::take(keys);
+                let adopted = std::mem::take(adopted);
                 self.change(|st| {
                     if keep {
                         if let Some(g) = st.groups.get_mut(&index) {
@@ -167,8 +171,10 @@ impl Ledger for State {
                         }
                     } else {
                         st.groups.remove(&index);
-                        // The store forgets their space at the next register or purge.
+                        // The store forgets their space at the next register or purge;
+                        // adopted tensors go back, waiting for a registration that fits.
                         st.orphans.extend(keys);
+                        st.adopted.extend(adopted.into_iter().map(|t| (t.key, t)));
                     }
                 })
             }

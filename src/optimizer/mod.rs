@@ -23,6 +23,8 @@
 //! - `ledger`: what each claim remembers, and how it is recorded or undone (the
 //!   optimizer's side of the shared claim guard, `crate::claim`).
 //! - [`config`]: the settings from DeepSpeed's `offload_optimizer` block.
+//! - [`durability`]: flushing the manifest between steps, and adopting a folder (each
+//!   sub-group takes up its tensors when it is registered again).
 //!
 //! Below it: the swap store ([`crate::store`], opened with separate read and write
 //! engines per drive, so a write-behind never delays the next read), the page-lock budget
@@ -68,6 +70,7 @@
 //! ```
 
 pub mod config;
+pub mod durability;
 pub mod gradients;
 mod ledger;
 pub mod params;
@@ -75,7 +78,7 @@ pub mod ring;
 pub mod step;
 pub mod subgroup;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use crate::claim::{Bookkeeping, Held};
@@ -111,6 +114,9 @@ pub struct OptimizerSettings {
     pub verify_checksums: bool,
     /// The engine's settings.
     pub io: IoConfig,
+    /// Adopt the rank folders (the state the last flush made durable) instead of emptying
+    /// them; see [`durability`].
+    pub adopt: bool,
 }
 
 impl Default for OptimizerSettings {
@@ -123,6 +129,7 @@ impl Default for OptimizerSettings {
             pin_memory: true,
             verify_checksums: false,
             io: IoConfig::default(),
+            adopt: false,
         }
     }
 }
@@ -147,6 +154,8 @@ pub(crate) struct State {
     pub changing: bool,
     /// The first drive's rank folder, naming this swapper's fault-injection points.
     pub tag: String,
+    /// Tensors an adopted manifest names whose sub-group is not registered yet, by key.
+    pub adopted: HashMap<u64, crate::store::manifest::TensorEntry>,
 }
 
 /// Counters kept under the lock.
@@ -162,7 +171,11 @@ pub(crate) struct Counters {
 impl State {
     /// The bookkeeping of a new swapper with a ring of `ring_bytes`; `tag` names its
     /// fault-injection points.
-    fn new(ring_bytes: u64, tag: String) -> State {
+    fn new(
+        ring_bytes: u64,
+        tag: String,
+        adopted: HashMap<u64, crate::store::manifest::TensorEntry>,
+    ) -> State {
         State {
             groups: BTreeMap::new(),
             arena: Arena::new(ring_bytes),
@@ -174,6 +187,7 @@ impl State {
             orphans: Vec::new(),
             changing: false,
             tag,
+            adopted,
         }
     }
 
@@ -248,13 +262,11 @@ impl OptimizerSwapper {
         // Reads and writes in separate queues: a write-behind never delays the next read.
         let store = Store::open_split(StoreConfig {
             paths: config.nvme_paths.clone(),
-            folder: vec![
-                "zero_stage_3".to_string(),
-                "optimizer".to_string(),
-                format!("rank{}", config.rank),
-            ],
+            folder: durability::folder_parts(config.rank),
             io: config.io,
+            adopt: config.adopt,
         })?;
+        let adopted = durability::verify_adopted(&store)?;
         crate::log!(
             Info,
             "optimizer swapper ready: ring of {} bytes ({}), read-ahead {}",
@@ -267,7 +279,7 @@ impl OptimizerSwapper {
             config.read_ahead
         );
         Ok(OptimizerSwapper {
-            state: Self::bookkeeping(&store, ring.bytes()),
+            state: Self::bookkeeping(&store, ring.bytes(), adopted),
             store,
             ring,
             config,
@@ -275,10 +287,14 @@ impl OptimizerSwapper {
     }
 
     /// The bookkeeping of a new swapper over `store`.
-    fn bookkeeping(store: &Store, ring_bytes: u64) -> Bookkeeping<State> {
+    fn bookkeeping(
+        store: &Store,
+        ring_bytes: u64,
+        adopted: HashMap<u64, crate::store::manifest::TensorEntry>,
+    ) -> Bookkeeping<State> {
         let tag = store.folder(0).display().to_string();
         Bookkeeping::new(
-            State::new(ring_bytes, tag.clone()),
+            State::new(ring_bytes, tag.clone(), adopted),
             format!("optimizer swapper {tag}"),
         )
     }
@@ -374,7 +390,7 @@ impl OptimizerSwapper {
                 ),
             ));
         }
-        let reserve: Vec<(u64, u64)> = group.tensors.iter().map(|t| (t.key, t.bytes())).collect();
+        let mut group = group;
         // 1. Claim, under the lock: a placeholder, so no other call takes the index.
         let mut claim = self.claim()?;
         let (st, entries) = claim.parts();
@@ -385,6 +401,13 @@ impl OptimizerSwapper {
                 "sub-group {index} is already registered"
             )));
         }
+        let taken = durability::take_adopted(&mut st.adopted, index, &mut group, &self.store)?;
+        let reserve: Vec<(u64, u64)> = group
+            .tensors
+            .iter()
+            .filter(|t| !taken.iter().any(|e| e.key == t.key))
+            .map(|t| (t.key, t.bytes()))
+            .collect();
         st.change(|st| {
             let mut placeholder = group;
             placeholder.phase = Phase::Registering;
@@ -393,6 +416,7 @@ impl OptimizerSwapper {
         entries.push(ledger::Claimed::Register {
             index,
             keys: reserve.iter().map(|&(k, _)| k).collect(),
+            adopted: taken,
             reserved: false,
         });
         claim.unlock();
@@ -406,7 +430,8 @@ impl OptimizerSwapper {
             }
         }
         self.point("register", "reserved");
-        // 3. Record: idle, or forgotten with the space it reserved.
+        // 3. Record: idle, or forgotten with the space it reserved (adopted tensors it
+        // took go back to the adopted set, their files untouched).
         if let ledger::Claimed::Register { reserved, .. } = claim.entry_mut(0) {
             *reserved = result.is_ok();
         }

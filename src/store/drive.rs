@@ -99,7 +99,15 @@ impl Drive {
     /// Locks and empties the rank folder `parts` under `root` and starts the drive's engine
     /// (and, with `split`, a second one for writes).
     pub fn open(index: usize, root: &Path, parts: &[String], io: IoConfig, split: bool) -> Result<Drive> {
-        let folder = RankFolder::open(root, parts)?;
+        Self::with_folder(index, RankFolder::open(root, parts)?, io, split)
+    }
+
+    /// As [`Drive::open`], keeping what the rank folder holds ([`RankFolder::adopt`]).
+    pub fn adopt(index: usize, root: &Path, parts: &[String], io: IoConfig, split: bool) -> Result<Drive> {
+        Self::with_folder(index, RankFolder::adopt(root, parts)?, io, split)
+    }
+
+    fn with_folder(index: usize, folder: RankFolder, io: IoConfig, split: bool) -> Result<Drive> {
         let engine = IoEngine::new(io)?;
         let writer = if split { Some(IoEngine::new(io)?) } else { None };
         Ok(Drive {
@@ -167,6 +175,16 @@ impl Drive {
     /// Creates extent file `k` (O_DIRECT as the settings say), held open, with `size`
     /// bytes reserved. File-system calls: never called under the store's lock.
     pub fn create_file(&self, k: usize, size: u64) -> Result<ExtentFile> {
+        self.extent_file(k, size, true)
+    }
+
+    /// Opens the existing extent file `k` of an adopted folder, held open as
+    /// [`Drive::create_file`] holds a new one; its size is left as it is.
+    pub fn open_file(&self, k: usize) -> Result<ExtentFile> {
+        self.extent_file(k, 0, false)
+    }
+
+    fn extent_file(&self, k: usize, size: u64, create: bool) -> Result<ExtentFile> {
         let name = extent_name(k);
         let path: PathBuf = self.path().join(&name);
         let dir = self.folder.dir();
@@ -181,11 +199,11 @@ impl Drive {
                 ),
             ),
         };
-        let buffered = match file::open_read_write(dir, OsStr::new(&name), false, true) {
+        let buffered = match file::open_read_write(dir, OsStr::new(&name), false, create) {
             Ok(f) => f,
             // The folder was emptied at open: whatever holds the name now was put there
             // behind the store's back. Never opened (a FIFO cannot block), never reused.
-            Err(OpenError::Errno(libc::EEXIST)) => {
+            Err(OpenError::Errno(libc::EEXIST)) if create => {
                 let what = match self.folder.stat(&name) {
                     Ok(st) => st.kind.describe(),
                     Err(_) => "something",
@@ -198,7 +216,16 @@ impl Drive {
                     ),
                 ));
             }
-            Err(e) => return Err(fail("create the extent file", e)),
+            Err(e) => {
+                return Err(fail(
+                    if create {
+                        "create the extent file"
+                    } else {
+                        "open the extent file"
+                    },
+                    e,
+                ))
+            }
         };
         let direct = match self.direct {
             DirectIo::Off => None,

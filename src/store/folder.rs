@@ -1,7 +1,8 @@
 //! A rank folder on one drive, e.g. `<nvme_path>/zero_stage_3/<dtype>params/rank<R>/` for
 //! the parameter swapper or `<nvme_path>/zero_stage_3/optimizer/rank<R>/` for the
 //! optimizer's: created private (0700), refused when any of its parts is a symbolic link,
-//! locked for the store's life (a second store on it gets `Busy`), emptied at creation.
+//! locked for the store's life (a second store on it gets `Busy`), emptied at creation
+//! (or, adopted, kept as it is: [`RankFolder::adopt`]).
 //!
 //! The rank folder is held open: every extent file is created, opened, checked and
 //! removed relative to that descriptor, so a chdir (with a relative `nvme_path`), a
@@ -79,6 +80,17 @@ impl RankFolder {
     /// "the rank folder"), locks the last and empties it. `nvme_path` may be relative: it
     /// is resolved once, here.
     pub fn open(nvme_path: &Path, parts: &[String]) -> Result<RankFolder> {
+        Self::open_as(nvme_path, parts, true)
+    }
+
+    /// As [`RankFolder::open`], but keeps what the folder holds (an adopting store reads
+    /// its manifest and decides). Locked before anything is read, so two adopters of one
+    /// folder cannot both proceed (`Busy`).
+    pub fn adopt(nvme_path: &Path, parts: &[String]) -> Result<RankFolder> {
+        Self::open_as(nvme_path, parts, false)
+    }
+
+    fn open_as(nvme_path: &Path, parts: &[String], emptied: bool) -> Result<RankFolder> {
         if parts.is_empty() {
             return Err(Error::invalid(
                 "the rank folder has no name (no folder parts given)",
@@ -131,7 +143,9 @@ impl RankFolder {
                 Error::os("cannot lock", &path, None, e)
             }
         })?;
-        empty(&dir, &path)?;
+        if emptied {
+            empty(&dir, &path)?;
+        }
         Ok(RankFolder {
             path,
             dir,
@@ -147,6 +161,25 @@ impl RankFolder {
     /// The folder, held open: open files relative to it.
     pub fn dir(&self) -> &Dir {
         &self.dir
+    }
+
+    /// Removes the file `name` from the held folder (an adopting store's garbage).
+    pub fn remove(&self, name: &str) -> Result<()> {
+        match self.dir.remove(OsStr::new(name), false) {
+            Ok(()) | Err(libc::ENOENT) => Ok(()),
+            Err(e) => Err(Error::os("cannot remove", &self.path.join(name), None, e)),
+        }
+    }
+
+    /// The names in the held folder, each with its kind.
+    pub fn entries(&self) -> Result<Vec<(String, FileKind)>> {
+        let v = self
+            .dir
+            .entries()
+            .map_err(|e| Error::os("cannot list", &self.path, None, e))?;
+        Ok(v.into_iter()
+            .map(|(n, k)| (n.to_string_lossy().into_owned(), k))
+            .collect())
     }
 
     /// What `name` in the held folder is (kind, size, identity), without following a

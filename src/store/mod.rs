@@ -48,13 +48,24 @@
 //!   a renamed or replaced folder cannot redirect it; nothing is written outside the rank
 //!   folders.
 //!
-//! Issue 20's crash consistency (a rewrite after a flush goes to fresh space, the old
-//! space freed only once a newer manifest is durable) hooks in at [`space`] (see its doc)
-//! and at [`Store::reserve`], which would place a key afresh instead of in place.
+//! - **Durability** (issue 20; [`manifest`], [`flush`], [`adopt`], [`snapshot`]): at a
+//!   flush the index becomes a manifest in every drive's rank folder, written atomically
+//!   after the extent files' data were synced. A tensor rewritten after a flush that named
+//!   it goes to fresh space (copy-on-write in [`Store::reserve`]); its old pieces are
+//!   retired, not freed, until a newer manifest is durable ([`space`]); a tensor rewritten
+//!   twice between two flushes reuses its own unflushed place. A store opened with
+//!   `adopt` keeps the rank folders, reads the newest complete manifest and knows every
+//!   tensor it names; space it does not name is free again. A snapshot clones the files
+//!   a flushed manifest names into a checkpoint folder (reflinks where the file system
+//!   shares extents), and a restore clones them back.
 
+pub mod adopt;
 pub mod drive;
+pub mod flush;
 pub mod folder;
+pub mod manifest;
 pub mod placement;
+pub mod snapshot;
 pub mod space;
 pub mod ticket;
 
@@ -92,6 +103,9 @@ pub struct StoreConfig {
     pub folder: Vec<String>,
     /// The I/O settings of each drive's engine.
     pub io: IoConfig,
+    /// Keep what the rank folders hold and adopt it from their manifest ([`adopt`])
+    /// instead of emptying them.
+    pub adopt: bool,
 }
 
 /// Where part of a tensor lives.
@@ -111,6 +125,9 @@ pub struct Extent {
 struct Placed {
     bytes: u64,
     pieces: Vec<(usize, Piece)>,
+    /// The last generation whose manifest names these pieces (None: no manifest does, so
+    /// a rewrite may go in place).
+    named: Option<u64>,
 }
 
 /// One drive's bookkeeping.
@@ -128,6 +145,8 @@ struct State {
     keys: HashMap<Key, Placed>,
     drives: Vec<DriveState>,
     weights: Vec<f64>,
+    /// The durability bookkeeping ([`flush`]).
+    durable: flush::Durable,
     /// The weights were set ([`Store::set_weights`]), not measured.
     pinned: bool,
 }
@@ -148,6 +167,14 @@ pub struct Store {
     // Field order: the drives' engines are drained before the files are closed.
     drives: Vec<Drive>,
     state: Mutex<State>,
+    /// Held by one flush or snapshot at a time (from the manifest's preparation to its
+    /// rename, and through a snapshot's copies): not a bookkeeping lock, only flushers
+    /// wait for it.
+    flushing: Mutex<()>,
+    /// The rank folder's parts (the manifest's kind and rank).
+    parts: Vec<String>,
+    /// What an adopting store found (taken once by the swapper).
+    adopted: Mutex<Vec<manifest::TensorEntry>>,
 }
 
 fn align_up(x: u64, align: u64) -> u64 {
@@ -155,9 +182,11 @@ fn align_up(x: u64, align: u64) -> u64 {
 }
 
 impl Store {
-    /// Locks and empties the rank folder on every drive and starts each drive's engine.
-    /// A folder another store holds is `Busy` (naming it); a path given twice is
-    /// `InvalidArgument`.
+    /// Locks and empties the rank folder on every drive (with `adopt`: keeps it and adopts
+    /// what its manifest names, see [`adopt`]) and starts each drive's engine. A folder
+    /// another store holds is `Busy` (naming it); a path given twice is
+    /// `InvalidArgument`; an adoption that does not match is an error naming the tensor
+    /// and the file, and nothing is removed.
     pub fn open(cfg: StoreConfig) -> Result<Store> {
         Self::open_inner(cfg, false)
     }
@@ -191,7 +220,12 @@ impl Store {
         }
         let mut drives = Vec::with_capacity(cfg.paths.len());
         for (k, p) in cfg.paths.iter().enumerate() {
-            let d = Drive::open(k, p, &cfg.folder, cfg.io, split).map_err(|e| {
+            let opened = if cfg.adopt {
+                Drive::adopt(k, p, &cfg.folder, cfg.io, split)
+            } else {
+                Drive::open(k, p, &cfg.folder, cfg.io, split)
+            };
+            let d = opened.map_err(|e| {
                 if cfg.paths.len() > 1 {
                     e.context(format!("drive {k} ({})", p.display()))
                 } else {
@@ -200,23 +234,38 @@ impl Store {
             })?;
             drives.push(d);
         }
-        let state = State {
-            keys: HashMap::new(),
-            drives: (0..drives.len())
-                .map(|_| DriveState {
-                    space: Space::new(),
-                    files: Vec::new(),
-                    load: 0,
-                    full: false,
-                })
-                .collect(),
-            weights: vec![1.0; drives.len()],
-            pinned: false,
+        let (state, adopted) = if cfg.adopt {
+            adopt::adopt(&drives, &cfg.folder)?
+        } else {
+            let state = State {
+                keys: HashMap::new(),
+                drives: (0..drives.len())
+                    .map(|_| DriveState {
+                        space: Space::new(),
+                        files: Vec::new(),
+                        load: 0,
+                        full: false,
+                    })
+                    .collect(),
+                weights: vec![1.0; drives.len()],
+                pinned: false,
+                durable: flush::Durable::new(manifest::new_store_id(), 0),
+            };
+            (state, Vec::new())
         };
         Ok(Store {
             drives,
             state: Mutex::new(state),
+            flushing: Mutex::new(()),
+            parts: cfg.folder.clone(),
+            adopted: Mutex::new(adopted),
         })
+    }
+
+    /// The tensors an adopting store found in the manifest (each once: the first call
+    /// takes them; empty for a store that did not adopt).
+    pub fn take_adopted(&self) -> Vec<manifest::TensorEntry> {
+        std::mem::take(&mut *self.adopted.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -311,7 +360,9 @@ impl Store {
 
     /// Places `bytes` (rounded up to 4 KiB) for `key`. Idempotent: a key already placed
     /// with the same size keeps its place (and its bytes), unless a file it uses was found
-    /// damaged; with another size it is placed afresh. With `zeroed`, a newly placed key
+    /// damaged or a manifest names its place (copy-on-write: the caller is about to
+    /// rewrite it, and the flushed bytes must stay until a newer manifest is durable);
+    /// with another size it is placed afresh. With `zeroed`, a newly placed key
     /// reads back as zeros (the file system zeroes reused space; fresh space is zeros).
     /// Grows a drive's space when needed (fallocate, or a new extent file). A drive whose
     /// space cannot grow for lack of room is marked full and the key placed on the others;
@@ -330,7 +381,7 @@ impl Store {
                     .pieces
                     .iter()
                     .any(|(d, pc)| st.drives[*d].space.is_damaged(pc.file));
-                if p.bytes == want && !damaged {
+                if p.bytes == want && !damaged && p.named.is_none() {
                     return Ok(());
                 }
                 Self::unplace(&mut st, key);
@@ -408,6 +459,7 @@ impl Store {
                 Placed {
                     bytes: want,
                     pieces: got,
+                    named: None,
                 },
             );
             drop(st);
@@ -430,13 +482,17 @@ impl Store {
         }
     }
 
-    /// Removes `key`'s pieces (under the lock): space back to the allocator.
+    /// Removes `key`'s pieces (under the lock): space back to the allocator, or, for
+    /// pieces a manifest names, retired until a newer manifest is durable.
     fn unplace(st: &mut State, key: Key) {
         if let Some(p) = st.keys.remove(&key) {
             for (d, pc) in p.pieces {
                 let ds = &mut st.drives[d];
                 ds.load = ds.load.saturating_sub(pc.len);
-                ds.space.free(pc);
+                match p.named {
+                    Some(g) => ds.space.retire(pc, g),
+                    None => ds.space.free(pc),
+                }
                 // Room again: the drive may take new bytes (its growth is tried afresh).
                 ds.full = false;
             }
@@ -623,6 +679,9 @@ impl Store {
         len: u64,
         checksum_len: Option<u64>,
     ) -> Result<StoreTicket> {
+        if write {
+            self.copy_on_write(key, offset, len)?;
+        }
         let mut segs = self.segments(key, offset, len)?;
         if let Err(e) = self.check_segments(key, &segs) {
             // A write of the whole tensor does not need what its old place held: it goes
@@ -676,6 +735,28 @@ impl Store {
         Ok(StoreTicket::new(key, write, parts))
     }
 
+    /// Before a write: a key whose place a manifest names (see [`flush`]) is placed afresh
+    /// when the write covers it whole (its flushed bytes stay, retired, until a newer
+    /// manifest is durable); a write of part of it is refused (`BadState`), since the rest
+    /// would have to be copied. Bookkeeping, plus growth when the new place needs it.
+    fn copy_on_write(&self, key: Key, offset: u64, len: u64) -> Result<()> {
+        let named = {
+            let st = self.lock();
+            st.keys.get(&key).filter(|p| p.named.is_some()).map(|p| p.bytes)
+        };
+        let Some(bytes) = named else {
+            return Ok(());
+        };
+        if offset != 0 || align_up(len, IO_ALIGNMENT) < bytes {
+            return Err(Error::bad_state(format!(
+                "a write of bytes {offset} to {} of key {key}: a flushed manifest names its {bytes} bytes, which may \
+                 only be rewritten whole (to fresh space) until the next flush",
+                offset.saturating_add(len)
+            )));
+        }
+        self.reserve(key, bytes, false)
+    }
+
     /// Reads or writes a whole range and waits (a convenience for tests and tools).
     pub fn transfer(&self, key: Key, write: bool, buf: &mut [u8], offset: u64) -> Result<()> {
         // SAFETY: `buf` is borrowed mutably until the wait returns.
@@ -703,6 +784,7 @@ mod tests {
             paths: paths.iter().map(|p| p.to_path_buf()).collect(),
             folder: vec!["zero_stage_3".into(), "optimizer".into(), "rank0".into()],
             io: IoConfig::default(),
+            adopt: false,
         })
         .unwrap()
     }
@@ -861,6 +943,7 @@ mod tests {
                 paths: vec![p.to_path_buf()],
                 folder: vec!["zero_stage_3".into(), "optimizer".into(), "rank0".into()],
                 io: IoConfig::default(),
+                adopt: false,
             })
             .err()
             .unwrap();
@@ -871,6 +954,7 @@ mod tests {
             paths: vec![a.path().to_path_buf(), a.path().join(".")],
             folder: vec!["x".into()],
             io: IoConfig::default(),
+            adopt: false,
         })
         .err()
         .unwrap();

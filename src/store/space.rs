@@ -11,13 +11,20 @@
 //! A piece says whether it is `fresh` (all past the old frontier): a tensor that must
 //! read as zeros needs the file system to zero only a piece that is not.
 //!
-//! # The hook for crash consistency (issue 20)
-//! Today a freed piece is reusable at once ([`Space::free`]). A store that must survive a
-//! crash rewrites a tensor after a flush into fresh space and may free the old piece only
-//! once a newer manifest is durable: that is a `retire(piece, epoch)` that parks the
-//! piece in a list beside the free lists, and a `release_through(epoch)` that moves every
-//! piece retired up to that epoch into the free lists with [`Space::free`]. Nothing else
-//! here changes: allocation never looks at retired pieces.
+//! # Crash consistency (issue 20)
+//! Space named by a durable manifest must not be written until a newer manifest that no
+//! longer names it is durable: a crash in between would show the old manifest pointing at
+//! new bytes. So a piece the last manifests name is not freed when its tensor is rewritten
+//! (placed afresh, copy-on-write) or forgotten: it is *retired* with the generation of the
+//! last manifest that names it ([`Space::retire`]), allocation never looks at it, and once
+//! a manifest of a later generation is durable on every drive, [`Space::release_through`]
+//! frees every piece retired up to the generation before it. A flush that still names a
+//! retired piece (the tensor's new write is not done yet, so the manifest keeps its old
+//! bytes) moves its generation up ([`Space::extend_retirement`]). A piece no manifest ever
+//! named is freed at once, as before.
+//!
+//! An adopted folder's files come back with [`Space::adopt_file`]: everything the manifest
+//! does not name is free (the garbage of writes after the last flush is reclaimed).
 
 use std::collections::BTreeMap;
 
@@ -58,6 +65,8 @@ pub enum Growth {
 #[derive(Clone, Debug, Default)]
 pub struct Space {
     files: Vec<FileSpace>,
+    /// Pieces a manifest still names, with the generation of the last one that does.
+    retired: Vec<(Piece, u64)>,
 }
 
 fn align_up(x: u64, align: u64) -> u64 {
@@ -221,6 +230,74 @@ impl Space {
         self.files.get(file).is_some_and(|f| f.damaged)
     }
 
+    /// Parks `piece` until a manifest newer than generation `epoch` (the last one that
+    /// names it) is durable: it is not handed out meanwhile.
+    pub fn retire(&mut self, piece: Piece, epoch: u64) {
+        if piece.len > 0 {
+            self.retired.push((piece, epoch));
+        }
+    }
+
+    /// A manifest of generation `epoch` names `piece` again (its tensor's new bytes are
+    /// not written yet): the piece stays retired until a later one is durable. Nothing
+    /// happens for a piece that is not retired.
+    pub fn extend_retirement(&mut self, piece: Piece, epoch: u64) {
+        for (p, e) in &mut self.retired {
+            if (p.file, p.offset, p.len) == (piece.file, piece.offset, piece.len) {
+                *e = (*e).max(epoch);
+            }
+        }
+    }
+
+    /// Frees every piece retired with a generation up to `epoch` (a manifest of a later
+    /// generation is durable). Returns the bytes freed.
+    pub fn release_through(&mut self, epoch: u64) -> u64 {
+        let (go, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retired)
+            .into_iter()
+            .partition(|(_, e)| *e <= epoch);
+        self.retired = keep;
+        let mut bytes = 0;
+        for (p, _) in go {
+            bytes += p.len;
+            self.free(p);
+        }
+        bytes
+    }
+
+    /// Bytes retired and not yet released.
+    pub fn retired_bytes(&self) -> u64 {
+        self.retired.iter().map(|(p, _)| p.len).sum()
+    }
+
+    /// Adds the next extent file, adopted from a manifest: `capacity` bytes, of which the
+    /// ranges `used` (offset, length) hold tensors; every other byte is free (not fresh:
+    /// it may hold old data). The ranges must lie inside the file and not overlap
+    /// (`Err` naming the first that does not).
+    pub fn adopt_file(&mut self, capacity: u64, used: &[(u64, u64)]) -> Result<usize, (u64, u64)> {
+        let mut v = used.to_vec();
+        v.sort_unstable();
+        let mut f = FileSpace {
+            capacity,
+            frontier: capacity,
+            ..FileSpace::default()
+        };
+        let mut at = 0u64;
+        for &(o, n) in &v {
+            if o < at || o.checked_add(n).is_none_or(|e| e > capacity) {
+                return Err((o, n));
+            }
+            if o > at {
+                Self::insert_free(&mut f.free, at, o - at);
+            }
+            at = o + n;
+        }
+        if capacity > at {
+            Self::insert_free(&mut f.free, at, capacity - at);
+        }
+        self.files.push(f);
+        Ok(self.files.len() - 1)
+    }
+
     /// Bytes free below the frontiers plus past them, in usable files.
     pub fn free_bytes(&self) -> u64 {
         self.files
@@ -338,5 +415,39 @@ mod tests {
             Growth::Create { file: 1, .. }
         ));
         assert_eq!(s.free_bytes(), 0);
+    }
+
+    #[test]
+    fn retired_pieces_wait_for_a_newer_manifest() {
+        let mut s = Space::new();
+        s.grown(0, 4 * K4);
+        let a = s.allocate(K4, K4).unwrap();
+        let b = s.allocate(K4, K4).unwrap();
+        s.retire(a, 1);
+        s.retire(b, 1);
+        s.extend_retirement(b, 2);
+        let c = s.allocate(K4, K4).unwrap();
+        let d = s.allocate(K4, K4).unwrap();
+        assert_eq!(s.allocate(K4, K4), None, "retired pieces are not handed out");
+        assert_eq!(s.retired_bytes(), 2 * K4);
+        assert_eq!(s.release_through(1), K4);
+        assert_eq!(s.allocate(K4, K4).unwrap().offset, a.offset);
+        assert_eq!(s.allocate(K4, K4), None, "b is named by generation 2");
+        assert_eq!(s.release_through(2), K4);
+        assert_eq!(s.allocate(K4, K4).unwrap().offset, b.offset);
+        let _ = (c, d);
+    }
+
+    #[test]
+    fn an_adopted_file_frees_what_the_manifest_does_not_name() {
+        let mut s = Space::new();
+        let k = s.adopt_file(8 * K4, &[(4 * K4, K4), (0, K4)]).unwrap();
+        assert_eq!(k, 0);
+        assert_eq!(s.free_bytes(), 6 * K4);
+        let p = s.allocate(3 * K4, K4).unwrap();
+        assert_eq!((p.offset, p.fresh), (K4, false));
+        assert_eq!(s.allocate(3 * K4, K4).unwrap().offset, 5 * K4);
+        assert_eq!(s.adopt_file(8 * K4, &[(0, 2 * K4), (K4, K4)]), Err((K4, K4)));
+        assert_eq!(s.adopt_file(8 * K4, &[(7 * K4, 2 * K4)]), Err((7 * K4, 2 * K4)));
     }
 }

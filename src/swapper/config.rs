@@ -38,6 +38,10 @@ pub struct Settings {
     pub io: IoConfig,
     /// Where the pool's memory comes from (default: page-aligned mmap).
     pub allocator: Option<ExternalAllocator>,
+    /// Adopt what the rank folders hold (the params the last flush's manifest names, each
+    /// NOT_AVAILABLE) instead of emptying them. DeepSpeed: the extension key
+    /// `offload_param.libswapper_adopt` (false).
+    pub adopt: bool,
 }
 
 /// DeepSpeed's `offload_param.buffer_count`.
@@ -58,6 +62,7 @@ impl Default for Settings {
             verify_checksums: false,
             io: IoConfig::default(),
             allocator: None,
+            adopt: false,
         }
     }
 }
@@ -131,6 +136,9 @@ impl Settings {
         }
         if let Some(v) = boolean(offload, "zero_optimization.offload_param.pin_memory")? {
             c.pin_memory = v;
+        }
+        if let Some(v) = boolean(offload, "zero_optimization.offload_param.libswapper_adopt")? {
+            c.adopt = v;
         }
         c.validate()?;
         Ok(c)
@@ -295,6 +303,25 @@ mod tests {
         );
         assert!(c.io.single_submit && !c.io.overlap_events && c.pin_memory);
         assert_eq!((c.buffer_count, c.buffer_numel), (4, 10_000_000));
+    }
+
+    #[test]
+    fn the_adopt_extension_key() {
+        let c = Settings::from_deepspeed_json(
+            r#"{"zero_optimization": {"offload_param": {"nvme_path": "/x", "libswapper_adopt": true}}}"#,
+            0,
+            Dtype::Fp16,
+        )
+        .unwrap();
+        assert!(c.adopt);
+        let e = Settings::from_deepspeed_json(
+            r#"{"zero_optimization": {"offload_param": {"nvme_path": "/x", "libswapper_adopt": "yes"}}}"#,
+            0,
+            Dtype::Fp16,
+        )
+        .err()
+        .unwrap();
+        assert!(e.message().contains("libswapper_adopt"), "{e}");
     }
 
     #[test]

@@ -22,6 +22,7 @@
 //! - [`partition`]: the packed staging space for fp32 partitions and their swap-out.
 //! - [`stats`]: the counters and the dump.
 //! - [`config`]: the settings and the DeepSpeed configuration reader.
+//! - [`durability`]: adopting a folder at creation, flushing the manifest, snapshots.
 //!
 //! Where the bytes go is the [`crate::store`]'s business: a param's id is its key there,
 //! and this module knows neither the drives nor the files.
@@ -96,6 +97,7 @@
 pub mod batch;
 pub mod buffers;
 pub mod config;
+pub mod durability;
 pub mod param;
 pub mod partition;
 pub mod pool;
@@ -137,18 +139,15 @@ pub fn page_locked_bytes(config: &Settings) -> Result<u64> {
 }
 
 impl Swapper {
-    /// Opens the store (a rank folder per drive, locked and emptied, and an engine per
-    /// drive) and the buffer pool.
+    /// Opens the store (a rank folder per drive, locked and emptied, or adopted with
+    /// `adopt`, and an engine per drive) and the buffer pool.
     pub fn new(config: Settings) -> Result<Swapper> {
         config.validate()?;
         let store = Store::open(StoreConfig {
             paths: config.drive_paths(),
-            folder: vec![
-                "zero_stage_3".to_string(),
-                format!("{}params", config.dtype.folder_name()),
-                format!("rank{}", config.rank),
-            ],
+            folder: durability::folder_parts(&config),
             io: config.io,
+            adopt: config.adopt,
         })?;
         let pool = Pool::new(&config)?;
         crate::log!(
@@ -169,13 +168,15 @@ impl Swapper {
             }
         );
         let name = store.folder(0).display().to_string();
-        Ok(Swapper {
+        let s = Swapper {
             store,
             state: Bookkeeping::new(State::new(pool.count(), name.clone()), format!("swapper {name}")),
             pool,
             elem: config.dtype.size(),
             config,
-        })
+        };
+        s.adopt_params()?;
+        Ok(s)
     }
 
     /// The bookkeeping, locked. Held only for bookkeeping (see the module doc); `Panic`

@@ -245,6 +245,23 @@ impl State {
         })
     }
 
+    /// Registers a param adopted from a manifest: NOT_AVAILABLE, no buffer, its last
+    /// write's `bytes` on disk (with their checksum, if recorded), ready for a swap-in
+    /// without a get_buffer first. An id already known is left alone (`BadState`).
+    pub fn adopt(&mut self, id: u64, numel: u64, bytes: u64, checksum: Option<Checksum>) -> Result<()> {
+        if self.params.contains_key(&id) {
+            return Err(Error::bad_state(format!("param {id} is already known")));
+        }
+        self.change(|st| {
+            let mut p = Param::new(numel);
+            p.on_disk = Some(bytes);
+            p.has_file = true;
+            p.checksum = checksum;
+            st.params.insert(id, p);
+        });
+        Ok(())
+    }
+
     /// Moves up to `n` free pool buffers to the caller's reserved list.
     pub fn reserve_buffers(&mut self, n: usize) -> Vec<BufferId> {
         self.change(|st| st.buffers.reserve(n))

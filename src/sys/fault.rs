@@ -20,8 +20,10 @@ pub enum Call {
     OpenDirect,
     /// A read request.
     Read,
-    /// A write request.
+    /// A write request (and the write of a small file, such as the store's manifest).
     Write,
+    /// An fsync or fdatasync (of an extent file, a manifest, a folder).
+    Sync,
     /// A step of a swapper call ([`point`]); its "path" is `<swap folder>|<call>:<step>`
     /// (for instance `.../rank0|swap_in:submit`). Only `Fault::Panic` applies.
     Point,

@@ -48,7 +48,7 @@ pub enum FileKind {
 }
 
 impl FileKind {
-    fn of(mode: libc::mode_t) -> FileKind {
+    pub(crate) fn of(mode: libc::mode_t) -> FileKind {
         match mode & libc::S_IFMT {
             libc::S_IFDIR => FileKind::Directory,
             libc::S_IFLNK => FileKind::Symlink,

@@ -11,12 +11,17 @@
 //! - [`alloc`]: page-aligned, optionally page-locked memory.
 //! - [`file`]: opening files (by path or inside a folder held open), the swap folder's
 //!   folder operations and lock, and single pread/pwrite calls.
+//! - [`durable`]: fsync, fdatasync, a small file written and synced, an atomic rename.
+//! - [`clone`]: copying a file's bytes the cheapest way the file system offers (FICLONE,
+//!   copy_file_range, or read and write).
 //! - [`uring`]: a small io_uring ring for read and write requests.
 //! - [`limits`]: RLIMIT_MEMLOCK and the text files that describe memory (`/proc/meminfo`,
 //!   the cgroups').
 //! - [`fault`]: fault injection into the calls above (feature `fault-injection`).
 
 pub mod alloc;
+pub mod clone;
+pub mod durable;
 pub mod fault;
 pub mod file;
 pub mod limits;

@@ -17,6 +17,7 @@ mod optimizer;
 mod ours;
 mod plot;
 mod report;
+mod snapshot;
 mod swap;
 mod tune;
 mod units;
@@ -53,6 +54,9 @@ enum Command {
     /// Sweeps block size, queue depth, thread count and backend; prints the best settings
     /// for reads and writes as a libswapper config and a DeepSpeed "aio" block.
     Tune(tune::TuneArgs),
+    /// Snapshot time of a swap folder (swapper_snapshot: reflinks or copies of the live
+    /// ranges) against `cp -r` of the same rank folder (and `cp -r` + sync).
+    Snapshot(snapshot::SnapshotArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -177,6 +181,7 @@ fn main() -> std::process::ExitCode {
         Command::Swap(args) => swap::run(args),
         Command::Optimizer(args) => optimizer::run(args),
         Command::Tune(args) => tune::run(args),
+        Command::Snapshot(args) => snapshot::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -137,6 +137,7 @@ pub fn run(args: OptimizerArgs) -> Result<()> {
         pin_memory: args.pin,
         verify_checksums: args.checksums,
         io: config,
+        adopt: false,
     })
     .map_err(|e| anyhow!("cannot start the optimizer swapper: {e}"))?;
     let order: Vec<u32> = (0..sizes.len() as u32).collect();

@@ -55,6 +55,8 @@ pub struct SwapBench {
     param_bytes: u64,
     numel: u64,
     prefetch: u64,
+    /// swapper_flush after every this many swap-outs of a park (0: never).
+    flush_every: u64,
 }
 
 /// One forward pass: its sample, and the seconds spent in the simulated compute.
@@ -94,7 +96,14 @@ impl SwapBench {
             param_bytes,
             numel,
             prefetch: u64::from(prefetch),
+            flush_every: 0,
         })
+    }
+
+    /// Flushes after every `n` swap-outs of a park (0: never).
+    pub fn flushing_every(mut self, n: u64) -> SwapBench {
+        self.flush_every = n;
+        self
     }
 
     pub fn swapper(&self) -> &Swapper {
@@ -151,6 +160,9 @@ impl SwapBench {
                 .swap_out_and_release(&[id], true, true)
                 .with_context(|| format!("swap out of param {id}"))?;
             progress((id + 1) * self.param_bytes);
+            if self.flush_every > 0 && (id + 1) % self.flush_every == 0 {
+                self.sw.flush().context("flush failed")?;
+            }
         }
         self.sw.wait_writes().context("swap-out failed")?;
         let seconds = start.elapsed().as_secs_f64();
@@ -345,6 +357,12 @@ pub struct SwapArgs {
     pub checksum_cost: bool,
     #[command(flatten)]
     pub io: IoFlags,
+    /// Make the manifest durable (swapper_flush: waits for the writes in flight, syncs the
+    /// extent files, writes the manifest) after every N swap-outs of a park, inside the
+    /// timed park: its swap-out throughput then includes the flushes. 0: never (the
+    /// default). Compare runs with 0 and with N for the cost of resumability.
+    #[arg(long, default_value_t = 0)]
+    pub flush_every: u64,
     /// Runs (each: one park, one forward pass).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub runs: u32,
@@ -545,7 +563,8 @@ pub fn run(args: SwapArgs) -> Result<()> {
                 args.buffers,
                 args.prefetch,
                 on,
-            )?;
+            )?
+            .flushing_every(args.flush_every);
             b.prefill(args.buffers)?;
             let (new_round, round) = (2 * u64::from(run), 2 * u64::from(run) + 1);
             pb.set_message(format!("{tag} swap-out (new)"));

@@ -1,5 +1,7 @@
 """One ZeRO-3 + NVMe-offload training run on the CPU accelerator, for
-deepspeed_training.py. Usage: deepspeed_train_worker.py OUT.pt NVME_DIR CONFIG {stock,swapper}
+deepspeed_training.py. Usage: deepspeed_train_worker.py OUT.pt NVME_DIR CONFIG {stock,handle,swapper}
+(stock: DeepSpeed's op and swappers; handle: patch_deepspeed(swappers=False), libswapper's
+aio_handle under DeepSpeed's swappers; swapper: patch_deepspeed(), libswapper's swappers)
 with RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set (torch.distributed, gloo)."""
 
 import json
@@ -12,16 +14,17 @@ out, nvme, config_name, impl = sys.argv[1:5]
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import deepspeed  # noqa: E402
 
-if impl == "swapper":
+if impl in ("handle", "swapper"):
     from swapper.deepspeed import patch_deepspeed
 
-    patch_deepspeed()
+    patch_deepspeed(swappers=impl == "swapper")
 
 CONFIGS = {
     "param": dict(optimizer=False),
     "param_optimizer": dict(optimizer=True),
     "fast_init": dict(optimizer=True, fast_init=True),
     "pipeline": dict(optimizer=True, pipeline=True),
+    "fp32": dict(optimizer=True, dtype=torch.float32),
     "two_ranks": dict(optimizer=True),
 }
 opts = CONFIGS[config_name]
@@ -65,7 +68,7 @@ if opts["optimizer"]:
 config = {
     "train_micro_batch_size_per_gpu": BATCH,
     "gradient_accumulation_steps": 1,
-    "bf16": {"enabled": True},
+    "bf16": {"enabled": opts.get("dtype", torch.bfloat16) == torch.bfloat16},
     "optimizer": {"type": "Adam", "params": {"lr": 1e-2, "torch_adam": True}},
     "zero_optimization": zero,
     "aio": {"block_size": 1048576, "queue_depth": 8, "intra_op_parallelism": 1, "single_submit": False, "overlap_events": True},
@@ -73,7 +76,7 @@ config = {
 }
 deepspeed.init_distributed(dist_backend="gloo")
 rank = torch.distributed.get_rank()
-with deepspeed.zero.Init(config_dict_or_path=config, remote_device="nvme", dtype=torch.bfloat16):
+with deepspeed.zero.Init(config_dict_or_path=config, remote_device="nvme", dtype=opts.get("dtype", torch.bfloat16)):
     model = Model()
 engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
 gen = torch.Generator().manual_seed(1 + rank)
@@ -89,5 +92,10 @@ weights = {}
 for name, p in engine.module.named_parameters():
     with deepspeed.zero.GatheredParameters([p]):
         weights[name] = p.detach().clone()
-torch.save({"losses": losses, "weights": weights, "rank": rank}, f"{out}.rank{rank}")
+# Which classes did the work (the test checks that the patched run used libswapper's).
+swappers = {
+    "param": type(next(engine.module.parameters()).nvme_swapper).__module__,
+    "optimizer": type(engine.optimizer.optimizer_swapper).__module__ if engine.optimizer.optimizer_swapper else None,
+}
+torch.save({"losses": losses, "weights": weights, "rank": rank, "swappers": swappers}, f"{out}.rank{rank}")
 print(json.dumps({"rank": rank, "losses": losses}))

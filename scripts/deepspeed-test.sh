@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# DeepSpeed ZeRO-3 + NVMe offload training with DeepSpeed's stock async_io op against
-# libswapper's drop-in (python/tests/deepspeed_training.py), bit-identical losses.
+# DeepSpeed ZeRO-3 + NVMe offload training with DeepSpeed's stock async_io op and swappers
+# against patch_deepspeed() (python/tests/deepspeed_training.py): bit-identical losses and
+# weights, and DeepSpeed's NVMe checkpointing test; the differential test against
+# DeepSpeed's parameter swapper; the replacement parameter swapper's own test.
 # Creates (first run: pip install, ~4 min; DeepSpeed's op compiles at first use against
 # libaio-dev, ~2 min more) or reuses a virtual environment outside the clone:
 #   $SWAPPER_DEEPSPEED_VENV (default ~/.cache/libswapper/deepspeed-venv).
@@ -34,7 +36,8 @@ start=$(date +%s)
 # The differential test skips without torch/deepspeed in the plain pytest run; here a
 # missing one is a failure.
 SWAPPER_REQUIRE_DEEPSPEED=1 "$VENV/bin/python" -m pytest -q \
-    python/tests/test_deepspeed_differential.py python/tests/deepspeed_training.py "$@"
+    python/tests/test_deepspeed_differential.py python/tests/test_deepspeed_param_swapper.py \
+    python/tests/deepspeed_training.py "$@"
 echo "deepspeed training test: $(( $(date +%s) - start )) s"
 
 # The side-by-side benchmark against DeepSpeed's aio_handle, at smoke-test sizes: it must

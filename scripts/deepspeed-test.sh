@@ -56,3 +56,19 @@ else
     echo "0 passed, 1 failed: tools/vs_deepspeed.py --smoke"
     exit 1
 fi
+
+# The optimizer-swapping benchmark (update phase through DeepSpeed's optimizer swappers,
+# end-to-end training stock against patched) at smoke-test sizes: every implementation
+# must run and agree (the same fp32 params after the update steps, the same losses).
+opt_dir=$(mktemp -d "$smoke_dir/optimizer.XXXXXX")
+opt=$("$VENV/bin/python" tools/vs_deepspeed_optimizer.py --smoke --dir "$opt_dir" 2>/dev/null) || true
+echo "$opt" | grep -E '^==|identical'
+if echo "$opt" | grep -q '^vs_deepspeed_optimizer: done' \
+    && echo "$opt" | grep -q '^update: digest identical across 4' \
+    && echo "$opt" | grep -q '^train: losses identical across 2'; then
+    echo "1 passed, 0 failed: tools/vs_deepspeed_optimizer.py --smoke"
+else
+    echo "$opt"
+    echo "0 passed, 1 failed: tools/vs_deepspeed_optimizer.py --smoke"
+    exit 1
+fi

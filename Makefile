@@ -24,17 +24,16 @@ BUILD ?= 1
 INSTALL ?= install
 
 VERSION := $(shell sed -n 's/^version = "\([^"]*\)"/\1/p' Cargo.toml | head -n 1)
-MAJOR := $(word 1,$(subst ., ,$(VERSION)))
-MINOR := $(word 2,$(subst ., ,$(VERSION)))
-PATCH := $(word 3,$(subst ., ,$(VERSION)))
-# The soname's version, by cargo-c's rule (as build.rs): 1.2.3 -> 1, 0.1.2 -> 0.1, 0.0.3 -> 0.0.3.
-SOVER := $(if $(filter-out 0,$(MAJOR)),$(MAJOR),$(if $(filter-out 0,$(MINOR)),0.$(MINOR),0.0.$(PATCH)))
+# The soname's version: build.rs applies the rule (cargo-c's) and writes the result into
+# the header, whose committed copy tests/header.rs keeps equal to a fresh build's.
+SOVER := $(shell sed -n 's/^\#define SWAPPER_SOVERSION "\([^"]*\)"/\1/p' include/swapper.h)
 
 .PHONY: all build install uninstall print-sover
 
 all: build
 
 build:
+	@test -n "$(SOVER)" || { echo "no SWAPPER_SOVERSION in include/swapper.h" >&2; exit 1; }
 ifeq ($(BUILD),1)
 	$(CARGO) build --release --lib --target-dir "$(CARGO_TARGET_DIR)"
 endif

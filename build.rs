@@ -43,6 +43,9 @@ fn main() {
     // A versioned soname, so that installed copies of incompatible versions can live side
     // by side; `make` and `make install` create the matching file name.
     println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libswapper.so.{sover}");
+    // The one place the rule is applied: the tests read it as env!("SWAPPER_SOVERSION"),
+    // the Makefile from the header's SWAPPER_SOVERSION below.
+    println!("cargo:rustc-env=SWAPPER_SOVERSION={sover}");
 
     let mut config =
         cbindgen::Config::from_file(crate_dir.join("cbindgen.toml")).expect("cbindgen.toml is valid");

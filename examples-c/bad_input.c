@@ -104,7 +104,10 @@ int main(int argc, char **argv) {
     EXPECT(swapper_io_pread(NULL, &on_stack, 4, "/x", 0, false), SWAPPER_STATUS_NULL_POINTER);
     EXPECT(swapper_io_pread(fake_io, &on_stack, 4, "/x", 0, false), SWAPPER_STATUS_INVALID_ARGUMENT);
     EXPECT(swapper_io_wait(fake_io, &n), SWAPPER_STATUS_INVALID_ARGUMENT);
-    EXPECT(swapper_io_get_config(NULL, &io_cfg), SWAPPER_STATUS_NULL_POINTER);
+    SwapperIoConfig got;
+    memset(&got, 0xab, sizeof got);
+    EXPECT(swapper_io_get_config(NULL, &got), SWAPPER_STATUS_NULL_POINTER);
+    TRUE(got.block_size == 0 && got.queue_depth == 0 && got.backend == 0); /* neutral after a failure */
     TRUE(swapper_io_block_size(NULL) == 0 && swapper_io_queue_depth(fake_io) == 0);
     TRUE(swapper_io_thread_count(NULL) == 0 && !swapper_io_single_submit(NULL) && !swapper_io_overlap_events(NULL));
     TRUE(swapper_io_backend(NULL) == SWAPPER_BACKEND_AUTO && swapper_io_direct_io(NULL) == SWAPPER_DIRECT_IO_AUTO);
@@ -178,6 +181,40 @@ int main(int argc, char **argv) {
            SWAPPER_STATUS_INVALID_ARGUMENT);
     TRUE(strstr(swapper_last_error(), "nvme_path") != NULL);
     EXPECT(swapper_create_from_json("{}", 0, (SwapperDtype)7, &s), SWAPPER_STATUS_INVALID_ARGUMENT);
+
+    /* Several drives: nvme_paths. */
+    char second[4200];
+    snprintf(second, sizeof second, "%s/second-drive", dir);
+    TRUE(mkdir(second, 0700) == 0);
+    const char *drives[2] = {dir, second};
+    bc = cfg;
+    bc.nvme_path = NULL;
+    bc.nvme_path_count = 2;
+    EXPECT(swapper_create(&bc, &s), SWAPPER_STATUS_NULL_POINTER); /* nvme_paths NULL */
+    const char *with_null[2] = {dir, NULL};
+    bc.nvme_paths = with_null;
+    EXPECT(swapper_create(&bc, &s), SWAPPER_STATUS_NULL_POINTER);
+    TRUE(strstr(swapper_last_error(), "nvme_paths[1]") != NULL);
+    const char *twice[2] = {dir, dir};
+    bc.nvme_paths = twice;
+    EXPECT(swapper_create(&bc, &s), SWAPPER_STATUS_INVALID_ARGUMENT);
+    bc.nvme_paths = drives;
+    bc.nvme_path = second; /* disagrees with nvme_paths[0] */
+    EXPECT(swapper_create(&bc, &s), SWAPPER_STATUS_INVALID_ARGUMENT);
+    bc.nvme_path = NULL;
+    EXPECT(swapper_create(&bc, &s), SWAPPER_STATUS_OK);
+    Swapper *again = NULL;
+    bc.nvme_paths = drives + 1; /* the second drive alone: its rank folder is held */
+    bc.nvme_path_count = 1;
+    EXPECT(swapper_create(&bc, &again), SWAPPER_STATUS_BUSY);
+    swapper_destroy(s);
+    s = NULL;
+    char json[9000];
+    snprintf(json, sizeof json, "{\"zero_optimization\": {\"offload_param\": {\"nvme_path\": [\"%s\", \"%s\"]}}}",
+             dir, second);
+    EXPECT(swapper_create_from_json(json, 0, SWAPPER_DTYPE_FP16, &s), SWAPPER_STATUS_OK);
+    swapper_destroy(s);
+    s = NULL;
 
     /* The swapper: NULL, dead and fake handles. */
     Swapper *fake = (Swapper *)(uintptr_t)0xdeadbe00;

@@ -89,7 +89,8 @@ int main(int argc, char **argv) {
     CHECK(eol != NULL);
     *eol = '\0';
     char path[8192];
-    snprintf(path, sizeof path, "%s/7_param.tensor.swp", dump + 8);
+    /* Param 7 is the swapper's only one: the first bytes of its first extent file. */
+    snprintf(path, sizeof path, "%s/extent-0.swp", dump + 8);
     int fd = open(path, O_WRONLY);
     CHECK(fd >= 0);
     CHECK(pwrite(fd, "x", 1, 100) == 1);

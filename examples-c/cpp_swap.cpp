@@ -43,6 +43,15 @@ static void swap_loop(const char *folder) {
     config.buffer_numel = 1 << 16;
     config.io.block_size = 1 << 16;
     config.io.thread_count = 2;
+    CHECK(swapper::Swapper::page_locked_bytes(config) == 0, "an unpinned pool locks nothing");
+    config.pin_memory = 1;
+    /* 3 buffers of 2^16 fp32 elements: 768 KiB, whole pages. */
+    CHECK(swapper::Swapper::page_locked_bytes(config) == 3 * (1 << 18), "a pinned pool's bytes");
+    config.pin_memory = 0;
+    config.buffer_count = 0;
+    CHECK(status_of([&] { (void)swapper::Swapper::page_locked_bytes(config); }) == SWAPPER_STATUS_INVALID_ARGUMENT,
+          "an invalid config throws");
+    config.buffer_count = 3;
     swapper::Swapper s(config);
     CHECK(s.element_size() == 4, "element size");
 
@@ -89,9 +98,9 @@ static void swap_loop(const char *folder) {
     CHECK(copy.back() == value(4, copy.size() - 1), "swap_into_buffer");
 
     // Errors are exceptions with their status.
-    CHECK(status_of([&] { s.param_status(12345); }) == SWAPPER_STATUS_NOT_FOUND, "not found");
+    CHECK(status_of([&] { (void)s.param_status(12345); }) == SWAPPER_STATUS_NOT_FOUND, "not found");
     CHECK(status_of([&] { s.swap_out({1}); }) == SWAPPER_STATUS_BAD_STATE, "bad state"); // NOT_AVAILABLE
-    CHECK(status_of([&] { s.get_buffer(100, (1 << 16) + 1); }) == SWAPPER_STATUS_NO_BUFFER, "no buffer");
+    CHECK(status_of([&] { (void)s.get_buffer(100, (1 << 16) + 1); }) == SWAPPER_STATUS_NO_BUFFER, "no buffer");
     CHECK(status_of([&] { s.swap_out({1, 1}); }) == SWAPPER_STATUS_INVALID_ARGUMENT, "duplicate");
     CHECK(status_of([&] { swapper::Swapper again(config); }) == SWAPPER_STATUS_BUSY, "folder busy");
 

@@ -100,7 +100,8 @@ int main(int argc, char **argv) {
     CHECK(swapper_io_pread(NULL, dst, 1, path, 0, false) == SWAPPER_STATUS_NULL_POINTER, "NULL io");
     CHECK(swapper_io_pread(io, NULL, 1, path, 0, false) == SWAPPER_STATUS_NULL_POINTER, "NULL buffer");
     CHECK(swapper_io_pread(io, dst, 1, NULL, 0, false) == SWAPPER_STATUS_NULL_POINTER, "NULL path");
-    CHECK(swapper_io_create(NULL, &io) == SWAPPER_STATUS_NULL_POINTER, "NULL config");
+    SwapperIo *none = io; /* after a failure every out-parameter is neutral: NULL here */
+    CHECK(swapper_io_create(NULL, &none) == SWAPPER_STATUS_NULL_POINTER && none == NULL, "NULL config");
     config.block_size = 3000;
     SwapperIo *bad = NULL;
     CHECK(swapper_io_create(&config, &bad) == SWAPPER_STATUS_INVALID_ARGUMENT && bad == NULL,

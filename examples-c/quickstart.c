@@ -19,12 +19,16 @@ int main(int argc, char **argv) {
         fprintf(stderr, "%s\n", swapper_last_error());
         return 1;
     }
-    void *buf;
-    swapper_alloc_aligned(64 << 20, /*lock=*/true, &buf);
-    memset(buf, 0x5a, 64 << 20);
-    swapper_io_pwrite(io, buf, 64 << 20, path, 0, /*async_op=*/true);
+    void *buf;                                /* NULL after a failure, as every out-parameter */
+    SwapperStatus st = swapper_alloc_aligned(64 << 20, /*lock=*/true, &buf);
+    if (st == SWAPPER_STATUS_OK) {
+        memset(buf, 0x5a, 64 << 20);
+        st = swapper_io_pwrite(io, buf, 64 << 20, path, 0, /*async_op=*/true);
+    }
     uint64_t done;
-    SwapperStatus st = swapper_io_wait(io, &done);   /* first failure, all listed in swapper_last_error() */
+    if (st == SWAPPER_STATUS_OK) {
+        st = swapper_io_wait(io, &done);      /* first failure, all listed in swapper_last_error() */
+    }
     if (st == SWAPPER_STATUS_OK) {
         memset(buf, 0, 64 << 20);
         st = swapper_io_pread(io, buf, 64 << 20, path, 0, /*async_op=*/false);
@@ -37,7 +41,7 @@ int main(int argc, char **argv) {
     } else {
         printf("libswapper %s: wrote and read back 64 MiB in %s: ok\n", swapper_version(), path);
     }
-    swapper_free_aligned(buf);
+    swapper_free_aligned(buf);                /* NULL is a no-op */
     swapper_io_destroy(io);                   /* waits for anything in flight */
     return st == SWAPPER_STATUS_OK ? 0 : 1;
 }

@@ -1,8 +1,9 @@
 /*
  * libswapper for C++: a header-only RAII wrapper over swapper.h (C++17).
  *
- * Owners are move-only (swapper::Io, swapper::Swapper, swapper::AlignedBuffer) and free
- * their handle in the destructor; every failing call throws swapper::Error with the
+ * Owners are move-only (swapper::Io, swapper::Swapper, swapper::Optimizer,
+ * swapper::Optimizer::Visit, swapper::AlignedBuffer) and free their handle in the
+ * destructor; every failing call throws swapper::Error with the
  * status and swapper_last_error()'s message. Batches are pointer + length or
  * std::vector.
  *
@@ -17,6 +18,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -33,7 +35,7 @@ class Error : public std::runtime_error {
         : std::runtime_error(std::string(swapper_status_name(status)) + ": " + message),
           status_(status), message_(message) {}
     /** The status the call returned. */
-    SwapperStatus status() const noexcept { return status_; }
+    [[nodiscard]] SwapperStatus status() const noexcept { return status_; }
     /** Its name as in swapper.h ("SWAPPER_STATUS_IO_ERROR"). */
     const char *status_name() const noexcept { return swapper_status_name(status_); }
     /** swapper_last_error() at the time of the failure. */
@@ -52,10 +54,10 @@ inline void check(SwapperStatus status) {
 }
 
 /** The library's version, "MAJOR.MINOR.PATCH". */
-inline std::string version() { return swapper_version(); }
+[[nodiscard]] inline std::string version() { return swapper_version(); }
 
 /** The O_DIRECT alignment in bytes (4096). */
-inline std::uint64_t alignment() noexcept { return swapper_io_alignment(); }
+[[nodiscard]] inline std::uint64_t alignment() noexcept { return swapper_io_alignment(); }
 
 /** The engine defaults (DeepSpeed's). */
 inline SwapperIoConfig default_io_config() noexcept {
@@ -85,11 +87,11 @@ class AlignedBuffer {
     AlignedBuffer(const AlignedBuffer &) = delete;
     AlignedBuffer &operator=(const AlignedBuffer &) = delete;
 
-    void *data() const noexcept { return ptr_; }
-    template <typename T> T *as() const noexcept { return static_cast<T *>(ptr_); }
-    std::uint64_t size() const noexcept { return size_; }
+    [[nodiscard]] void *data() const noexcept { return ptr_; }
+    template <typename T> [[nodiscard]] T *as() const noexcept { return static_cast<T *>(ptr_); }
+    [[nodiscard]] std::uint64_t size() const noexcept { return size_; }
     /** Whether the pages are locked in RAM. */
-    bool locked() const noexcept { return swapper_is_locked(ptr_); }
+    [[nodiscard]] bool locked() const noexcept { return swapper_is_locked(ptr_); }
 
   private:
     void *ptr_ = nullptr;
@@ -129,19 +131,19 @@ class Io {
         check(swapper_io_wait(h_, &done));
         return done;
     }
-    SwapperIoConfig config() const {
+    [[nodiscard]] SwapperIoConfig config() const {
         SwapperIoConfig c;
         check(swapper_io_get_config(h_, &c));
         return c;
     }
-    std::uint64_t block_size() const noexcept { return swapper_io_block_size(h_); }
-    std::uint32_t queue_depth() const noexcept { return swapper_io_queue_depth(h_); }
-    std::uint32_t thread_count() const noexcept { return swapper_io_thread_count(h_); }
-    bool single_submit() const noexcept { return swapper_io_single_submit(h_); }
-    bool overlap_events() const noexcept { return swapper_io_overlap_events(h_); }
-    SwapperBackend backend() const noexcept { return swapper_io_backend(h_); }
-    SwapperDirectIo direct_io() const noexcept { return swapper_io_direct_io(h_); }
-    std::uint64_t pending() const noexcept { return swapper_io_pending(h_); }
+    [[nodiscard]] std::uint64_t block_size() const noexcept { return swapper_io_block_size(h_); }
+    [[nodiscard]] std::uint32_t queue_depth() const noexcept { return swapper_io_queue_depth(h_); }
+    [[nodiscard]] std::uint32_t thread_count() const noexcept { return swapper_io_thread_count(h_); }
+    [[nodiscard]] bool single_submit() const noexcept { return swapper_io_single_submit(h_); }
+    [[nodiscard]] bool overlap_events() const noexcept { return swapper_io_overlap_events(h_); }
+    [[nodiscard]] SwapperBackend backend() const noexcept { return swapper_io_backend(h_); }
+    [[nodiscard]] SwapperDirectIo direct_io() const noexcept { return swapper_io_direct_io(h_); }
+    [[nodiscard]] std::uint64_t pending() const noexcept { return swapper_io_pending(h_); }
 
     SwapperIo *get() const noexcept { return h_; }
     /** Gives up ownership: the caller destroys the handle. */
@@ -171,7 +173,24 @@ class Swapper {
         c.nvme_path = nvme_path;
         return c;
     }
+    /** swapper_config_default with several drives (`nvme_paths`; the strings and the array
+     * must outlive creation). */
+    static SwapperConfig default_config(const std::vector<const char *> &nvme_paths) noexcept {
+        SwapperConfig c;
+        swapper_config_default(&c);
+        c.nvme_paths = nvme_paths.data();
+        c.nvme_path_count = nvme_paths.size();
+        return c;
+    }
     explicit Swapper(const SwapperConfig &config) { check(swapper_create(&config, &h_)); }
+    /** Bytes a swapper created with `config` would page-lock for its pool, whole pages
+     *  as the kernel counts them (0 when not pinned or with alloc_fn); creates nothing
+     *  (swapper_config_page_locked_bytes). Throws swapper::Error for an invalid config. */
+    static std::uint64_t page_locked_bytes(const SwapperConfig &config) {
+        std::uint64_t n = 0;
+        check(swapper_config_page_locked_bytes(&config, &n));
+        return n;
+    }
     /** From DeepSpeed JSON text (the aio block and zero_optimization.offload_param). */
     static Swapper from_json(const std::string &deepspeed_json, std::uint32_t rank = 0,
                              SwapperDtype dtype = SWAPPER_DTYPE_FP16) {
@@ -194,12 +213,12 @@ class Swapper {
     Swapper &operator=(const Swapper &) = delete;
 
     /** A free pool buffer for `numel` elements of param `id` (now AVAILABLE). */
-    void *get_buffer(std::uint64_t id, std::uint64_t numel) {
+    [[nodiscard]] void *get_buffer(std::uint64_t id, std::uint64_t numel) {
         void *p = nullptr;
         check(swapper_get_buffer(h_, id, numel, &p));
         return p;
     }
-    template <typename T> T *get_buffer(std::uint64_t id, std::uint64_t numel) {
+    template <typename T> [[nodiscard]] T *get_buffer(std::uint64_t id, std::uint64_t numel) {
         return static_cast<T *>(get_buffer(id, numel));
     }
 
@@ -262,21 +281,21 @@ class Swapper {
     void release(const std::uint64_t *ids, std::size_t count) { check(swapper_release(h_, ids, count)); }
     void release(const Ids &ids) { release(ids.data(), ids.size()); }
 
-    SwapperParamStatus param_status(std::uint64_t id) const {
+    [[nodiscard]] SwapperParamStatus param_status(std::uint64_t id) const {
         SwapperParamStatus s;
         check(swapper_param_status(h_, id, &s));
         return s;
     }
-    template <typename T = void> ParamBuffer<T> param_buffer(std::uint64_t id) const {
+    template <typename T = void> [[nodiscard]] ParamBuffer<T> param_buffer(std::uint64_t id) const {
         void *p = nullptr;
         std::uint64_t n = 0;
         check(swapper_param_buffer(h_, id, &p, &n));
         return {static_cast<T *>(p), n};
     }
 
-    std::uint64_t available_buffers() const noexcept { return swapper_available_buffers(h_); }
+    [[nodiscard]] std::uint64_t available_buffers() const noexcept { return swapper_available_buffers(h_); }
     /** Takes every free buffer out of the pool (each holds buffer_numel elements). */
-    std::vector<void *> reserve_available_buffers() {
+    [[nodiscard]] std::vector<void *> reserve_available_buffers() {
         std::vector<void *> out(stats().total_buffers);
         std::size_t n = 0;
         check(swapper_reserve_available_buffers(h_, out.data(), out.size(), &n));
@@ -285,11 +304,11 @@ class Swapper {
     }
     void release_reserved_buffers() { check(swapper_release_reserved_buffers(h_)); }
 
-    bool swappable(std::uint64_t numel) const noexcept { return swapper_swappable(h_, numel); }
+    [[nodiscard]] bool swappable(std::uint64_t numel) const noexcept { return swapper_swappable(h_, numel); }
     /** `numel` rounded up to a multiple of 4096 bytes (swapper_aligned_numel). */
-    std::uint64_t aligned_numel(std::uint64_t numel) const noexcept { return swapper_aligned_numel(h_, numel); }
+    [[nodiscard]] std::uint64_t aligned_numel(std::uint64_t numel) const noexcept { return swapper_aligned_numel(h_, numel); }
     /** Deprecated (removed in the next release): the old name of aligned_numel. */
-    [[deprecated("use aligned_numel")]] std::uint64_t io_aligned_numel(std::uint64_t numel) const noexcept {
+    [[deprecated("use aligned_numel")]] [[nodiscard]] std::uint64_t io_aligned_numel(std::uint64_t numel) const noexcept {
         return aligned_numel(numel);
     }
 
@@ -306,13 +325,13 @@ class Swapper {
         check(swapper_swap_out_partitioned(h_, ids.data(), src.data(), numels.data(), ids.size()));
     }
 
-    SwapperStats stats() const {
+    [[nodiscard]] SwapperStats stats() const {
         SwapperStats s;
         check(swapper_stats(h_, &s));
         return s;
     }
     std::uint32_t element_size() const noexcept { return swapper_element_size(h_); }
-    std::string dump() const {
+    [[nodiscard]] std::string dump() const {
         std::size_t len = 0;
         check(swapper_dump(h_, nullptr, 0, &len));
         std::string out(len + 1, '\0');
@@ -328,6 +347,158 @@ class Swapper {
 
   private:
     ::Swapper *h_ = nullptr;
+};
+
+/** The optimizer-state swapper (SwapperOptimizer): sub-groups of named fp32 tensors on
+ * NVMe, stepped through a page-locked ring. Thread-safe, move-only.
+ *
+ *     swapper::Optimizer opt(swapper::Optimizer::default_config("/nvme"));
+ *     opt.register_subgroup(0, {{"param", n}, {"exp_avg", n}, {"exp_avg_sq", n},
+ *                               {"grad", n, SWAPPER_TENSOR_KIND_GRADIENT}});
+ *     opt.begin_step({0});
+ *     while (auto v = opt.next_ready()) { adam(v->tensor(0), ...); v->hand_back(); }
+ *     opt.end_step();
+ */
+class Optimizer {
+  public:
+    /** One tensor of a sub-group. */
+    struct Tensor {
+        std::string name;
+        std::uint64_t numel;
+        SwapperTensorKind kind = SWAPPER_TENSOR_KIND_STATE;
+    };
+
+    /** A sub-group out with the caller: its tensors in the swapper's ring (zero-copy).
+     * hand_back() queues its write-behind; destroyed without it, the visit is discarded
+     * (no write: the files keep the previous step's state). Move-only. */
+    class Visit {
+      public:
+        Visit(Visit &&o) noexcept
+            : h_(std::exchange(o.h_, nullptr)), subgroup_(o.subgroup_), tensors_(std::move(o.tensors_)),
+              numels_(std::move(o.numels_)) {}
+        Visit &operator=(Visit &&o) noexcept {
+            if (this != &o) {
+                finish();
+                h_ = std::exchange(o.h_, nullptr);
+                subgroup_ = o.subgroup_;
+                tensors_ = std::move(o.tensors_);
+                numels_ = std::move(o.numels_);
+            }
+            return *this;
+        }
+        Visit(const Visit &) = delete;
+        Visit &operator=(const Visit &) = delete;
+        ~Visit() { finish(); }
+
+        std::uint32_t subgroup() const noexcept { return subgroup_; }
+        std::size_t size() const noexcept { return tensors_.size(); }
+        /** Tensor `k` (registration order) and its element count. */
+        float *tensor(std::size_t k) const { return tensors_.at(k); }
+        std::uint64_t numel(std::size_t k) const { return numels_.at(k); }
+        /** Writes tensor `k`'s first numels[0] elements as param ids[0], and so on, to the
+         * parameter swapper `params` (converted to its dtype), straight from the ring. */
+        void swap_out_params(std::size_t k, Swapper &params, const std::vector<std::uint64_t> &ids,
+                             const std::vector<std::uint64_t> &numels) const {
+            if (ids.size() != numels.size()) {
+                throw Error(SWAPPER_STATUS_INVALID_ARGUMENT, "swap_out_params: one numel per id is needed");
+            }
+            check(swapper_optimizer_swap_out_params(h_, subgroup_, k, params.get(), ids.data(), numels.data(),
+                                                    ids.size()));
+        }
+        /** Queues the write-behind and ends the visit. */
+        void hand_back() {
+            SwapperOptimizer *h = std::exchange(h_, nullptr);
+            if (h != nullptr) check(swapper_optimizer_hand_back(h, subgroup_));
+        }
+        /** Ends the visit without writing. */
+        void discard() {
+            SwapperOptimizer *h = std::exchange(h_, nullptr);
+            if (h != nullptr) check(swapper_optimizer_discard(h, subgroup_));
+        }
+
+      private:
+        friend class Optimizer;
+        Visit(SwapperOptimizer *h, std::uint32_t subgroup, std::vector<float *> tensors)
+            : h_(h), subgroup_(subgroup), tensors_(std::move(tensors)) {
+            for (std::size_t k = 0; k < tensors_.size(); k++) {
+                float *p = nullptr;
+                std::uint64_t n = 0;
+                check(swapper_optimizer_tensor(h_, subgroup_, k, &p, &n));
+                numels_.push_back(n);
+            }
+        }
+        void finish() noexcept {
+            if (h_ != nullptr) (void)swapper_optimizer_discard(std::exchange(h_, nullptr), subgroup_);
+        }
+        SwapperOptimizer *h_;
+        std::uint32_t subgroup_;
+        std::vector<float *> tensors_;
+        std::vector<std::uint64_t> numels_;
+    };
+
+    /** swapper_optimizer_config_default with `nvme_path` set (it must outlive creation). */
+    static SwapperOptimizerConfig default_config(const char *nvme_path) noexcept {
+        SwapperOptimizerConfig c;
+        swapper_optimizer_config_default(&c);
+        c.nvme_path = nvme_path;
+        return c;
+    }
+    explicit Optimizer(const SwapperOptimizerConfig &config) { check(swapper_optimizer_create(&config, &h_)); }
+    ~Optimizer() { swapper_optimizer_destroy(h_); }
+    Optimizer(Optimizer &&o) noexcept : h_(std::exchange(o.h_, nullptr)) {}
+    Optimizer &operator=(Optimizer &&o) noexcept {
+        if (this != &o) {
+            swapper_optimizer_destroy(h_);
+            h_ = std::exchange(o.h_, nullptr);
+        }
+        return *this;
+    }
+    Optimizer(const Optimizer &) = delete;
+    Optimizer &operator=(const Optimizer &) = delete;
+
+    /** Registers sub-group `index`; its tensors read back as zeros until written. */
+    void register_subgroup(std::uint32_t index, const std::vector<Tensor> &tensors) {
+        std::vector<SwapperTensorSpec> specs;
+        for (const Tensor &t : tensors) specs.push_back({t.name.c_str(), t.numel, t.kind});
+        check(swapper_optimizer_register(h_, index, specs.data(), specs.size()));
+    }
+    void purge() { check(swapper_optimizer_purge(h_)); }
+    void begin_step(const std::vector<std::uint32_t> &order) {
+        check(swapper_optimizer_begin_step(h_, order.data(), order.size()));
+    }
+    /** The next sub-group of the step once read, or nullopt when all were handed out. */
+    std::optional<Visit> next_ready() {
+        std::uint32_t g = SWAPPER_OPTIMIZER_NONE;
+        std::size_t n = 0;
+        std::vector<float *> tensors(16);
+        check(swapper_optimizer_next_ready(h_, &g, tensors.data(), tensors.size(), &n));
+        if (g == SWAPPER_OPTIMIZER_NONE) return std::nullopt;
+        tensors.resize(n);
+        for (std::size_t k = 16; k < n; k++) check(swapper_optimizer_tensor(h_, g, k, &tensors[k], nullptr));
+        return Visit(h_, g, std::move(tensors));
+    }
+    void end_step() { check(swapper_optimizer_end_step(h_)); }
+    /** Gradient fragments of tensor `tensor`: data[i] (numels[i] floats) at element offsets[i]. */
+    void swap_out_gradients(std::uint32_t subgroup, std::size_t tensor, const std::vector<std::uint64_t> &offsets,
+                            const std::vector<const float *> &data, const std::vector<std::uint64_t> &numels) {
+        if (data.size() != offsets.size() || numels.size() != offsets.size()) {
+            throw Error(SWAPPER_STATUS_INVALID_ARGUMENT, "swap_out_gradients: offsets, data and numels differ in length");
+        }
+        check(swapper_optimizer_swap_out_gradients(h_, subgroup, tensor, offsets.data(), data.data(), numels.data(),
+                                                   offsets.size()));
+    }
+    void wait_gradients() { check(swapper_optimizer_wait_gradients(h_)); }
+    SwapperOptimizerStats stats() const {
+        SwapperOptimizerStats s;
+        check(swapper_optimizer_stats(h_, &s));
+        return s;
+    }
+
+    SwapperOptimizer *get() const noexcept { return h_; }
+    explicit operator bool() const noexcept { return h_ != nullptr; }
+
+  private:
+    SwapperOptimizer *h_ = nullptr;
 };
 
 }  // namespace swapper

@@ -7,6 +7,7 @@ this platform, since it carries a native library.
 """
 
 import os
+import re
 import shutil
 import subprocess
 
@@ -16,6 +17,18 @@ from setuptools.dist import Distribution
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CRATE = os.path.dirname(HERE)
+
+
+def cargo_version():
+    """The `version` of Cargo.toml's [package] table: the package's version is the
+    library's (swapper.__version__ asks the loaded library, swapper_version())."""
+    with open(os.path.join(CRATE, "Cargo.toml"), encoding="utf-8") as f:
+        text = f.read()
+    package = re.search(r"^\[package\]\n(.*?)(?=^\[|\Z)", text, re.M | re.S)
+    version = package and re.search(r'^version\s*=\s*"([^"]+)"', package.group(1), re.M)
+    if not version:
+        raise RuntimeError(f"no version in the [package] table of {CRATE}/Cargo.toml")
+    return version.group(1)
 
 
 def build_native_library():
@@ -56,4 +69,4 @@ class NativeDistribution(Distribution):
         return True
 
 
-setup(cmdclass={"build_py": BuildPyWithLibrary}, distclass=NativeDistribution)
+setup(version=cargo_version(), cmdclass={"build_py": BuildPyWithLibrary}, distclass=NativeDistribution)

@@ -33,17 +33,20 @@ export SWAPPER_LIBRARY="$PWD/$TARGET/release/libswapper.so"
 case "$TARGET" in /*) export SWAPPER_LIBRARY="$TARGET/release/libswapper.so" ;; esac
 export PATH="$VENV/bin:$PATH"
 start=$(date +%s)
-# The differential test skips without torch/deepspeed in the plain pytest run; here a
-# missing one is a failure.
-SWAPPER_REQUIRE_DEEPSPEED=1 "$VENV/bin/python" -m pytest -q \
+# The differential test and the tests on torch tensors skip without torch/deepspeed in the
+# plain pytest run (python/tests/skip_policy.py allows that there); here they run, and a
+# skip of any of them is a failure (SWAPPER_NO_SKIPS=1).
+SWAPPER_REQUIRE_DEEPSPEED=1 SWAPPER_NO_SKIPS=1 "$VENV/bin/python" -m pytest -q -rs \
     python/tests/test_deepspeed_differential.py python/tests/test_deepspeed_param_swapper.py \
-    python/tests/deepspeed_training.py "$@"
+    python/tests/deepspeed_training.py \
+    python/tests/test_deepspeed.py::test_torch_tensors \
+    python/tests/test_safety.py::test_is_pinned_on_slices_of_locked_buffers "$@"
 echo "deepspeed training test: $(( $(date +%s) - start )) s"
 
 # The side-by-side benchmark against DeepSpeed's aio_handle, at smoke-test sizes: it must
 # run both implementations, verify the bytes each read back and print the ratios.
-smoke_dir=$(mktemp -d "$PWD/$TARGET/vs-deepspeed.XXXXXX")
-case "$TARGET" in /*) smoke_dir=$(mktemp -d "$TARGET/vs-deepspeed.XXXXXX") ;; esac
+case "$TARGET" in /*) target_abs=$TARGET ;; *) target_abs=$PWD/$TARGET ;; esac
+smoke_dir=$(mktemp -d "$target_abs/vs-deepspeed.XXXXXX")
 trap 'rm -rf "$smoke_dir"' EXIT
 smoke=$("$VENV/bin/python" tools/vs_deepspeed.py --smoke --dir "$smoke_dir" 2>/dev/null)
 echo "$smoke" | grep -E '^==|ls/ds:'

@@ -29,29 +29,7 @@ pub enum DirectIo {
 
 c_enum!(Backend, "backend", [Auto "auto", IoUring "io_uring", Blocking "blocking"]);
 
-impl Backend {
-    /// A short name ("auto", "io_uring", "blocking").
-    pub fn name(self) -> &'static str {
-        match self {
-            Backend::Auto => "auto",
-            Backend::IoUring => "io_uring",
-            Backend::Blocking => "blocking",
-        }
-    }
-}
-
 c_enum!(DirectIo, "direct_io", [Auto "auto", On "on", Off "off"]);
-
-impl DirectIo {
-    /// A short name ("auto", "on", "off").
-    pub fn name(self) -> &'static str {
-        match self {
-            DirectIo::Auto => "auto",
-            DirectIo::On => "on",
-            DirectIo::Off => "off",
-        }
-    }
-}
 
 /// Alignment of O_DIRECT transfers (buffer address, file offset and length), in bytes.
 pub const IO_ALIGNMENT: u64 = 4096;

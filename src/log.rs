@@ -21,29 +21,17 @@ pub enum LogLevel {
     Trace = 5,
 }
 
-c_enum!(LogLevel, [Error, Warn, Info, Debug, Trace]);
+c_enum!(LogLevel, "log level", [Error "error", Warn "warn", Info "info", Debug "debug", Trace "trace"]);
 
 impl LogLevel {
-    /// Parses a level name as used in `SWAPPER_LOG`.
+    /// Parses a level as used in `SWAPPER_LOG`: its name (or "warning"), or its number.
     pub fn parse(s: &str) -> Option<LogLevel> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "error" | "1" => Some(LogLevel::Error),
-            "warn" | "warning" | "2" => Some(LogLevel::Warn),
-            "info" | "3" => Some(LogLevel::Info),
-            "debug" | "4" => Some(LogLevel::Debug),
-            "trace" | "5" => Some(LogLevel::Trace),
-            _ => None,
-        }
-    }
-
-    fn label(self) -> &'static str {
-        match self {
-            LogLevel::Error => "error",
-            LogLevel::Warn => "warn",
-            LogLevel::Info => "info",
-            LogLevel::Debug => "debug",
-            LogLevel::Trace => "trace",
-        }
+        let s = s.trim().to_ascii_lowercase();
+        let s = if s == "warning" { "warn" } else { s.as_str() };
+        LogLevel::ALL
+            .iter()
+            .copied()
+            .find(|level| level.name() == s || (*level as i32).to_string() == s)
     }
 }
 
@@ -108,7 +96,7 @@ pub fn emit(level: LogLevel, args: std::fmt::Arguments<'_>) {
             callback(level, c.as_ptr(), *user_data as *mut libc::c_void);
         }
         Some(Sink::Rust(f)) => f(level, &text),
-        None => eprintln!("libswapper {}: {text}", level.label()),
+        None => eprintln!("libswapper {}: {text}", level.name()),
     }
 }
 

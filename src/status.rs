@@ -5,8 +5,6 @@
 //! failed, which path, which offset, the errno text). The `ffi` layer turns the
 //! status into the return value and the message into the thread's last error.
 
-use std::ffi::CStr;
-
 use std::fmt;
 use std::path::Path;
 
@@ -42,48 +40,36 @@ pub enum Status {
     Unsupported = 9,
     /// Memory could not be allocated or locked.
     OutOfMemory = 10,
-    /// A bug inside libswapper was caught at the API boundary; the handle may be unusable.
+    /// A bug inside libswapper (a panic) was caught at the API boundary. The handle is then
+    /// either fully usable (the call's changes were undone, or its I/O recorded as queued)
+    /// or broken: every later call on it returns `SWAPPER_STATUS_PANIC` and says so in
+    /// the last error, and only destroying it works. An I/O handle breaks when one of its
+    /// worker threads panicked; a swapper, when a panic struck in the middle of a change
+    /// of its bookkeeping.
     Panic = 11,
 }
 
+// The one table of status names: `c_name()` (what `swapper_status_name` returns) is
+// generated from it.
 c_enum!(
     Status,
-    [
-        Ok,
-        InvalidArgument,
-        NullPointer,
-        NotFound,
-        BadState,
-        NoBuffer,
-        IoError,
-        CorruptData,
-        Busy,
-        Unsupported,
-        OutOfMemory,
-        Panic
+    c_names [
+        Ok c"SWAPPER_STATUS_OK",
+        InvalidArgument c"SWAPPER_STATUS_INVALID_ARGUMENT",
+        NullPointer c"SWAPPER_STATUS_NULL_POINTER",
+        NotFound c"SWAPPER_STATUS_NOT_FOUND",
+        BadState c"SWAPPER_STATUS_BAD_STATE",
+        NoBuffer c"SWAPPER_STATUS_NO_BUFFER",
+        IoError c"SWAPPER_STATUS_IO_ERROR",
+        CorruptData c"SWAPPER_STATUS_CORRUPT_DATA",
+        Busy c"SWAPPER_STATUS_BUSY",
+        Unsupported c"SWAPPER_STATUS_UNSUPPORTED",
+        OutOfMemory c"SWAPPER_STATUS_OUT_OF_MEMORY",
+        Panic c"SWAPPER_STATUS_PANIC",
     ]
 );
 
 impl Status {
-    /// The constant's name as it appears in the C header: the one table of status names
-    /// (`swapper_status_name` returns these very strings).
-    pub fn c_name(self) -> &'static CStr {
-        match self {
-            Status::Ok => c"SWAPPER_STATUS_OK",
-            Status::InvalidArgument => c"SWAPPER_STATUS_INVALID_ARGUMENT",
-            Status::NullPointer => c"SWAPPER_STATUS_NULL_POINTER",
-            Status::NotFound => c"SWAPPER_STATUS_NOT_FOUND",
-            Status::BadState => c"SWAPPER_STATUS_BAD_STATE",
-            Status::NoBuffer => c"SWAPPER_STATUS_NO_BUFFER",
-            Status::IoError => c"SWAPPER_STATUS_IO_ERROR",
-            Status::CorruptData => c"SWAPPER_STATUS_CORRUPT_DATA",
-            Status::Busy => c"SWAPPER_STATUS_BUSY",
-            Status::Unsupported => c"SWAPPER_STATUS_UNSUPPORTED",
-            Status::OutOfMemory => c"SWAPPER_STATUS_OUT_OF_MEMORY",
-            Status::Panic => c"SWAPPER_STATUS_PANIC",
-        }
-    }
-
     /// The constant's name as it appears in the C header ([`Status::c_name`] as text).
     pub fn name(self) -> &'static str {
         // Every name above is ASCII, so the conversion cannot fail.
@@ -157,6 +143,29 @@ impl Error {
         Error {
             status: self.status,
             message: format!("{context}: {}", self.message),
+        }
+    }
+}
+
+/// Several failures as one error: Ok for none, the error itself for one, else the first
+/// one's status with "N <what> failed: " and the first eight messages (the count of the
+/// rest). Used by every call that reports a batch's failures together.
+pub fn combine(errors: Vec<Error>, what: &str) -> Result<()> {
+    const SHOWN: usize = 8;
+    match errors.len() {
+        0 => Ok(()),
+        1 => Err(errors.into_iter().next().expect("one error")),
+        n => {
+            let status = errors[0].status();
+            let text: Vec<&str> = errors.iter().take(SHOWN).map(|e| e.message()).collect();
+            let more = match n.checked_sub(SHOWN) {
+                Some(m) if m > 0 => format!("; and {m} more"),
+                _ => String::new(),
+            };
+            Err(Error::new(
+                status,
+                format!("{n} {what} failed: {}{more}", text.join("; ")),
+            ))
         }
     }
 }

@@ -3,7 +3,8 @@
 //! valgrind, and built with AddressSanitizer + UndefinedBehaviorSanitizer (on the
 //! io_uring and on the blocking backend). The MPI example runs under `mpirun -np 4`.
 //! A missing tool (valgrind, the sanitizer runtimes, OpenMPI) fails the test when `CI`
-//! is `true`; elsewhere the test says what to install and skips.
+//! is `true` or SWAPPER_NO_SKIPS=1 (scripts/test.sh); elsewhere the test says what to
+//! install and skips.
 
 mod common;
 
@@ -20,13 +21,20 @@ const SANITIZE: &[&str] = &[
 ];
 
 /// Whether to run a test that needs `what`: true when `present`; otherwise a failure
-/// in CI (`CI=true`) and a skip with a message elsewhere.
+/// in CI (`CI=true`) and under scripts/test.sh (`SWAPPER_NO_SKIPS=1`), a skip with a
+/// message elsewhere.
 fn require(present: bool, what: &str, install: &str) -> bool {
     if present {
         return true;
     }
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    assert!(!ci, "{what} is missing and CI=true: install {install}");
+    // scripts/test.sh installs every tool first (scripts/prerequisites.sh) and sets
+    // SWAPPER_NO_SKIPS=1: there, as under CI, a missing tool is a failure.
+    let strict = std::env::var("CI").is_ok_and(|v| v == "true")
+        || std::env::var("SWAPPER_NO_SKIPS").is_ok_and(|v| v == "1");
+    assert!(
+        !strict,
+        "{what} is missing and CI=true or SWAPPER_NO_SKIPS=1: install {install}"
+    );
     eprintln!("{what} is missing: skipping this test (install {install}; with CI=true it fails)");
     false
 }
@@ -78,7 +86,7 @@ fn compile_with(
         .arg("-L")
         .arg(&lib)
         .arg(format!("-Wl,-rpath,{}", lib.display()))
-        .args(["-lswapper", "-lpthread"]);
+        .args(["-lswapper", "-lpthread", "-lm"]);
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("cannot run the compiler {compiler}: {e}"));

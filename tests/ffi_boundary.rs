@@ -25,6 +25,11 @@ const TRIVIAL: &[(&str, &str)] = &[
         "swapper_config_default",
         "writes a constant struct through a checked pointer",
     ),
+    (
+        "swapper_optimizer_config_default",
+        "writes a constant struct through a checked pointer",
+    ),
+    ("swapper_optimizer_live_handles", "reads a registry's length"),
 ];
 
 /// Helpers of src/ffi/*.rs that exports call instead of writing `ffi_boundary!` themselves;

@@ -142,7 +142,11 @@ fn a_renamed_rank_folder_keeps_its_swap_files_and_gets_the_new_ones() {
     put_out(&s, 2);
     assert!(read_back(&s, 2) == data(2));
     assert!(!rank.exists(), "nothing recreated at the old path");
-    assert_eq!(names(&moved), ["1_param.tensor.swp", "2_param.tensor.swp"]);
+    assert_eq!(
+        names(&moved),
+        ["extent-0.swp"],
+        "both params in the held folder's extent file"
+    );
 }
 
 #[test]
@@ -154,11 +158,8 @@ fn a_rank_folder_replaced_by_a_symlink_redirects_nothing() {
     let moved = rank.with_file_name("rank0.moved");
     let elsewhere = base.path().join("elsewhere");
     std::fs::create_dir(&elsewhere).unwrap();
-    std::fs::write(
-        elsewhere.join("1_param.tensor.swp"),
-        vec![7u8; NUMEL as usize * 2],
-    )
-    .unwrap();
+    // The link target holds a file of the name the store uses.
+    std::fs::write(elsewhere.join("extent-0.swp"), vec![7u8; NUMEL as usize * 2]).unwrap();
     std::fs::rename(&rank, &moved).unwrap();
     std::os::unix::fs::symlink(&elsewhere, &rank).unwrap();
     put_out(&s, 2);
@@ -169,23 +170,25 @@ fn a_rank_folder_replaced_by_a_symlink_redirects_nothing() {
     assert!(read_back(&s, 2) == data(2));
     assert_eq!(
         names(&elsewhere),
-        ["1_param.tensor.swp"],
+        ["extent-0.swp"],
         "nothing written through the link"
     );
     assert_eq!(
-        std::fs::read(elsewhere.join("1_param.tensor.swp")).unwrap(),
+        std::fs::read(elsewhere.join("extent-0.swp")).unwrap(),
         vec![7u8; NUMEL as usize * 2]
     );
-    assert_eq!(names(&moved), ["1_param.tensor.swp", "2_param.tensor.swp"]);
+    assert_eq!(names(&moved), ["extent-0.swp"]);
+    assert!(s.param_locations(2).iter().all(|e| e.path == s.param_path(1)));
 }
 
 #[test]
-fn a_fifo_in_place_of_a_swap_file_is_refused_without_hanging() {
+fn a_fifo_in_place_of_an_extent_file_is_refused_without_hanging() {
     let base = common::disk_dir();
     let s = Arc::new(Swapper::new(settings(base.path())).unwrap());
     put_out(&s, 1);
-    // Swap in: the file was swapped out, then replaced by a FIFO.
+    // Swap in: the extent file holding param 1 was replaced by a FIFO.
     let p1 = s.param_path(1);
+    assert!(p1.starts_with(rank_dir(base.path())), "{}", p1.display());
     std::fs::remove_file(&p1).unwrap();
     mkfifo(&p1);
     let s2 = Arc::clone(&s);
@@ -196,14 +199,18 @@ fn a_fifo_in_place_of_a_swap_file_is_refused_without_hanging() {
     .err()
     .unwrap();
     assert_eq!(e.status(), Status::CorruptData, "{e}");
-    assert!(e.message().contains(&*p1.to_string_lossy()), "{e}");
-    // Swap out: a FIFO waits where the swap file is to be written.
+    assert!(
+        e.message().contains("FIFO") && e.message().contains(&*p1.to_string_lossy()),
+        "{e}"
+    );
+    // Swap out: a FIFO squats the name of the next extent file the store would create
+    // (the first one is damaged, so a new param needs a new file).
+    let p2 = rank_dir(base.path()).join("extent-1.swp");
+    mkfifo(&p2);
     let d = data(2);
     let buf = s.get_buffer(2, NUMEL).unwrap();
     // SAFETY: a fresh pool buffer of NUMEL fp16 elements.
     unsafe { std::ptr::copy_nonoverlapping(d.as_ptr(), buf.0, d.len()) };
-    let p2 = s.param_path(2);
-    mkfifo(&p2);
     let s2 = Arc::clone(&s);
     let e = within_time("swap_out onto a FIFO", move || {
         s2.swap_out_and_release(&[2], false, false)
@@ -215,6 +222,16 @@ fn a_fifo_in_place_of_a_swap_file_is_refused_without_hanging() {
         e.message().contains("FIFO") && e.message().contains(&*p2.to_string_lossy()),
         "{e}"
     );
+    assert_eq!(
+        s.param_status(2).unwrap(),
+        swapper::ParamStatus::Available,
+        "the data stays"
+    );
+    // Once the FIFO is gone, the retry goes to a new extent file and reads back.
+    std::fs::remove_file(&p2).unwrap();
+    s.swap_out_and_release(&[2], false, false).unwrap();
+    assert_eq!(s.param_path(2), p2);
+    assert!(read_back(&s, 2) == data(2));
     // The swapper still answers on another thread.
     let _stats = within_time("swapper_stats after the refusals", move || s.stats());
 }
@@ -278,7 +295,7 @@ fn deleting_the_lock_file_lets_no_second_process_take_the_rank() {
     put_out(&s, 1);
     // Delete whatever is not a swap file (an old-style `.swapper.lock`).
     for name in names(&rank_dir(base.path())) {
-        if !name.ends_with("_param.tensor.swp") {
+        if !name.starts_with("extent-") {
             std::fs::remove_file(rank_dir(base.path()).join(name)).unwrap();
         }
     }
@@ -354,7 +371,7 @@ fn an_nvme_path_with_a_nul_byte_is_an_invalid_argument() {
 #[test]
 fn swap_file_paths_over_path_max_are_refused_at_create() {
     let base = common::disk_dir();
-    let suffix = "/zero_stage_3/float16params/rank0/18446744073709551615_param.tensor.swp".len();
+    let suffix = "/zero_stage_3/float16params/rank0/".len() + swapper::store::folder::LONGEST_NAME;
     let mut nv = std::fs::canonicalize(base.path()).unwrap();
     while nv.as_os_str().len() + suffix + 201 < libc::PATH_MAX as usize {
         nv.push("d".repeat(200));

@@ -96,11 +96,20 @@ fn workload(round: u64) {
     }
     // Destroy with writes in flight: the drop waits for them.
     s.swap_out(&[0, 1, 2, 3], true).unwrap();
-    let path = s.param_path(3);
+    let at = s.param_locations(3);
     drop(s);
-    assert_eq!(
-        std::fs::metadata(path).unwrap().len(),
-        2 << 20,
+    let mut stored = Vec::new();
+    for e in &at {
+        use std::os::unix::fs::FileExt;
+        let mut b = vec![0u8; e.len as usize];
+        std::fs::File::open(&e.path)
+            .unwrap()
+            .read_exact_at(&mut b, e.file_offset)
+            .unwrap();
+        stored.extend_from_slice(&b);
+    }
+    assert!(
+        stored[..2 << 20] == data[3][..],
         "the write completed before the destroy returned"
     );
     fault::clear();

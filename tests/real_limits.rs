@@ -1,6 +1,7 @@
 //! Real process limits (one test in this binary, because limits are per process):
-//! RLIMIT_NOFILE hit in the middle of a batch, and RLIMIT_FSIZE failing a partitioned
-//! swap-out, which must leave everything retryable.
+//! RLIMIT_NOFILE with no descriptor to spare, and RLIMIT_FSIZE failing a partitioned
+//! swap-out, which must leave everything retryable. (The batch of 1100 params under
+//! `ulimit -n 1024` is tests/open_files.rs.)
 
 mod common;
 
@@ -27,6 +28,16 @@ fn open_fds() -> u64 {
     std::fs::read_dir("/proc/self/fd").unwrap().count() as u64
 }
 
+/// Takes every descriptor number still free under the limit (the numbers below it that
+/// closed files left), so that the next open fails with EMFILE.
+fn fill_descriptors() -> Vec<std::fs::File> {
+    let mut v = Vec::new();
+    while let Ok(f) = std::fs::File::open("/dev/null") {
+        v.push(f);
+    }
+    v
+}
+
 fn swapper_in(dir: &std::path::Path, buffers: u32) -> Swapper {
     Swapper::new(Settings {
         nvme_path: dir.to_path_buf(),
@@ -51,61 +62,60 @@ fn fill(s: &Swapper, id: u64) -> Vec<u8> {
     bytes
 }
 
-/// The ids listed in a batch error's "ids [a, b, c]".
-fn ids_named(message: &str) -> Vec<u64> {
-    let Some(start) = message.find("ids [") else {
-        return Vec::new();
-    };
-    let rest = &message[start + 5..];
-    rest[..rest.find(']').unwrap()]
-        .split(", ")
-        .map(|t| t.parse().unwrap())
-        .collect()
-}
-
-/// EMFILE part-way through an asynchronous swap-in of 60 params: the error names exactly
-/// the params that were not queued; they stay NOT_AVAILABLE and a retry of just those
-/// works once descriptors are free; every byte comes back.
-fn fd_limit_mid_batch(dir: &std::path::Path) {
+/// Descriptors run out: a batch of 60 asynchronous reads still goes through whole (the
+/// store's extent files are held open, no operation opens a file), and EMFILE comes only
+/// when a file must really be opened (here a new extent file, after the first was found
+/// truncated): the error names it, the param keeps its data, and the retry works once
+/// descriptors are free.
+fn fd_limit(dir: &std::path::Path) {
     let s = swapper_in(dir, 64);
     let ids: Vec<u64> = (0..60).collect();
     let data: Vec<Vec<u8>> = ids.iter().map(|&id| fill(&s, id)).collect();
     s.swap_out_and_release(&ids, false, false).unwrap();
-    // Queued reads keep their file open until waited for: 20 descriptors of headroom run
-    // out in the middle of the batch.
-    let old = set_limit(libc::RLIMIT_NOFILE, open_fds() + 20);
+    // Not one descriptor of headroom.
+    let old = set_limit(libc::RLIMIT_NOFILE, open_fds());
+    let fillers = fill_descriptors();
     // SAFETY: pool buffers only.
-    let e = unsafe { s.swap_in(&ids, true, None) }.unwrap_err();
+    let r = unsafe { s.swap_in(&ids, true, None) };
+    let waited = s.wait_reads();
+    drop(fillers);
     set_limit(libc::RLIMIT_NOFILE, old);
-    let queued: Vec<u64> = ids
-        .iter()
-        .copied()
-        .filter(|&id| s.param_status(id).unwrap() == ParamStatus::Inflight)
-        .collect();
-    let not_queued: Vec<u64> = ids.iter().copied().filter(|id| !queued.contains(id)).collect();
-    assert!(
-        !queued.is_empty() && !not_queued.is_empty(),
-        "the limit must bite mid-batch: {e}"
-    );
-    assert!(e.message().contains("Too many open files"), "{e}");
-    assert_eq!(
-        ids_named(e.message()),
-        not_queued,
-        "the error names exactly the params not queued: {e}"
-    );
-    for &id in &not_queued {
-        assert_eq!(s.param_status(id).unwrap(), ParamStatus::NotAvailable);
-    }
-    s.wait_reads().unwrap();
-    // SAFETY: pool buffers only.
-    unsafe { s.swap_in(&not_queued, false, None) }.unwrap();
+    r.unwrap();
+    waited.unwrap();
     for (&id, want) in ids.iter().zip(&data) {
         let (buf, numel) = s.param_buffer(id).unwrap();
         // SAFETY: the param is AVAILABLE.
         let got = unsafe { swapper::sys::alloc::borrow(buf, numel as usize * 2) };
         assert!(got == want.as_slice(), "param {id} bytes");
     }
-    assert_eq!(s.stats().free_buffers, 4);
+    // The extent file is truncated behind the store's back: a swap-out of param 0 must go
+    // to a new file, which cannot be opened under the limit.
+    let file = s.param_path(0);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(4096)
+        .unwrap();
+    let old = set_limit(libc::RLIMIT_NOFILE, open_fds());
+    let fillers = fill_descriptors();
+    let e = s.swap_out(&[0], false);
+    drop(fillers);
+    set_limit(libc::RLIMIT_NOFILE, old);
+    let e = e.unwrap_err();
+    assert!(e.message().contains("Too many open files"), "{e}");
+    assert!(
+        e.message().contains("extent-1.swp") && e.message().contains("param 0"),
+        "{e}"
+    );
+    assert_eq!(s.param_status(0).unwrap(), ParamStatus::Available);
+    s.swap_out_and_release(&[0], false, false).unwrap();
+    assert!(s.param_path(0).ends_with("extent-1.swp"));
+    // SAFETY: pool buffers only.
+    unsafe { s.swap_in(&[0], false, None) }.unwrap();
+    let (buf, numel) = s.param_buffer(0).unwrap();
+    // SAFETY: the param is AVAILABLE.
+    assert!(unsafe { swapper::sys::alloc::borrow(buf, numel as usize * 2) } == data[0].as_slice());
 }
 
 /// A partitioned swap-out whose writes fail (the file size limit, EFBIG) can be retried
@@ -149,7 +159,7 @@ fn file_size_limit_in_partitioned_swap_out(dir: &std::path::Path) {
 #[test]
 fn real_limits_leave_every_param_retryable() {
     let dir = common::disk_dir();
-    fd_limit_mid_batch(&dir.path().join("a").tap_mkdir());
+    fd_limit(&dir.path().join("a").tap_mkdir());
     file_size_limit_in_partitioned_swap_out(&dir.path().join("b").tap_mkdir());
 }
 

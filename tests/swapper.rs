@@ -78,8 +78,8 @@ fn partitioned_swap_out_matches_reference_conversion_bit_for_bit() {
                 .collect(),
             Dtype::Fp32 => src.iter().flat_map(|x| x.to_ne_bytes()).collect(),
         };
-        // The file itself holds the converted values (then zero padding to the alignment).
-        let file = std::fs::read(s.param_path(5)).unwrap();
+        // The store itself holds the converted values (then zero padding to the alignment).
+        let file = common::stored_bytes(&s, 5);
         assert_eq!(file.len() as u64, s.io_aligned_numel(n) * dtype.size() as u64);
         for (i, (g, w)) in file
             .chunks(dtype.size())
@@ -122,7 +122,7 @@ fn caller_buffers_as_swap_in_destinations() {
     s.release(&[1]).unwrap();
     assert_eq!(s.available_buffers(), 1);
     // Reserved pool buffers can serve as destinations, and cannot be given back under a param.
-    let reserved = s.reserve_available_buffers(8);
+    let reserved = s.reserve_available_buffers(8).unwrap();
     assert_eq!(reserved.len(), 1);
     // SAFETY: the reserved buffer holds buffer_numel elements.
     unsafe { s.swap_in(&[1], false, Some(&reserved)) }.unwrap();
@@ -143,11 +143,8 @@ fn corrupted_truncated_and_deleted_files_are_caught() {
         put(&s, id, &common::pattern(3 << 20, id));
     }
     s.swap_out_and_release(&[0, 1, 2], false, false).unwrap();
-    // Flip one byte 2 MiB + 5 into param 0's file.
-    let p0 = s.param_path(0);
-    let mut bytes = std::fs::read(&p0).unwrap();
-    bytes[(2 << 20) + 5] ^= 0x40;
-    std::fs::write(&p0, &bytes).unwrap();
+    // Flip one byte 2 MiB + 5 into param 0's bytes in its extent file.
+    let p0 = common::flip_stored_byte(&s, 0, (2 << 20) + 5);
     // SAFETY: pool buffers.
     let e = unsafe { s.swap_in(&[0], false, None) }.unwrap_err();
     assert_eq!(e.status(), Status::CorruptData);
@@ -159,15 +156,18 @@ fn corrupted_truncated_and_deleted_files_are_caught() {
     assert_eq!(s.param_status(0).unwrap(), ParamStatus::NotAvailable);
     assert_eq!(s.available_buffers(), 3, "the buffer went back to the pool");
 
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(s.param_path(1))
-        .unwrap();
-    f.set_len(1000).unwrap();
+    // Truncate the extent file holding param 1 to below param 1's bytes.
+    let loc = &s.param_locations(1)[0];
+    let f = std::fs::OpenOptions::new().write(true).open(&loc.path).unwrap();
+    f.set_len(loc.file_offset + 1000).unwrap();
     // SAFETY: pool buffers.
     let e = unsafe { s.swap_in(&[1], true, None) }.unwrap_err();
     assert_eq!(e.status(), Status::CorruptData);
-    assert!(e.message().contains("truncated"), "{e}");
+    assert!(
+        e.message().contains("truncated") && e.message().contains("param 1"),
+        "{e}"
+    );
+    assert!(e.message().contains(loc.path.to_str().unwrap()), "{e}");
 
     std::fs::remove_file(s.param_path(2)).unwrap();
     // SAFETY: pool buffers.

@@ -418,7 +418,7 @@ fn run(seed: u64, steps: usize) {
             90..=92 => {
                 if m.reserved == 0 {
                     let cap = rng.below(3) as usize;
-                    let got = s.reserve_available_buffers(cap);
+                    let got = s.reserve_available_buffers(cap).unwrap();
                     assert_eq!(got.len(), cap.min(m.free), "step {step} reserve");
                     m.free -= got.len();
                     m.reserved += got.len();

@@ -154,7 +154,7 @@ fn reserved_buffers_hold_the_io_aligned_buffer_size() {
     let dir = common::disk_dir();
     let s = swapper_in(dir.path(), Dtype::Fp16, 3, 1000);
     assert_eq!(s.aligned_buffer_numel(), 2048);
-    let bufs = s.reserve_available_buffers(3);
+    let bufs = s.reserve_available_buffers(3).unwrap();
     assert_eq!(bufs.len(), 3);
     let mut addrs: Vec<usize> = bufs.iter().map(|b| b.addr()).collect();
     addrs.sort_unstable();
@@ -181,7 +181,7 @@ fn every_bf16_nan_is_written_as_0xffff_as_torch_does() {
         f32::INFINITY,
     ];
     s.swap_out_partitioned(&[1], &[&src]).unwrap();
-    let file = std::fs::read(s.param_path(1)).unwrap();
+    let file = common::stored_bytes(&s, 1);
     let bits: Vec<u16> = file[..12]
         .chunks_exact(2)
         .map(|p| u16::from_ne_bytes([p[0], p[1]]))

@@ -15,16 +15,17 @@ for DeepSpeed's async I/O handle.
 One module per concept: enums (Backend, DirectIo, Dtype, ParamStatus, LogLevel),
 library (version, alignment, live_handles), memory (alloc_aligned, is_locked,
 allocation_state), log (set_log_callback), io_handle (IoHandle, IoConfig), stats (Stats),
-param_swapper (Swapper), errors (Status and the exceptions), deepspeed (aio_handle).
+param_swapper (Swapper), optimizer (OptimizerSwapper, its Visit and OptimizerStats), errors (Status and the exceptions), deepspeed (aio_handle).
 swapper.core re-exports the first seven for code written against it.
 """
 
 from ._lib import LibraryNotFoundError, load_library
-from .enums import Backend, DirectIo, Dtype, LogLevel, ParamStatus, numpy_dtype
+from .enums import Backend, DirectIo, Dtype, LogLevel, ParamStatus, TensorKind, numpy_dtype
 from .io_handle import IoConfig, IoHandle
 from .library import alignment, live_handles, version
 from .log import set_log_callback
 from .memory import alloc_aligned, allocation_state, is_locked
+from .optimizer import OptimizerStats, OptimizerSwapper, Visit
 from .param_swapper import Swapper
 from .stats import Stats
 from .errors import (
@@ -43,7 +44,15 @@ from .errors import (
     UnsupportedError,
 )
 
-__version__ = "0.1.0"
+
+def __getattr__(name):
+    # `swapper.__version__` is the loaded library's version (swapper_version(), from
+    # Cargo.toml), asked for when first read so that importing needs no library; the
+    # wheel's metadata gets the same Cargo.toml version from setup.py.
+    if name == "__version__":
+        return version()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Backend",
@@ -60,6 +69,8 @@ __all__ = [
     "NoBufferError",
     "NotFoundError",
     "NullPointerError",
+    "OptimizerStats",
+    "OptimizerSwapper",
     "OutOfMemoryError",
     "PanicError",
     "ParamStatus",
@@ -68,7 +79,9 @@ __all__ = [
     "Swapper",
     "SwapperError",
     "SwapperIOError",
+    "TensorKind",
     "UnsupportedError",
+    "Visit",
     "alignment",
     "alloc_aligned",
     "allocation_state",

@@ -57,6 +57,17 @@ class ConfigStruct(Structure):
         ("alloc_fn", AllocFn),
         ("free_fn", FreeFn),
         ("allocator_user_data", c_void_p),
+        ("nvme_paths", POINTER(c_char_p)),
+        ("nvme_path_count", c_size_t),
+    ]
+
+
+class ExtentStruct(Structure):
+    _fields_ = [
+        ("drive", c_uint32),
+        ("file_offset", c_uint64),
+        ("len", c_uint64),
+        ("path", ctypes.c_char * 4096),
     ]
 
 
@@ -80,6 +91,46 @@ STATS_FIELDS = (
 
 class StatsStruct(Structure):
     _fields_ = [(name, c_uint64) for name in STATS_FIELDS]
+
+
+class OptimizerConfigStruct(Structure):
+    _fields_ = [
+        ("nvme_path", c_char_p),
+        ("nvme_paths", POINTER(c_char_p)),
+        ("nvme_path_count", c_size_t),
+        ("rank", c_uint32),
+        ("ring_bytes", c_uint64),
+        ("read_ahead", c_uint32),
+        ("pin_memory", ctypes.c_uint8),  # 0 false, non-zero true
+        ("verify_checksums", ctypes.c_uint8),
+        ("io", IoConfigStruct),
+    ]
+
+
+class TensorSpecStruct(Structure):
+    _fields_ = [("name", c_char_p), ("numel", c_uint64), ("kind", c_enum)]
+
+
+OPTIMIZER_STATS_FIELDS = (
+    "subgroups",
+    "steps",
+    "ring_bytes",
+    "ring_in_use",
+    "ring_peak",
+    "read_ahead_peak",
+    "bytes_read",
+    "bytes_written",
+    "read_wait_ns",
+    "write_wait_ns",
+)
+
+
+class OptimizerStatsStruct(Structure):
+    _fields_ = [(name, c_uint64) for name in OPTIMIZER_STATS_FIELDS] + [("ring_locked", ctypes.c_uint8)]
+
+
+# swapper_optimizer_next_ready's sub-group when the step has none left.
+OPTIMIZER_NONE = 0xFFFFFFFF
 
 
 _p = c_void_p  # opaque handles (SwapperIo *, Swapper *)
@@ -115,6 +166,7 @@ PROTOTYPES = {
     "swapper_io_alignment": (c_uint64, []),
     "swapper_io_live_handles": (c_uint64, []),
     "swapper_config_default": (None, [POINTER(ConfigStruct)]),
+    "swapper_config_page_locked_bytes": (c_status, [POINTER(ConfigStruct), POINTER(c_uint64)]),
     "swapper_create": (c_status, [POINTER(ConfigStruct), POINTER(c_void_p)]),
     "swapper_create_from_json": (c_status, [c_char_p, c_uint32, c_enum, POINTER(c_void_p)]),
     "swapper_destroy": (None, [_p]),
@@ -153,7 +205,33 @@ PROTOTYPES = {
     "swapper_buffer_count": (c_uint32, [_p]),
     "swapper_partitioned_swap_capacity": (c_uint64, [_p]),
     "swapper_dump": (c_status, [_p, POINTER(c_char), c_size_t, POINTER(c_size_t)]),
+    "swapper_param_extents": (c_status, [_p, c_uint64, POINTER(ExtentStruct), c_size_t, POINTER(c_size_t)]),
     "swapper_live_handles": (c_uint64, []),
+    "swapper_optimizer_config_default": (None, [POINTER(OptimizerConfigStruct)]),
+    "swapper_optimizer_create": (c_status, [POINTER(OptimizerConfigStruct), POINTER(c_void_p)]),
+    "swapper_optimizer_destroy": (None, [_p]),
+    "swapper_optimizer_register": (c_status, [_p, c_uint32, POINTER(TensorSpecStruct), c_size_t]),
+    "swapper_optimizer_purge": (c_status, [_p]),
+    "swapper_optimizer_begin_step": (c_status, [_p, POINTER(c_uint32), c_size_t]),
+    "swapper_optimizer_next_ready": (
+        c_status,
+        [_p, POINTER(c_uint32), POINTER(c_void_p), c_size_t, POINTER(c_size_t)],
+    ),
+    "swapper_optimizer_tensor": (c_status, [_p, c_uint32, c_size_t, POINTER(c_void_p), _u64p]),
+    "swapper_optimizer_hand_back": (c_status, [_p, c_uint32]),
+    "swapper_optimizer_discard": (c_status, [_p, c_uint32]),
+    "swapper_optimizer_end_step": (c_status, [_p]),
+    "swapper_optimizer_swap_out_gradients": (
+        c_status,
+        [_p, c_uint32, c_size_t, _u64p, POINTER(c_void_p), _u64p, c_size_t],
+    ),
+    "swapper_optimizer_wait_gradients": (c_status, [_p]),
+    "swapper_optimizer_swap_out_params": (
+        c_status,
+        [_p, c_uint32, c_size_t, _p, _u64p, _u64p, c_size_t],
+    ),
+    "swapper_optimizer_stats": (c_status, [_p, POINTER(OptimizerStatsStruct)]),
+    "swapper_optimizer_live_handles": (c_uint64, []),
 }
 
 

@@ -30,6 +30,11 @@ class ParamStatus(enum.IntEnum):
     INFLIGHT = 3
 
 
+class TensorKind(enum.IntEnum):
+    STATE = 0
+    GRADIENT = 1
+
+
 class LogLevel(enum.IntEnum):
     ERROR = 1
     WARN = 2

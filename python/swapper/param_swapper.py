@@ -2,14 +2,16 @@
 
 import ctypes
 import json
+import os
 import threading
+import warnings
 from ctypes import byref, c_int, c_size_t, c_uint64, c_void_p
 
 import numpy as np
 
 from . import _buffers
 from ._args import _ids, _path, _uint
-from ._lib import STATS_FIELDS, ConfigStruct, StatsStruct, lib
+from ._lib import STATS_FIELDS, ConfigStruct, ExtentStruct, StatsStruct, lib
 from .enums import ParamStatus, _dtype, numpy_dtype
 from .errors import BadStateError, InvalidArgumentError, check
 from .io_handle import _IO_KEYS, _fill_io_config
@@ -50,8 +52,17 @@ class Swapper:
         self._lib = lib()
         cfg = ConfigStruct()
         self._lib.swapper_config_default(byref(cfg))
-        path = _path(nvme_path, "nvme_path")
-        cfg.nvme_path = path
+        if isinstance(nvme_path, (list, tuple)):
+            # Several drives: one rank folder, lock and I/O queue each.
+            if not nvme_path:
+                raise InvalidArgumentError("nvme_path is an empty list")
+            paths = [_path(p, f"nvme_path[{k}]") for k, p in enumerate(nvme_path)]
+            array = (ctypes.c_char_p * len(paths))(*paths)
+            cfg.nvme_paths = ctypes.cast(array, ctypes.POINTER(ctypes.c_char_p))
+            cfg.nvme_path_count = len(paths)
+        else:
+            path = _path(nvme_path, "nvme_path")
+            cfg.nvme_path = path
         cfg.rank = _uint(rank, "rank", 32)
         cfg.dtype = int(_dtype(dtype))
         cfg.buffer_count = _uint(buffer_count, "buffer_count", 32)
@@ -72,6 +83,23 @@ class Swapper:
         handle = c_void_p()
         check(self._lib.swapper_create(byref(cfg), byref(handle)))
         self._setup(handle, _dtype(dtype), cfg.buffer_numel)
+
+    @staticmethod
+    def page_locked_bytes(dtype="fp16", buffer_count=5, buffer_numel=100_000_000, pin_memory=False):
+        """Bytes a Swapper with these settings would page-lock for its pool, whole pages as
+        the kernel counts them (0 when not pinned); creates nothing
+        (swapper_config_page_locked_bytes). Creation checks them against the memory cgroup
+        and MemAvailable (OutOfMemoryError, saying what fits) and RLIMIT_MEMLOCK (unlocked,
+        with a warning)."""
+        cfg = ConfigStruct()
+        lib().swapper_config_default(byref(cfg))
+        cfg.dtype = int(_dtype(dtype))
+        cfg.buffer_count = _uint(buffer_count, "buffer_count", 32)
+        cfg.buffer_numel = _uint(buffer_numel, "buffer_numel")
+        cfg.pin_memory = bool(pin_memory)
+        out = c_uint64()
+        check(lib().swapper_config_page_locked_bytes(byref(cfg), byref(out)))
+        return out.value
 
     @classmethod
     def from_deepspeed_config(cls, config, rank=0, dtype="fp16"):
@@ -284,13 +312,13 @@ class Swapper:
 
     def reserve_available_buffers(self):
         """Takes every free buffer out of the pool for the caller: a list of numpy views
-        of io_aligned_numel(buffer_numel) elements (the whole buffer, as DeepSpeed hands
+        of aligned_numel(buffer_numel) elements (the whole buffer, as DeepSpeed hands
         them out), valid until release_reserved_buffers() or close()."""
         capacity = self.stats().total_buffers
         ptrs = (c_void_p * max(capacity, 1))()
         count = c_size_t()
         check(self._lib.swapper_reserve_available_buffers(self._h(), ptrs, capacity, byref(count)))
-        numel = self.io_aligned_numel(self.buffer_numel)
+        numel = self.aligned_numel(self.buffer_numel)
         return [self._view(ptrs[i], numel) for i in range(count.value)]
 
     def release_reserved_buffers(self):
@@ -301,9 +329,17 @@ class Swapper:
         """Whether a tensor of `numel` elements is worth swapping (DeepSpeed's rule)."""
         return bool(self._lib.swapper_swappable(self._h(), _uint(numel, "numel")))
 
-    def io_aligned_numel(self, numel):
-        """`numel` rounded up to a multiple of 4096 bytes."""
+    def aligned_numel(self, numel):
+        """`numel` rounded up to a multiple of 4096 bytes (C swapper_aligned_numel, C++
+        Swapper::aligned_numel)."""
         return int(self._lib.swapper_aligned_numel(self._h(), _uint(numel, "numel")))
+
+    def io_aligned_numel(self, numel):
+        """Deprecated, removed in the next release: the old name of aligned_numel
+        (DeepSpeed's swapper calls its method _io_aligned_numel; the aio_handle drop-in
+        in swapper.deepspeed does not need this one)."""
+        warnings.warn("Swapper.io_aligned_numel is deprecated: use aligned_numel", DeprecationWarning, stacklevel=2)
+        return self.aligned_numel(numel)
 
     def reserve_partitioned_swap_space(self, numels):
         """Allocates the packed staging space of swap_out_partitioned: the sum of the
@@ -344,6 +380,25 @@ class Swapper:
         out = StatsStruct()
         check(self._lib.swapper_stats(self._h(), byref(out)))
         return Stats(*(int(getattr(out, f)) for f in STATS_FIELDS))
+
+    def param_extents(self, param_id):
+        """Where a param's bytes are on disk, in order: a list of (drive, path,
+        file_offset, length), one per drive the param is split over (empty when it is
+        not on disk yet). The files are extent files shared with other params."""
+        h = self._h()
+        pid = _uint(param_id, "param id")
+        count = c_size_t()
+        check(self._lib.swapper_param_extents(h, pid, None, 0, byref(count)))
+        while True:
+            out = (ExtentStruct * max(count.value, 1))()
+            need = c_size_t()
+            check(self._lib.swapper_param_extents(h, pid, out, count.value, byref(need)))
+            if need.value <= count.value:
+                return [
+                    (int(e.drive), os.fsdecode(e.path), int(e.file_offset), int(e.len))
+                    for e in out[: need.value]
+                ]
+            count = need
 
     def dump(self):
         """A human-readable dump of the state (DeepSpeed's print_object)."""

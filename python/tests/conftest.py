@@ -8,6 +8,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import swapper  # noqa: E402
+from skip_policy import pytest_make_collect_report, pytest_runtest_makereport  # noqa: E402, F401 - hooks
 
 
 @pytest.fixture

@@ -224,7 +224,7 @@ class Pair:
         return self.params[pid]
 
     def aligned(self, numel):
-        return self.ls.io_aligned_numel(numel)
+        return self.ls.aligned_numel(numel)
 
     def bits_of(self, x):
         if isinstance(x, torch.Tensor):
@@ -360,8 +360,12 @@ class Pair:
         nbytes = bits.size * self.elem
         with open(self.ds.id_to_path[pid], "rb") as f:
             d = f.read(nbytes)
-        with open(os.path.join(self.ls_folder, f"{pid}_param.tensor.swp"), "rb") as f:
-            lbytes = f.read(nbytes)
+        lbytes = b""
+        for _drive, path, offset, length in self.ls.param_extents(pid):
+            with open(path, "rb") as f:
+                f.seek(offset)
+                lbytes += f.read(length)
+        lbytes = lbytes[:nbytes]
         self.expect(d == bits.tobytes(), f"param {pid}: DeepSpeed's swap file differs from what was written")
         self.expect(lbytes == d, f"param {pid}: libswapper's swap file differs from DeepSpeed's")
 

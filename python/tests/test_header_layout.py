@@ -12,6 +12,7 @@ import subprocess
 import pytest
 
 from swapper import _lib, core, errors
+from swapper.enums import TensorKind
 
 from conftest import HEADER
 
@@ -22,12 +23,24 @@ ENUMS = {
     "SWAPPER_DIRECT_IO_": core.DirectIo,
     "SWAPPER_PARAM_STATUS_": core.ParamStatus,
     "SWAPPER_DTYPE_": core.Dtype,
+    "SWAPPER_TENSOR_KIND_": TensorKind,
 }
-ENUM_TYPES = ["SwapperStatus", "SwapperLogLevel", "SwapperBackend", "SwapperDirectIo", "SwapperParamStatus", "SwapperDtype"]
+ENUM_TYPES = [
+    "SwapperStatus",
+    "SwapperLogLevel",
+    "SwapperBackend",
+    "SwapperDirectIo",
+    "SwapperParamStatus",
+    "SwapperDtype",
+    "SwapperTensorKind",
+]
 STRUCTS = {
     "SwapperIoConfig": _lib.IoConfigStruct,
     "SwapperConfig": _lib.ConfigStruct,
     "SwapperStats": _lib.StatsStruct,
+    "SwapperOptimizerConfig": _lib.OptimizerConfigStruct,
+    "SwapperTensorSpec": _lib.TensorSpecStruct,
+    "SwapperOptimizerStats": _lib.OptimizerStatsStruct,
 }
 
 

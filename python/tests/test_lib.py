@@ -29,6 +29,7 @@ def test_every_header_function_is_declared():
 
 def test_version_and_alignment():
     assert re.fullmatch(r"\d+\.\d+\.\d+", swapper.version())
+    assert swapper.__version__ == swapper.version()
     assert swapper.alignment() == 4096
 
 

@@ -134,9 +134,11 @@ def test_corrupt_swap_file_detected(folder):
     with swapper.Swapper(folder, buffer_count=2, buffer_numel=1 << 16, verify_checksums=True) as s:
         s.get_buffer(9, 1 << 15)[:] = 1.0
         s.swap_out_and_release([9])
-        (path,) = glob.glob(os.path.join(folder, "zero_stage_3", "*", "rank0", "9_*"))
+        ((drive, path, offset, length),) = s.param_extents(9)
+        assert drive == 0 and length == 1 << 16
+        assert glob.glob(os.path.join(folder, "zero_stage_3", "*", "rank0", "*")) == [path]
         with open(path, "r+b") as f:
-            f.seek(100)
+            f.seek(offset + 100)
             f.write(b"\x55" * 8)
         with pytest.raises(swapper.CorruptDataError):
             s.swap_in([9])
@@ -157,8 +159,10 @@ def test_reserved_buffers(sw):
 
 
 def test_sizes(sw):
-    assert sw.io_aligned_numel(1) == 2048  # fp16: 4096 bytes
-    assert sw.io_aligned_numel(2048) == 2048
+    assert sw.aligned_numel(1) == 2048  # fp16: 4096 bytes
+    assert sw.aligned_numel(2048) == 2048
+    with pytest.deprecated_call():
+        assert sw.io_aligned_numel(1) == 2048  # the old name, until the next release
     assert not sw.swappable(1000)
     assert sw.swappable(1 << 20)
 
@@ -281,3 +285,32 @@ def test_a_wait_for_writes_keeps_the_destination_of_a_read_in_flight(folder):
         s.wait_writes()
         s.wait_reads()
         assert (s.param_buffer(1) == 2.5).all()
+
+
+def test_several_drives(tmp_path):
+    drives = [str(tmp_path / f"drive{k}") for k in range(3)]
+    for d in drives:
+        os.mkdir(d)
+    with swapper.Swapper(drives, buffer_count=3, buffer_numel=3 << 20, verify_checksums=True) as s:
+        rng = np.random.default_rng(7)
+        data = {}
+        for pid, n in [(1, 3 << 20), (2, 2048), (3, 4096)]:
+            data[pid] = rng.standard_normal(n).astype(np.float16)
+            s.get_buffer(pid, n)[:] = data[pid]
+        s.swap_out_and_release([1, 2, 3])
+        ext = s.param_extents(1)
+        assert [e[0] for e in ext] == [0, 1, 2], "a 6 MiB param is split over the three drives"
+        assert all(e[1].startswith(drives[e[0]]) for e in ext)
+        assert sum(e[3] for e in ext) == 6 << 20
+        s.swap_in([1, 2, 3])
+        for pid, want in data.items():
+            assert np.array_equal(s.param_buffer(pid), want)
+    with pytest.raises(swapper.InvalidArgumentError):
+        swapper.Swapper([], buffer_count=1, buffer_numel=16)
+    with pytest.raises(swapper.InvalidArgumentError):
+        swapper.Swapper([drives[0], drives[0]], buffer_count=1, buffer_numel=16)
+    cfg = {"zero_optimization": {"offload_param": {"nvme_path": drives[:2], "buffer_count": 1, "buffer_size": 4096}}}
+    with swapper.Swapper.from_deepspeed_config(cfg) as s:
+        assert s.dump().startswith("swapper " + os.path.realpath(drives[0]))
+        with pytest.raises(swapper.BusyError):
+            swapper.Swapper(drives[1], buffer_count=1, buffer_numel=16)

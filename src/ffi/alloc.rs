@@ -3,7 +3,8 @@
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
 
-use super::boundary::write_out;
+use super::boundary::{clear_out, write_out};
+use crate::memory_budget::{self, Demand};
 use crate::status::Status;
 use crate::sys::alloc::{find_allocation, release, retain, AlignedBuf};
 
@@ -18,27 +19,41 @@ fn allocations() -> std::sync::MutexGuard<'static, HashMap<usize, AlignedBuf>> {
 
 /// Allocates `nbytes` (0 gives one page) of zero-filled memory aligned to at least 4096
 /// bytes, suitable for O_DIRECT. With `lock` true the pages are locked in RAM (pinned)
-/// when RLIMIT_MEMLOCK allows it; otherwise the memory stays unlocked and a warning is
-/// logged (`swapper_is_locked` tells which). The caller owns the memory and frees it with
-/// `swapper_free_aligned`. Thread-safe.
+/// when RLIMIT_MEMLOCK allows it (or the process holds CAP_IPC_LOCK); otherwise the memory
+/// stays unlocked and a warning is logged (`swapper_is_locked` tells which). The caller
+/// owns the memory and frees it with `swapper_free_aligned`. Thread-safe.
 ///
 /// Errors: `SWAPPER_STATUS_NULL_POINTER` if `out` is NULL; `SWAPPER_STATUS_OUT_OF_MEMORY`
-/// if the memory cannot be had (more than the machine's RAM is refused up front).
+/// if the memory cannot be had (more than the machine's RAM is refused up front; with
+/// `lock`, more than MemAvailable or than the memory cgroup's room is refused up front,
+/// the message saying how much fits).
+///
+/// After a failure `*out` is NULL (every out-parameter is neutral after a failure).
 ///
 /// # Safety
 /// `out` must be NULL or valid for writing one pointer.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_alloc_aligned(
     nbytes: u64,
     lock: bool,
     out: *mut *mut libc::c_void,
 ) -> Status {
     crate::ffi_boundary!("swapper_alloc_aligned", {
+        // SAFETY: the caller's contract.
+        unsafe { clear_out(out) };
         if out.is_null() {
             return Err(crate::Error::new(Status::NullPointer, "out is NULL"));
         }
         let len = usize::try_from(nbytes)
             .map_err(|_| crate::Error::new(Status::OutOfMemory, format!("cannot allocate {nbytes} bytes")))?;
+        let lock = lock
+            && memory_budget::check(&[Demand::new(
+                format!("swapper_alloc_aligned of {nbytes} bytes"),
+                "nbytes",
+                nbytes,
+            )])?
+            .lock;
         let buf = AlignedBuf::new(len, lock)?;
         let ptr = buf.as_ptr() as *mut libc::c_void;
         allocations().insert(ptr as usize, buf);
@@ -117,6 +132,7 @@ pub extern "C" fn swapper_allocation_locked(ptr: *const libc::c_void, nbytes: u6
 /// Errors: `SWAPPER_STATUS_NULL_POINTER` if `ptr` is NULL; `SWAPPER_STATUS_NOT_FOUND` if
 /// the range is not entirely inside one live libswapper allocation.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn swapper_memory_retain(ptr: *const libc::c_void, nbytes: u64) -> Status {
     crate::ffi_boundary!("swapper_memory_retain", {
         if ptr.is_null() {
@@ -139,6 +155,7 @@ pub extern "C" fn swapper_memory_retain(ptr: *const libc::c_void, nbytes: u64) -
 /// Errors: `SWAPPER_STATUS_NULL_POINTER` if `ptr` is NULL; `SWAPPER_STATUS_INVALID_ARGUMENT`
 /// if `ptr` is not inside retained libswapper memory (nothing is changed).
 #[no_mangle]
+#[must_use]
 pub extern "C" fn swapper_memory_release(ptr: *const libc::c_void) -> Status {
     crate::ffi_boundary!("swapper_memory_release", {
         if ptr.is_null() {

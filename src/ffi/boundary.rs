@@ -95,6 +95,20 @@ pub unsafe fn write_out<T>(ptr: *mut T, name: &str, value: T) -> Result<()> {
     Ok(())
 }
 
+/// Sets a non-NULL out-pointer to its neutral value, all zero bytes (NULL, 0, a
+/// zero-filled struct). Every export with out-parameters calls it on each of them first,
+/// so a failure, wherever it happens, leaves them neutral: the header's one rule.
+///
+/// # Safety
+/// A non-NULL `ptr` must be valid for writing one `T`. No `T` value is made: the bytes
+/// are the C caller's, which reads them as its own type (for which zero is valid).
+pub unsafe fn clear_out<T>(ptr: *mut T) {
+    if !ptr.is_null() {
+        // SAFETY: the caller's contract; write_bytes neither reads nor drops a `T`.
+        unsafe { ptr.write_bytes(0, 1) };
+    }
+}
+
 /// Stores `value` through an optional out-pointer (NULL: nothing is stored).
 ///
 /// # Safety

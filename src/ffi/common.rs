@@ -57,6 +57,7 @@ pub extern "C" fn swapper_status_name(status: StatusCode) -> *const libc::c_char
 ///
 /// Errors: `SWAPPER_STATUS_INVALID_ARGUMENT` for a level that is not a `SwapperLogLevel`.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn swapper_set_log_callback(
     callback: SwapperLogCallback,
     user_data: *mut libc::c_void,

@@ -2,7 +2,7 @@
 
 use std::sync::LazyLock;
 
-use super::boundary::{arg_path, arg_ref, write_opt, write_out, Registry};
+use super::boundary::{arg_path, arg_ref, clear_out, write_opt, write_out, Registry};
 use crate::config::{Backend, DirectIo, IoConfig, IO_ALIGNMENT};
 use crate::io::handle::IoHandle;
 use crate::status::Status;
@@ -129,15 +129,20 @@ pub unsafe extern "C" fn swapper_io_config_default(out: *mut SwapperIoConfig) {
 /// `SWAPPER_STATUS_UNSUPPORTED` (io_uring asked for and refused by the kernel),
 /// `SWAPPER_STATUS_OUT_OF_MEMORY` (threads could not be started).
 ///
+/// After a failure `*out` is NULL (every out-parameter is neutral after a failure).
+///
 /// # Safety
 /// `config` must be NULL or point to a `SwapperIoConfig`; `out` must be NULL or valid for
 /// writing one pointer.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_io_create(
     config: *const SwapperIoConfig,
     out: *mut *mut SwapperIo,
 ) -> Status {
     crate::ffi_boundary!("swapper_io_create", {
+        // SAFETY: the caller's contract.
+        unsafe { clear_out(out) };
         // SAFETY: the caller's contract.
         let config = IoConfig::try_from(unsafe { arg_ref(config, "config") }?)?;
         if out.is_null() {
@@ -225,6 +230,7 @@ unsafe fn submit(
 /// `buffer` must be valid for writing `nbytes` bytes for as long as stated above; `path`
 /// must be NULL or a NUL-terminated string.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_io_pread(
     io: *mut SwapperIo,
     buffer: *mut libc::c_void,
@@ -261,6 +267,7 @@ pub unsafe extern "C" fn swapper_io_pread(
 /// `buffer` must be valid for reading `nbytes` bytes for as long as stated above; `path`
 /// must be NULL or a NUL-terminated string.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_io_pwrite(
     io: *mut SwapperIo,
     buffer: *const libc::c_void,
@@ -285,21 +292,28 @@ pub unsafe extern "C" fn swapper_io_pwrite(
 }
 
 /// Waits for every asynchronous operation submitted on `io` before this call and stores in
-/// `*completed_ops` (if not NULL) how many it reaped, failed ones included. Returns the
+/// `*completed_ops` (if not NULL) how many it reaped. Returns the
 /// status of the first failure among them; the last error then lists every failed
 /// operation with its path, offset and errno. With nothing pending it returns
 /// `SWAPPER_STATUS_OK` at once with 0. Thread-safe: concurrent waiters each reap a share.
 ///
+/// After a failure `*completed_ops` is 0 (every out-parameter is neutral after a failure): the
+/// last error names each failed operation.
+///
 /// # Safety
 /// `completed_ops` must be NULL or valid for writing one `uint64_t`.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_io_wait(io: *mut SwapperIo, completed_ops: *mut u64) -> Status {
     crate::ffi_boundary!("swapper_io_wait", {
+        // SAFETY: the caller's contract.
+        unsafe { clear_out(completed_ops) };
         let h = handle(io)?;
         let (n, result) = h.wait();
+        result?;
         // SAFETY: the caller's contract.
         unsafe { write_opt(completed_ops, n) };
-        result
+        Ok(())
     })
 }
 
@@ -308,11 +322,16 @@ pub unsafe extern "C" fn swapper_io_wait(io: *mut SwapperIo, completed_ops: *mut
 ///
 /// Errors: `SWAPPER_STATUS_NULL_POINTER`, `SWAPPER_STATUS_INVALID_ARGUMENT` (a dead handle).
 ///
+/// After a failure `*out` is all zeros (every out-parameter is neutral after a failure).
+///
 /// # Safety
 /// `out` must be NULL or valid for writing one `SwapperIoConfig`.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_io_get_config(io: *const SwapperIo, out: *mut SwapperIoConfig) -> Status {
     crate::ffi_boundary!("swapper_io_get_config", {
+        // SAFETY: the caller's contract.
+        unsafe { clear_out(out) };
         let h = handle(io)?;
         let mut c = SwapperIoConfig::from(h.engine().config());
         c.backend = h.engine().backend() as i32;

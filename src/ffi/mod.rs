@@ -8,10 +8,12 @@
 //! - [`alloc`]: aligned (page-locked) allocations for callers.
 //! - [`io`]: the I/O engine handle, `SwapperIo`.
 //! - [`swapper`]: the parameter swapper handle, `Swapper`.
+//! - [`optimizer`]: the optimizer-state swapper handle, `SwapperOptimizer`.
 
 #[macro_use]
 pub mod boundary;
 pub mod alloc;
 pub mod common;
 pub mod io;
+pub mod optimizer;
 pub mod swapper;

@@ -2,7 +2,7 @@
 
 use std::sync::LazyLock;
 
-use super::boundary::{arg_path, arg_ref, arg_slice, arg_str, write_opt, write_out, Registry};
+use super::boundary::{arg_path, arg_ref, arg_slice, arg_str, clear_out, write_opt, write_out, Registry};
 use super::io::{flag_is_set, SwapperIoConfig};
 use crate::config::IoConfig;
 use crate::convert::Dtype;
@@ -37,10 +37,13 @@ pub struct Swapper {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct SwapperConfig {
-    /// Root folder of the swap files (required; must exist, be a real folder, not a
-    /// symbolic link). The swapper uses `<nvme_path>/zero_stage_3/<dtype>params/rank<R>/`,
-    /// created with mode 0700, locked for the handle's life and emptied at creation.
-    /// Borrowed during `swapper_create` only. DeepSpeed `offload_param.nvme_path`.
+    /// Root folder of the swap files (required unless `nvme_paths` is given; must exist,
+    /// be a real folder, not a symbolic link). The swapper uses
+    /// `<nvme_path>/zero_stage_3/<dtype>params/rank<R>/`, created with mode 0700, locked for
+    /// the handle's life and emptied at creation; the params' bytes go into a few large
+    /// extent files there (`extent-<k>.swp`), not a file per param. Borrowed during
+    /// `swapper_create` only. DeepSpeed `offload_param.nvme_path`. With `nvme_paths` set it
+    /// may be NULL; if not NULL it must equal `nvme_paths[0]`.
     pub nvme_path: *const libc::c_char,
     /// This process's rank; each rank has its own folder. Default 0.
     pub rank: u32,
@@ -70,24 +73,56 @@ pub struct SwapperConfig {
     pub free_fn: SwapperFreeFn,
     /// Passed to `alloc_fn` and `free_fn`; never touched by libswapper.
     pub allocator_user_data: *mut libc::c_void,
+    /// Several drives: `nvme_path_count` root folders, one per drive (each as `nvme_path`
+    /// says, with its own rank folder, lock and I/O queue). Params are placed across them
+    /// (small ones whole on one drive, large ones split in 1 MiB units) so that each drive
+    /// carries an equal share of the bytes. NULL (the default) with a count of 0: the single
+    /// `nvme_path`. Borrowed during `swapper_create` only. DeepSpeed `offload_param.nvme_path`
+    /// given as a list.
+    pub nvme_paths: *const *const libc::c_char,
+    /// Entries in `nvme_paths` (0: use `nvme_path`). Default 0.
+    pub nvme_path_count: usize,
 }
 
 impl TryFrom<&SwapperConfig> for Settings {
     type Error = Error;
     fn try_from(c: &SwapperConfig) -> Result<Settings> {
-        // SAFETY: the caller of swapper_create promises a NUL-terminated string or NULL.
-        let nvme_path = unsafe { arg_path(c.nvme_path, "config->nvme_path") }?;
-        let allocator = match (c.alloc_fn, c.free_fn) {
-            (Some(alloc), Some(free)) => Some(ExternalAllocator {
-                alloc,
-                free,
-                user_data: c.allocator_user_data as usize,
-            }),
-            (None, None) => None,
-            _ => return Err(Error::invalid("set both alloc_fn and free_fn, or neither")),
+        let nvme_paths = if c.nvme_path_count == 0 {
+            Vec::new()
+        } else {
+            if c.nvme_paths.is_null() {
+                return Err(Error::new(
+                    Status::NullPointer,
+                    format!(
+                        "config->nvme_paths is NULL with nvme_path_count {}",
+                        c.nvme_path_count
+                    ),
+                ));
+            }
+            if c.nvme_path_count > 4096 {
+                return Err(Error::invalid(format!(
+                    "config->nvme_path_count {} is not a number of drives (at most 4096)",
+                    c.nvme_path_count
+                )));
+            }
+            (0..c.nvme_path_count)
+                .map(|i| {
+                    // SAFETY: the caller promises `nvme_path_count` readable entries, each a
+                    // NUL-terminated string or NULL.
+                    unsafe { arg_path(*c.nvme_paths.add(i), &format!("config->nvme_paths[{i}]")) }
+                })
+                .collect::<Result<Vec<_>>>()?
         };
+        let nvme_path = if c.nvme_path.is_null() && !nvme_paths.is_empty() {
+            std::path::PathBuf::new()
+        } else {
+            // SAFETY: the caller of swapper_create promises a NUL-terminated string or NULL.
+            unsafe { arg_path(c.nvme_path, "config->nvme_path") }?
+        };
+        let allocator = allocator_of(c)?;
         let s = Settings {
             nvme_path,
+            nvme_paths,
             rank: c.rank,
             dtype: Dtype::from_c(c.dtype)?,
             buffer_count: c.buffer_count,
@@ -102,10 +137,27 @@ impl TryFrom<&SwapperConfig> for Settings {
     }
 }
 
+/// The caller's allocator, if `alloc_fn` and `free_fn` are both set.
+fn allocator_of(c: &SwapperConfig) -> Result<Option<ExternalAllocator>> {
+    match (c.alloc_fn, c.free_fn) {
+        (Some(alloc), Some(free)) => Ok(Some(ExternalAllocator {
+            alloc,
+            free,
+            user_data: c.allocator_user_data as usize,
+        })),
+        (None, None) => Ok(None),
+        _ => Err(Error::invalid("set both alloc_fn and free_fn, or neither")),
+    }
+}
+
 static HANDLES: LazyLock<Registry<Core>> = LazyLock::new(|| Registry::new("Swapper handle", 2));
 
-fn handle(s: *const Swapper) -> Result<std::sync::Arc<Core>> {
-    HANDLES.get(s as usize)
+/// The live swapper behind a handle; `SWAPPER_STATUS_PANIC` once a panic inside an
+/// earlier call broke it (every call but `swapper_destroy` then fails so).
+pub(crate) fn handle(s: *const Swapper) -> Result<std::sync::Arc<Core>> {
+    let core = HANDLES.get(s as usize)?;
+    core.usable()?;
+    Ok(core)
 }
 
 fn getter<T>(name: &str, s: *const Swapper, fallback: T, f: impl FnOnce(&Core) -> T) -> T {
@@ -133,9 +185,58 @@ pub unsafe extern "C" fn swapper_config_default(out: *mut SwapperConfig) {
         alloc_fn: None,
         free_fn: None,
         allocator_user_data: std::ptr::null_mut(),
+        nvme_paths: std::ptr::null(),
+        nvme_path_count: 0,
     };
     // SAFETY: the caller's contract.
     unsafe { write_opt(out, c) }
+}
+
+/// Stores in `*out_bytes` how many bytes `swapper_create` with `*config` would page-lock
+/// (pin) for the buffer pool, counted as the kernel counts locked memory: `buffer_count`
+/// buffers of `buffer_numel` elements of `dtype` (each buffer rounded up to the I/O
+/// alignment), the whole rounded up to pages. 0 when `pin_memory` is off or `alloc_fn`
+/// provides the memory (libswapper then locks nothing). Creates and allocates nothing;
+/// reads only `dtype`, `buffer_count`, `buffer_numel`, `pin_memory`, `alloc_fn` and
+/// `free_fn` (`nvme_path` may be NULL). `swapper_create` checks this many bytes, before it
+/// allocates, against the memory cgroup's room and MemAvailable (refused with
+/// `SWAPPER_STATUS_OUT_OF_MEMORY`, the message saying how much fits and what to lower)
+/// and RLIMIT_MEMLOCK (the pool is then created unlocked, with a warning). The
+/// partitioned swap space, reserved later, is not included. Thread-safe.
+///
+/// Errors: `SWAPPER_STATUS_NULL_POINTER` (config or out_bytes NULL);
+/// `SWAPPER_STATUS_INVALID_ARGUMENT` (buffer_count or buffer_numel 0, an invalid dtype,
+/// only one of alloc_fn and free_fn set); `SWAPPER_STATUS_OUT_OF_MEMORY` (the pool's size
+/// overflows). After a failure `*out_bytes` is 0 (when out_bytes is not NULL).
+///
+/// # Safety
+/// `config` must be NULL or point to a `SwapperConfig`; `out_bytes` must be NULL or valid
+/// for writing one `uint64_t`.
+#[no_mangle]
+pub unsafe extern "C" fn swapper_config_page_locked_bytes(
+    config: *const SwapperConfig,
+    out_bytes: *mut u64,
+) -> Status {
+    crate::ffi_boundary!("swapper_config_page_locked_bytes", {
+        // SAFETY: the caller's contract.
+        unsafe { write_opt(out_bytes, 0) };
+        // SAFETY: the caller's contract.
+        let c = unsafe { arg_ref(config, "config") }?;
+        if out_bytes.is_null() {
+            return Err(Error::new(Status::NullPointer, "out_bytes is NULL"));
+        }
+        let pool = Settings {
+            dtype: Dtype::from_c(c.dtype)?,
+            buffer_count: c.buffer_count,
+            buffer_numel: c.buffer_numel,
+            pin_memory: flag_is_set(c.pin_memory),
+            allocator: allocator_of(c)?,
+            ..Settings::default()
+        };
+        let bytes = crate::swapper::page_locked_bytes(&pool)?;
+        // SAFETY: checked non-NULL; the caller's contract.
+        unsafe { write_out(out_bytes, "out_bytes", bytes) }
+    })
 }
 
 fn create(settings: Settings, out: *mut *mut Swapper) -> Result<()> {
@@ -158,12 +259,17 @@ fn create(settings: Settings, out: *mut *mut Swapper) -> Result<()> {
 /// `SWAPPER_STATUS_OUT_OF_MEMORY` (the pool cannot be allocated; larger than the machine's
 /// memory is refused up front).
 ///
+/// After a failure `*out` is NULL (every out-parameter is neutral after a failure).
+///
 /// # Safety
 /// `config` must be NULL or point to a `SwapperConfig` whose `nvme_path` is NULL or a
 /// NUL-terminated string; `out` must be NULL or valid for writing one pointer.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_create(config: *const SwapperConfig, out: *mut *mut Swapper) -> Status {
     crate::ffi_boundary!("swapper_create", {
+        // SAFETY: the caller's contract.
+        unsafe { clear_out(out) };
         // SAFETY: the caller's contract.
         let c = unsafe { arg_ref(config, "config") }?;
         create(Settings::try_from(c)?, out)
@@ -179,10 +285,13 @@ pub unsafe extern "C" fn swapper_create(config: *const SwapperConfig, out: *mut 
 /// Errors: as `swapper_create`, plus `SWAPPER_STATUS_INVALID_ARGUMENT` for text that is
 /// not JSON, a key of the wrong type (the message names it) or a missing nvme_path.
 ///
+/// After a failure `*out` is NULL (every out-parameter is neutral after a failure).
+///
 /// # Safety
 /// `deepspeed_config_json` must be NULL or a NUL-terminated string; `out` must be NULL or
 /// valid for writing one pointer.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_create_from_json(
     deepspeed_config_json: *const libc::c_char,
     rank: u32,
@@ -190,6 +299,8 @@ pub unsafe extern "C" fn swapper_create_from_json(
     out: *mut *mut Swapper,
 ) -> Status {
     crate::ffi_boundary!("swapper_create_from_json", {
+        // SAFETY: the caller's contract.
+        unsafe { clear_out(out) };
         // SAFETY: the caller's contract.
         let text = unsafe { arg_str(deepspeed_config_json, "deepspeed_config_json") }?;
         create(
@@ -217,7 +328,7 @@ pub extern "C" fn swapper_destroy(swapper: *mut Swapper) {
         return;
     }
     let _ = crate::ffi_boundary!("swapper_destroy", {
-        HANDLES.destroy(swapper as usize, |s| s.engine().close())
+        HANDLES.destroy(swapper as usize, |s| s.close())
     });
 }
 
@@ -231,9 +342,12 @@ pub extern "C" fn swapper_destroy(swapper: *mut Swapper) {
 /// `SWAPPER_STATUS_NO_BUFFER` (numel larger than a buffer, or no free buffer),
 /// `SWAPPER_STATUS_BAD_STATE` (the param already has a buffer), `SWAPPER_STATUS_NULL_POINTER`.
 ///
+/// After a failure `*out_buffer` is NULL (every out-parameter is neutral after a failure).
+///
 /// # Safety
 /// `out_buffer` must be NULL or valid for writing one pointer.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_get_buffer(
     swapper: *mut Swapper,
     param_id: u64,
@@ -241,6 +355,8 @@ pub unsafe extern "C" fn swapper_get_buffer(
     out_buffer: *mut *mut libc::c_void,
 ) -> Status {
     crate::ffi_boundary!("swapper_get_buffer", {
+        // SAFETY: the caller's contract.
+        unsafe { clear_out(out_buffer) };
         let s = handle(swapper)?;
         if out_buffer.is_null() {
             return Err(Error::new(Status::NullPointer, "out_buffer is NULL"));
@@ -271,6 +387,7 @@ pub unsafe extern "C" fn swapper_get_buffer(
 /// # Safety
 /// `param_ids` must be NULL or point to `count` ids.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_swap_out(
     swapper: *mut Swapper,
     param_ids: *const u64,
@@ -297,6 +414,7 @@ pub unsafe extern "C" fn swapper_swap_out(
 /// # Safety
 /// `param_ids` must be NULL or point to `count` ids.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_swap_out_and_release(
     swapper: *mut Swapper,
     param_ids: *const u64,
@@ -336,6 +454,7 @@ pub unsafe extern "C" fn swapper_swap_out_and_release(
 /// `param_ids` must be NULL or point to `count` ids; `dest_buffers` must be NULL or point
 /// to `count` pointers, each valid as stated above.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_swap_in(
     swapper: *mut Swapper,
     param_ids: *const u64,
@@ -368,6 +487,7 @@ pub unsafe extern "C" fn swapper_swap_in(
 /// `param_ids`, `dest_buffers` and `dest_numels` must be NULL or hold `count` entries; each
 /// buffer must be valid for `dest_numels[i]` elements until its param is released.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_swap_in_buffers(
     swapper: *mut Swapper,
     param_ids: *const u64,
@@ -404,6 +524,7 @@ pub unsafe extern "C" fn swapper_swap_in_buffers(
 /// # Safety
 /// `dest` must be NULL or valid for writing `dest_numel` elements.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_swap_into_buffer(
     swapper: *mut Swapper,
     param_id: u64,
@@ -422,6 +543,7 @@ pub unsafe extern "C" fn swapper_swap_into_buffer(
 /// param NOT_AVAILABLE; the status is the first failure's and the last error names every
 /// failed param. With nothing pending: `SWAPPER_STATUS_OK` at once. Thread-safe; blocks.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn swapper_wait_reads(swapper: *mut Swapper) -> Status {
     crate::ffi_boundary!("swapper_wait_reads", { handle(swapper)?.wait_reads() })
 }
@@ -431,6 +553,7 @@ pub extern "C" fn swapper_wait_reads(swapper: *mut Swapper) -> Status {
 /// (retry the swap-out); the last error names every failed param. With nothing pending:
 /// `SWAPPER_STATUS_OK` at once. Thread-safe; blocks.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn swapper_wait_writes(swapper: *mut Swapper) -> Status {
     crate::ffi_boundary!("swapper_wait_writes", { handle(swapper)?.wait_writes() })
 }
@@ -447,6 +570,7 @@ pub extern "C" fn swapper_wait_writes(swapper: *mut Swapper) -> Status {
 /// # Safety
 /// `param_ids` must be NULL or point to `count` ids.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_wait_params(
     swapper: *mut Swapper,
     param_ids: *const u64,
@@ -472,6 +596,7 @@ pub unsafe extern "C" fn swapper_wait_params(
 /// # Safety
 /// `param_ids` must be NULL or point to `count` ids.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_release(
     swapper: *mut Swapper,
     param_ids: *const u64,
@@ -489,15 +614,20 @@ pub unsafe extern "C" fn swapper_release(
 ///
 /// Errors: `SWAPPER_STATUS_NOT_FOUND` for an id the swapper has never seen.
 ///
+/// After a failure `*out` is 0, no status (every out-parameter is neutral after a failure).
+///
 /// # Safety
 /// `out` must be NULL or valid for writing one `SwapperParamStatus`.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_param_status(
     swapper: *const Swapper,
     param_id: u64,
     out: *mut ParamStatus,
 ) -> Status {
     crate::ffi_boundary!("swapper_param_status", {
+        // SAFETY: the caller's contract.
+        unsafe { clear_out(out) };
         let s = handle(swapper)?;
         if out.is_null() {
             return Err(Error::new(Status::NullPointer, "out is NULL"));
@@ -515,9 +645,13 @@ pub unsafe extern "C" fn swapper_param_status(
 /// Errors: `SWAPPER_STATUS_NOT_FOUND`; `SWAPPER_STATUS_BAD_STATE` when the param is not
 /// AVAILABLE (INFLIGHT: wait for reads first).
 ///
+/// After a failure `*out_buffer` is NULL and `*out_numel` 0 (every out-parameter is neutral
+/// after a failure).
+///
 /// # Safety
 /// Each out-pointer must be NULL or valid for writing.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_param_buffer(
     swapper: *const Swapper,
     param_id: u64,
@@ -525,6 +659,11 @@ pub unsafe extern "C" fn swapper_param_buffer(
     out_numel: *mut u64,
 ) -> Status {
     crate::ffi_boundary!("swapper_param_buffer", {
+        // SAFETY: the caller's contract.
+        unsafe {
+            clear_out(out_buffer);
+            clear_out(out_numel);
+        }
         let s = handle(swapper)?;
         let (buf, numel) = s.param_buffer(param_id)?;
         // SAFETY: the caller's contract.
@@ -552,10 +691,14 @@ pub extern "C" fn swapper_available_buffers(swapper: *const Swapper) -> u64 {
 ///
 /// Errors: `SWAPPER_STATUS_NULL_POINTER` (out_buffers NULL with capacity > 0, or out_count NULL).
 ///
+/// After a failure `*out_count` is 0 and no buffer is reserved (every out-parameter is
+/// neutral after a failure).
+///
 /// # Safety
 /// `out_buffers` must be NULL or valid for writing `capacity` pointers; `out_count` must be
 /// NULL or valid for writing one `size_t`.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_reserve_available_buffers(
     swapper: *mut Swapper,
     out_buffers: *mut *mut libc::c_void,
@@ -563,6 +706,8 @@ pub unsafe extern "C" fn swapper_reserve_available_buffers(
     out_count: *mut usize,
 ) -> Status {
     crate::ffi_boundary!("swapper_reserve_available_buffers", {
+        // SAFETY: the caller's contract.
+        unsafe { clear_out(out_count) };
         let s = handle(swapper)?;
         if out_count.is_null() {
             return Err(Error::new(Status::NullPointer, "out_count is NULL"));
@@ -573,7 +718,7 @@ pub unsafe extern "C" fn swapper_reserve_available_buffers(
                 "out_buffers is NULL but capacity is not 0",
             ));
         }
-        let bufs = s.reserve_available_buffers(capacity);
+        let bufs = s.reserve_available_buffers(capacity)?;
         for (i, b) in bufs.iter().enumerate() {
             // SAFETY: i < capacity; the caller's contract.
             unsafe { out_buffers.add(i).write(b.0 as *mut libc::c_void) };
@@ -588,6 +733,7 @@ pub unsafe extern "C" fn swapper_reserve_available_buffers(
 /// Errors: `SWAPPER_STATUS_BAD_STATE` while a param still uses a reserved buffer as its
 /// swap-in destination (release the param first).
 #[no_mangle]
+#[must_use]
 pub extern "C" fn swapper_release_reserved_buffers(swapper: *mut Swapper) -> Status {
     crate::ffi_boundary!("swapper_release_reserved_buffers", {
         handle(swapper)?.release_reserved_buffers()
@@ -633,6 +779,7 @@ pub extern "C" fn swapper_io_aligned_numel(swapper: *const Swapper, numel: u64) 
 /// # Safety
 /// `numels` must be NULL or point to `count` values.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_reserve_partitioned_swap_space(
     swapper: *mut Swapper,
     numels: *const u64,
@@ -667,6 +814,7 @@ pub unsafe extern "C" fn swapper_reserve_partitioned_swap_space(
 /// Each array must be NULL or hold `count` entries; each `src_fp32[i]` must be valid for
 /// reading `numels[i]` floats.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_swap_out_partitioned(
     swapper: *mut Swapper,
     dst_param_ids: *const u64,
@@ -709,11 +857,16 @@ pub unsafe extern "C" fn swapper_swap_out_partitioned(
 
 /// Stores the swapper's bookkeeping in `*out`. Thread-safe.
 ///
+/// After a failure `*out` is all zeros (every out-parameter is neutral after a failure).
+///
 /// # Safety
 /// `out` must be NULL or valid for writing one `SwapperStats`.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_stats(swapper: *const Swapper, out: *mut Stats) -> Status {
     crate::ffi_boundary!("swapper_stats", {
+        // SAFETY: the caller's contract.
+        unsafe { clear_out(out) };
         let s = handle(swapper)?;
         // SAFETY: the caller's contract.
         unsafe { write_out(out, "out", s.stats()) }
@@ -756,9 +909,13 @@ pub extern "C" fn swapper_element_size(swapper: *const Swapper) -> u32 {
 /// full length, without the NUL, in `*out_len` (if not NULL): call with capacity 0 to ask
 /// the size. DeepSpeed's `print_object`. Thread-safe.
 ///
+/// After a failure `*out_len` is 0 and `buffer` (capacity > 0) holds "" (every out-parameter
+/// is neutral after a failure).
+///
 /// # Safety
 /// `buffer` must be NULL or valid for writing `capacity` bytes; `out_len` NULL or valid.
 #[no_mangle]
+#[must_use]
 pub unsafe extern "C" fn swapper_dump(
     swapper: *const Swapper,
     buffer: *mut libc::c_char,
@@ -766,6 +923,12 @@ pub unsafe extern "C" fn swapper_dump(
     out_len: *mut usize,
 ) -> Status {
     crate::ffi_boundary!("swapper_dump", {
+        // SAFETY: the caller's contract.
+        unsafe { clear_out(out_len) };
+        if !buffer.is_null() && capacity > 0 {
+            // SAFETY: capacity > 0 bytes are writable (the caller's contract): "" until done.
+            unsafe { buffer.write(0) };
+        }
         let s = handle(swapper)?;
         let text = s.dump();
         if buffer.is_null() && capacity > 0 {
@@ -784,6 +947,79 @@ pub unsafe extern "C" fn swapper_dump(
         }
         // SAFETY: the caller's contract.
         unsafe { write_opt(out_len, text.len()) };
+        Ok(())
+    })
+}
+
+/// Where one piece of a param's bytes lives on disk (see `swapper_param_extents`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SwapperExtent {
+    /// The drive: an index into `nvme_paths` (0 with a single `nvme_path`).
+    pub drive: u32,
+    /// Where the piece starts in the file.
+    pub file_offset: u64,
+    /// Bytes (the param's bytes, then padding to the 4 KiB alignment in the last piece).
+    pub len: u64,
+    /// The extent file's absolute path, NUL-terminated (shorter than PATH_MAX, which the
+    /// swapper checks at creation).
+    pub path: [libc::c_char; 4096],
+}
+
+/// Where param `id`'s bytes are on disk: its pieces in order (one per drive it is split
+/// over; a small param has one), each an extent file shared with other params, an offset
+/// and a length. Writes up to `capacity` of them to `out` and the param's total number of
+/// pieces to `*out_count` (0 when the param is not on disk yet): call with capacity 0 to
+/// ask the count. Thread-safe; a snapshot (a later swap-out may move a param whose file
+/// was found damaged).
+///
+/// Errors: `SWAPPER_STATUS_NULL_POINTER` (`out_count` NULL, or `out` NULL with a capacity);
+/// `SWAPPER_STATUS_NOT_FOUND` (unknown id); `SWAPPER_STATUS_INVALID_ARGUMENT` (a dead
+/// handle). After a failure `*out_count` is 0 (when not NULL) and no entry of `out` is
+/// valid.
+///
+/// # Safety
+/// `out` must be NULL or valid for writing `capacity` `SwapperExtent`s; `out_count` valid.
+#[no_mangle]
+pub unsafe extern "C" fn swapper_param_extents(
+    swapper: *const Swapper,
+    id: u64,
+    out: *mut SwapperExtent,
+    capacity: usize,
+    out_count: *mut usize,
+) -> Status {
+    crate::ffi_boundary!("swapper_param_extents", {
+        // SAFETY: the caller's contract.
+        unsafe { clear_out(out_count) };
+        let s = handle(swapper)?;
+        if out_count.is_null() {
+            return Err(Error::new(Status::NullPointer, "out_count is NULL"));
+        }
+        if out.is_null() && capacity > 0 {
+            return Err(Error::new(
+                Status::NullPointer,
+                "out is NULL but capacity is not 0",
+            ));
+        }
+        s.param_status(id)?;
+        let extents = s.param_locations(id);
+        for (k, e) in extents.iter().take(capacity).enumerate() {
+            let bytes = std::os::unix::ffi::OsStrExt::as_bytes(e.path.as_os_str());
+            let mut x = SwapperExtent {
+                drive: e.drive as u32,
+                file_offset: e.file_offset,
+                len: e.len,
+                path: [0; 4096],
+            };
+            let n = bytes.len().min(x.path.len() - 1);
+            for (d, &b) in x.path.iter_mut().zip(&bytes[..n]) {
+                *d = b as libc::c_char;
+            }
+            // SAFETY: k < capacity: the caller's contract.
+            unsafe { out.add(k).write(x) };
+        }
+        // SAFETY: checked non-NULL; the caller's contract.
+        unsafe { out_count.write(extents.len()) };
         Ok(())
     })
 }

@@ -25,6 +25,7 @@
 //!   `Status::BadState` (the parent's engine is unaffected).
 
 pub mod handle;
+pub mod held;
 pub mod op;
 mod worker;
 
@@ -38,8 +39,9 @@ use crate::config::{Backend, DirectIo, IoConfig};
 use crate::status::{Error, Result, Status};
 use crate::sys::uring::Ring;
 use crate::sys::RawBuf;
+pub use held::HeldFile;
 use op::Op;
-pub use op::Request;
+pub use op::{HeldRequest, Request};
 
 /// Most threads the blocking backend starts (it runs `queue_depth` per worker).
 const MAX_BLOCKING_THREADS: u32 = 512;
@@ -374,6 +376,22 @@ impl IoEngine {
                 req.path.display()
             );
         }
+        self.enqueue(op)
+    }
+
+    /// As [`IoEngine::submit`], on a file its owner holds open ([`HeldFile`]): nothing is
+    /// opened, so any number of operations may be in flight without a descriptor each.
+    ///
+    /// # Safety
+    /// As [`IoEngine::submit`].
+    pub unsafe fn submit_held(&self, req: &HeldRequest<'_>) -> Result<Ticket> {
+        self.shared.usable()?;
+        let op = Op::held(req, self.config.block_size)?;
+        self.enqueue(op)
+    }
+
+    /// Queues a built operation (one with no request is finished at once).
+    fn enqueue(&self, op: Op) -> Result<Ticket> {
         let op = Arc::new(op);
         if op.request_count() > 0 {
             let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());

@@ -3,8 +3,9 @@
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
+use super::held::HeldFile;
 use crate::config::IO_ALIGNMENT;
 use crate::status::{Error, Result, Status};
 use crate::sys::file::{self, Dir, OpenError, OpenMode};
@@ -145,6 +146,36 @@ pub struct Request<'a> {
     pub checksum_len: Option<u64>,
 }
 
+/// What an operation on a [`HeldFile`] asks for: as [`Request`], without the file's
+/// path and folder (the file is open already, and is not opened again).
+#[derive(Clone, Copy, Debug)]
+pub struct HeldRequest<'a> {
+    /// Write (true) or read (false).
+    pub write: bool,
+    /// The caller's buffer.
+    pub buf: RawBuf,
+    /// Bytes to move.
+    pub len: u64,
+    /// The file, held open by its owner.
+    pub file: &'a Arc<HeldFile>,
+    /// Where in the file.
+    pub offset: u64,
+    /// As [`Request::checksum_len`].
+    pub checksum_len: Option<u64>,
+}
+
+/// The descriptors of an operation: opened for it (from a [`Request`]), or its owner's
+/// (a [`HeldRequest`]).
+enum Files {
+    Opened {
+        nofollow: bool,
+        dir: Option<Dir>,
+        direct: Option<OwnedFd>,
+        buffered: OnceLock<std::result::Result<OwnedFd, OpenError>>,
+    },
+    Held(Arc<HeldFile>),
+}
+
 /// The error of a failed open of `path`. A file that is not regular is refused: inside a
 /// held folder (`in_dir`) it is the caller's own file replaced by something else
 /// (`CorruptData`); a path the caller named is the wrong kind of file (`InvalidArgument`).
@@ -190,10 +221,7 @@ pub struct Op {
     pub(crate) plan: Plan,
     /// Copy the body through a bounce buffer: O_DIRECT with a misaligned caller buffer.
     pub(crate) bounce: bool,
-    nofollow: bool,
-    dir: Option<Dir>,
-    direct_fd: Option<OwnedFd>,
-    buffered_fd: OnceLock<std::result::Result<OwnedFd, OpenError>>,
+    files: Files,
     /// Bytes covered by the checksum, and each request's crc32c of its part of them.
     checksum_len: Option<u64>,
     crcs: Vec<AtomicU32>,
@@ -286,25 +314,81 @@ impl Op {
                 ));
             }
         }
-        let plan = Plan::new(req.offset, req.len, block, direct_fd.is_some());
-        let bounce = direct_fd.is_some() && (req.buf.addr() as u64 + plan.head) % IO_ALIGNMENT != 0;
-        let count = plan.count();
-        let op = Op {
-            write: req.write,
-            path: req.path.to_path_buf(),
-            buf: req.buf,
-            offset: req.offset,
-            plan,
-            bounce,
+        let files = Files::Opened {
             nofollow: req.nofollow,
             dir: req.dir.cloned(),
-            checksum_len: req.checksum_len.map(|n| n.min(req.len)),
-            crcs: match req.checksum_len {
+            direct: direct_fd,
+            buffered: buffered_fd,
+        };
+        let op = Op::build(
+            req.write,
+            req.path,
+            req.buf,
+            req.offset,
+            req.len,
+            req.checksum_len,
+            block,
+            files,
+        );
+        Ok((op, fell_back))
+    }
+
+    /// Builds an operation on a file its owner holds open: nothing is opened, and a read is
+    /// not checked against the file's size here (the owner knows what it wrote; a read
+    /// that meets the end of the file fails in the worker, naming the file and offset).
+    pub(crate) fn held(req: &HeldRequest<'_>, block: u64) -> Result<Op> {
+        req.offset.checked_add(req.len).ok_or_else(|| {
+            Error::invalid(format!(
+                "offset {} + length {} overflows for {}",
+                req.offset,
+                req.len,
+                req.file.path().display()
+            ))
+        })?;
+        let path = req.file.path().to_path_buf();
+        Ok(Op::build(
+            req.write,
+            &path,
+            req.buf,
+            req.offset,
+            req.len,
+            req.checksum_len,
+            block,
+            Files::Held(Arc::clone(req.file)),
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        write: bool,
+        path: &Path,
+        buf: RawBuf,
+        offset: u64,
+        len: u64,
+        checksum_len: Option<u64>,
+        block: u64,
+        files: Files,
+    ) -> Op {
+        let direct = match &files {
+            Files::Opened { direct, .. } => direct.is_some(),
+            Files::Held(f) => f.is_direct(),
+        };
+        let plan = Plan::new(offset, len, block, direct);
+        let bounce = direct && (buf.addr() as u64 + plan.head) % IO_ALIGNMENT != 0;
+        let count = plan.count();
+        Op {
+            write,
+            path: path.to_path_buf(),
+            buf,
+            offset,
+            plan,
+            bounce,
+            files,
+            checksum_len: checksum_len.map(|n| n.min(len)),
+            crcs: match checksum_len {
                 Some(_) => (0..count).map(|_| AtomicU32::new(0)).collect(),
                 None => Vec::new(),
             },
-            direct_fd,
-            buffered_fd,
             next: AtomicUsize::new(0),
             remaining: AtomicUsize::new(count),
             outcome: Mutex::new(Outcome {
@@ -312,8 +396,7 @@ impl Op {
                 ..Outcome::default()
             }),
             done: Condvar::new(),
-        };
-        Ok((op, fell_back))
+        }
     }
 
     /// How many requests the operation has.
@@ -323,22 +406,34 @@ impl Op {
 
     /// The O_DIRECT descriptor, if the file has one.
     pub(crate) fn direct_fd(&self) -> Option<RawFd> {
-        self.direct_fd.as_ref().map(|fd| fd.as_raw_fd())
+        match &self.files {
+            Files::Opened { direct, .. } => direct.as_ref().map(|fd| fd.as_raw_fd()),
+            Files::Held(f) => f.direct_fd(),
+        }
     }
 
-    /// The buffered descriptor, opened on first use.
+    /// The buffered descriptor, opened on first use (held files have it open already).
     pub(crate) fn buffered_fd(&self) -> Result<RawFd> {
-        let fd = self.buffered_fd.get_or_init(|| {
+        let (nofollow, dir, buffered) = match &self.files {
+            Files::Held(f) => return Ok(f.buffered_fd()),
+            Files::Opened {
+                nofollow,
+                dir,
+                buffered,
+                ..
+            } => (*nofollow, dir, buffered),
+        };
+        let fd = buffered.get_or_init(|| {
             let mode = OpenMode {
                 write: self.write,
                 direct: false,
-                nofollow: self.nofollow,
+                nofollow,
             };
-            file::open(self.dir.as_ref(), &self.path, mode).map(|f| f.fd)
+            file::open(dir.as_ref(), &self.path, mode).map(|f| f.fd)
         });
         match fd {
             Ok(fd) => Ok(fd.as_raw_fd()),
-            Err(e) => Err(open_error("open", &self.path, self.dir.is_some(), *e)),
+            Err(e) => Err(open_error("open", &self.path, dir.is_some(), *e)),
         }
     }
 

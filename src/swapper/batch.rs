@@ -9,8 +9,8 @@ use std::collections::HashSet;
 
 use crate::status::{Error, Result, Status};
 
-use super::param::{Io, Param, ParamStatus};
-use super::state::State;
+use super::param::{Io, ParamStatus};
+use super::state::{Param, State};
 
 /// What a batch does with an id the swapper does not know.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -34,7 +34,7 @@ pub(crate) fn check(
         return Err(Error::invalid(format!("param {id} appears twice in the batch")));
     }
     for (k, &id) in ids.iter().enumerate() {
-        match st.params.get(&id) {
+        match st.param(id) {
             Some(p) => rule(k, id, p)?,
             None if unknown == Unknown::Skip => {}
             None => return Err(not_known(id)),
@@ -53,7 +53,7 @@ pub(crate) fn not_known(id: u64) -> Error {
 
 /// Refuses a param another call is doing I/O on (or submitting I/O for).
 pub(crate) fn idle(id: u64, p: &Param, what: &str) -> Result<()> {
-    match p.io {
+    match p.io() {
         None => Ok(()),
         Some(Io::Write(_)) => Err(Error::bad_state(format!(
             "a write of param {id} is in flight; call swapper_wait_writes before {what}"
@@ -69,10 +69,10 @@ pub(crate) fn idle(id: u64, p: &Param, what: &str) -> Result<()> {
 
 /// The rule of a swap-out: AVAILABLE with a buffer, no I/O.
 pub(crate) fn swappable_out(id: u64, p: &Param) -> Result<()> {
-    if p.status != ParamStatus::Available || p.slot.is_none() {
+    if p.status() != ParamStatus::Available || p.slot().is_none() {
         return Err(Error::bad_state(format!(
             "param {id} is {}: only an AVAILABLE param with a buffer can be swapped out",
-            p.status.name()
+            p.status().name()
         )));
     }
     idle(id, p, "swapping it out again")
@@ -81,13 +81,13 @@ pub(crate) fn swappable_out(id: u64, p: &Param) -> Result<()> {
 /// The rule of a swap-in: NOT_AVAILABLE, no I/O, a complete copy on disk.
 pub(crate) fn swappable_in(id: u64, p: &Param) -> Result<u64> {
     idle(id, p, "swapping it in")?;
-    if p.status != ParamStatus::NotAvailable {
+    if p.status() != ParamStatus::NotAvailable {
         return Err(Error::bad_state(format!(
             "param {id} is {}: only a NOT_AVAILABLE param can be swapped in",
-            p.status.name()
+            p.status().name()
         )));
     }
-    p.on_disk.ok_or_else(|| {
+    p.on_disk().ok_or_else(|| {
         Error::bad_state(format!(
             "param {id} has no complete copy on disk (never swapped out, or its last swap-out failed)"
         ))
@@ -122,21 +122,5 @@ pub(crate) fn not_queued(total: usize, failed: Vec<(u64, Error)>, left_as: &str)
 /// The errors of the params a batch could not queue (or finish), as one error. The
 /// params not named were handled.
 pub(crate) fn combine(errors: Vec<Error>) -> Result<()> {
-    const SHOWN: usize = 8;
-    match errors.len() {
-        0 => Ok(()),
-        1 => Err(errors.into_iter().next().expect("one error")),
-        n => {
-            let status = errors[0].status();
-            let text: Vec<&str> = errors.iter().take(SHOWN).map(|e| e.message()).collect();
-            let more = match n.checked_sub(SHOWN) {
-                Some(m) if m > 0 => format!("; and {m} more"),
-                _ => String::new(),
-            };
-            Err(Error::new(
-                status,
-                format!("{n} params failed: {}{more}", text.join("; ")),
-            ))
-        }
-    }
+    crate::status::combine(errors, "params")
 }

@@ -6,7 +6,8 @@ use crate::status::{Error, Result, Status};
 use crate::sys::RawBuf;
 
 use super::batch::{self, Unknown};
-use super::param::{Io, Param, ParamStatus, Slot};
+use super::param::{Io, ParamStatus, Slot};
+use super::state::Fate;
 use super::Swapper;
 
 impl Swapper {
@@ -27,29 +28,12 @@ impl Swapper {
                 ),
             ));
         }
-        let mut st = self.lock();
-        if let Some(p) = st.params.get(&id) {
-            if p.status != ParamStatus::NotAvailable || p.io.is_some() {
-                return Err(Error::bad_state(format!(
-                    "param {id} is {} and already has a buffer",
-                    p.status.name()
-                )));
-            }
-        }
-        let Some(i) = st.buffers.take() else {
-            return Err(Error::new(
-                Status::NoBuffer,
-                format!(
-                    "param {id}: no free buffer (all {} are in use)",
-                    self.config.buffer_count
-                ),
-            ));
-        };
-        let p = st.params.entry(id).or_insert_with(|| Param::new(numel));
-        p.numel = numel;
-        p.status = ParamStatus::Available;
-        p.slot = Some(Slot::Pool(i));
-        p.on_disk = None;
+        let mut claim = self.claim()?;
+        self.step("get_buffer", "claim");
+        let i = claim.get_buffer(id, numel, self.config.buffer_count)?;
+        self.step("get_buffer", "claimed");
+        claim.entry_mut(0).set_fate(Fate::Keep);
+        claim.end()?;
         Ok(self.pool.buf(i))
     }
 
@@ -59,36 +43,31 @@ impl Swapper {
     /// batch, if a param has a read or write in flight (DeepSpeed would free memory the
     /// I/O still uses).
     pub fn release(&self, ids: &[u64]) -> Result<()> {
-        let mut st = self.lock();
+        let mut st = self.lock()?;
         batch::check(&st, ids, Unknown::Skip, |_, id, p| {
             batch::idle(id, p, "releasing it")
         })?;
         for &id in ids {
-            let Some(p) = st.params.get_mut(&id) else {
-                continue;
-            };
-            p.status = ParamStatus::NotAvailable;
-            if let Some(Slot::Pool(i)) = p.slot.take() {
-                st.buffers.give(i);
-            }
+            self.step("release", "record");
+            st.release(id);
         }
         Ok(())
     }
 
     /// The param's status.
     pub fn param_status(&self, id: u64) -> Result<ParamStatus> {
-        let st = self.lock();
-        let p = st.params.get(&id).ok_or_else(|| batch::not_known(id))?;
-        Ok(p.status)
+        let st = self.lock()?;
+        let p = st.param(id).ok_or_else(|| batch::not_known(id))?;
+        Ok(p.status())
     }
 
     /// The buffer of an AVAILABLE param and its element count.
     pub fn param_buffer(&self, id: u64) -> Result<(RawBuf, u64)> {
-        let st = self.lock();
-        let p = st.params.get(&id).ok_or_else(|| batch::not_known(id))?;
-        match (p.status, p.slot) {
-            (ParamStatus::Available, Some(slot)) if !matches!(p.io, Some(Io::Submitting)) => {
-                Ok((self.slot_buf(slot), p.numel))
+        let st = self.lock()?;
+        let p = st.param(id).ok_or_else(|| batch::not_known(id))?;
+        match (p.status(), p.slot()) {
+            (ParamStatus::Available, Some(slot)) if !matches!(p.io(), Some(Io::Submitting)) => {
+                Ok((self.slot_buf(slot), p.numel()))
             }
             (s, _) => Err(Error::bad_state(format!(
                 "param {id} is {} and has no usable buffer",
@@ -97,30 +76,29 @@ impl Swapper {
         }
     }
 
-    /// Free pool buffers.
+    /// Free pool buffers (answered even by a broken swapper: it only reads).
     pub fn available_buffers(&self) -> usize {
-        self.lock().buffers.free()
+        self.peek().buffers().free()
     }
 
     /// Takes up to `capacity` free buffers out of the pool for the caller; each holds
     /// [`Swapper::aligned_buffer_numel`] elements. [`Swapper::release_reserved_buffers`]
     /// puts them back.
-    pub fn reserve_available_buffers(&self, capacity: usize) -> Vec<RawBuf> {
-        let mut st = self.lock();
-        let ids = st.buffers.reserve(capacity);
-        ids.into_iter().map(|i| self.pool.buf(i)).collect()
+    pub fn reserve_available_buffers(&self, capacity: usize) -> Result<Vec<RawBuf>> {
+        let ids = self.lock()?.reserve_buffers(capacity);
+        Ok(ids.into_iter().map(|i| self.pool.buf(i)).collect())
     }
 
     /// Puts every reserved buffer back into the pool. Refused while a param still uses one
     /// (as a swap-in destination).
     pub fn release_reserved_buffers(&self) -> Result<()> {
-        let mut st = self.lock();
-        for (id, p) in &st.params {
-            if let Some(Slot::Caller(b)) = p.slot {
+        let mut st = self.lock()?;
+        for (id, p) in st.params() {
+            if let Some(Slot::Caller(b)) = p.slot() {
                 if self
                     .pool
                     .buffer_at(b.addr())
-                    .is_some_and(|i| st.buffers.is_reserved(i))
+                    .is_some_and(|i| st.buffers().is_reserved(i))
                 {
                     return Err(Error::bad_state(format!(
                         "param {id} still uses a reserved buffer; release it first"
@@ -128,7 +106,7 @@ impl Swapper {
                 }
             }
         }
-        st.buffers.unreserve_all();
+        st.unreserve_buffers();
         Ok(())
     }
 }

@@ -11,11 +11,15 @@ use crate::convert::Dtype;
 use crate::status::{Error, Result};
 use crate::sys::alloc::ExternalAllocator;
 
-/// The swapper's settings (the Rust twin of the C `Settings`).
+/// The swapper's settings (the Rust twin of the C `SwapperConfig`).
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// Root of the swap files. DeepSpeed: `offload_param.nvme_path`.
+    /// Root of the swap files. DeepSpeed: `offload_param.nvme_path`. With `nvme_paths`
+    /// set, it must be empty or the list's first entry.
     pub nvme_path: PathBuf,
+    /// Roots on several drives, one rank folder each (DeepSpeed: `offload_param.nvme_path`
+    /// as a list). Empty: `nvme_path` alone.
+    pub nvme_paths: Vec<PathBuf>,
     /// This process's rank: its own folder.
     pub rank: u32,
     /// The element type stored.
@@ -45,6 +49,7 @@ impl Default for Settings {
     fn default() -> Settings {
         Settings {
             nvme_path: PathBuf::new(),
+            nvme_paths: Vec::new(),
             rank: 0,
             dtype: Dtype::Fp16,
             buffer_count: DEFAULT_BUFFER_COUNT,
@@ -58,16 +63,35 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// The folders of the drives: `nvme_paths`, or `nvme_path` alone.
+    pub fn drive_paths(&self) -> Vec<PathBuf> {
+        if self.nvme_paths.is_empty() {
+            vec![self.nvme_path.clone()]
+        } else {
+            self.nvme_paths.clone()
+        }
+    }
+
     /// Checks the settings that the engine does not.
     pub fn validate(&self) -> Result<()> {
-        if self.nvme_path.as_os_str().is_empty() {
-            return Err(Error::invalid("nvme_path is empty"));
-        }
-        if self.nvme_path.as_os_str().as_bytes().contains(&0) {
+        if !self.nvme_paths.is_empty()
+            && !self.nvme_path.as_os_str().is_empty()
+            && self.nvme_path != self.nvme_paths[0]
+        {
             return Err(Error::invalid(format!(
-                "nvme_path {:?} contains a NUL byte, which no path can hold",
-                self.nvme_path
+                "nvme_path {:?} and nvme_paths (starting with {:?}) are both set and disagree: set one",
+                self.nvme_path, self.nvme_paths[0]
             )));
+        }
+        for p in self.drive_paths() {
+            if p.as_os_str().is_empty() {
+                return Err(Error::invalid("nvme_path is empty"));
+            }
+            if p.as_os_str().as_bytes().contains(&0) {
+                return Err(Error::invalid(format!(
+                    "nvme_path {p:?} contains a NUL byte, which no path can hold"
+                )));
+            }
         }
         if self.buffer_count == 0 {
             return Err(Error::invalid("buffer_count must be at least 1"));
@@ -126,18 +150,10 @@ impl Settings {
         let offload = section(&root, &["zero_optimization", "offload_param"])?.ok_or_else(|| {
             Error::invalid("the configuration has no zero_optimization.offload_param section")
         })?;
-        match offload.get("nvme_path") {
-            Some(Value::String(s)) if !s.is_empty() => c.nvme_path = PathBuf::from(s),
-            Some(Value::String(_)) | None | Some(Value::Null) => {
-                return Err(Error::invalid(
-                    "zero_optimization.offload_param.nvme_path is missing or empty",
-                ))
-            }
-            Some(other) => {
-                return Err(Error::invalid(format!(
-                    "zero_optimization.offload_param.nvme_path must be a string, not {other}"
-                )))
-            }
+        let paths = nvme_paths(offload, "zero_optimization.offload_param.nvme_path")?;
+        c.nvme_path = paths[0].clone();
+        if paths.len() > 1 {
+            c.nvme_paths = paths;
         }
         if let Some(v) = integer(offload, "zero_optimization.offload_param.buffer_count")? {
             c.buffer_count = to_u32(v, "zero_optimization.offload_param.buffer_count")?;
@@ -150,6 +166,32 @@ impl Settings {
         }
         c.validate()?;
         Ok(c)
+    }
+}
+
+/// Reads `<section>.nvme_path` (`dotted` names it in messages): a non-empty string, or a
+/// non-empty list of non-empty strings (one folder per drive). Shared by the readers of
+/// `offload_param` and `offload_optimizer`.
+pub fn nvme_paths(section: &Value, dotted: &str) -> Result<Vec<PathBuf>> {
+    let one = |v: &Value| -> Result<PathBuf> {
+        match v {
+            Value::String(s) if !s.is_empty() => Ok(PathBuf::from(s)),
+            Value::String(_) => Err(Error::invalid(format!("{dotted} holds an empty path"))),
+            other => Err(Error::invalid(format!(
+                "{dotted} must be a string or a list of strings, not {other}"
+            ))),
+        }
+    };
+    match leaf(section, dotted) {
+        None => Err(Error::invalid(format!("{dotted} is missing or empty"))),
+        Some(Value::Array(list)) if list.is_empty() => {
+            Err(Error::invalid(format!("{dotted} is an empty list")))
+        }
+        Some(Value::Array(list)) => list.iter().map(one).collect(),
+        Some(Value::String(s)) if s.is_empty() => {
+            Err(Error::invalid(format!("{dotted} is missing or empty")))
+        }
+        Some(v) => Ok(vec![one(v)?]),
     }
 }
 
@@ -238,6 +280,50 @@ mod tests {
         );
         assert!(c.io.single_submit && !c.io.overlap_events && c.pin_memory);
         assert_eq!((c.buffer_count, c.buffer_numel), (4, 10_000_000));
+    }
+
+    #[test]
+    fn nvme_path_may_be_a_list_of_drives() {
+        let c = Settings::from_deepspeed_json(
+            r#"{"zero_optimization": {"offload_param": {"nvme_path": ["/nvme0", "/nvme1"]}}}"#,
+            0,
+            Dtype::Fp16,
+        )
+        .unwrap();
+        assert_eq!(
+            c.drive_paths(),
+            [PathBuf::from("/nvme0"), PathBuf::from("/nvme1")]
+        );
+        assert_eq!(c.nvme_path, PathBuf::from("/nvme0"));
+        let one = Settings::from_deepspeed_json(
+            r#"{"zero_optimization": {"offload_param": {"nvme_path": ["/nvme0"]}}}"#,
+            0,
+            Dtype::Fp16,
+        )
+        .unwrap();
+        assert_eq!(one.drive_paths(), [PathBuf::from("/nvme0")]);
+        for bad in [r#"[]"#, r#"["/a", 3]"#, r#"["/a", ""]"#, r#"{"a": 1}"#, r#"7"#] {
+            let json = format!(r#"{{"zero_optimization": {{"offload_param": {{"nvme_path": {bad}}}}}}}"#);
+            let e = Settings::from_deepspeed_json(&json, 0, Dtype::Fp16)
+                .err()
+                .unwrap();
+            assert!(e.message().contains("offload_param.nvme_path"), "{bad}: {e}");
+        }
+        // The optimizer's section is read the same way.
+        let v: Value = serde_json::from_str(r#"{"nvme_path": ["/a", "/b", "/c"]}"#).unwrap();
+        assert_eq!(
+            nvme_paths(&v, "zero_optimization.offload_optimizer.nvme_path")
+                .unwrap()
+                .len(),
+            3
+        );
+        // Both fields set and disagreeing is refused.
+        let s = Settings {
+            nvme_path: "/x".into(),
+            nvme_paths: vec!["/y".into()],
+            ..Settings::default()
+        };
+        assert!(s.validate().is_err());
     }
 
     #[test]

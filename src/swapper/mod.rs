@@ -7,19 +7,24 @@
 //! the buffer.
 //!
 //! # The rooms
-//! - [`param`]: a param's states, its slot (pool or caller buffer), its one I/O under way.
+//! - [`param`]: what a param can be: its states, its slot (pool or caller buffer), its
+//!   one I/O under way.
 //! - [`pool`]: the pool's memory (read without the lock) and its free/reserved lists.
-//! - [`state`]: the bookkeeping behind the one mutex.
+//! - [`state`]: the bookkeeping behind the one mutex (the params, the pool's accounting,
+//!   the pending sets, the partitioned space's flag) and *every change to it*: the
+//!   transitions, and the claim entries that record or undo a call's changes. Its
+//!   fields are private, so no other file can change a param but through them.
 //! - [`buffers`]: handing buffers to params and to the caller: get_buffer, release,
 //!   reserve_available_buffers, and what a param holds.
 //! - [`batch`]: the one validation of a batch of ids, and how a batch reports failures.
 //! - [`swap_out`], [`swap_in`]: batches of writes and reads.
 //! - [`wait`]: completion: the waits, and what a finished read or write does to its param.
-//! - [`checksum`]: the crc32c of the bytes on disk, checked on every read.
 //! - [`partition`]: the packed staging space for fp32 partitions and their swap-out.
 //! - [`stats`]: the counters and the dump.
 //! - [`config`]: the settings and the DeepSpeed configuration reader.
-//! - [`folder`]: the locked swap folder and its file names.
+//!
+//! Where the bytes go is the [`crate::store`]'s business: a param's id is its key there,
+//! and this module knows neither the drives nor the files.
 //!
 //! # The lock discipline
 //! All bookkeeping sits behind one mutex, and no call holds it across a file-system
@@ -28,32 +33,68 @@
 //! 1. *claim*, under the lock: check the whole batch ([`batch::check`]), take buffers,
 //!    move each param to its new state and mark it `Io::Submitting`, so no other call
 //!    touches it;
-//! 2. *submit*, without the lock: zero the padding, check the swap file, open it and
-//!    queue the requests ([`IoEngine::submit`]);
+//! 2. *submit*, without the lock: zero the padding, place the param in the store (a
+//!    write) or check its backing (a read), and queue the requests ([`Store::submit`]);
 //! 3. *record*, under the lock: attach each ticket, or undo the claim of a param whose
 //!    submission failed (the error names exactly those; the others are queued).
 //!
 //! A synchronous call then waits without the lock, for every pending operation of its
 //! kind (as DeepSpeed's `synchronize_reads` / `synchronize_writes` do).
 //!
+//! The three steps are one value, a claim ([`crate::claim::Claim`], on this swapper
+//! [`state::ParamClaim`]): opened holding the lock, it logs an entry per claimed param
+//! (the param as it was, the pool buffer it took) before changing it; the submit step
+//! notes each outcome in the entry ([`state::Fate`]); ending the claim resolves every
+//! entry under the lock: a queued read or write is recorded, anything else is undone.
+//! A claim dropped without being ended (an early `?`, or a panic unwinding through the
+//! call, at any step) ends itself the same way, after waiting (without the lock) for any
+//! I/O into memory the call owns (`swap_into_buffer`'s destination, the partitioned
+//! space). So no param is ever left `Io::Submitting`, no buffer lost, and
+//! `partition_busy` never stays set.
+//!
+//! # Panics
+//! A panic inside a call leaves the swapper in one of two states, and std's poison flag
+//! is not what decides (see [`crate::claim`]):
+//! - *usable*, the rule: between two transitions the bookkeeping is consistent, and the
+//!   claim undid or recorded whatever the call had claimed. The poison is cleared and
+//!   every call works as before; the panicking call returned `SWAPPER_STATUS_PANIC`.
+//! - *broken*, when the panic struck in the middle of a transition ([`state::State`]
+//!   marks itself as changing while one runs): every later call returns
+//!   `SWAPPER_STATUS_PANIC` ("... destroy the handle and create a new one"), as the I/O
+//!   engine does after a worker panicked; `swapper_destroy` still works. The read-only
+//!   Rust methods (`stats`, `dump`, `available_buffers`) still answer; the C ABI refuses
+//!   every call.
+//!
+//! `tests/swapper_panics.rs` injects a panic at each step (`Call::Point` rules of the
+//! fault injection: `<swap folder>|<call>:<step>`, and `<swap folder>|change` for the
+//! middle of a transition) of every call, through the C ABI.
+//!
+//! # Reusing the claim (the optimizer-state swapper)
+//! [`crate::claim`] knows nothing of params: a second swapper keeps its bookkeeping in a
+//! [`crate::claim::Bookkeeping`], implements [`crate::claim::Ledger`] for it (whether a
+//! change is half-done; how an entry is recorded or undone) and
+//! [`crate::claim::Settle`] for its entries (waiting for I/O into memory the call
+//! owns), and writes its transitions as this swapper's `state.rs` does.
+//!
 //! # One param, from `swapper_swap_in` to the disk
 //! ```text
 //! ffi::swapper::swapper_swap_in          pointers checked, handle looked up
 //!   Swapper::swap_in_checked (swap_in)   claim: NOT_AVAILABLE -> INFLIGHT, pool buffer taken
-//!     SwapFolder (folder)                the param's file, relative to the held rank folder
-//!     IoEngine::submit (io)              Op::new opens it (O_DIRECT), plans block_size requests, queues
-//!       io::worker                       a worker claims requests, keeps queue_depth in flight
-//!         sys::uring::Ring               io_uring submission and completion
-//!   record (swap_in)                     Io::Read(ticket), pending_reads
-//! swapper_wait_reads -> wait             ticket waited without the lock, checksum verified,
+//!     Store::check (store)               the param's extent files are still the store's own
+//!     Store::submit (store)              the param's pieces (one per drive it is split over),
+//!                                        each an operation on a held extent file
+//!       IoEngine::submit_held (io)       per drive: plans block_size requests, queues them
+//!         io::worker                     a drive's worker claims requests, keeps queue_depth
+//!           sys::uring::Ring             in flight: io_uring submission and completion
+//!   record (swap_in)                     Io::Read(store ticket), pending_reads
+//! swapper_wait_reads -> wait             ticket waited without the lock (every piece),
+//!                                        checksum combined and verified,
 //!                                        then INFLIGHT -> AVAILABLE under the lock
 //! ```
 
 pub mod batch;
 pub mod buffers;
-pub mod checksum;
 pub mod config;
-pub mod folder;
 pub mod param;
 pub mod partition;
 pub mod pool;
@@ -63,43 +104,60 @@ pub mod swap_in;
 pub mod swap_out;
 pub mod wait;
 
+use std::ops::Deref;
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard};
 
+use crate::claim::{Bookkeeping, Held};
 use crate::config::IO_ALIGNMENT;
-use crate::io::{IoEngine, Request, Ticket};
 use crate::status::{Error, Result, Status};
+use crate::store::{Extent, Store, StoreConfig, StoreTicket};
 use crate::sys::RawBuf;
 pub use config::Settings;
-use folder::SwapFolder;
 pub use param::ParamStatus;
 use param::Slot;
 use pool::Pool;
-use state::State;
+use state::{ParamClaim, State};
 pub use stats::Stats;
 
 /// The parameter swapper. Dropping it waits for every read and write in flight.
 pub struct Swapper {
-    // Field order matters: the engine is dropped (and drained) before the memory.
-    engine: IoEngine,
-    state: Mutex<State>,
+    // Field order matters: the store's engines are dropped (and drained) before the memory.
+    store: Store,
+    state: Bookkeeping<State>,
     pool: Pool,
-    folder: SwapFolder,
     config: Settings,
     elem: usize,
 }
 
+/// Bytes a swapper with these settings page-locks for its pool, as the kernel counts
+/// them (0 when not pinned); creates nothing. Reads only the pool's settings.
+pub fn page_locked_bytes(config: &Settings) -> Result<u64> {
+    Pool::page_locked_bytes(config)
+}
+
 impl Swapper {
-    /// Creates the swap folder (locked, emptied), the engine and the buffer pool.
+    /// Opens the store (a rank folder per drive, locked and emptied, and an engine per
+    /// drive) and the buffer pool.
     pub fn new(config: Settings) -> Result<Swapper> {
         config.validate()?;
-        let folder = SwapFolder::open(&config.nvme_path, config.dtype, config.rank)?;
-        let engine = IoEngine::new(config.io)?;
+        let store = Store::open(StoreConfig {
+            paths: config.drive_paths(),
+            folder: vec![
+                "zero_stage_3".to_string(),
+                format!("{}params", config.dtype.folder_name()),
+                format!("rank{}", config.rank),
+            ],
+            io: config.io,
+        })?;
         let pool = Pool::new(&config)?;
         crate::log!(
             Info,
-            "swapper ready in {}: {} buffers of {} elements ({} bytes each), {}",
-            folder.path().display(),
+            "swapper ready in {}{}: {} buffers of {} elements ({} bytes each), {}",
+            store.folder(0).display(),
+            match store.drives() {
+                1 => String::new(),
+                n => format!(" and {} more drives", n - 1),
+            },
             config.buffer_count,
             config.buffer_numel,
             pool.buffer_bytes(),
@@ -109,19 +167,42 @@ impl Swapper {
                 "not page-locked"
             }
         );
+        let name = store.folder(0).display().to_string();
         Ok(Swapper {
-            engine,
-            state: Mutex::new(State::new(pool.count())),
+            store,
+            state: Bookkeeping::new(State::new(pool.count(), name.clone()), format!("swapper {name}")),
             pool,
-            folder,
             elem: config.dtype.size(),
             config,
         })
     }
 
-    /// The bookkeeping, locked. Held only for bookkeeping (see the module doc).
-    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    /// The bookkeeping, locked. Held only for bookkeeping (see the module doc); `Panic`
+    /// once a panic broke the swapper.
+    pub(crate) fn lock(&self) -> Result<Held<'_, State>> {
+        self.state.lock()
+    }
+
+    /// The bookkeeping, locked for reading only (stats, dumps), even when broken.
+    pub(crate) fn peek(&self) -> impl Deref<Target = State> + '_ {
+        self.state.peek()
+    }
+
+    /// Opens a claim, holding the lock (see the module doc); `Panic` once broken.
+    pub(crate) fn claim(&self) -> Result<ParamClaim<'_>> {
+        self.state.claim()
+    }
+
+    /// `Panic` once a panic inside a call broke the swapper (every call then fails with
+    /// it; only destroying the swapper works), else Ok.
+    pub fn usable(&self) -> Result<()> {
+        self.state.usable()
+    }
+
+    /// A step of a call, where a test may inject a panic (feature `fault-injection`;
+    /// nothing otherwise): named `<swap folder>|<call>:<step>`.
+    fn step(&self, call: &str, step: &str) {
+        crate::sys::fault::point(|| format!("{}|{call}:{step}", self.store.folder(0).display()));
     }
 
     /// The settings.
@@ -129,19 +210,47 @@ impl Swapper {
         &self.config
     }
 
-    /// The swap folder.
+    /// The rank folder of the first drive.
     pub fn folder(&self) -> PathBuf {
-        self.folder.path().to_path_buf()
+        self.store.folder(0).to_path_buf()
     }
 
-    /// The swap file of a param.
+    /// The rank folder of every drive.
+    pub fn folders(&self) -> Vec<PathBuf> {
+        (0..self.store.drives())
+            .map(|d| self.store.folder(d).to_path_buf())
+            .collect()
+    }
+
+    /// The file holding the first byte of param `id` (an extent file shared with other
+    /// params); the first drive's rank folder for a param not on disk.
     pub fn param_path(&self, id: u64) -> PathBuf {
-        self.folder.param_path(id)
+        match self.store.locations(id).into_iter().next() {
+            Some(e) => e.path,
+            None => self.folder(),
+        }
     }
 
-    /// The engine.
-    pub fn engine(&self) -> &IoEngine {
-        &self.engine
+    /// Where param `id`'s bytes are: (drive, extent file, offset, length) in order; empty
+    /// for a param not on disk.
+    pub fn param_locations(&self, id: u64) -> Vec<Extent> {
+        self.store.locations(id)
+    }
+
+    /// The first drive's engine (its settings and backend are every drive's).
+    pub fn engine(&self) -> &crate::io::IoEngine {
+        self.store.engine(0)
+    }
+
+    /// The store under the swapper.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Stops every drive's engine: returns once all I/O in flight has finished (what
+    /// destroying the handle does first).
+    pub fn close(&self) {
+        self.store.close()
     }
 
     /// Elements per pool buffer, as configured.
@@ -179,10 +288,11 @@ impl Swapper {
         }
     }
 
-    /// Queues one read or write of `len` bytes between `buf` and the swap file of param
-    /// `id`, at offset 0, with a checksum of the first `checksum_len` bytes if asked.
-    /// This is the one place that turns a param into an engine request; it opens the
-    /// file, so it is never called under the state lock.
+    /// Queues one read or write of `len` bytes between `buf` and param `id`'s bytes in the
+    /// store, from its start, with a checksum of the first `checksum_len` bytes if asked.
+    /// A write first places the param (idempotent for the same size). This is the one
+    /// place that turns a param into store operations; it makes file-system calls, so it
+    /// is never called under the state lock.
     ///
     /// # Safety
     /// `buf` must be valid for `len` bytes (writable for a read) until the ticket has
@@ -194,54 +304,25 @@ impl Swapper {
         buf: RawBuf,
         len: u64,
         checksum_len: Option<u64>,
-    ) -> Result<Ticket> {
-        let path = self.folder.param_path(id);
-        let req = Request {
-            write,
-            buf,
-            len,
-            dir: Some(self.folder.dir()),
-            path: &path,
-            offset: 0,
-            nofollow: true,
-            checksum_len,
-        };
+    ) -> Result<StoreTicket> {
+        if write {
+            self.store.reserve(id, len, false)?;
+        }
         // SAFETY: the caller's contract.
-        unsafe { self.engine.submit(&req) }
+        unsafe { self.store.submit(id, write, buf, 0, len, checksum_len) }
     }
 
-    /// Checks, without the lock, that the swap file of param `id` (in the held rank
-    /// folder) is still a regular file holding at least `bytes` bytes: a deleted, replaced
-    /// or truncated file is `CorruptData`.
+    /// Checks, without the lock, that param `id`'s backing in the store is still valid:
+    /// its extent files still the store's own and as long as the store made them; a
+    /// deleted, replaced or truncated file is `CorruptData` naming the param, the file and
+    /// the drive. `bytes` (what the last write stored) must be within the param's place.
     fn check_file(&self, id: u64, bytes: u64) -> Result<()> {
-        let path = self.folder.param_path(id);
-        match self.folder.metadata(id) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::new(
+        match self.store.reserved(id) {
+            Some(r) if r >= bytes => self.store.check(id),
+            _ => Err(Error::new(
                 Status::CorruptData,
-                format!("the swap file of param {id} was deleted: {}", path.display()),
+                format!("param {id} has no place in the store holding its {bytes} bytes"),
             )),
-            Err(e) => Err(Error::os(
-                &format!("param {id}: cannot stat"),
-                &path,
-                None,
-                e.raw_os_error().unwrap_or(libc::EIO),
-            )),
-            Ok(m) if !m.is_file() => Err(Error::new(
-                Status::CorruptData,
-                format!(
-                    "the swap file of param {id} was replaced by something else: {}",
-                    path.display()
-                ),
-            )),
-            Ok(m) if m.len() < bytes => Err(Error::new(
-                Status::CorruptData,
-                format!(
-                    "the swap file of param {id} is truncated: {} holds {} bytes, {bytes} were written",
-                    path.display(),
-                    m.len()
-                ),
-            )),
-            Ok(_) => Ok(()),
         }
     }
 }

@@ -10,13 +10,13 @@
 use std::sync::Arc;
 
 use crate::convert;
-use crate::io::Ticket;
+use crate::memory_budget::{self, Demand};
 use crate::status::{Error, Result, Status};
 use crate::sys::alloc::Memory;
 
 use super::batch::{self, combine, Unknown};
-use super::checksum::Checksum;
-use super::param::{Io, ParamStatus};
+use super::param::ParamStatus;
+use super::state::{Claimed, Fate, ParamClaim};
 use super::Swapper;
 
 /// The staging space.
@@ -36,8 +36,9 @@ impl PartitionSpace {
 impl Swapper {
     /// Allocates the staging space for [`Swapper::swap_out_partitioned`]: the sum of the
     /// io-aligned lengths of `numels` (DeepSpeed's `reserve_partitioned_swap_space`),
-    /// pinned when `pin_memory` is set. Replaces an earlier one (a partitioned swap-out
-    /// running meanwhile finishes with the old one).
+    /// pinned when `pin_memory` is set (and it fits: see [`memory_budget::check`]).
+    /// Replaces an earlier one (a partitioned swap-out running meanwhile finishes with
+    /// the old one).
     pub fn reserve_partitioned_swap_space(&self, numels: &[u64]) -> Result<()> {
         if numels.is_empty() {
             return Err(Error::invalid("no partition sizes given"));
@@ -51,15 +52,24 @@ impl Swapper {
             .checked_mul(self.elem as u64)
             .and_then(|b| usize::try_from(b).ok())
             .ok_or_else(too_large)?;
-        let memory = Memory::allocate(bytes, self.config.pin_memory, self.config.allocator)
+        let lock = self.config.pin_memory
+            && self.config.allocator.is_none()
+            && memory_budget::check(&[Demand::new(
+                format!("the partitioned swap space ({capacity} elements)"),
+                "the partition sizes given to reserve_partitioned_swap_space",
+                bytes as u64,
+            )])?
+            .lock;
+        let memory = Memory::allocate(bytes, lock, self.config.allocator)
             .map_err(|e| e.context(format!("partitioned swap space of {capacity} elements")))?;
-        self.lock().partition = Some(Arc::new(PartitionSpace { memory, capacity }));
+        self.lock()?
+            .set_partition(Arc::new(PartitionSpace { memory, capacity }));
         Ok(())
     }
 
     /// Elements the partitioned swap space holds (0 before it is reserved).
     pub fn partitioned_swap_capacity(&self) -> u64 {
-        self.lock().partition.as_ref().map_or(0, |p| p.capacity)
+        self.peek().partition().map_or(0, |p| p.capacity)
     }
 
     /// Converts each fp32 source to the swapper's dtype in the staging space and writes it
@@ -78,89 +88,73 @@ impl Swapper {
         }
         self.wait_writes()?;
         // 1. Claim the params and the space.
-        let space = {
-            let mut st = self.lock();
-            let Some(space) = st.partition.clone() else {
-                return Err(Error::bad_state(
-                    "no partitioned swap space: call swapper_reserve_partitioned_swap_space first",
-                ));
-            };
-            batch::check(&st, ids, Unknown::Refuse, |k, id, p| {
-                batch::idle(id, p, "a partitioned swap-out")?;
-                if p.status != ParamStatus::NotAvailable {
-                    return Err(Error::bad_state(format!(
-                        "param {id} is {}: a partitioned swap-out needs NOT_AVAILABLE params",
-                        p.status.name()
-                    )));
-                }
-                if !p.has_file {
-                    return Err(Error::bad_state(format!(
-                        "param {id} has no swap file to overwrite (it was never swapped out)"
-                    )));
-                }
-                if srcs[k].len() as u64 != p.numel {
-                    return Err(Error::invalid(format!(
-                        "source {k} has {} elements; param {id} has {}",
-                        srcs[k].len(),
-                        p.numel
-                    )));
-                }
-                Ok(())
-            })?;
-            let needed: u64 = srcs.iter().map(|s| self.io_aligned_numel(s.len() as u64)).sum();
-            if needed > space.capacity {
-                return Err(Error::new(
-                    Status::NoBuffer,
-                    format!(
-                        "the {} partitions need {needed} elements (aligned); the partitioned swap space holds {}",
-                        ids.len(),
-                        space.capacity
-                    ),
-                ));
-            }
-            if st.partition_busy {
-                return Err(Error::new(
-                    Status::Busy,
-                    "another swap_out_partitioned is using the partitioned swap space",
-                ));
-            }
-            st.partition_busy = true;
-            for &id in ids {
-                st.param(id).io = Some(Io::Submitting);
-            }
-            space
+        let mut claim = self.claim()?;
+        let Some(capacity) = claim.state().partition().map(|s| s.capacity) else {
+            return Err(Error::bad_state(
+                "no partitioned swap space: call swapper_reserve_partitioned_swap_space first",
+            ));
         };
-        // 2. Convert, write and wait, without the lock.
-        let outcomes = self.write_partitions(&space, ids, srcs);
-        // 3. Record.
-        let mut errors = Vec::new();
-        let mut st = self.lock();
-        st.partition_busy = false;
-        for (&id, outcome) in ids.iter().zip(outcomes) {
-            let p = st.param(id);
-            p.io = None;
-            match outcome {
-                Outcome::Written(ticket, bytes) => {
-                    p.on_disk = Some(bytes);
-                    p.checksum = Checksum::of(&ticket);
-                    st.counters.bytes_written += bytes;
-                }
-                Outcome::Failed(e) => {
-                    p.on_disk = None;
-                    p.checksum = None;
-                    errors.push(e);
-                }
+        batch::check(claim.state(), ids, Unknown::Refuse, |k, id, p| {
+            batch::idle(id, p, "a partitioned swap-out")?;
+            if p.status() != ParamStatus::NotAvailable {
+                return Err(Error::bad_state(format!(
+                    "param {id} is {}: a partitioned swap-out needs NOT_AVAILABLE params",
+                    p.status().name()
+                )));
             }
+            if !p.has_file() {
+                return Err(Error::bad_state(format!(
+                    "param {id} has no swap file to overwrite (it was never swapped out)"
+                )));
+            }
+            if srcs[k].len() as u64 != p.numel() {
+                return Err(Error::invalid(format!(
+                    "source {k} has {} elements; param {id} has {}",
+                    srcs[k].len(),
+                    p.numel()
+                )));
+            }
+            Ok(())
+        })?;
+        let needed: u64 = srcs.iter().map(|s| self.io_aligned_numel(s.len() as u64)).sum();
+        if needed > capacity {
+            return Err(Error::new(
+                Status::NoBuffer,
+                format!(
+                    "the {} partitions need {needed} elements (aligned); the partitioned swap space holds {capacity}",
+                    ids.len(),
+                ),
+            ));
         }
-        drop(st);
+        let space = claim.claim_space()?;
+        for &id in ids {
+            self.step("swap_out_partitioned", "claim");
+            claim.claim_idle(id, "swap_out_partitioned");
+        }
+        claim.unlock();
+        // 2. Convert, write and wait, without the lock; each outcome is noted in the
+        // claim (entry 0 is the space, entry k + 1 param k).
+        let errors = self.write_partitions(&space, ids, srcs, &mut claim);
+        // 3. Record.
+        claim.end()?;
         combine(errors)
     }
 
-    /// Packs, converts and writes each partition; waits for all of them.
-    fn write_partitions(&self, space: &PartitionSpace, ids: &[u64], srcs: &[&[f32]]) -> Vec<Outcome> {
-        let mut outcomes: Vec<Outcome> = Vec::with_capacity(ids.len());
+    /// Packs, converts and writes each partition, noting each in the claim as it is
+    /// submitted (so that a panic waits for it before the claim ends); waits for all of
+    /// them. The errors of the partitions that failed.
+    fn write_partitions(
+        &self,
+        space: &PartitionSpace,
+        ids: &[u64],
+        srcs: &[&[f32]],
+        claim: &mut ParamClaim<'_>,
+    ) -> Vec<Error> {
+        const CALL: &str = "swap_out_partitioned";
+        let mut errors = Vec::new();
         let mut offset = 0usize;
-        for (&id, src) in ids.iter().zip(srcs) {
+        for (k, (&id, src)) in ids.iter().zip(srcs).enumerate() {
+            self.step(CALL, "convert");
             let data_bytes = src.len() * self.elem;
             let aligned = self.io_aligned_numel(src.len() as u64) as usize * self.elem;
             // SAFETY: this range of the space is this call's alone: the space is claimed
@@ -170,29 +164,39 @@ impl Swapper {
             staging[data_bytes..].fill(0);
             let checksum_len = self.config.verify_checksums.then_some(data_bytes as u64);
             let buf = space.memory.raw().offset_by(offset);
-            // SAFETY: the space outlives the waits below (this call holds it).
+            // SAFETY: the space outlives the write: the claim holds it, and its end (or
+            // its drop) waits for the write first.
             let submitted = unsafe { self.submit_file_io(id, true, buf, aligned as u64, checksum_len) };
-            outcomes.push(match submitted {
-                Ok(t) => Outcome::Written(t, aligned as u64),
-                Err(e) => Outcome::Failed(e.context(format!(
-                    "partitioned swap out of param {id}; its file is now invalid"
-                ))),
+            claim.entry_mut(k + 1).set_fate(match submitted {
+                Ok(ticket) => Fate::Overwrite {
+                    ticket,
+                    bytes: aligned as u64,
+                    ok: None,
+                },
+                Err(e) => {
+                    errors.push(e.context(format!(
+                        "partitioned swap out of param {id}; its file is now invalid"
+                    )));
+                    Fate::Invalid
+                }
             });
+            self.step(CALL, "submitted");
             offset += aligned;
         }
-        for o in &mut outcomes {
-            if let Outcome::Written(t, _) = o {
-                if let Err(e) = t.wait() {
-                    *o = Outcome::Failed(e.context("partitioned swap out; the param's file is now invalid"));
+        for k in 0..ids.len() {
+            if let Claimed::Param {
+                fate: Fate::Overwrite { ticket, ok, .. },
+                ..
+            } = claim.entry_mut(k + 1)
+            {
+                let r = ticket.wait();
+                *ok = Some(r.is_ok());
+                if let Err(e) = r {
+                    errors.push(e.context("partitioned swap out; the param's file is now invalid"));
                 }
+                self.step(CALL, "waited");
             }
         }
-        outcomes
+        errors
     }
-}
-
-/// What became of one partition.
-enum Outcome {
-    Written(Ticket, u64),
-    Failed(Error),
 }

@@ -5,6 +5,7 @@
 //! read without the state lock. [`Buffers`] is the accounting (which buffer is free,
 //! reserved or held by a param) and lives in the locked state.
 
+use crate::memory_budget::{self, Demand};
 use crate::status::{Error, Result, Status};
 use crate::sys::alloc::Memory;
 use crate::sys::RawBuf;
@@ -33,8 +34,30 @@ pub(crate) struct Pool {
 
 impl Pool {
     /// Allocates the pool for these settings (page-locked if asked, or from the caller's
-    /// allocator).
+    /// allocator). A pinned pool is checked first ([`memory_budget::check`]): one that
+    /// does not fit memory is refused before anything is allocated, and one that only
+    /// RLIMIT_MEMLOCK refuses is allocated unlocked.
     pub fn new(config: &Settings) -> Result<Pool> {
+        let (buffer_bytes, count, total) = Pool::geometry(config)?;
+        let lock = match Pool::demand(config)? {
+            Some(demand) => memory_budget::check(&[demand])?.lock,
+            None => false,
+        };
+        let memory = Memory::allocate(total, lock, config.allocator)
+            .map_err(|e| e.context(format!("buffer pool of {count} x {buffer_bytes} bytes")))?;
+        Ok(Pool {
+            memory,
+            buffer_bytes,
+            count,
+        })
+    }
+
+    /// Bytes per buffer (`buffer_numel` elements, rounded up to the I/O alignment),
+    /// buffers, and bytes in all.
+    fn geometry(config: &Settings) -> Result<(usize, usize, usize)> {
+        if config.buffer_count == 0 || config.buffer_numel == 0 {
+            return Err(Error::invalid("buffer_count and buffer_numel must be at least 1"));
+        }
         let elem = config.dtype.size();
         let buffer_bytes = io_aligned_numel(config.buffer_numel, elem)
             .checked_mul(elem as u64)
@@ -44,13 +67,26 @@ impl Pool {
         let total = buffer_bytes
             .checked_mul(count)
             .ok_or_else(|| Error::new(Status::OutOfMemory, "buffer_count * buffer_numel is too large"))?;
-        let memory = Memory::allocate(total, config.pin_memory, config.allocator)
-            .map_err(|e| e.context(format!("buffer pool of {count} x {buffer_bytes} bytes")))?;
-        Ok(Pool {
-            memory,
-            buffer_bytes,
-            count,
-        })
+        Ok((buffer_bytes, count, total))
+    }
+
+    /// What the pool of these settings page-locks: nothing unless `pin_memory` is set,
+    /// and nothing when the caller's allocator provides the memory.
+    pub fn demand(config: &Settings) -> Result<Option<Demand>> {
+        let (buffer_bytes, count, total) = Pool::geometry(config)?;
+        Ok((config.pin_memory && config.allocator.is_none()).then(|| {
+            Demand::new(
+                format!("the buffer pool ({count} buffers of {buffer_bytes} bytes)"),
+                "buffer_count or buffer_numel (DeepSpeed offload_param.buffer_count / buffer_size)",
+                total as u64,
+            )
+        }))
+    }
+
+    /// Bytes the pool of these settings page-locks, as the kernel counts them (whole
+    /// pages; 0 when nothing is locked). Creates nothing.
+    pub fn page_locked_bytes(config: &Settings) -> Result<u64> {
+        Pool::demand(config)?.map_or(Ok(0), |d| d.locked_bytes())
     }
 
     /// The address of a buffer.

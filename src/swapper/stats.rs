@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 
 use super::param::{ParamStatus, Slot};
+use super::wait::Kind;
 use super::Swapper;
 
 /// The swapper's bookkeeping (DeepSpeed's counters, plus totals).
@@ -41,31 +42,32 @@ pub struct Stats {
 }
 
 impl Swapper {
-    /// The bookkeeping.
+    /// The bookkeeping (answered even by a broken swapper: it only reads).
     pub fn stats(&self) -> Stats {
-        let st = self.lock();
+        let st = self.peek();
+        let c = st.counters();
         let mut s = Stats {
-            params: st.params.len() as u64,
-            pending_reads: st.pending_reads.len() as u64,
-            pending_writes: st.pending_writes.len() as u64,
-            free_buffers: st.buffers.free() as u64,
-            reserved_buffers: st.buffers.reserved() as u64,
+            params: st.param_count() as u64,
+            pending_reads: st.pending(Kind::Read).len() as u64,
+            pending_writes: st.pending(Kind::Write).len() as u64,
+            free_buffers: st.buffers().free() as u64,
+            reserved_buffers: st.buffers().reserved() as u64,
             total_buffers: self.config.buffer_count as u64,
-            bytes_read: st.counters.bytes_read,
-            bytes_written: st.counters.bytes_written,
-            read_wait_ns: st.counters.read_wait_ns,
-            write_wait_ns: st.counters.write_wait_ns,
+            bytes_read: c.bytes_read,
+            bytes_written: c.bytes_written,
+            read_wait_ns: c.read_wait_ns,
+            write_wait_ns: c.write_wait_ns,
             ..Stats::default()
         };
-        for p in st.params.values() {
-            match p.status {
+        for (_, p) in st.params() {
+            match p.status() {
                 ParamStatus::Available => {
                     s.available_params += 1;
-                    s.available_numel += p.numel;
+                    s.available_numel += p.numel();
                 }
                 ParamStatus::Inflight => {
                     s.inflight_params += 1;
-                    s.inflight_numel += p.numel;
+                    s.inflight_numel += p.numel();
                 }
                 ParamStatus::NotAvailable => {}
             }
@@ -73,11 +75,13 @@ impl Swapper {
         s
     }
 
-    /// A human-readable dump of the whole state (DeepSpeed's `print_object`).
+    /// A human-readable dump of the whole state (DeepSpeed's `print_object`); answered
+    /// even by a broken swapper, whose dump says so.
     pub fn dump(&self) -> String {
         let s = self.stats();
         let mut out = String::new();
-        let _ = writeln!(out, "swapper {}", self.folder.path().display());
+        let folders: Vec<String> = self.folders().iter().map(|f| f.display().to_string()).collect();
+        let _ = writeln!(out, "swapper {}", folders.join(", "));
         let _ = writeln!(
             out,
             "  dtype {:?} ({} bytes), buffers {} x {} elements ({} bytes), pinned {}, checksums {}",
@@ -89,26 +93,29 @@ impl Swapper {
             self.pool.is_locked(),
             self.config.verify_checksums
         );
-        let io = self.engine.config();
+        let engine = self.store().engine(0);
+        let io = engine.config();
         let _ = writeln!(
             out,
             "  io: backend {}, block {} bytes, queue depth {}, threads {}, direct {}",
-            self.engine.backend().name(),
+            engine.backend().name(),
             io.block_size,
             io.queue_depth,
             io.thread_count,
             io.direct_io.name()
         );
         let _ = writeln!(out, "  {s:?}");
-        let st = self.lock();
-        if let Some(space) = &st.partition {
+        if let Err(e) = self.usable() {
+            let _ = writeln!(out, "  BROKEN: {}", e.message());
+        }
+        let st = self.peek();
+        if let Some(space) = st.partition() {
             let _ = writeln!(out, "  partitioned swap space: {} elements", space.capacity());
         }
-        let mut ids: Vec<_> = st.params.keys().copied().collect();
-        ids.sort_unstable();
-        for id in ids {
-            let p = &st.params[&id];
-            let slot = match p.slot {
+        let mut params: Vec<_> = st.params().collect();
+        params.sort_unstable_by_key(|&(id, _)| id);
+        for (id, p) in params {
+            let slot = match p.slot() {
                 Some(Slot::Pool(i)) => format!("pool buffer {}", i.index()),
                 Some(Slot::Caller(b)) => format!("caller buffer {:p}", b.0),
                 None => "no buffer".into(),
@@ -117,9 +124,9 @@ impl Swapper {
             let _ = writeln!(
                 out,
                 "  param {id}: {} numel {} {slot}, on disk {}{}{io}",
-                p.status.name(),
-                p.numel,
-                p.on_disk.map_or("no".into(), |b| format!("{b} bytes")),
+                p.status().name(),
+                p.numel(),
+                p.on_disk().map_or("no".into(), |b| format!("{b} bytes")),
                 if io.is_empty() { "" } else { ", " },
             );
         }

@@ -1,25 +1,14 @@
 //! Swap-in: reading NOT_AVAILABLE params back, into pool buffers or the caller's.
 
-use crate::io::Ticket;
 use crate::status::{Error, Result, Status};
 use crate::sys::RawBuf;
 
 use super::batch::{self, Unknown};
-use super::checksum::{self, Checksum};
-use super::param::{Io, ParamStatus, Slot};
+use super::param::Slot;
+use super::state::{Fate, ParamClaim, ReadPlan};
 use super::wait::Kind;
 use super::Swapper;
-
-/// A param claimed for a read: what the submission outside the lock needs.
-struct Claim {
-    id: u64,
-    slot: Slot,
-    /// Bytes of the last complete write (the file's valid length).
-    on_disk: u64,
-    /// Bytes to read.
-    len: u64,
-    checksum_len: Option<u64>,
-}
+use crate::checksum;
 
 impl Swapper {
     /// Reads each param into a free pool buffer (or into `dest[i]`, which must hold the
@@ -68,91 +57,64 @@ impl Swapper {
             }
         }
         // 1. Claim, under the lock.
-        let claims: Vec<Claim> = {
-            let mut st = self.lock();
-            batch::check(&st, ids, Unknown::Refuse, |k, id, p| {
-                batch::swappable_in(id, p)?;
-                match capacities.and_then(|c| c.get(k)) {
-                    Some(&cap) if cap < p.numel => Err(Error::new(
-                        Status::NoBuffer,
-                        format!(
-                            "param {id} has {} elements; destination buffer {k} holds {cap}",
-                            p.numel
-                        ),
-                    )),
-                    _ => Ok(()),
-                }
-            })?;
-            if dest.is_none() && st.buffers.free() < ids.len() {
-                return Err(Error::new(
+        let mut claim = self.claim()?;
+        batch::check(claim.state(), ids, Unknown::Refuse, |k, id, p| {
+            batch::swappable_in(id, p)?;
+            match capacities.and_then(|c| c.get(k)) {
+                Some(&cap) if cap < p.numel() => Err(Error::new(
                     Status::NoBuffer,
                     format!(
-                        "swapping in {} needs {} free buffers; {} are free",
-                        describe(ids),
-                        ids.len(),
-                        st.buffers.free()
+                        "param {id} has {} elements; destination buffer {k} holds {cap}",
+                        p.numel()
                     ),
-                ));
+                )),
+                _ => Ok(()),
             }
-            let mut claims = Vec::with_capacity(ids.len());
-            for (k, &id) in ids.iter().enumerate() {
-                let slot = match dest {
-                    Some(d) => Slot::Caller(d[k]),
-                    None => Slot::Pool(st.buffers.take().expect("counted above")),
-                };
-                let elem = self.elem as u64;
-                let p = st.param(id);
-                let on_disk = p.on_disk.expect("checked: on disk");
-                claims.push(Claim {
-                    id,
-                    slot,
-                    on_disk,
-                    len: match slot {
-                        Slot::Pool(_) => on_disk,
-                        Slot::Caller(_) => p.numel * elem,
-                    },
-                    checksum_len: p.checksum.as_ref().map(|_| p.numel * elem),
-                });
-                p.slot = Some(slot);
-                p.status = ParamStatus::Inflight;
-                p.io = Some(Io::Submitting);
-            }
-            claims
-        };
-        // 2. Submit, without the lock.
-        let submitted: Vec<(u64, Result<Ticket>)> = claims
+        })?;
+        let free = claim.state().buffers().free();
+        if dest.is_none() && free < ids.len() {
+            return Err(Error::new(
+                Status::NoBuffer,
+                format!(
+                    "swapping in {} needs {} free buffers; {free} are free",
+                    describe(ids),
+                    ids.len(),
+                ),
+            ));
+        }
+        let elem = self.elem as u64;
+        let planned: Vec<(u64, (Slot, ReadPlan))> = ids
             .iter()
-            .map(|c| {
-                let r = self.check_file(c.id, c.on_disk).and_then(|()| {
-                    // SAFETY: pool buffers outlive the engine's work; caller buffers are
-                    // covered by this function's contract.
-                    unsafe { self.submit_file_io(c.id, false, self.slot_buf(c.slot), c.len, c.checksum_len) }
-                });
-                (c.id, r.map_err(|e| read_error(c.id, e)))
+            .enumerate()
+            .map(|(k, &id)| {
+                self.step("swap_in", "claim");
+                (id, claim.claim_read(id, dest.map(|d| d[k]), "swap_in"))
             })
             .collect();
-        // 3. Record, under the lock.
+        claim.unlock();
+        // 2. Submit, without the lock; each outcome is noted in the claim.
         let mut failed = Vec::new();
-        {
-            let mut st = self.lock();
-            for (id, outcome) in submitted {
-                match outcome {
-                    Ok(ticket) => {
-                        st.param(id).io = Some(Io::Read(ticket));
-                        st.pending_reads.insert(id);
-                    }
-                    Err(e) => {
-                        let p = st.param(id);
-                        p.io = None;
-                        p.status = ParamStatus::NotAvailable;
-                        if let Some(Slot::Pool(i)) = p.slot.take() {
-                            st.buffers.give(i);
-                        }
-                        failed.push((id, e));
-                    }
-                }
+        for (k, (id, (slot, c))) in planned.iter().enumerate() {
+            self.step("swap_in", "submit");
+            let len = match slot {
+                Slot::Pool(_) => c.on_disk,
+                Slot::Caller(_) => c.numel * elem,
+            };
+            let checksum_len = c.checksum.as_ref().map(|_| c.numel * elem);
+            let r = self.check_file(*id, c.on_disk).and_then(|()| {
+                // SAFETY: pool buffers outlive the engine's work; caller buffers are
+                // covered by this function's contract.
+                unsafe { self.submit_file_io(*id, false, self.slot_buf(*slot), len, checksum_len) }
+            });
+            match r {
+                Ok(ticket) => claim.entry_mut(k).set_fate(Fate::Read(ticket)),
+                Err(e) => failed.push((*id, read_error(*id, e))),
             }
+            self.step("swap_in", "submitted");
         }
+        // 3. Record, under the lock: the queued reads become pending, the others are
+        // NOT_AVAILABLE again with their pool buffers back.
+        claim.end()?;
         let errors = batch::not_queued(ids.len(), failed, "NOT_AVAILABLE, buffers back in the pool");
         self.end_batch(Kind::Read, async_op, errors.into_iter().collect())
     }
@@ -168,45 +130,51 @@ impl Swapper {
             return Err(Error::new(Status::NullPointer, "dest is NULL"));
         }
         // 1. Claim: the param must not change state during the read.
-        let (on_disk, numel, want) = {
-            let mut st = self.lock();
-            let p = st.params.get(&id).ok_or_else(|| batch::not_known(id))?;
-            let on_disk = batch::swappable_in(id, p)?;
-            if dest_numel < p.numel {
-                return Err(Error::new(
-                    Status::NoBuffer,
-                    format!("param {id} has {} elements; dest holds {dest_numel}", p.numel),
-                ));
-            }
-            let claimed = (on_disk, p.numel, p.checksum.clone());
-            st.param(id).io = Some(Io::Submitting);
-            claimed
-        };
+        let mut claim = self.claim()?;
+        let p = claim.state().param(id).ok_or_else(|| batch::not_known(id))?;
+        batch::swappable_in(id, p)?;
+        if dest_numel < p.numel() {
+            return Err(Error::new(
+                Status::NoBuffer,
+                format!("param {id} has {} elements; dest holds {dest_numel}", p.numel()),
+            ));
+        }
+        self.step("swap_into_buffer", "claim");
+        let plan = claim.claim_idle(id, "swap_into_buffer");
+        claim.unlock();
         // 2. Read and verify, without the lock.
-        let read = self.read_into(id, dest, on_disk, numel, want.as_ref());
-        // 3. Record.
-        self.lock().param(id).io = None;
+        let read = self.read_into(id, dest, &plan, &mut claim);
+        // 3. Record: the param is as it was.
+        claim.end()?;
         let waited = self.wait_reads();
         read.and(waited)
     }
 
-    fn read_into(
-        &self,
-        id: u64,
-        dest: RawBuf,
-        on_disk: u64,
-        numel: u64,
-        want: Option<&Checksum>,
-    ) -> Result<()> {
-        let bytes = numel * self.elem as u64;
-        self.check_file(id, on_disk).map_err(|e| read_error(id, e))?;
-        let checksum_len = want.map(|_| bytes);
-        // SAFETY: the caller's contract; the ticket is waited for before returning.
+    /// The read of `swap_into_buffer`: submitted, noted in the claim (so that a panic
+    /// waits for it before the claim ends), waited for and verified.
+    fn read_into(&self, id: u64, dest: RawBuf, plan: &ReadPlan, claim: &mut ParamClaim<'_>) -> Result<()> {
+        let bytes = plan.numel * self.elem as u64;
+        self.step("swap_into_buffer", "submit");
+        self.check_file(id, plan.on_disk).map_err(|e| read_error(id, e))?;
+        let checksum_len = plan.checksum.as_ref().map(|_| bytes);
+        // SAFETY: the caller's contract; the ticket is waited for before the claim ends
+        // (here, or by the claim's settle if this call panics).
         let ticket = unsafe { self.submit_file_io(id, false, dest, bytes, checksum_len) }
             .map_err(|e| read_error(id, e))?;
+        claim.entry_mut(0).set_fate(Fate::ReadInto(ticket.clone()));
+        self.step("swap_into_buffer", "submitted");
         ticket.wait().map_err(|e| read_error(id, e))?;
         // SAFETY: the read has completed; `dest` holds `bytes` bytes (the caller's contract).
-        unsafe { checksum::verify(id, &self.param_path(id), want, &ticket, dest, bytes as usize) }
+        unsafe {
+            checksum::verify(
+                &format!("param {id}"),
+                |o| format!("{} at offset {o}", self.param_path(id).display()),
+                plan.checksum.as_ref(),
+                ticket.checksum(),
+                dest,
+                bytes as usize,
+            )
+        }
     }
 }
 

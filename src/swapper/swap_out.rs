@@ -1,15 +1,16 @@
 //! Swap-out: writing AVAILABLE params' buffers to their files.
 
-use crate::io::Ticket;
 use crate::status::{Error, Result};
+use crate::store::StoreTicket as Ticket;
 
 use super::batch::{self, Unknown};
-use super::param::{Io, PendingWrite, Slot};
+use super::param::{PendingWrite, Slot};
+use super::state::Fate;
 use super::wait::Kind;
 use super::Swapper;
 
 /// A param claimed for a write: what the submission outside the lock needs.
-struct Claim {
+struct Planned {
     id: u64,
     slot: Slot,
     numel: u64,
@@ -47,55 +48,49 @@ impl Swapper {
     }
 
     fn write_batch(&self, ids: &[u64], async_op: bool, release: bool) -> Result<()> {
-        // 1. Claim, under the lock.
-        let claims: Vec<Claim> = {
-            let mut st = self.lock();
-            batch::check(&st, ids, Unknown::Refuse, |_, id, p| batch::swappable_out(id, p))?;
-            ids.iter()
-                .map(|&id| {
-                    let p = st.param(id);
-                    p.io = Some(Io::Submitting);
-                    Claim {
-                        id,
-                        numel: p.numel,
-                        slot: p.slot.expect("checked: an AVAILABLE param has a slot"),
-                    }
-                })
-                .collect()
+        let call = if release {
+            "swap_out_and_release"
+        } else {
+            "swap_out"
         };
-        // 2. Submit, without the lock.
-        let submitted: Vec<(u64, Result<(Ticket, u64)>)> =
-            claims.iter().map(|c| (c.id, self.submit_write(c))).collect();
-        // 3. Record, under the lock.
+        // 1. Claim, under the lock.
+        let mut claim = self.claim()?;
+        batch::check(claim.state(), ids, Unknown::Refuse, |_, id, p| {
+            batch::swappable_out(id, p)
+        })?;
+        let planned: Vec<Planned> = ids
+            .iter()
+            .map(|&id| {
+                self.step(call, "claim");
+                let (slot, numel) = claim.claim_write(id, call);
+                Planned { id, slot, numel }
+            })
+            .collect();
+        claim.unlock();
+        // 2. Submit, without the lock; each outcome is noted in the claim.
         let mut failed = Vec::new();
-        {
-            let mut st = self.lock();
-            for (id, outcome) in submitted {
-                match outcome {
-                    Ok((ticket, bytes)) => {
-                        let p = st.param(id);
-                        p.io = Some(Io::Write(PendingWrite {
-                            ticket,
-                            release,
-                            bytes,
-                        }));
-                        p.has_file = true;
-                        st.pending_writes.insert(id);
-                    }
-                    Err(e) => {
-                        st.param(id).io = None;
-                        failed.push((id, e));
-                    }
-                }
+        for (k, c) in planned.iter().enumerate() {
+            self.step(call, "submit");
+            match self.submit_write(c) {
+                Ok((ticket, bytes)) => claim.entry_mut(k).set_fate(Fate::Write(PendingWrite {
+                    ticket,
+                    release,
+                    bytes,
+                })),
+                Err(e) => failed.push((c.id, e)),
             }
+            self.step(call, "submitted");
         }
+        // 3. Record, under the lock: the queued writes become pending, the others are
+        // as they were.
+        claim.end()?;
         let errors = batch::not_queued(ids.len(), failed, "AVAILABLE with their buffers and data");
         self.end_batch(Kind::Write, async_op, errors.into_iter().collect())
     }
 
     /// Queues the write of one claimed param: a pool buffer is written whole up to the
     /// aligned length (its padding zeroed first), a caller buffer for the param's bytes.
-    fn submit_write(&self, c: &Claim) -> Result<(Ticket, u64)> {
+    fn submit_write(&self, c: &Planned) -> Result<(Ticket, u64)> {
         let data_bytes = c.numel as usize * self.elem;
         let len = match c.slot {
             Slot::Pool(i) => {

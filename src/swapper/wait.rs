@@ -6,22 +6,30 @@
 
 use std::time::Instant;
 
-use crate::io::Ticket;
 use crate::status::{Error, Result};
+use crate::store::StoreTicket as Ticket;
 use crate::sys::RawBuf;
 
 use super::batch::{self, combine};
-use super::checksum::{self, Checksum};
-use super::param::{Io, ParamStatus, Slot};
-use super::state::State;
 use super::swap_in::read_error;
 use super::Swapper;
+use crate::checksum::{self, Checksum};
 
 /// Reads or writes.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
     Read,
     Write,
+}
+
+impl Kind {
+    /// The wait of this kind, naming its steps for fault injection.
+    fn waiter(self) -> &'static str {
+        match self {
+            Kind::Read => "wait_reads",
+            Kind::Write => "wait_writes",
+        }
+    }
 }
 
 /// One operation a wait waits for, with what verifying a read needs.
@@ -53,8 +61,8 @@ impl Swapper {
     /// flight is a no-op.
     pub fn wait_params(&self, ids: &[u64]) -> Result<()> {
         {
-            let st = self.lock();
-            if let Some(&id) = ids.iter().find(|id| !st.params.contains_key(id)) {
+            let st = self.lock()?;
+            if let Some(&id) = ids.iter().find(|&&id| st.param(id).is_none()) {
                 return Err(batch::not_known(id));
             }
         }
@@ -76,63 +84,81 @@ impl Swapper {
 
     fn wait(&self, kind: Kind, only: Option<&[u64]>) -> Result<()> {
         let start = Instant::now();
-        let snapshot = self.snapshot(kind, only);
+        let snapshot = self.snapshot(kind, only)?;
         if snapshot.is_empty() {
             return Ok(());
         }
+        let call = kind.waiter();
         let results: Vec<Result<()>> = snapshot
             .iter()
             .map(|w| {
                 w.ticket.wait()?;
+                self.step(call, "waited");
                 match &w.verify {
                     None => Ok(()),
                     // SAFETY: the read has completed; the buffer stays the param's until
                     // the param is finished below (an INFLIGHT param cannot be released).
                     Some((want, buf, len)) => unsafe {
-                        checksum::verify(w.id, &self.param_path(w.id), want.as_ref(), &w.ticket, *buf, *len)
+                        checksum::verify(
+                            &format!("param {}", w.id),
+                            |o| format!("{} at offset {o}", self.param_path(w.id).display()),
+                            want.as_ref(),
+                            w.ticket.checksum(),
+                            *buf,
+                            *len,
+                        )
                     },
                 }
             })
             .collect();
-        let mut st = self.lock();
+        let mut st = self.lock()?;
         let mut errors = Vec::new();
         for (w, result) in snapshot.into_iter().zip(results) {
+            self.step(call, "record");
             let r = match kind {
-                Kind::Read => finish_read(&mut st, w.id, &w.ticket, self.elem, result),
-                Kind::Write => finish_write(&mut st, w.id, &w.ticket, result),
+                Kind::Read => st
+                    .finish_read(
+                        w.id,
+                        &w.ticket,
+                        self.elem,
+                        result.map_err(|e| read_error(w.id, e)),
+                    )
+                    .map_err(|e| {
+                        e.context("the param stays NOT_AVAILABLE and its buffer went back to the pool")
+                    }),
+                Kind::Write => st.finish_write(w.id, &w.ticket, result).map_err(|e| {
+                    e.context(format!(
+                        "swap out of param {} failed; it stays AVAILABLE with its buffer and data",
+                        w.id
+                    ))
+                }),
             };
             if let Err(e) = r {
                 errors.push(e);
             }
         }
-        let ns = start.elapsed().as_nanos() as u64;
-        match kind {
-            Kind::Read => st.counters.read_wait_ns += ns,
-            Kind::Write => st.counters.write_wait_ns += ns,
-        }
+        st.add_wait_ns(kind, start.elapsed().as_nanos() as u64);
         drop(st);
         combine(errors)
     }
 
     /// The operations of `kind` pending now (of the params in `only`, if given).
-    fn snapshot(&self, kind: Kind, only: Option<&[u64]>) -> Vec<Waited> {
-        let st = self.lock();
-        let pending = match kind {
-            Kind::Read => &st.pending_reads,
-            Kind::Write => &st.pending_writes,
-        };
+    fn snapshot(&self, kind: Kind, only: Option<&[u64]>) -> Result<Vec<Waited>> {
+        let st = self.lock()?;
+        self.step(kind.waiter(), "snapshot");
+        let pending = st.pending(kind);
         let pick = |id: &u64| -> Option<Waited> {
-            let p = st.params.get(id)?;
+            let p = st.param(*id)?;
             let ticket = match kind {
                 Kind::Read => p.read_ticket()?,
                 Kind::Write => p.write_ticket()?,
             }
             .clone();
-            let verify = match (kind, p.slot) {
+            let verify = match (kind, p.slot()) {
                 (Kind::Read, Some(slot)) => Some((
-                    p.checksum.clone(),
+                    p.checksum().cloned(),
                     self.slot_buf(slot),
-                    p.numel as usize * self.elem,
+                    p.numel() as usize * self.elem,
                 )),
                 _ => None,
             };
@@ -142,82 +168,13 @@ impl Swapper {
                 verify,
             })
         };
-        match only {
+        Ok(match only {
             Some(ids) => ids
                 .iter()
                 .filter(|id| pending.contains(id))
                 .filter_map(pick)
                 .collect(),
             None => pending.iter().filter_map(pick).collect(),
-        }
-    }
-}
-
-/// A finished read: AVAILABLE, or NOT_AVAILABLE with its pool buffer back on failure.
-fn finish_read(st: &mut State, id: u64, ticket: &Ticket, elem: usize, result: Result<()>) -> Result<()> {
-    let Some(p) = st.params.get_mut(&id) else {
-        return Ok(());
-    };
-    if !p.read_ticket().is_some_and(|t| t.same(ticket)) {
-        return Ok(()); // finished by a concurrent wait
-    }
-    p.io = None;
-    st.pending_reads.remove(&id);
-    let p = st.param(id);
-    let bytes = p.numel * elem as u64;
-    let moved = match p.slot {
-        Some(Slot::Pool(_)) => p.on_disk.unwrap_or(bytes),
-        _ => bytes,
-    };
-    match result.map_err(|e| read_error(id, e)) {
-        Ok(()) => {
-            p.status = ParamStatus::Available;
-            st.counters.bytes_read += moved;
-            Ok(())
-        }
-        Err(e) => {
-            p.status = ParamStatus::NotAvailable;
-            if let Some(Slot::Pool(i)) = p.slot.take() {
-                st.buffers.give(i);
-            }
-            Err(e.context("the param stays NOT_AVAILABLE and its buffer went back to the pool"))
-        }
-    }
-}
-
-/// A finished write: the file now holds the param (and the buffer goes back for a
-/// release), or, on failure, the param stays AVAILABLE with its data and its file is
-/// no longer a valid copy.
-fn finish_write(st: &mut State, id: u64, ticket: &Ticket, result: Result<()>) -> Result<()> {
-    let Some(p) = st.params.get_mut(&id) else {
-        return Ok(());
-    };
-    if !p.write_ticket().is_some_and(|t| t.same(ticket)) {
-        return Ok(());
-    }
-    let Some(Io::Write(w)) = p.io.take() else {
-        return Ok(());
-    };
-    st.pending_writes.remove(&id);
-    let p = st.param(id);
-    match result {
-        Ok(()) => {
-            p.on_disk = Some(w.bytes);
-            p.checksum = Checksum::of(&w.ticket);
-            if w.release {
-                p.status = ParamStatus::NotAvailable;
-                if let Some(Slot::Pool(i)) = p.slot.take() {
-                    st.buffers.give(i);
-                }
-            }
-            st.counters.bytes_written += w.bytes;
-            Ok(())
-        }
-        Err(e) => {
-            p.on_disk = None;
-            Err(e.context(format!(
-                "swap out of param {id} failed; it stays AVAILABLE with its buffer and data"
-            )))
-        }
+        })
     }
 }

@@ -181,6 +181,14 @@ pub fn page_size() -> usize {
     }
 }
 
+/// The bytes an [`AlignedBuf`] of `len` bytes maps, and so locks when it is page-locked,
+/// as the kernel counts them (VmLck, the memory cgroup): `len` rounded up to whole pages,
+/// one page for 0. `None` when that overflows.
+pub fn mapped_len(len: usize) -> Option<usize> {
+    let page = page_size();
+    len.max(1).checked_add(page - 1).map(|v| v / page * page)
+}
+
 /// Total physical memory in bytes (0 if unknown).
 pub fn physical_memory() -> u64 {
     // SAFETY: sysconf has no memory-safety preconditions.
@@ -203,11 +211,7 @@ impl AlignedBuf {
     /// warning is logged ([`AlignedBuf::is_locked`] tells). A request larger than the
     /// machine's memory fails with `OutOfMemory` instead of being overcommitted.
     pub fn new(len: usize, lock: bool) -> Result<AlignedBuf> {
-        let page = page_size();
-        let map_len = len
-            .max(1)
-            .checked_add(page - 1)
-            .map(|v| v / page * page)
+        let map_len = mapped_len(len)
             .ok_or_else(|| Error::new(Status::OutOfMemory, format!("cannot allocate {len} bytes")))?;
         let phys = physical_memory();
         if phys > 0 && map_len as u64 > phys {
@@ -555,6 +559,16 @@ mod tests {
             release(outside.as_ptr() as usize).unwrap_err().status(),
             Status::InvalidArgument
         );
+    }
+
+    #[test]
+    fn mapped_length_is_whole_pages() {
+        let page = page_size();
+        assert_eq!(mapped_len(0), Some(page));
+        assert_eq!(mapped_len(1), Some(page));
+        assert_eq!(mapped_len(page), Some(page));
+        assert_eq!(mapped_len(page + 1), Some(2 * page));
+        assert_eq!(mapped_len(usize::MAX), None);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! transfer fewer bytes than asked, after skipping a number of matches, a number of
 //! times, or delay them, or make the I/O worker carrying them out panic. Both backends
 //! consult it before every read and write request, and opens consult it too (where
-//! only `Errno` applies).
+//! only `Errno` applies). A swapper call also consults it at each step of its claim,
+//! submit and record ([`point`]), where only `Panic` applies: a bug striking there.
 
 use std::path::Path;
 
@@ -21,6 +22,9 @@ pub enum Call {
     Read,
     /// A write request.
     Write,
+    /// A step of a swapper call ([`point`]); its "path" is `<swap folder>|<call>:<step>`
+    /// (for instance `.../rank0|swap_in:submit`). Only `Fault::Panic` applies.
+    Point,
 }
 
 /// What happens to a matching call.
@@ -34,7 +38,7 @@ pub enum Fault {
     /// The request is carried out this many milliseconds late (a slow device).
     DelayMs(u64),
     /// The I/O worker thread carrying out the request panics before issuing it (a bug in
-    /// a worker).
+    /// a worker); at a [`Call::Point`], the calling thread panics there.
     Panic,
 }
 
@@ -73,6 +77,10 @@ mod imp {
         let mut rules = RULES.lock().unwrap_or_else(|e| e.into_inner());
         rules.clear();
         ACTIVE.store(false, Ordering::SeqCst);
+    }
+
+    pub fn active() -> bool {
+        ACTIVE.load(Ordering::Relaxed)
     }
 
     pub fn injected() -> u64 {
@@ -124,6 +132,24 @@ pub fn injected() -> u64 {
 pub fn check(call: Call, path: &Path) -> Option<Fault> {
     imp::check(call, path)
 }
+
+/// A step of a swapper call: panics if a `Call::Point` rule with `Fault::Panic` matches
+/// the step's name (made by `name` only when a rule is installed).
+#[cfg(feature = "fault-injection")]
+pub fn point(name: impl FnOnce() -> String) {
+    if !imp::active() {
+        return;
+    }
+    let name = name();
+    if let Some(Fault::Panic) = imp::check(Call::Point, Path::new(&name)) {
+        panic!("injected panic at {name}");
+    }
+}
+
+/// A step of a swapper call: nothing, in a build without `fault-injection`.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn point(_name: impl FnOnce() -> String) {}
 
 /// The fault to inject into this call: never, in a build without `fault-injection`.
 #[cfg(not(feature = "fault-injection"))]

@@ -74,13 +74,18 @@ impl FileKind {
     }
 }
 
-/// What `fstatat` tells of a name: its kind and size.
+/// What `fstatat` tells of a name: its kind, size and identity.
 #[derive(Clone, Copy, Debug)]
 pub struct Stat {
     /// The kind of file.
     pub kind: FileKind,
     /// The size in bytes.
     pub size: u64,
+    /// The device holding it.
+    pub dev: u64,
+    /// Its inode number on that device: (dev, ino) tells whether a name still names a
+    /// file held open.
+    pub ino: u64,
 }
 
 impl Stat {
@@ -108,6 +113,8 @@ impl Stat {
         Stat {
             kind: FileKind::of(st.st_mode),
             size: st.st_size as u64,
+            dev: st.st_dev,
+            ino: st.st_ino,
         }
     }
 }
@@ -481,13 +488,26 @@ pub fn open(dir: Option<&Dir>, path: &Path, mode: OpenMode) -> Result<Opened, Op
     if mode.nofollow {
         flags |= libc::O_NOFOLLOW;
     }
-    let fd = match open_raw(dirfd, &c, flags) {
+    open_checked(dirfd, &c, flags, !mode.nofollow, mode.direct)
+}
+
+/// Opens `c` relative to `dirfd` with `flags` (which hold O_NONBLOCK), refuses what is not
+/// a regular file, and makes the descriptor blocking again (keeping O_DIRECT when
+/// `direct`). `follow`: whether the name's last component may be a symbolic link.
+fn open_checked(
+    dirfd: RawFd,
+    c: &CStr,
+    flags: libc::c_int,
+    follow: bool,
+    direct: bool,
+) -> Result<Opened, OpenError> {
+    let fd = match open_raw(dirfd, c, flags) {
         Ok(fd) => fd,
         // What a non-regular file gives instead of an open: a FIFO for writing without a
         // reader (ENXIO), a folder for writing (EISDIR), a socket (ENXIO), a device without
         // a driver (ENXIO, ENODEV), a symbolic link under O_NOFOLLOW (ELOOP).
         Err(e @ (libc::ENXIO | libc::EISDIR | libc::ENODEV | libc::ELOOP | libc::EOPNOTSUPP)) => {
-            return Err(match fstatat_raw(dirfd, &c, !mode.nofollow) {
+            return Err(match fstatat_raw(dirfd, c, follow) {
                 Ok(st) if !st.is_file() => OpenError::NotRegular(st.kind),
                 _ => OpenError::Errno(e),
             })
@@ -500,10 +520,122 @@ pub fn open(dir: Option<&Dir>, path: &Path, mode: OpenMode) -> Result<Opened, Op
     }
     // Back to blocking I/O (io_uring would otherwise answer EAGAIN instead of waiting).
     // F_SETFL sets the status flags as a whole: keep O_DIRECT, drop O_NONBLOCK.
-    let status = if mode.direct { libc::O_DIRECT } else { 0 };
+    let status = if direct { libc::O_DIRECT } else { 0 };
     // SAFETY: F_SETFL on an open descriptor touches no memory of ours.
     retry(|| unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, status) }).map_err(OpenError::Errno)?;
     Ok(Opened { fd, size: st.size })
+}
+
+/// What the open file `fd` is: kind, size and identity (fstat).
+pub fn fstat(fd: &OwnedFd) -> Result<Stat, i32> {
+    fstat_raw(fd.as_raw_fd())
+}
+
+/// Opens the regular file `name` inside `dir` for reading and writing, not following a
+/// symbolic link, with O_DIRECT when `direct`; with `create`, the file is created (mode
+/// 0600) and must not exist yet (EEXIST). What is not a regular file is refused without
+/// blocking, as by [`open`].
+pub fn open_read_write(dir: &Dir, name: &OsStr, direct: bool, create: bool) -> Result<Opened, OpenError> {
+    let path = Path::new(name);
+    if let Some(Fault::Errno(e)) = fault::check(Call::Open, path) {
+        return Err(OpenError::Errno(e));
+    }
+    if direct {
+        if let Some(Fault::Errno(e)) = fault::check(Call::OpenDirect, path) {
+            return Err(OpenError::Errno(e));
+        }
+    }
+    let c = component(name).map_err(OpenError::Errno)?;
+    let mut flags = libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_RDWR | libc::O_NOFOLLOW;
+    if create {
+        flags |= libc::O_CREAT | libc::O_EXCL;
+    }
+    if direct {
+        flags |= libc::O_DIRECT;
+    }
+    open_checked(dir.raw(), &c, flags, false, direct)
+}
+
+/// Gives the open regular file `fd` the size `to` (from `from`, its size now) with the
+/// blocks reserved (`fallocate` mode 0), so that writes below the new size are not
+/// extending writes. A file system that cannot preallocate (EOPNOTSUPP) gets the size
+/// alone (ftruncate; the blocks come with the writes). ENOSPC, EDQUOT and EFBIG give back
+/// what a failed fallocate reserved past `from` (a hole is punched there) and are
+/// returned; so is any other errno.
+pub fn extend(fd: &OwnedFd, from: u64, to: u64) -> Result<(), i32> {
+    if to <= from {
+        return Ok(());
+    }
+    let (Ok(start), Ok(count), Ok(end)) = (
+        libc::off_t::try_from(from),
+        libc::off_t::try_from(to - from),
+        libc::off_t::try_from(to),
+    ) else {
+        return Err(libc::EFBIG);
+    };
+    // SAFETY: `fd` is open; fallocate touches no memory of ours.
+    match retry(|| unsafe { libc::fallocate(fd.as_raw_fd(), 0, start, count) }) {
+        Ok(_) => Ok(()),
+        Err(libc::EOPNOTSUPP) => {
+            // SAFETY: `fd` is open; ftruncate touches no memory of ours.
+            retry(|| unsafe { libc::ftruncate(fd.as_raw_fd(), end) }).map(drop)
+        }
+        Err(e @ (libc::ENOSPC | libc::EDQUOT | libc::EFBIG)) => {
+            // SAFETY: as above; only the range past the old end, which held no data, is
+            // punched (ext4 keeps what a failed fallocate got).
+            unsafe {
+                libc::fallocate(
+                    fd.as_raw_fd(),
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    start,
+                    count,
+                )
+            };
+            Err(e)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Makes bytes `offset..offset + len` of the open regular file `fd` read as zeros, by the
+/// file system and not by writing zeros: FALLOC_FL_ZERO_RANGE where the file system has
+/// it (ext4, XFS), otherwise a punched hole whose blocks are reserved again (tmpfs,
+/// btrfs). The file's size does not change. The errno of the last call that failed.
+pub fn zero_range(fd: &OwnedFd, offset: u64, len: u64) -> Result<(), i32> {
+    if len == 0 {
+        return Ok(());
+    }
+    let (Ok(start), Ok(count)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(libc::EFBIG);
+    };
+    let raw = fd.as_raw_fd();
+    // SAFETY: `raw` is open; fallocate touches no memory of ours.
+    match retry(|| unsafe {
+        libc::fallocate(
+            raw,
+            libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+            start,
+            count,
+        )
+    }) {
+        Ok(_) => return Ok(()),
+        Err(libc::EOPNOTSUPP | libc::EINVAL) => {}
+        Err(e) => return Err(e),
+    }
+    // SAFETY: as above.
+    retry(|| unsafe {
+        libc::fallocate(
+            raw,
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            start,
+            count,
+        )
+    })?;
+    // SAFETY: as above; reserves the punched blocks again (they read as zeros).
+    match retry(|| unsafe { libc::fallocate(raw, libc::FALLOC_FL_KEEP_SIZE, start, count) }) {
+        Ok(_) | Err(libc::EOPNOTSUPP) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// The absolute path of `path` with every symbolic link, "." and ".." resolved

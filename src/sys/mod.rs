@@ -12,11 +12,14 @@
 //! - [`file`]: opening files (by path or inside a folder held open), the swap folder's
 //!   folder operations and lock, and single pread/pwrite calls.
 //! - [`uring`]: a small io_uring ring for read and write requests.
+//! - [`limits`]: RLIMIT_MEMLOCK and the text files that describe memory (`/proc/meminfo`,
+//!   the cgroups').
 //! - [`fault`]: fault injection into the calls above (feature `fault-injection`).
 
 pub mod alloc;
 pub mod fault;
 pub mod file;
+pub mod limits;
 pub mod uring;
 
 /// A raw buffer address that crosses threads. Whoever builds one promises that the

@@ -1,8 +1,12 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod drive_bed;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+pub mod loop_drive;
 
 /// Deterministic bytes: a xorshift stream from `seed`.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
@@ -70,21 +74,9 @@ pub fn have(tool: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// The soname's version for Cargo.toml's version, by cargo-c's rule: the part semver lets
-/// break the ABI (1.2.3 -> "1", 0.1.2 -> "0.1", 0.0.3 -> "0.0.3").
+/// The soname's version, as build.rs computed it (cargo-c's rule, written there once).
 pub fn soversion() -> String {
-    let (major, minor, patch) = (
-        env!("CARGO_PKG_VERSION_MAJOR"),
-        env!("CARGO_PKG_VERSION_MINOR"),
-        env!("CARGO_PKG_VERSION_PATCH"),
-    );
-    if major != "0" {
-        major.to_string()
-    } else if minor != "0" {
-        format!("0.{minor}")
-    } else {
-        format!("0.0.{patch}")
-    }
+    env!("SWAPPER_SOVERSION").to_string()
 }
 
 /// The DT_SONAME of the shared object at `path`, read with `readelf -d` (binutils).
@@ -138,4 +130,39 @@ pub fn backends() -> Vec<swapper::Backend> {
         eprintln!("io_uring is not available on this machine: testing the blocking backend only");
     }
     v
+}
+
+/// What the store holds of param `id`: its extents' bytes read straight from the extent
+/// files, in order (reserved length: the param's bytes, then padding).
+pub fn stored_bytes(s: &swapper::Swapper, id: u64) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut out = Vec::new();
+    for e in s.param_locations(id) {
+        let f = std::fs::File::open(&e.path).unwrap();
+        let mut buf = vec![0u8; e.len as usize];
+        f.read_exact_at(&mut buf, e.file_offset).unwrap();
+        out.extend_from_slice(&buf);
+    }
+    out
+}
+
+/// Flips byte `at` of param `id` where the store keeps it (in its extent file).
+pub fn flip_stored_byte(s: &swapper::Swapper, id: u64, mut at: u64) -> std::path::PathBuf {
+    use std::os::unix::fs::FileExt;
+    for e in s.param_locations(id) {
+        if at < e.len {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&e.path)
+                .unwrap();
+            let mut b = [0u8];
+            f.read_exact_at(&mut b, e.file_offset + at).unwrap();
+            b[0] ^= 0x40;
+            f.write_all_at(&b, e.file_offset + at).unwrap();
+            return e.path;
+        }
+        at -= e.len;
+    }
+    panic!("param {id} has no byte {at} in the store");
 }

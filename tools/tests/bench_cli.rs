@@ -287,3 +287,38 @@ fn tune_sweeps_a_tiny_grid_and_plots_it() {
     }
     assert_empty(dir.path());
 }
+
+#[test]
+fn optimizer_mode_steps_every_sub_group_and_reports_the_update_phase() {
+    let dir = bench_dir();
+    let v = run_cmd(
+        dir.path(),
+        &[
+            "optimizer",
+            "--params",
+            "4MiB",
+            "--sub-group-size",
+            "262144",
+            "--block-size",
+            "256KiB",
+        ],
+    );
+    let s = &v["settings"];
+    assert_eq!(s["sub_groups"], 4, "{v}");
+    assert_eq!(s["state_bytes"], 16 << 20, "{v}");
+    // Two of the largest sub-group's four 1 MiB tensors.
+    assert_eq!(s["ring_bytes"], 8 << 20, "{v}");
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1, "{v}");
+    let r = &runs[0];
+    // Every tensor read (4 x 4 MiB), every state tensor written (3 x 4 MiB).
+    assert_eq!(r["bytes_moved"], 28u64 << 20, "{v}");
+    assert!(r["step_s"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(r["gb_s"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(r["cpu_s"].as_f64().unwrap() >= 0.0, "{v}");
+    let locked = v["page_locked_bytes"].as_u64().unwrap();
+    assert!(locked == 0 || locked == 8 << 20, "{v}");
+    assert!(v["ring_peak_bytes"].as_u64().unwrap() <= 8 << 20, "{v}");
+    assert!(v["read_ahead_peak"].as_u64().unwrap() >= 1, "{v}");
+    assert_empty(dir.path());
+}

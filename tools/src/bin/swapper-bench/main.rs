@@ -1,5 +1,5 @@
 //! swapper-bench: measures libswapper's I/O engine, optionally against fio on the same
-//! file with the same settings.
+//! file with the same settings; its swappers (`swap`, `optimizer`); and tunes (`tune`).
 //!
 //! `swapper-bench io [--dir DIR] [--size 2GiB] [--block-size 1MiB] [--queue-depth 8]
 //! [--threads 1] [--backend auto|io_uring|blocking] [--direct auto|on|off] [--runs 3]
@@ -13,6 +13,7 @@
 
 mod cleanup;
 mod fio;
+mod optimizer;
 mod ours;
 mod plot;
 mod report;
@@ -46,6 +47,9 @@ enum Command {
     /// The parameter swapper in a training-like loop (park all params, then forward passes
     /// that prefetch and release), optionally against the raw engine and fio.
     Swap(swap::SwapArgs),
+    /// The optimizer-state swapper's update phase alone: fp32 params, Adam's moments and
+    /// gradients in sub-groups, read ahead, stepped with a CPU Adam, written behind.
+    Optimizer(optimizer::OptimizerArgs),
     /// Sweeps block size, queue depth, thread count and backend; prints the best settings
     /// for reads and writes as a libswapper config and a DeepSpeed "aio" block.
     Tune(tune::TuneArgs),
@@ -171,6 +175,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Io(args) => io_bench(args),
         Command::Swap(args) => swap::run(args),
+        Command::Optimizer(args) => optimizer::run(args),
         Command::Tune(args) => tune::run(args),
     };
     match result {

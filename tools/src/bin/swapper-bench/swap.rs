@@ -74,6 +74,7 @@ impl SwapBench {
             verify_checksums: checksums,
             io,
             allocator: None,
+            ..Settings::default()
         };
         let sw = Swapper::new(settings).map_err(|e| anyhow!("cannot start the swapper: {e}"))?;
         Ok(SwapBench {

@@ -1,25 +1,26 @@
-//! The swap folder `<nvme_path>/zero_stage_3/<dtype>params/rank<R>/`: created private
-//! (0700), refused when any of its parts is a symbolic link, locked for the handle's life
-//! (a second swapper on it gets `Busy`), emptied at creation, one file per param.
+//! A rank folder on one drive, e.g. `<nvme_path>/zero_stage_3/<dtype>params/rank<R>/` for
+//! the parameter swapper or `<nvme_path>/zero_stage_3/optimizer/rank<R>/` for the
+//! optimizer's: created private (0700), refused when any of its parts is a symbolic link,
+//! locked for the store's life (a second store on it gets `Busy`), emptied at creation.
 //!
-//! The rank folder is held open: every swap file is created, opened, checked and removed
-//! relative to that descriptor, so a chdir (with a relative `nvme_path`), a renamed rank
-//! folder or a rank folder replaced by a symbolic link cannot send the I/O elsewhere. Its
-//! path, resolved once at creation to an absolute canonical one, only names files in
-//! messages and in `swapper_param_path`.
+//! The rank folder is held open: every extent file is created, opened, checked and
+//! removed relative to that descriptor, so a chdir (with a relative `nvme_path`), a
+//! renamed rank folder or a rank folder replaced by a symbolic link cannot send the I/O
+//! elsewhere. Its path, resolved once at creation to an absolute canonical one, only
+//! names files in messages and in `swapper_param_path`.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
-use crate::convert::Dtype;
 use crate::status::{Error, Result, Status};
 use crate::sys::file::{self, Dir, DirLock, FileKind, Stat};
 
-/// The longest swap file name: the one of the largest id.
-const LONGEST_NAME: usize = "18446744073709551615_param.tensor.swp".len();
+/// The longest file name the store puts in a rank folder (an extent file of the largest
+/// index): the PATH_MAX check at creation is made for it.
+pub const LONGEST_NAME: usize = "extent-4294967295.swp".len();
 
-/// A locked swap folder.
-pub struct SwapFolder {
+/// A locked rank folder.
+pub struct RankFolder {
     path: PathBuf,
     dir: Dir,
     _lock: DirLock,
@@ -73,21 +74,30 @@ fn empty(dir: &Dir, path: &Path) -> Result<()> {
     Ok(())
 }
 
-impl SwapFolder {
-    /// Creates (or reuses) and locks the folder of `rank` and `dtype` under `nvme_path`, then
-    /// empties it. `nvme_path` may be relative: it is resolved once, here.
-    pub fn open(nvme_path: &Path, dtype: Dtype, rank: u32) -> Result<SwapFolder> {
+impl RankFolder {
+    /// Creates (or reuses) each folder of `parts` in turn under `nvme_path` (the last is
+    /// "the rank folder"), locks the last and empties it. `nvme_path` may be relative: it
+    /// is resolved once, here.
+    pub fn open(nvme_path: &Path, parts: &[String]) -> Result<RankFolder> {
+        if parts.is_empty() {
+            return Err(Error::invalid(
+                "the rank folder has no name (no folder parts given)",
+            ));
+        }
+        if let Some(bad) = parts
+            .iter()
+            .find(|p| p.is_empty() || p.contains('/') || *p == "." || *p == ".." || p.contains('\0'))
+        {
+            return Err(Error::invalid(format!(
+                "{bad:?} is not a folder name (a single path component is needed)"
+            )));
+        }
         let root = Dir::open(nvme_path).map_err(|e| open_error("nvme_path", nvme_path, e))?;
         let canonical = file::canonical(nvme_path).map_err(|e| open_error("nvme_path", nvme_path, e))?;
-        let parts = [
-            ("zero_stage_3".to_string(), "the swap folder"),
-            (format!("{}params", dtype.folder_name()), "the swap folder"),
-            (format!("rank{rank}"), "the rank folder"),
-        ];
-        let path = parts.iter().fold(canonical.clone(), |p, (name, _)| p.join(name));
+        let path = parts.iter().fold(canonical.clone(), |p, name| p.join(name));
         // Every open is relative to the held folder, so the kernel's PATH_MAX does not apply
-        // to them; but the paths the swapper reports (swapper_param_path, messages) must be
-        // usable, so refuse now what the largest id would overflow.
+        // to them; but the paths the store reports (swapper_param_path, messages) must be
+        // usable, so refuse now what the longest file name would overflow.
         let longest = path.as_os_str().len() + 1 + LONGEST_NAME;
         if longest >= libc::PATH_MAX as usize {
             return Err(Error::invalid(format!(
@@ -99,8 +109,13 @@ impl SwapFolder {
         }
         let mut dir = root;
         let mut at = canonical;
-        for (name, what) in &parts {
+        for (k, name) in parts.iter().enumerate() {
             at.push(name);
+            let what = if k + 1 == parts.len() {
+                "the rank folder"
+            } else {
+                "the swap folder"
+            };
             dir = private_dir(&dir, name, &at, what)?;
         }
         let lock = dir.lock().map_err(|e| {
@@ -117,7 +132,7 @@ impl SwapFolder {
             }
         })?;
         empty(&dir, &path)?;
-        Ok(SwapFolder {
+        Ok(RankFolder {
             path,
             dir,
             _lock: lock,
@@ -129,27 +144,15 @@ impl SwapFolder {
         &self.path
     }
 
-    /// The folder, held open: open swap files relative to it.
+    /// The folder, held open: open files relative to it.
     pub fn dir(&self) -> &Dir {
         &self.dir
     }
 
-    /// The swap file name of a param, relative to [`SwapFolder::dir`]: `<id>_param.tensor.swp`.
-    pub fn file_name(&self, id: u64) -> String {
-        format!("{id}_param.tensor.swp")
-    }
-
-    /// The swap file of a param, for messages: the folder's path joined with its name.
-    pub fn param_path(&self, id: u64) -> PathBuf {
-        self.path.join(self.file_name(id))
-    }
-
-    /// What the swap file of a param is (kind and size), looked up in the held folder
-    /// without following a symbolic link.
-    pub fn metadata(&self, id: u64) -> std::io::Result<Stat> {
-        self.dir
-            .stat(OsStr::new(&self.file_name(id)))
-            .map_err(std::io::Error::from_raw_os_error)
+    /// What `name` in the held folder is (kind, size, identity), without following a
+    /// symbolic link.
+    pub fn stat(&self, name: &str) -> std::result::Result<Stat, i32> {
+        self.dir.stat(OsStr::new(name))
     }
 }
 
@@ -159,21 +162,32 @@ mod tests {
     use std::fs;
     use std::os::unix::fs::PermissionsExt;
 
+    fn parts(dtype: &str, rank: u32) -> Vec<String> {
+        vec![
+            "zero_stage_3".into(),
+            format!("{dtype}params"),
+            format!("rank{rank}"),
+        ]
+    }
+
     #[test]
     fn creates_private_locked_emptied_folder() {
         let base = tempfile::tempdir().unwrap();
-        let f = SwapFolder::open(base.path(), Dtype::Fp16, 3).unwrap();
+        let f = RankFolder::open(base.path(), &parts("float16", 3)).unwrap();
         assert!(f.path().ends_with("zero_stage_3/float16params/rank3"));
         let mode = fs::metadata(f.path()).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
-        fs::write(f.param_path(7), b"x").unwrap();
-        let again = SwapFolder::open(base.path(), Dtype::Fp16, 3).err().unwrap();
+        fs::write(f.path().join("extent-0.swp"), b"x").unwrap();
+        let again = RankFolder::open(base.path(), &parts("float16", 3)).err().unwrap();
         assert_eq!(again.status(), Status::Busy);
-        let other_rank = SwapFolder::open(base.path(), Dtype::Fp16, 4).unwrap();
+        let other_rank = RankFolder::open(base.path(), &parts("float16", 4)).unwrap();
         drop(other_rank);
         drop(f);
-        let f = SwapFolder::open(base.path(), Dtype::Fp16, 3).unwrap();
-        assert!(!f.param_path(7).exists(), "the folder is emptied at creation");
+        let f = RankFolder::open(base.path(), &parts("float16", 3)).unwrap();
+        assert!(
+            !f.path().join("extent-0.swp").exists(),
+            "the folder is emptied at creation"
+        );
     }
 
     #[test]
@@ -181,19 +195,28 @@ mod tests {
         let base = tempfile::tempdir().unwrap();
         let missing = base.path().join("missing");
         assert_eq!(
-            SwapFolder::open(&missing, Dtype::Fp16, 0).err().unwrap().status(),
+            RankFolder::open(&missing, &parts("float16", 0))
+                .err()
+                .unwrap()
+                .status(),
             Status::NotFound
         );
         let file = base.path().join("file");
         fs::write(&file, b"x").unwrap();
         assert_eq!(
-            SwapFolder::open(&file, Dtype::Fp16, 0).err().unwrap().status(),
+            RankFolder::open(&file, &parts("float16", 0))
+                .err()
+                .unwrap()
+                .status(),
             Status::InvalidArgument
         );
         let link = base.path().join("link");
         std::os::unix::fs::symlink(base.path(), &link).unwrap();
         assert_eq!(
-            SwapFolder::open(&link, Dtype::Fp16, 0).err().unwrap().status(),
+            RankFolder::open(&link, &parts("float16", 0))
+                .err()
+                .unwrap()
+                .status(),
             Status::InvalidArgument
         );
         let root = base.path().join("root");
@@ -201,7 +224,7 @@ mod tests {
         let elsewhere = base.path().join("elsewhere");
         fs::create_dir(&elsewhere).unwrap();
         std::os::unix::fs::symlink(&elsewhere, root.join("zero_stage_3/float16params/rank0")).unwrap();
-        let e = SwapFolder::open(&root, Dtype::Fp16, 0).err().unwrap();
+        let e = RankFolder::open(&root, &parts("float16", 0)).err().unwrap();
         assert_eq!(e.status(), Status::InvalidArgument);
         assert!(e.message().contains("symbolic link"), "{e}");
     }
@@ -217,7 +240,7 @@ mod tests {
         fs::write(rank.join("sub/deeper/f"), b"x").unwrap();
         fs::write(rank.join(".swapper.lock"), b"").unwrap();
         std::os::unix::fs::symlink(&outside, rank.join("link")).unwrap();
-        let f = SwapFolder::open(&base.path().join("nv"), Dtype::Fp16, 0).unwrap();
+        let f = RankFolder::open(&base.path().join("nv"), &parts("float16", 0)).unwrap();
         assert_eq!(fs::read_dir(f.path()).unwrap().count(), 0);
         assert!(
             outside.join("keep").exists(),
@@ -238,16 +261,13 @@ mod tests {
             .collect::<PathBuf>()
             .join(base.path().strip_prefix("/").unwrap())
             .join("nv");
-        let f = SwapFolder::open(&rel, Dtype::Bf16, 2).unwrap();
+        let f = RankFolder::open(&rel, &parts("bfloat16", 2)).unwrap();
         let want = fs::canonicalize(base.path())
             .unwrap()
             .join("nv/zero_stage_3/bfloat16params/rank2");
         assert_eq!(f.path(), want);
-        assert!(f.param_path(u64::MAX).is_absolute());
-        assert_eq!(
-            f.metadata(5).err().map(|e| e.kind()),
-            Some(std::io::ErrorKind::NotFound)
-        );
+        assert!(f.path().is_absolute());
+        assert_eq!(f.stat("extent-0.swp").err(), Some(libc::ENOENT));
     }
 
     #[test]
@@ -263,16 +283,33 @@ mod tests {
         nv.push("e".repeat(pad));
         fs::create_dir_all(&nv).unwrap();
         assert_eq!(nv.as_os_str().len() + suffix, libc::PATH_MAX as usize);
-        let e = SwapFolder::open(&nv, Dtype::Fp16, 0).err().unwrap();
+        let e = RankFolder::open(&nv, &parts("float16", 0)).err().unwrap();
         assert_eq!(e.status(), Status::InvalidArgument, "{e}");
         assert!(e.message().contains("PATH_MAX"), "{e}");
         // One byte shorter fits: the longest path is then PATH_MAX - 1 bytes plus the NUL.
         let shorter = nv.with_file_name("e".repeat(pad - 1));
         fs::create_dir(&shorter).unwrap();
-        let f = SwapFolder::open(&shorter, Dtype::Fp16, 0).unwrap();
+        let f = RankFolder::open(&shorter, &parts("float16", 0)).unwrap();
         assert_eq!(
-            f.param_path(u64::MAX).as_os_str().len(),
+            f.path().as_os_str().len() + 1 + LONGEST_NAME,
             libc::PATH_MAX as usize - 1
         );
+    }
+
+    #[test]
+    fn the_optimizer_layout_and_bad_part_names() {
+        let base = tempfile::tempdir().unwrap();
+        let parts: Vec<String> = ["zero_stage_3", "optimizer", "rank1"].map(String::from).to_vec();
+        let f = RankFolder::open(base.path(), &parts).unwrap();
+        assert!(f.path().ends_with("zero_stage_3/optimizer/rank1"));
+        for bad in [
+            vec![],
+            vec!["a/b".to_string()],
+            vec!["..".to_string()],
+            vec![String::new()],
+        ] {
+            let e = RankFolder::open(base.path(), &bad).err().unwrap();
+            assert_eq!(e.status(), Status::InvalidArgument, "{bad:?}: {e}");
+        }
     }
 }

@@ -1,0 +1,317 @@
+"""The optimizer-state swapper (OptimizerSwapper): ZeRO-Infinity's optimizer offload
+(fp32 master params, optimizer moments, gradients) in sub-groups on NVMe, stepped
+through a bounded ring of page-locked memory.
+
+    with swapper.OptimizerSwapper("/nvme", ring_bytes=1 << 28) as opt:
+        opt.register(0, [("param", n), ("exp_avg", n), ("exp_avg_sq", n), ("grad", n, "gradient")])
+        opt.swap_out_gradients(0, "grad", [(0, grad_fragment)])   # during backward
+        for v in opt.step([0]):          # begin_step, next_ready..., end_step
+            adam(v["param"], v["exp_avg"], v["exp_avg_sq"], v["grad"])   # in place
+            v.hand_back()                # queued for write-behind
+
+A visit's tensors are numpy float32 views of the ring, valid until hand_back() or
+discard(); the views are then made read-only (a view derived from them meanwhile is not:
+do not write through it afterwards). A visit left without either (an exception in the
+step) is discarded by step(): the files keep the previous step's state.
+"""
+
+import dataclasses
+from ctypes import byref, c_char_p, c_size_t, c_uint32, c_uint64, c_void_p
+
+import numpy as np
+
+from . import _buffers
+from ._args import _path, _uint
+from ._lib import (
+    OPTIMIZER_NONE,
+    OPTIMIZER_STATS_FIELDS,
+    OptimizerConfigStruct,
+    OptimizerStatsStruct,
+    TensorSpecStruct,
+    lib,
+)
+from .enums import TensorKind, _enum
+from .errors import BadStateError, InvalidArgumentError, check
+from .io_handle import _IO_KEYS, _fill_io_config
+from .memory import _release_retained
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerStats:
+    """swapper_optimizer_stats: sub-groups, steps, the ring (its bytes are the page-locked
+    memory when ring_locked), its use now and at its peak, the most sub-groups read ahead
+    at once, bytes moved, and nanoseconds spent waiting for reads and writes."""
+
+    subgroups: int
+    steps: int
+    ring_bytes: int
+    ring_in_use: int
+    ring_peak: int
+    read_ahead_peak: int
+    bytes_read: int
+    bytes_written: int
+    read_wait_ns: int
+    write_wait_ns: int
+    ring_locked: bool
+
+
+class Visit:
+    """A sub-group out with the caller: `subgroup`, `names`, `tensors` (numpy float32
+    views of the ring, in registration order; also `visit[name]` or `visit[k]`)."""
+
+    def __init__(self, opt, subgroup, names, tensors):
+        self._opt = opt
+        self.subgroup = subgroup
+        self.names = names
+        self.tensors = tensors
+        self._open = True
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            try:
+                key = self.names.index(key)
+            except ValueError:
+                raise KeyError(f"sub-group {self.subgroup} has no tensor {key!r}; it has {self.names}") from None
+        return self.tensors[key]
+
+    def _end(self, fn):
+        if not self._open:
+            raise BadStateError(f"the visit of sub-group {self.subgroup} has ended")
+        self._open = False
+        for t in self.tensors:
+            t.flags.writeable = False
+        check(fn(self._opt._h(), self.subgroup))
+
+    def hand_back(self):
+        """Queues the write-behind of the state tensors; ends the visit."""
+        self._end(self._opt._lib.swapper_optimizer_hand_back)
+
+    def discard(self):
+        """Ends the visit without writing (the files keep their state)."""
+        self._end(self._opt._lib.swapper_optimizer_discard)
+
+    @property
+    def open(self):
+        return self._open
+
+    def swap_out_params(self, tensor, swapper, param_ids, numels):
+        """Writes tensor `tensor` (name or index) to the parameter swapper `swapper`:
+        its first numels[0] elements as param_ids[0], and so on, converted to the
+        swapper's dtype, straight from the ring (swapper_optimizer_swap_out_params)."""
+        if not self._open:
+            raise BadStateError(f"the visit of sub-group {self.subgroup} has ended")
+        k = self._index(tensor)
+        ids = [_uint(i, "param id") for i in param_ids]
+        ns = [_uint(n, "numel") for n in numels]
+        if len(ids) != len(ns):
+            raise InvalidArgumentError(f"{len(ids)} param ids but {len(ns)} numels")
+        check(
+            self._opt._lib.swapper_optimizer_swap_out_params(
+                self._opt._h(),
+                self.subgroup,
+                k,
+                swapper._h(),
+                (c_uint64 * len(ids))(*ids),
+                (c_uint64 * len(ns))(*ns),
+                len(ids),
+            )
+        )
+
+    def _index(self, tensor):
+        if isinstance(tensor, str):
+            if tensor not in self.names:
+                raise KeyError(f"sub-group {self.subgroup} has no tensor {tensor!r}")
+            return self.names.index(tensor)
+        return _uint(tensor, "tensor", 32)
+
+
+class OptimizerSwapper:
+    """An optimizer-state swapper. Use as a context manager or call close(). Thread-safe.
+
+    nvme_path: a folder, or a list of folders (several drives); files go under
+    <path>/zero_stage_3/optimizer/rank<rank>/. ring_bytes: the page-locked ring (at least
+    the largest sub-group; twice that overlaps reads with steps). read_ahead: most
+    sub-groups read ahead (0: as many as the ring holds). The I/O settings are those of
+    IoHandle (block_size, queue_depth, thread_count, ...).
+    """
+
+    def __init__(
+        self,
+        nvme_path,
+        rank=0,
+        ring_bytes=1 << 30,
+        read_ahead=0,
+        pin_memory=True,
+        verify_checksums=False,
+        **io,
+    ):
+        unknown = set(io) - set(_IO_KEYS)
+        if unknown:
+            raise TypeError(f"unknown I/O settings {sorted(unknown)}; known: {', '.join(_IO_KEYS)}")
+        self._lib = lib()
+        cfg = OptimizerConfigStruct()
+        self._lib.swapper_optimizer_config_default(byref(cfg))
+        paths = [nvme_path] if isinstance(nvme_path, (str, bytes)) or hasattr(nvme_path, "__fspath__") else list(nvme_path)
+        encoded = [_path(p, "nvme_path") for p in paths]
+        arr = (c_char_p * len(encoded))(*encoded)
+        cfg.nvme_paths = arr
+        cfg.nvme_path_count = len(encoded)
+        cfg.rank = _uint(rank, "rank", 32)
+        cfg.ring_bytes = _uint(ring_bytes, "ring_bytes")
+        cfg.read_ahead = _uint(read_ahead, "read_ahead", 32)
+        cfg.pin_memory = bool(pin_memory)
+        cfg.verify_checksums = bool(verify_checksums)
+        io_defaults = {k: getattr(cfg.io, k) for k in _IO_KEYS}
+        io_defaults.update(io)
+        _fill_io_config(cfg.io, **io_defaults)
+        handle = c_void_p()
+        check(self._lib.swapper_optimizer_create(byref(cfg), byref(handle)))
+        self._handle = handle
+        self._names = {}  # sub-group -> tensor names
+
+    # -- lifetime
+    def close(self):
+        """Waits for I/O in flight, frees the ring, unlocks the folders. Idempotent.
+        Views of the ring still referenced keep its memory until they are gone."""
+        handle, self._handle = getattr(self, "_handle", None), None
+        if handle is not None:
+            self._lib.swapper_optimizer_destroy(handle)
+
+    @property
+    def closed(self):
+        return self._handle is None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _h(self):
+        if getattr(self, "_handle", None) is None:
+            raise BadStateError("the OptimizerSwapper is closed")
+        return self._handle
+
+    # -- sub-groups
+    def register(self, subgroup, tensors):
+        """Registers sub-group `subgroup`: `tensors` is a list of (name, numel) or
+        (name, numel, kind) with kind "state" (default) or "gradient". Every tensor reads
+        back as zeros until written (the file system provides them)."""
+        subgroup = _uint(subgroup, "sub-group", 32)
+        specs, names = [], []
+        for t in tensors:
+            name, numel, kind = (tuple(t) + ("state",))[:3]
+            names.append(str(name))
+            specs.append((str(name).encode(), _uint(numel, "numel"), int(_enum(TensorKind, kind, "tensor kind"))))
+        arr = (TensorSpecStruct * len(specs))(*[TensorSpecStruct(n, c, k) for n, c, k in specs])
+        check(self._lib.swapper_optimizer_register(self._h(), subgroup, arr, len(specs)))
+        self._names[subgroup] = names
+
+    def purge(self):
+        """Forgets every sub-group (DeepSpeed's purge_state)."""
+        check(self._lib.swapper_optimizer_purge(self._h()))
+        self._names = {}
+
+    # -- steps
+    def begin_step(self, order):
+        ids = [_uint(i, "sub-group", 32) for i in order]
+        check(self._lib.swapper_optimizer_begin_step(self._h(), (c_uint32 * len(ids))(*ids), len(ids)))
+
+    def next_ready(self):
+        """The next sub-group of the step once read (a Visit), or None when all were
+        handed out."""
+        g, n = c_uint32(), c_size_t()
+        check(self._lib.swapper_optimizer_next_ready(self._h(), byref(g), None, 0, byref(n)))
+        if g.value == OPTIMIZER_NONE:
+            return None
+        tensors = []
+        for k in range(n.value):
+            ptr, numel = c_void_p(), c_uint64()
+            check(self._lib.swapper_optimizer_tensor(self._h(), g.value, k, byref(ptr), byref(numel)))
+            tensors.append(self._view(ptr.value, numel.value))
+        names = self._names.get(g.value, [str(k) for k in range(n.value)])
+        return Visit(self, g.value, names, tensors)
+
+    def end_step(self):
+        check(self._lib.swapper_optimizer_end_step(self._h()))
+
+    def step(self, order):
+        """Runs a step over `order`: yields each Visit in turn (hand it back or discard
+        it), then ends the step. A visit left open (an exception in the caller's step) is
+        discarded and the step ended before the exception goes on."""
+        self.begin_step(order)
+        visit = None
+        try:
+            while True:
+                visit = self.next_ready()
+                if visit is None:
+                    break
+                yield visit
+                if visit.open:
+                    raise BadStateError(
+                        f"sub-group {visit.subgroup} was neither handed back nor discarded before the next"
+                    )
+        except BaseException:
+            if visit is not None and visit.open:
+                visit.discard()
+            try:
+                self.end_step()
+            except Exception:
+                pass
+            raise
+        self.end_step()
+
+    def _view(self, address, numel):
+        nbytes = int(numel) * 4
+        check(self._lib.swapper_memory_retain(c_void_p(address), nbytes))
+        return _buffers.view(address, int(numel), np.float32, owner=self, release=_release_retained, release_at_exit=False)
+
+    # -- gradients
+    def swap_out_gradients(self, subgroup, tensor, fragments):
+        """Writes gradient fragments of tensor `tensor` (name or index) of `subgroup`:
+        `fragments` is a list of (element offset, float32 array). The data is copied; the
+        arrays are free again when the call returns."""
+        subgroup = _uint(subgroup, "sub-group", 32)
+        if isinstance(tensor, str):
+            names = self._names.get(subgroup, [])
+            if tensor not in names:
+                raise KeyError(f"sub-group {subgroup} has no tensor {tensor!r}")
+            tensor = names.index(tensor)
+        keep, offsets, ptrs, numels = [], [], [], []
+        for off, data in fragments:
+            arr = np.ascontiguousarray(data, dtype=np.float32)
+            keep.append(arr)
+            offsets.append(_uint(off, "offset"))
+            ptrs.append(arr.ctypes.data)
+            numels.append(arr.size)
+        n = len(keep)
+        check(
+            self._lib.swapper_optimizer_swap_out_gradients(
+                self._h(),
+                subgroup,
+                _uint(tensor, "tensor", 32),
+                (c_uint64 * n)(*offsets),
+                (c_void_p * n)(*ptrs),
+                (c_uint64 * n)(*numels),
+                n,
+            )
+        )
+
+    def wait_gradients(self):
+        check(self._lib.swapper_optimizer_wait_gradients(self._h()))
+
+    def stats(self):
+        s = OptimizerStatsStruct()
+        check(self._lib.swapper_optimizer_stats(self._h(), byref(s)))
+        values = {f: int(getattr(s, f)) for f in OPTIMIZER_STATS_FIELDS}
+        return OptimizerStats(ring_locked=bool(s.ring_locked), **values)
+
+    @staticmethod
+    def live_handles():
+        return int(lib().swapper_optimizer_live_handles())

@@ -1,0 +1,1006 @@
+//! The pipeline of a step: begin_step announces the order, next_ready hands out the next
+//! sub-group once its reads are done, hand_back queues its write-behind, end_step waits
+//! for every write. Reads ahead and writes behind advance inside these calls (`pump`,
+//! `settle`): there is no thread of the swapper's own and no callback.
+
+use crate::status::{Error, Result, Status};
+use crate::store::StoreTicket as Ticket;
+use crate::sys::RawBuf;
+
+use super::subgroup::{Phase, Sum, TensorKind, Tickets, ELEM};
+use super::{unknown, OptimizerSwapper, State};
+
+/// A step under way.
+pub(crate) struct Step {
+    /// The announced order.
+    pub order: Vec<u32>,
+    /// Position in `order` of the next sub-group `next_ready` hands out.
+    pub next: usize,
+    /// Position in `order` of the next sub-group to read.
+    pub read: usize,
+    /// Failures met during the step, reported by `end_step`.
+    pub errors: Vec<Error>,
+    /// Serial of the next claim.
+    pub serial: u64,
+}
+
+/// A gradient fragment being written: which tensor, where, from which ring region.
+pub(crate) struct GradWrite {
+    pub index: u32,
+    pub tensor: usize,
+    /// Element offset and count.
+    pub offset: u64,
+    pub numel: u64,
+    pub region: u64,
+    pub ticket: Ticket,
+}
+
+/// A claimed read or write of a sub-group: the tickets queued so far. Recording it (or
+/// dropping it, when a panic unwinds through the submission) stores them in the
+/// sub-group's phase under the lock; dropped unrecorded, the claim also records a `Panic`
+/// failure, so the sub-group is never left claimed with nobody to finish it.
+pub(crate) struct Claim<'a> {
+    sw: &'a OptimizerSwapper,
+    index: u32,
+    write: bool,
+    pub io: Tickets,
+    done: bool,
+}
+
+impl<'a> Claim<'a> {
+    fn new(sw: &'a OptimizerSwapper, index: u32, write: bool, serial: u64) -> Claim<'a> {
+        Claim {
+            sw,
+            index,
+            write,
+            io: Tickets::claimed(serial),
+            done: false,
+        }
+    }
+
+    /// Stores the tickets (and a failure, if any) in the sub-group's phase.
+    pub fn record(mut self) -> Result<()> {
+        self.done = true;
+        self.store()
+    }
+
+    fn store(&mut self) -> Result<()> {
+        let mut st = self.sw.lock()?;
+        let serial = self.io.serial;
+        let g = st.group(self.index)?;
+        let slot = match &mut g.phase {
+            Phase::Reading { io, .. } if !self.write && io.serial == serial => io,
+            Phase::Writing { io, .. } if self.write && io.serial == serial => io,
+            _ => return Ok(()),
+        };
+        *slot = std::mem::replace(&mut self.io, Tickets::claimed(serial));
+        slot.recorded = true;
+        Ok(())
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.io.failed.get_or_insert_with(|| {
+                Error::new(
+                    Status::Panic,
+                    format!(
+                        "sub-group {}: a panic interrupted the submission of its {}",
+                        self.index,
+                        if self.write { "write-behind" } else { "read" }
+                    ),
+                )
+            });
+            let _ = self.store();
+        }
+    }
+}
+
+/// A sub-group's tickets: (tensor index, ticket).
+type TensorTickets = Vec<(usize, Ticket)>;
+
+/// What became of one tensor's write: its index, the outcome (its crc32c when asked) and
+/// the checksum's parts.
+type WriteOutcome = (usize, Result<Option<u32>>, Vec<(u64, u64, u32)>);
+
+/// One tensor to read or write: index, store key, offset in the ring, bytes, name.
+struct Job {
+    k: usize,
+    key: u64,
+    at: u64,
+    bytes: u64,
+    name: String,
+}
+
+/// A sub-group handed out by [`OptimizerSwapper::next_ready`]: its tensors, in place in
+/// the ring, in registration order. Hand it back with [`Visit::hand_back`] to have its
+/// state written; dropped without that, its update is discarded (its files keep the state
+/// they had before the step, and `end_step` reports it).
+pub struct Visit<'a> {
+    pub(crate) sw: &'a OptimizerSwapper,
+    index: u32,
+    bufs: Vec<(RawBuf, usize)>,
+    names: Vec<String>,
+    kinds: Vec<TensorKind>,
+    handed: bool,
+}
+
+impl Visit<'_> {
+    /// The sub-group's index.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// How many tensors it has.
+    pub fn len(&self) -> usize {
+        self.bufs.len()
+    }
+
+    /// Whether it has no tensors (never: a sub-group has at least one).
+    pub fn is_empty(&self) -> bool {
+        self.bufs.is_empty()
+    }
+
+    /// The name of tensor `k`.
+    pub fn name(&self, k: usize) -> &str {
+        &self.names[k]
+    }
+
+    /// The kind of tensor `k`.
+    pub fn kind(&self, k: usize) -> TensorKind {
+        self.kinds[k]
+    }
+
+    /// The index of the tensor named `name`.
+    pub fn find(&self, name: &str) -> Option<usize> {
+        self.names.iter().position(|n| n == name)
+    }
+
+    /// Tensor `k`'s elements.
+    pub fn tensor(&self, k: usize) -> &[f32] {
+        let (buf, n) = self.bufs[k];
+        // SAFETY: the region is this visit's alone while it is out (no I/O touches it);
+        // it is 4096-aligned and holds `n` floats; the borrow of `self` keeps the visit.
+        unsafe { std::slice::from_raw_parts(buf.0 as *const f32, n) }
+    }
+
+    /// Tensor `k`'s elements, for writing.
+    pub fn tensor_mut(&mut self, k: usize) -> &mut [f32] {
+        let (buf, n) = self.bufs[k];
+        // SAFETY: as `tensor`, and `&mut self` makes this the only slice.
+        unsafe { std::slice::from_raw_parts_mut(buf.0 as *mut f32, n) }
+    }
+
+    /// Every tensor, for writing (they do not overlap).
+    pub fn tensors_mut(&mut self) -> Vec<&mut [f32]> {
+        self.bufs
+            .iter()
+            // SAFETY: as `tensor_mut`; the tensors are disjoint ranges of the region.
+            .map(|&(buf, n)| unsafe { std::slice::from_raw_parts_mut(buf.0 as *mut f32, n) })
+            .collect()
+    }
+
+    /// The address of tensor `k`, for a caller that hands it on (C).
+    pub fn raw(&self, k: usize) -> RawBuf {
+        self.bufs[k].0
+    }
+
+    /// Queues the write-behind of its state tensors and ends the visit.
+    pub fn hand_back(mut self) -> Result<()> {
+        self.handed = true;
+        self.sw.hand_back_inner(self.index)
+    }
+
+    /// Ends the visit without writing: its files keep the state they had (the caller's
+    /// update is discarded); `end_step` does not count it as a failure.
+    pub fn discard(mut self) -> Result<()> {
+        self.handed = true;
+        self.sw.discard_inner(self.index, None)
+    }
+
+    /// Ends the visit without freeing anything, for the C API, which hands back by index.
+    pub(crate) fn into_index(mut self) -> u32 {
+        self.handed = true;
+        self.index
+    }
+}
+
+impl Drop for Visit<'_> {
+    fn drop(&mut self) {
+        if !self.handed {
+            let why = if std::thread::panicking() {
+                "a panic unwound through its visit"
+            } else {
+                "its Visit was dropped without hand_back"
+            };
+            let _ = self.sw.discard_inner(self.index, Some(why));
+        }
+    }
+}
+
+impl OptimizerSwapper {
+    /// Starts a step over `order` (registered sub-groups, each at most once, any order;
+    /// not necessarily all). Waits for gradient writes first and reports their failures;
+    /// then queues the first reads.
+    pub fn begin_step(&self, order: &[u32]) -> Result<()> {
+        self.usable()?;
+        self.wait_gradients()?;
+        {
+            let mut st = self.lock()?;
+            if st.step.is_some() {
+                return Err(Error::bad_state(
+                    "a step is already under way: call end_step first",
+                ));
+            }
+            if !st.grads.is_empty() || st.grads_settling > 0 {
+                return Err(Error::new(
+                    Status::Busy,
+                    "gradient writes were queued (or are being settled by another thread) while this step began: call begin_step again",
+                ));
+            }
+            let mut seen = std::collections::HashSet::new();
+            for &i in order {
+                if !seen.insert(i) {
+                    return Err(Error::invalid(format!(
+                        "sub-group {i} is twice in the step's order"
+                    )));
+                }
+                let g = st.groups.get(&i).ok_or_else(|| unknown(i))?;
+                if !matches!(g.phase, Phase::Idle | Phase::Unsaved { .. }) {
+                    return Err(Error::bad_state(format!("sub-group {i} is {}", g.phase.name())));
+                }
+            }
+            for &i in order {
+                let g = st.group(i)?;
+                g.phase = Phase::Planned {
+                    resident: g.phase.region(),
+                };
+            }
+            st.step = Some(Step {
+                order: order.to_vec(),
+                next: 0,
+                read: 0,
+                errors: Vec::new(),
+                serial: 1,
+            });
+        }
+        self.pump()
+    }
+
+    /// The next sub-group of the order, once its reads are done and checked; None when
+    /// every sub-group of the step has been handed out. A sub-group whose read failed is
+    /// skipped (its files are untouched) and its error returned; the next call goes on
+    /// with the one after it.
+    pub fn next_ready(&self) -> Result<Option<Visit<'_>>> {
+        self.usable()?;
+        loop {
+            let taken = {
+                let mut st = self.lock()?;
+                let State { groups, step, .. } = &mut *st;
+                let step = step
+                    .as_mut()
+                    .ok_or_else(|| Error::bad_state("no step under way: call begin_step first"))?;
+                let Some(&j) = step.order.get(step.next) else {
+                    return Ok(None);
+                };
+                let g = groups.get_mut(&j).ok_or_else(|| unknown(j))?;
+                match &mut g.phase {
+                    Phase::Reading { io, taken, .. } if io.recorded && !*taken => {
+                        *taken = true;
+                        step.next += 1;
+                        Some((j, io.queued.clone(), io.serial))
+                    }
+                    _ => None,
+                }
+            };
+            let Some((j, tickets, serial)) = taken else {
+                self.make_room()?;
+                continue;
+            };
+            // Without the lock: wait for the reads and check them.
+            let started = std::time::Instant::now();
+            let outcome = self.finish_read(j, &tickets);
+            self.lock()?.counters.read_wait_ns += started.elapsed().as_nanos() as u64;
+            self.pump()?;
+            return match outcome {
+                Ok(()) => self.hand_out(j, serial).map(Some),
+                Err(e) => {
+                    self.skip(j, serial, e.clone())?;
+                    Err(e)
+                }
+            };
+        }
+    }
+
+    /// Waits for a sub-group's reads, then checks their checksums.
+    fn finish_read(&self, j: u32, tickets: &[(usize, Ticket)]) -> Result<()> {
+        let mut crcs = Vec::with_capacity(tickets.len());
+        let mut first_err = None;
+        for (k, t) in tickets {
+            match t.wait() {
+                Ok(crc) => crcs.push((*k, crc)),
+                Err(e) => {
+                    first_err.get_or_insert(e.context(format!(
+                        "sub-group {j}, tensor {}: read failed; its file is unchanged and the sub-group is skipped this step",
+                        self.tensor_name(j, *k)
+                    )));
+                }
+            }
+        }
+        // The failure recorded at submission comes first.
+        let (region, failed, checks) = {
+            let mut st = self.lock()?;
+            let g = st.group(j)?;
+            let Phase::Reading { region, io, .. } = &g.phase else {
+                return Err(Error::bad_state(format!("sub-group {j} is {}", g.phase.name())));
+            };
+            let checks: Vec<(usize, u64, u64, Sum, u64)> = if self.config.verify_checksums {
+                crcs.iter()
+                    .map(|&(k, _)| {
+                        let t = &g.tensors[k];
+                        (k, t.key, t.offset, t.sum.clone(), t.bytes())
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            (*region, io.failed.clone(), checks)
+        };
+        if let Some(e) = failed.or(first_err) {
+            return Err(e);
+        }
+        for ((k, key, offset, sum, bytes), (_, crc)) in checks.into_iter().zip(&crcs) {
+            // SAFETY: the reads into this region have finished; the sub-group is taken by
+            // this call, so nothing else touches the region.
+            let data = unsafe { crate::sys::alloc::borrow(self.ring.at(region + offset), bytes as usize) };
+            self.check_sum(j, k, key, &sum, *crc, data)?;
+        }
+        Ok(())
+    }
+
+    /// Compares the bytes read of tensor `k` of sub-group `j` with its recorded checksum.
+    fn check_sum(&self, j: u32, k: usize, key: u64, sum: &Sum, crc: Option<u32>, data: &[u8]) -> Result<()> {
+        let what = format!("sub-group {j}, tensor {}", self.tensor_name(j, k));
+        match sum {
+            Sum::Zeros => Ok(()),
+            Sum::Whole(want) => {
+                let got = crc.or_else(|| Some(crc32c::crc32c(data)));
+                // SAFETY: `data` is a live slice of `data.len()` bytes.
+                unsafe {
+                    crate::checksum::verify(
+                        &what,
+                        |at| self.describe_place(key, at),
+                        Some(want),
+                        got,
+                        crate::sys::RawBuf(data.as_ptr() as *mut u8),
+                        data.len(),
+                    )
+                }
+            }
+            Sum::Fragments(frags) => {
+                for (&off, &(n, want)) in frags {
+                    let (s, e) = ((off * ELEM) as usize, ((off + n) * ELEM) as usize);
+                    let got = data.get(s..e).map(crc32c::crc32c);
+                    if got != Some(want) {
+                        return Err(Error::new(
+                            Status::CorruptData,
+                            format!(
+                                "{what}: checksum mismatch in {} (the gradient fragment of {n} elements at element offset {off}; crc32c expected {want:#010x})",
+                                self.describe_place(key, off * ELEM)
+                            ),
+                        ));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Where byte `at` of a store key lies, for messages: "FILE at offset N".
+    pub(crate) fn describe_place(&self, key: u64, at: u64) -> String {
+        let mut pos = 0u64;
+        for ext in self.store.locations(key) {
+            if at < pos + ext.len {
+                return format!(
+                    "{} at offset {}",
+                    ext.path.display(),
+                    ext.file_offset + (at - pos)
+                );
+            }
+            pos += ext.len;
+        }
+        format!("store key {key:#x} at byte {at}")
+    }
+
+    /// `"name"` of tensor `k` of sub-group `j`, for messages.
+    pub(crate) fn tensor_name(&self, j: u32, k: usize) -> String {
+        match self.lock() {
+            Ok(mut st) => match st.group(j).ok().and_then(|g| g.tensors.get(k)) {
+                Some(t) => format!("\"{}\"", t.spec.name),
+                None => format!("{k}"),
+            },
+            Err(_) => format!("{k}"),
+        }
+    }
+
+    /// Reading -> Out, and the visit.
+    fn hand_out(&self, j: u32, serial: u64) -> Result<Visit<'_>> {
+        let mut st = self.lock()?;
+        let g = st.group(j)?;
+        let region = match &g.phase {
+            Phase::Reading { region, io, .. } if io.serial == serial => *region,
+            other => return Err(Error::bad_state(format!("sub-group {j} is {}", other.name()))),
+        };
+        g.phase = Phase::Out { region, users: 0 };
+        Ok(Visit {
+            sw: self,
+            index: j,
+            bufs: g
+                .tensors
+                .iter()
+                .map(|t| (self.ring.at(region + t.offset), t.spec.numel as usize))
+                .collect(),
+            names: g.tensors.iter().map(|t| t.spec.name.clone()).collect(),
+            kinds: g.tensors.iter().map(|t| t.spec.kind).collect(),
+            handed: false,
+        })
+    }
+
+    /// A sub-group whose read failed: its region freed (or kept, when it holds unsaved
+    /// data), Done for this step, the error recorded.
+    fn skip(&self, j: u32, serial: u64, e: Error) -> Result<()> {
+        let mut st = self.lock()?;
+        let State {
+            groups, arena, step, ..
+        } = &mut *st;
+        let g = groups.get_mut(&j).ok_or_else(|| unknown(j))?;
+        if let Phase::Reading { region, io, .. } = &g.phase {
+            if io.serial == serial {
+                let region = *region;
+                // Data kept in memory after a failed write stays (only its gradients were read).
+                let unsaved = g
+                    .tensors
+                    .iter()
+                    .any(|t| t.spec.kind == TensorKind::State && !t.valid);
+                if unsaved {
+                    g.phase = Phase::Unsaved { region };
+                } else {
+                    arena.free(region);
+                    g.phase = Phase::Done;
+                }
+            }
+        }
+        if let Some(s) = step.as_mut() {
+            s.errors.push(e);
+        }
+        Ok(())
+    }
+
+    /// When the next sub-group has no region yet: settles finished writes, waits for the
+    /// oldest write when the ring is full of them, and refuses (NoBuffer) when it is held
+    /// by sub-groups the caller keeps.
+    fn make_room(&self) -> Result<()> {
+        self.settle(false)?;
+        self.pump()?;
+        let (need, oldest, holders) = {
+            let mut st = self.lock()?;
+            let State {
+                groups, step, arena, ..
+            } = &mut *st;
+            let step = step
+                .as_ref()
+                .ok_or_else(|| Error::bad_state("no step under way"))?;
+            let Some(&j) = step.order.get(step.next) else {
+                return Ok(());
+            };
+            let g = groups.get(&j).ok_or_else(|| unknown(j))?;
+            match &g.phase {
+                Phase::Planned { .. } => {}
+                // Read or being read: next_ready takes it (or another thread did).
+                _ => {
+                    drop(st);
+                    std::thread::yield_now();
+                    return Ok(());
+                }
+            }
+            let oldest = groups
+                .iter()
+                .filter_map(|(&i, g)| match &g.phase {
+                    Phase::Writing { io, .. } if io.recorded => Some((io.serial, i, io.queued.clone())),
+                    _ => None,
+                })
+                .min_by_key(|x| x.0);
+            let holders: Vec<String> = groups
+                .iter()
+                .filter_map(|(&i, g)| match &g.phase {
+                    Phase::Out { .. } => Some(format!("{i} (out with the caller)")),
+                    Phase::Unsaved { .. } | Phase::Planned { resident: Some(_) } => {
+                        Some(format!("{i} (unsaved data)"))
+                    }
+                    Phase::Reading { taken: true, .. } => Some(format!("{i} (being handed out)")),
+                    _ => None,
+                })
+                .collect();
+            let claiming = groups.values().any(
+                |g| matches!(&g.phase, Phase::Writing { io, .. } | Phase::Reading { io, .. } if !io.recorded),
+            );
+            if claiming {
+                // Another thread is between claim and record: let it finish.
+                drop(st);
+                std::thread::yield_now();
+                return Ok(());
+            }
+            ((j, g.region_bytes, arena.size(), arena.in_use()), oldest, holders)
+        };
+        match oldest {
+            Some((_, _, tickets)) => {
+                let started = std::time::Instant::now();
+                for (_, t) in &tickets {
+                    let _ = t.wait();
+                }
+                self.lock()?.counters.write_wait_ns += started.elapsed().as_nanos() as u64;
+                self.settle(false)
+            }
+            None => {
+                let (j, bytes, size, used) = need;
+                Err(Error::new(
+                    Status::NoBuffer,
+                    format!(
+                        "sub-group {j} needs {bytes} bytes of ring and none is free ({used} of {size} bytes held by sub-groups {}): hand sub-groups back, or raise ring_bytes",
+                        holders.join(", ")
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// Queues the reads the ring and `read_ahead` allow, in the step's order.
+    pub(crate) fn pump(&self) -> Result<()> {
+        loop {
+            let claim = {
+                let mut st = self.lock()?;
+                let State {
+                    groups, arena, step, ..
+                } = &mut *st;
+                let Some(step) = step.as_mut() else {
+                    return Ok(());
+                };
+                let Some(&j) = step.order.get(step.read) else {
+                    return Ok(());
+                };
+                let ahead = self.config.read_ahead as usize;
+                if ahead > 0 && step.read - step.next >= ahead {
+                    return Ok(());
+                }
+                let g = groups.get_mut(&j).ok_or_else(|| unknown(j))?;
+                let Phase::Planned { resident } = g.phase else {
+                    return Err(Error::bad_state(format!("sub-group {j} is {}", g.phase.name())));
+                };
+                let (region, only_gradients) = match resident {
+                    Some(r) => (r, true),
+                    None => match arena.alloc(g.region_bytes) {
+                        Some(r) => (r, false),
+                        None => return Ok(()),
+                    },
+                };
+                let serial = step.serial;
+                step.serial += 1;
+                step.read += 1;
+                let mut jobs = Vec::new();
+                let mut refused = None;
+                for (k, t) in g.tensors.iter().enumerate() {
+                    if only_gradients && t.spec.kind != TensorKind::Gradient {
+                        continue;
+                    }
+                    if !t.valid {
+                        refused.get_or_insert_with(|| {
+                            Error::new(
+                                Status::CorruptData,
+                                format!(
+                                    "sub-group {j}, tensor \"{}\": its file holds no valid copy (a write to it failed): write it again",
+                                    t.spec.name
+                                ),
+                            )
+                        });
+                        continue;
+                    }
+                    jobs.push(Job {
+                        k,
+                        key: t.key,
+                        at: region + t.offset,
+                        bytes: t.bytes(),
+                        name: t.spec.name.clone(),
+                    });
+                }
+                g.phase = Phase::Reading {
+                    region,
+                    io: Tickets::claimed(serial),
+                    taken: false,
+                };
+                st.note_use();
+                (j, serial, jobs, refused)
+            };
+            let (j, serial, jobs, refused) = claim;
+            let mut claim = Claim::new(self, j, false, serial);
+            claim.io.failed = refused;
+            if claim.io.failed.is_none() {
+                for job in &jobs {
+                    match self.submit(j, job, false) {
+                        Ok(t) => claim.io.queued.push((job.k, t)),
+                        Err(e) => {
+                            claim.io.failed = Some(e);
+                            break;
+                        }
+                    }
+                }
+            }
+            claim.record()?;
+        }
+    }
+
+    /// Checks a tensor's file and queues its read or write; errors name the sub-group,
+    /// the tensor and the file.
+    fn submit(&self, j: u32, job: &Job, write: bool) -> Result<Ticket> {
+        let what = || {
+            format!(
+                "sub-group {j}, tensor \"{}\" ({})",
+                job.name,
+                if write { "write-behind" } else { "read" }
+            )
+        };
+        if !write {
+            self.store.check(job.key).map_err(|e| e.context(what()))?;
+        }
+        let checksum = self.config.verify_checksums.then_some(job.bytes);
+        // SAFETY: the region is claimed by this sub-group's phase (Reading or Writing)
+        // until the ticket is settled, so nothing else uses it, and the ring outlives the
+        // store's engines (field order of OptimizerSwapper).
+        unsafe {
+            self.store
+                .submit(job.key, write, self.ring.at(job.at), 0, job.bytes, checksum)
+        }
+        .map_err(|e| e.context(what()))
+    }
+
+    /// The address and element count of tensor `k` of sub-group `index`, which must be out
+    /// with the caller (for the C API, which looks tensors up by number).
+    pub fn out_tensor(&self, index: u32, k: usize) -> Result<(RawBuf, u64)> {
+        let mut st = self.lock()?;
+        let g = st.group(index)?;
+        let Phase::Out { region, .. } = g.phase else {
+            return Err(Error::bad_state(format!(
+                "sub-group {index} is not out with the caller (it is {})",
+                g.phase.name()
+            )));
+        };
+        let t = g.tensor(index, k)?;
+        Ok((self.ring.at(region + t.offset), t.spec.numel))
+    }
+
+    /// Hands sub-group `index` back by number (the C API's way).
+    ///
+    /// # Safety
+    /// No slice of the sub-group's tensors from its [`Visit`] (or pointer from the C API)
+    /// may be used afterwards: the write-behind reads the region, then the ring reuses it.
+    pub unsafe fn hand_back_index(&self, index: u32) -> Result<()> {
+        self.hand_back_inner(index)
+    }
+
+    /// Discards sub-group `index`'s visit by number: no write, its files keep their state.
+    ///
+    /// # Safety
+    /// As [`OptimizerSwapper::hand_back_index`].
+    pub unsafe fn discard_index(&self, index: u32) -> Result<()> {
+        self.discard_inner(index, None)
+    }
+
+    /// Out -> Writing, the writes of its state tensors queued.
+    pub(crate) fn hand_back_inner(&self, index: u32) -> Result<()> {
+        self.usable()?;
+        let (serial, jobs) = {
+            let mut st = self.lock()?;
+            let State { groups, step, .. } = &mut *st;
+            let step = step.as_mut().ok_or_else(|| {
+                Error::bad_state(format!("sub-group {index} handed back with no step under way"))
+            })?;
+            let g = groups.get_mut(&index).ok_or_else(|| unknown(index))?;
+            let region = match g.phase {
+                Phase::Out { users, .. } if users > 0 => {
+                    return Err(Error::new(
+                        Status::Busy,
+                        format!("sub-group {index} is being read by swap_out_params on another thread"),
+                    ))
+                }
+                Phase::Out { region, .. } => region,
+                Phase::Done | Phase::Writing { .. } => {
+                    return Err(Error::bad_state(format!(
+                        "sub-group {index} was already handed back in this step (it is {})",
+                        g.phase.name()
+                    )))
+                }
+                ref other => {
+                    return Err(Error::bad_state(format!(
+                        "sub-group {index} is not out with the caller (it is {})",
+                        other.name()
+                    )))
+                }
+            };
+            let serial = step.serial;
+            step.serial += 1;
+            let jobs: Vec<Job> = g
+                .tensors
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| t.spec.kind == TensorKind::State)
+                .map(|(k, t)| Job {
+                    k,
+                    key: t.key,
+                    at: region + t.offset,
+                    bytes: t.bytes(),
+                    name: t.spec.name.clone(),
+                })
+                .collect();
+            g.phase = Phase::Writing {
+                region,
+                io: Tickets::claimed(serial),
+            };
+            (serial, jobs)
+        };
+        let mut claim = Claim::new(self, index, true, serial);
+        for job in &jobs {
+            match self.submit(index, job, true) {
+                Ok(t) => claim.io.queued.push((job.k, t)),
+                Err(e) => {
+                    claim.io.failed = Some(e);
+                    break;
+                }
+            }
+        }
+        let failed = claim.io.failed.clone();
+        claim.record()?;
+        self.settle(false)?;
+        self.pump()?;
+        match failed {
+            // Kept in memory (Unsaved) when settled; end_step reports it too.
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Out -> Done without a write (the region freed); `why` makes it a failure of the step.
+    pub(crate) fn discard_inner(&self, index: u32, why: Option<&str>) -> Result<()> {
+        let mut st = self.lock()?;
+        let State {
+            groups, arena, step, ..
+        } = &mut *st;
+        let g = groups.get_mut(&index).ok_or_else(|| unknown(index))?;
+        let Phase::Out { region, users } = g.phase else {
+            return Err(Error::bad_state(format!(
+                "sub-group {index} is not out with the caller (it is {})",
+                g.phase.name()
+            )));
+        };
+        if users > 0 {
+            return Err(Error::new(
+                Status::Busy,
+                format!("sub-group {index} is being read by swap_out_params on another thread"),
+            ));
+        }
+        let unsaved = g
+            .tensors
+            .iter()
+            .any(|t| t.spec.kind == TensorKind::State && !t.valid);
+        if unsaved {
+            // Its only good copy is this region: keep it.
+            g.phase = Phase::Unsaved { region };
+        } else {
+            arena.free(region);
+            g.phase = Phase::Done;
+        }
+        if let (Some(why), Some(step)) = (why, step.as_mut()) {
+            step.errors.push(Error::bad_state(format!(
+                "sub-group {index}: {why}; its update is discarded and its files keep the state of the previous step"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Settles the writes that have finished (all of them, waiting, with `block`):
+    /// Writing -> Done with the region freed and the new checksums, or, on failure,
+    /// -> Unsaved with the data kept in the region and the files marked invalid.
+    pub(crate) fn settle(&self, block: bool) -> Result<()> {
+        let snapshot: Vec<(u32, u64, TensorTickets)> = {
+            let st = self.lock()?;
+            st.groups
+                .iter()
+                .filter_map(|(&i, g)| match &g.phase {
+                    Phase::Writing { io, .. } if io.recorded && (block || io.finished()) => {
+                        Some((i, io.serial, io.queued.clone()))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        if snapshot.is_empty() {
+            return Ok(());
+        }
+        // Without the lock (the tickets have finished, or `block` waits for them).
+        let results: Vec<Vec<WriteOutcome>> = snapshot
+            .iter()
+            .map(|(_, _, ts)| {
+                ts.iter()
+                    .map(|(k, t)| (*k, t.wait(), t.checksum_parts()))
+                    .collect()
+            })
+            .collect();
+        let mut st = self.lock()?;
+        let State {
+            groups,
+            arena,
+            step,
+            grad_errors,
+            ..
+        } = &mut *st;
+        let mut errors = Vec::new();
+        for ((index, serial, _), outcome) in snapshot.into_iter().zip(results) {
+            let Some(g) = groups.get_mut(&index) else { continue };
+            let Phase::Writing { region, io } = &mut g.phase else {
+                continue;
+            };
+            if io.serial != serial {
+                continue;
+            }
+            let region = *region;
+            let mut failure = io.failed.take();
+            let wrote: Vec<usize> = io.queued.iter().map(|(k, _)| *k).collect();
+            for (k, r, parts) in outcome {
+                let t = &mut g.tensors[k];
+                match r {
+                    Ok(crc) => {
+                        t.valid = true;
+                        t.sum = match crc {
+                            Some(c) => Sum::Whole(crate::checksum::Checksum::new(c, parts)),
+                            None => Sum::Zeros,
+                        };
+                    }
+                    Err(e) => {
+                        t.valid = false;
+                        t.sum = Sum::Zeros;
+                        failure.get_or_insert(e.context(format!(
+                            "sub-group {index}, tensor \"{}\" (write-behind)",
+                            t.spec.name
+                        )));
+                    }
+                }
+            }
+            if failure.is_some() {
+                // Every state tensor not written in full is invalid on disk.
+                for (k, t) in g.tensors.iter_mut().enumerate() {
+                    if t.spec.kind == TensorKind::State && !wrote.contains(&k) {
+                        t.valid = false;
+                    }
+                }
+            }
+            match failure {
+                None => {
+                    arena.free(region);
+                    g.phase = Phase::Done;
+                }
+                Some(e) => {
+                    g.phase = Phase::Unsaved { region };
+                    errors.push(e.context(
+                        "the new state is kept in memory (the ring) and written again when the sub-group is next handed back",
+                    ));
+                }
+            }
+        }
+        match step.as_mut() {
+            Some(s) => s.errors.extend(errors),
+            None => grad_errors.extend(errors),
+        }
+        Ok(())
+    }
+
+    /// Ends the step: waits for every write and every read still in flight; every
+    /// sub-group of the step goes back to Idle (or Unsaved, its new data in memory, when
+    /// its write-behind failed). Refused (`BadState`, the step continues) while sub-groups
+    /// are out with the caller. Returns every failure of the step: reads skipped, writes
+    /// failed, visits discarded, sub-groups of the order never taken.
+    pub fn end_step(&self) -> Result<()> {
+        self.usable()?;
+        {
+            let mut st = self.lock()?;
+            let State { groups, step, .. } = &mut *st;
+            let step = step
+                .as_ref()
+                .ok_or_else(|| Error::bad_state("no step under way: call begin_step first"))?;
+            let out: Vec<String> = step
+                .order
+                .iter()
+                .filter(|i| {
+                    groups.get(i).is_some_and(|g| {
+                        matches!(g.phase, Phase::Out { .. } | Phase::Reading { taken: true, .. })
+                    })
+                })
+                .map(|i| i.to_string())
+                .collect();
+            if !out.is_empty() {
+                return Err(Error::bad_state(format!(
+                    "end_step with sub-groups {} still out (or being handed out): hand them back first; the step goes on",
+                    out.join(", ")
+                )));
+            }
+            if groups.values().any(
+                |g| matches!(&g.phase, Phase::Writing { io, .. } | Phase::Reading { io, .. } if !io.recorded),
+            ) {
+                return Err(Error::new(
+                    Status::Busy,
+                    "another thread is submitting I/O of this step",
+                ));
+            }
+        }
+        let started = std::time::Instant::now();
+        self.settle(true)?;
+        self.lock()?.counters.write_wait_ns += started.elapsed().as_nanos() as u64;
+        // Reads queued ahead and never taken: wait, then give their regions back.
+        let reads: Vec<Ticket> = {
+            let st = self.lock()?;
+            st.groups
+                .values()
+                .filter_map(|g| match &g.phase {
+                    Phase::Reading { io, .. } => {
+                        Some(io.queued.iter().map(|(_, t)| t.clone()).collect::<Vec<_>>())
+                    }
+                    _ => None,
+                })
+                .flatten()
+                .collect()
+        };
+        for t in &reads {
+            let _ = t.wait();
+        }
+        let mut st = self.lock()?;
+        let State {
+            groups,
+            arena,
+            step,
+            grad_errors,
+            counters,
+            ..
+        } = &mut *st;
+        let Some(mut step) = step.take() else {
+            return Err(Error::bad_state("the step was ended by another thread"));
+        };
+        counters.steps += 1;
+        let never: Vec<String> = step.order[step.next..].iter().map(|i| i.to_string()).collect();
+        if !never.is_empty() {
+            step.errors.push(Error::bad_state(format!(
+                "sub-groups {} of the announced order were never taken by next_ready; their files are unchanged",
+                never.join(", ")
+            )));
+        }
+        for &i in &step.order {
+            let Some(g) = groups.get_mut(&i) else { continue };
+            let unsaved = g
+                .tensors
+                .iter()
+                .any(|t| t.spec.kind == TensorKind::State && !t.valid);
+            g.phase = match std::mem::replace(&mut g.phase, Phase::Idle) {
+                Phase::Reading { region, .. }
+                | Phase::Planned {
+                    resident: Some(region),
+                } if unsaved => Phase::Unsaved { region },
+                Phase::Reading { region, .. } => {
+                    arena.free(region);
+                    Phase::Idle
+                }
+                p @ Phase::Unsaved { .. } => p,
+                _ => Phase::Idle,
+            };
+        }
+        step.errors.append(grad_errors);
+        drop(st);
+        crate::status::combine(step.errors, "operations of the step")
+    }
+}

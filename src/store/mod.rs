@@ -1,0 +1,801 @@
+//! The swap store: where tensors' bytes live on one or several drives, under both
+//! swappers. A tensor is known by a 64-bit key; the store places its bytes, moves them
+//! in and out through each drive's own engine, checks that its files are still its own,
+//! and gives the space back when the tensor is forgotten. Nothing above it knows how
+//! many drives there are.
+//!
+//! # Layout
+//! ```text
+//!  nvme_path[0]/zero_stage_3/float16params/rank0/     nvme_path[1]/zero_stage_3/float16params/rank0/
+//!   (locked, 0700, held open, emptied at open)          (another drive: its own lock, engine, files)
+//!  ┌ extent-0.swp ─────────────────────────────────┐   ┌ extent-0.swp ───────────────────────────┐
+//!  │ key 7 │ key 9 │ free │ key 3 (1st MiB-chunk) … │   │ key 3 (2nd chunk) … │ key 8 │ ▒ fresh ▒ │
+//!  └───────────────────────────────────────────────┘   └─────────────────────────────────────────┘
+//!   extent-1.swp …  (a new file once one reaches 64 GiB)
+//! ```
+//! - **Extent files** (`extent-<k>.swp`, [`drive`]): a few large files per drive, created
+//!   at first need and held open (an O_DIRECT and a buffered descriptor each) for the
+//!   store's life, grown by fallocate in large steps (16 MiB, then the drive's size so
+//!   far, at most 1 GiB at a time). No file is created per tensor, and the open files are
+//!   bounded by the number of extent files whatever the number of operations in flight.
+//! - **Pieces** ([`space`]): a tensor's bytes on one drive are one piece of an extent
+//!   file, at a 4 KiB-aligned offset (1 MiB-aligned for a piece of 1 MiB or more). Freed
+//!   pieces are reused; a piece reused for a tensor that must read as zeros is zeroed by
+//!   the file system (FALLOC_FL_ZERO_RANGE, or a punched hole), never by writing zeros.
+//! - **Placement** ([`placement`]): small tensors whole on one drive, so that bytes per
+//!   drive follow the drives' weights; large ones split across drives in 1 MiB units.
+//!   Weights are equal unless set ([`Store::set_weights`]).
+//! - **The index**: key -> pieces in tensor order (drive, file, offset, length), in
+//!   memory, behind the store's one mutex, held only for bookkeeping: no file-system call
+//!   and no wait under it (growth takes a per-drive lock that only other growers of the
+//!   same drive wait for).
+//! - **Operations** ([`ticket`]): a read or write of a range of a tensor becomes one
+//!   engine operation per piece it touches, on the held descriptors, in the piece's
+//!   drive's queue; a [`StoreTicket`] waits for them all and combines their crc32c.
+//! - **Checks**: before every operation, the store checks that each extent file it
+//!   touches is still the one it holds (stat by name in the held rank folder against the
+//!   held descriptor's device and inode: deleted, replaced by another file or a FIFO) and
+//!   still as long as the store made it (fstat of the held descriptor: truncated). A file
+//!   found damaged takes no new piece; a tensor that had a piece there is placed afresh at
+//!   its next reservation. I/O never goes through a name, so a FIFO cannot block it and
+//!   a renamed or replaced folder cannot redirect it; nothing is written outside the rank
+//!   folders.
+//!
+//! Issue 20's crash consistency (a rewrite after a flush goes to fresh space, the old
+//! space freed only once a newer manifest is durable) hooks in at [`space`] (see its doc)
+//! and at [`Store::reserve`], which would place a key afresh instead of in place.
+
+pub mod drive;
+pub mod folder;
+pub mod placement;
+pub mod space;
+pub mod ticket;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::config::{IoConfig, IO_ALIGNMENT};
+use crate::io::HeldRequest;
+use crate::status::{Error, Result, Status};
+use crate::sys::{file, RawBuf};
+use drive::{Drive, ExtentFile};
+use space::{Growth, Piece, Space};
+use ticket::Part;
+pub use ticket::StoreTicket;
+
+/// A tensor's key.
+pub type Key = u64;
+
+/// Pieces of at least this many bytes start on a multiple of it in their file.
+const LARGE_ALIGN: u64 = 1 << 20;
+/// The first and the smallest growth step of a drive's space.
+const GROW_MIN: u64 = 16 << 20;
+/// The largest growth step.
+const GROW_MAX: u64 = 1 << 30;
+/// An extent file grows up to this size; then a new one is started.
+const MAX_FILE: u64 = 64 << 30;
+
+/// What a store is made of.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// One folder per drive (each must exist; relative paths are resolved once, at open).
+    pub paths: Vec<PathBuf>,
+    /// The rank folder's parts under each path, e.g. `["zero_stage_3", "optimizer", "rank0"]`.
+    pub folder: Vec<String>,
+    /// The I/O settings of each drive's engine.
+    pub io: IoConfig,
+}
+
+/// Where part of a tensor lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Extent {
+    /// The drive's index (in [`StoreConfig::paths`]).
+    pub drive: usize,
+    /// The extent file.
+    pub path: PathBuf,
+    /// Where in the file.
+    pub file_offset: u64,
+    /// Bytes.
+    pub len: u64,
+}
+
+/// A placed tensor: its reserved bytes and its pieces in tensor order.
+struct Placed {
+    bytes: u64,
+    pieces: Vec<(usize, Piece)>,
+}
+
+/// One drive's bookkeeping.
+struct DriveState {
+    space: Space,
+    files: Vec<Arc<ExtentFile>>,
+    /// Bytes placed on the drive.
+    load: u64,
+}
+
+struct State {
+    keys: HashMap<Key, Placed>,
+    drives: Vec<DriveState>,
+    weights: Vec<f64>,
+}
+
+/// A piece of an operation, resolved under the lock.
+struct Segment {
+    drive: usize,
+    file_index: usize,
+    file: Arc<ExtentFile>,
+    capacity: u64,
+    file_offset: u64,
+    buf_offset: u64,
+    len: u64,
+}
+
+/// The swap store. Dropping it waits for every operation in flight on every drive.
+pub struct Store {
+    // Field order: the drives' engines are drained before the files are closed.
+    drives: Vec<Drive>,
+    state: Mutex<State>,
+}
+
+fn align_up(x: u64, align: u64) -> u64 {
+    x.div_ceil(align).saturating_mul(align)
+}
+
+impl Store {
+    /// Locks and empties the rank folder on every drive and starts each drive's engine.
+    /// A folder another store holds is `Busy` (naming it); a path given twice is
+    /// `InvalidArgument`.
+    pub fn open(cfg: StoreConfig) -> Result<Store> {
+        Self::open_inner(cfg, false)
+    }
+
+    /// As [`Store::open`], with two engines per drive, one for reads and one for writes:
+    /// a write queued behind (a write-behind) never delays a read queued after it (the
+    /// next read-ahead), as DeepSpeed's pipelined optimizer swapper keeps separate read
+    /// and write handles. Costs a second set of worker threads per drive.
+    pub fn open_split(cfg: StoreConfig) -> Result<Store> {
+        Self::open_inner(cfg, true)
+    }
+
+    fn open_inner(cfg: StoreConfig, split: bool) -> Result<Store> {
+        if cfg.paths.is_empty() {
+            return Err(Error::invalid(
+                "no nvme_path given (the store needs at least one folder)",
+            ));
+        }
+        cfg.io.validate()?;
+        let mut seen: Vec<PathBuf> = Vec::with_capacity(cfg.paths.len());
+        for p in &cfg.paths {
+            if let Ok(c) = file::canonical(p) {
+                if seen.contains(&c) {
+                    return Err(Error::invalid(format!(
+                        "nvme_path names the folder {} twice",
+                        c.display()
+                    )));
+                }
+                seen.push(c);
+            }
+        }
+        let mut drives = Vec::with_capacity(cfg.paths.len());
+        for (k, p) in cfg.paths.iter().enumerate() {
+            let d = Drive::open(k, p, &cfg.folder, cfg.io, split).map_err(|e| {
+                if cfg.paths.len() > 1 {
+                    e.context(format!("drive {k} ({})", p.display()))
+                } else {
+                    e
+                }
+            })?;
+            drives.push(d);
+        }
+        let state = State {
+            keys: HashMap::new(),
+            drives: (0..drives.len())
+                .map(|_| DriveState {
+                    space: Space::new(),
+                    files: Vec::new(),
+                    load: 0,
+                })
+                .collect(),
+            weights: vec![1.0; drives.len()],
+        };
+        Ok(Store {
+            drives,
+            state: Mutex::new(state),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many drives.
+    pub fn drives(&self) -> usize {
+        self.drives.len()
+    }
+
+    /// Drive `drive`'s rank folder (absolute, canonical at open). Panics on an index out
+    /// of range.
+    pub fn folder(&self, drive: usize) -> &Path {
+        self.drives[drive].path()
+    }
+
+    /// Drive `drive`'s engine. Panics on an index out of range.
+    pub fn engine(&self, drive: usize) -> &crate::io::IoEngine {
+        self.drives[drive].engine()
+    }
+
+    /// Each drive's share of new bytes (finite, >= 0; a drive of weight 0 takes new
+    /// tensors only when all weigh 0). Equal by default.
+    pub fn set_weights(&self, weights: &[f64]) -> Result<()> {
+        if weights.len() != self.drives.len() || weights.iter().any(|w| !w.is_finite() || *w < 0.0) {
+            return Err(Error::invalid(format!(
+                "{} weights given for {} drives; each must be finite and >= 0",
+                weights.len(),
+                self.drives.len()
+            )));
+        }
+        self.lock().weights = weights.to_vec();
+        Ok(())
+    }
+
+    /// Bytes placed on each drive.
+    pub fn loads(&self) -> Vec<u64> {
+        self.lock().drives.iter().map(|d| d.load).collect()
+    }
+
+    /// Closes every drive's engine ([`crate::io::IoEngine::close`]): returns once every
+    /// operation submitted has finished; later submits fail.
+    pub fn close(&self) {
+        for e in self.drives.iter().flat_map(|d| d.engines()) {
+            e.close();
+        }
+    }
+
+    /// Whether every drive's engine still takes operations (the first error otherwise).
+    pub fn check_usable(&self) -> Result<()> {
+        self.drives
+            .iter()
+            .flat_map(|d| d.engines())
+            .try_for_each(|e| e.check_usable())
+    }
+
+    /// Bytes read and written by every drive's engine since the store opened.
+    pub fn bytes_moved(&self) -> (u64, u64) {
+        self.drives
+            .iter()
+            .flat_map(|d| d.engines())
+            .fold((0, 0), |(r, w), e| {
+                let (dr, dw) = e.bytes_moved();
+                (r + dr, w + dw)
+            })
+    }
+
+    /// Places `bytes` (rounded up to 4 KiB) for `key`. Idempotent: a key already placed
+    /// with the same size keeps its place (and its bytes), unless a file it uses was found
+    /// damaged; with another size it is placed afresh. With `zeroed`, a newly placed key
+    /// reads back as zeros (the file system zeroes reused space; fresh space is zeros).
+    /// Grows a drive's space when needed (fallocate, or a new extent file); a drive that
+    /// cannot hold its share fails the call, naming the drive and the key (the key is then
+    /// not placed). The caller has no operation on the key in flight.
+    pub fn reserve(&self, key: Key, bytes: u64, zeroed: bool) -> Result<()> {
+        let want = align_up(bytes, IO_ALIGNMENT);
+        loop {
+            let mut st = self.lock();
+            if let Some(p) = st.keys.get(&key) {
+                let damaged = p
+                    .pieces
+                    .iter()
+                    .any(|(d, pc)| st.drives[*d].space.is_damaged(pc.file));
+                if p.bytes == want && !damaged {
+                    return Ok(());
+                }
+                Self::unplace(&mut st, key);
+            }
+            let weights = st.weights.clone();
+            let loads: Vec<u64> = st.drives.iter().map(|d| d.load).collect();
+            let chunks = placement::plan(want, &weights, &loads);
+            let mut got: Vec<(usize, Piece)> = Vec::with_capacity(chunks.len());
+            let mut need = None;
+            for c in &chunks {
+                let align = if c.len >= LARGE_ALIGN {
+                    LARGE_ALIGN
+                } else {
+                    IO_ALIGNMENT
+                };
+                match st.drives[c.drive].space.allocate(c.len, align) {
+                    Some(p) => got.push((c.drive, p)),
+                    None => {
+                        need = Some((c.drive, c.len, align));
+                        break;
+                    }
+                }
+            }
+            if let Some((d, len, align)) = need {
+                for (gd, p) in got.into_iter().rev() {
+                    st.drives[gd].space.undo(p);
+                }
+                drop(st);
+                self.grow(d, len, align).map_err(|e| {
+                    e.context(format!(
+                        "cannot place {want} bytes of key {key} on {}",
+                        self.drives[d].describe()
+                    ))
+                })?;
+                continue;
+            }
+            let to_zero: Vec<(usize, Arc<ExtentFile>, Piece)> = got
+                .iter()
+                .filter(|(_, p)| zeroed && !p.fresh)
+                .map(|(d, p)| (*d, Arc::clone(&st.drives[*d].files[p.file]), *p))
+                .collect();
+            for (d, p) in &got {
+                st.drives[*d].load += p.len;
+            }
+            st.keys.insert(
+                key,
+                Placed {
+                    bytes: want,
+                    pieces: got,
+                },
+            );
+            drop(st);
+            for (d, f, p) in to_zero {
+                if let Err(e) = file::zero_range(f.held.fd(), p.offset, p.len) {
+                    self.forget(key);
+                    return Err(Error::os(
+                        &format!(
+                            "cannot zero {} bytes for key {key} on {} in",
+                            p.len,
+                            self.drives[d].describe()
+                        ),
+                        f.path(),
+                        Some(p.offset),
+                        e,
+                    ));
+                }
+            }
+            return Ok(());
+        }
+    }
+
+    /// Removes `key`'s pieces (under the lock): space back to the allocator.
+    fn unplace(st: &mut State, key: Key) {
+        if let Some(p) = st.keys.remove(&key) {
+            for (d, pc) in p.pieces {
+                let ds = &mut st.drives[d];
+                ds.load = ds.load.saturating_sub(pc.len);
+                ds.space.free(pc);
+            }
+        }
+    }
+
+    /// Makes room on drive `d` for a piece of `len` bytes aligned to `align`: extends an
+    /// extent file or creates one. File-system calls under the drive's growth lock only.
+    fn grow(&self, d: usize, len: u64, align: u64) -> Result<()> {
+        let drive = &self.drives[d];
+        let _growing = drive.growing();
+        loop {
+            let (growth, step_used) = {
+                let mut st = self.lock();
+                let space = &mut st.drives[d].space;
+                // Another grower may have made room meanwhile.
+                if let Some(p) = space.allocate(len, align) {
+                    space.undo(p);
+                    return Ok(());
+                }
+                let step = space.total_capacity().clamp(GROW_MIN, GROW_MAX);
+                (space.growth(len, align, step, MAX_FILE), step)
+            };
+            match growth {
+                Growth::Create { file, .. } => {
+                    let f = drive.create_file(file, 0)?;
+                    let mut st = self.lock();
+                    let ds = &mut st.drives[d];
+                    ds.files.push(Arc::new(f));
+                    ds.space.grown(file, 0);
+                }
+                Growth::Extend { file, from, to } => {
+                    let f = Arc::clone(&self.lock().drives[d].files[file]);
+                    let mut r = file::extend(f.held.fd(), from, to);
+                    let mut to = to;
+                    if matches!(r, Err(libc::ENOSPC) | Err(libc::EDQUOT)) && step_used > 0 {
+                        // The step does not fit: try what the piece needs alone.
+                        let exact = self.lock().drives[d].space.growth(len, align, 0, MAX_FILE);
+                        if let Growth::Extend { to: t, .. } = exact {
+                            if t < to {
+                                to = t;
+                                r = file::extend(f.held.fd(), from, to);
+                            }
+                        }
+                    }
+                    r.map_err(|e| {
+                        Error::os(
+                            &format!("reserve {} bytes in", to - from),
+                            f.path(),
+                            Some(from),
+                            e,
+                        )
+                    })?;
+                    self.lock().drives[d].space.grown(file, to);
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Gives `key`'s space back to the allocator (nothing happens for an unknown key).
+    /// The caller has no operation on the key in flight.
+    pub fn forget(&self, key: Key) {
+        Self::unplace(&mut self.lock(), key);
+    }
+
+    /// Whether `key` is placed, and its reserved bytes.
+    pub fn reserved(&self, key: Key) -> Option<u64> {
+        self.lock().keys.get(&key).map(|p| p.bytes)
+    }
+
+    /// Where `key`'s bytes are, in tensor order (empty for an unknown key).
+    pub fn locations(&self, key: Key) -> Vec<Extent> {
+        let st = self.lock();
+        let Some(p) = st.keys.get(&key) else {
+            return Vec::new();
+        };
+        p.pieces
+            .iter()
+            .map(|(d, pc)| Extent {
+                drive: *d,
+                path: st.drives[*d].files[pc.file].path().to_path_buf(),
+                file_offset: pc.offset,
+                len: pc.len,
+            })
+            .collect()
+    }
+
+    /// The pieces of `key` that bytes `offset..offset + len` of the tensor touch.
+    fn segments(&self, key: Key, offset: u64, len: u64) -> Result<Vec<Segment>> {
+        let st = self.lock();
+        let p = st.keys.get(&key).ok_or_else(|| {
+            Error::new(
+                Status::NotFound,
+                format!("key {key} has no place in the store (never reserved, or forgotten)"),
+            )
+        })?;
+        let end = offset.checked_add(len).filter(|&e| e <= p.bytes).ok_or_else(|| {
+            Error::invalid(format!(
+                "bytes {offset} to {} of key {key} are outside its {} reserved bytes",
+                offset.saturating_add(len),
+                p.bytes
+            ))
+        })?;
+        let mut out = Vec::new();
+        let mut pos = 0u64;
+        for (d, pc) in &p.pieces {
+            let (start, stop) = (pos, pos + pc.len);
+            pos = stop;
+            let (a, b) = (offset.max(start), end.min(stop));
+            if a >= b {
+                continue;
+            }
+            let ds = &st.drives[*d];
+            out.push(Segment {
+                drive: *d,
+                file_index: pc.file,
+                file: Arc::clone(&ds.files[pc.file]),
+                capacity: ds.space.capacity(pc.file),
+                file_offset: pc.offset + (a - start),
+                buf_offset: a - offset,
+                len: b - a,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Checks each distinct file of `segs` (see [`Drive::check_file`]); a damaged one is
+    /// marked so and named with the key and drive.
+    fn check_segments(&self, key: Key, segs: &[Segment]) -> Result<()> {
+        let mut done: Vec<(usize, usize)> = Vec::new();
+        for s in segs {
+            if done.contains(&(s.drive, s.file_index)) {
+                continue;
+            }
+            done.push((s.drive, s.file_index));
+            let drive = &self.drives[s.drive];
+            if let Err(e) = drive.check_file(&s.file, s.capacity) {
+                if e.status() == Status::CorruptData {
+                    self.lock().drives[s.drive].space.damage(s.file_index);
+                }
+                return Err(e.context(format!("key {key} on {}", drive.describe())));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that `key`'s backing is still valid: every extent file it uses is still the
+    /// store's own and as long as the store made it. `CorruptData` naming the key, the
+    /// file and the drive otherwise; `NotFound` for an unknown key. File-system calls,
+    /// without the store's lock.
+    pub fn check(&self, key: Key) -> Result<()> {
+        let bytes = self
+            .reserved(key)
+            .ok_or_else(|| Error::new(Status::NotFound, format!("key {key} has no place in the store")))?;
+        let segs = self.segments(key, 0, bytes)?;
+        self.check_segments(key, &segs)
+    }
+
+    /// Queues a read (`write` false) or write of bytes `offset..offset + len` of `key`'s
+    /// tensor from or into `buf`, with the crc32c of the first `checksum_len` bytes of the
+    /// range if asked; returns at once. `offset` should be a multiple of 4 KiB and `len`
+    /// too except at the tensor's end (anything else works, through buffered I/O, but
+    /// slower). The range is split at the tensor's pieces, each queued on its drive.
+    /// Before queueing, each extent file involved is checked ([`Store::check`]); a write
+    /// of the whole tensor whose file is found damaged goes to a new place instead (the
+    /// damage is logged), any other operation fails with the check's error. If a
+    /// piece cannot be queued, the pieces already queued are waited for before the error
+    /// returns, so the buffer is free again.
+    ///
+    /// # Safety
+    /// `buf` must be valid for `len` bytes (writable for a read) until the ticket has
+    /// finished, and not be used by anyone else meanwhile.
+    pub unsafe fn submit(
+        &self,
+        key: Key,
+        write: bool,
+        buf: RawBuf,
+        offset: u64,
+        len: u64,
+        checksum_len: Option<u64>,
+    ) -> Result<StoreTicket> {
+        let mut segs = self.segments(key, offset, len)?;
+        if let Err(e) = self.check_segments(key, &segs) {
+            // A write of the whole tensor does not need what its old place held: it goes
+            // to a new place (the damaged file takes nothing new). Anything else fails.
+            let bytes = self.reserved(key).unwrap_or(0);
+            let whole = write && offset == 0 && align_up(len, IO_ALIGNMENT) >= bytes;
+            if !whole || e.status() != Status::CorruptData {
+                return Err(e);
+            }
+            crate::log!(Warn, "{}; writing key {key} to a new place", e.message());
+            self.reserve(key, bytes, false)?;
+            segs = self.segments(key, offset, len)?;
+            self.check_segments(key, &segs)?;
+        }
+        let mut parts: Vec<Part> = Vec::with_capacity(segs.len());
+        for s in &segs {
+            let drive = &self.drives[s.drive];
+            let ck = checksum_len.map(|c| c.min(len).saturating_sub(s.buf_offset).min(s.len));
+            let req = HeldRequest {
+                write,
+                buf: buf.offset_by(s.buf_offset as usize),
+                len: s.len,
+                file: &s.file.held,
+                offset: s.file_offset,
+                checksum_len: ck.filter(|&c| c > 0),
+            };
+            // SAFETY: the piece is inside the caller's buffer (`buf_offset + len` <= `len`
+            // of the operation), covered by this function's contract.
+            match unsafe { drive.engine_for(write).submit_held(&req) } {
+                Ok(ticket) => parts.push(Part {
+                    drive: s.drive,
+                    folder: drive.path().to_path_buf(),
+                    buf_offset: s.buf_offset,
+                    len: s.len,
+                    checksum_len: ck.unwrap_or(0),
+                    ticket,
+                }),
+                Err(e) => {
+                    // The buffer must be free when the error returns.
+                    for p in &parts {
+                        let _ = p.ticket.wait();
+                    }
+                    return Err(e.context(format!(
+                        "{} of key {key} on {}",
+                        if write { "write" } else { "read" },
+                        drive.describe()
+                    )));
+                }
+            }
+        }
+        Ok(StoreTicket::new(key, write, parts))
+    }
+
+    /// Reads or writes a whole range and waits (a convenience for tests and tools).
+    pub fn transfer(&self, key: Key, write: bool, buf: &mut [u8], offset: u64) -> Result<()> {
+        // SAFETY: `buf` is borrowed mutably until the wait returns.
+        let t = unsafe {
+            self.submit(
+                key,
+                write,
+                RawBuf(buf.as_mut_ptr()),
+                offset,
+                buf.len() as u64,
+                None,
+            )
+        }?;
+        t.wait().map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::alloc::AlignedBuf;
+
+    fn store(paths: &[&Path]) -> Store {
+        Store::open(StoreConfig {
+            paths: paths.iter().map(|p| p.to_path_buf()).collect(),
+            folder: vec!["zero_stage_3".into(), "optimizer".into(), "rank0".into()],
+            io: IoConfig::default(),
+        })
+        .unwrap()
+    }
+
+    fn filled(len: usize, seed: u8) -> AlignedBuf {
+        let mut b = AlignedBuf::new(len.max(1), false).unwrap();
+        for (i, x) in b.as_mut_slice()[..len].iter_mut().enumerate() {
+            *x = (i as u8).wrapping_mul(31).wrapping_add(seed);
+        }
+        b
+    }
+
+    #[test]
+    fn round_trips_small_and_large_tensors_and_reuses_space() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&[dir.path()]);
+        assert_eq!(s.drives(), 1);
+        assert!(s.folder(0).ends_with("zero_stage_3/optimizer/rank0"));
+        for (key, len) in [(1u64, 4096usize), (2, 3 << 20), (3, 8192)] {
+            s.reserve(key, len as u64, false).unwrap();
+            let mut b = filled(len, key as u8);
+            s.transfer(key, true, &mut b.as_mut_slice()[..len], 0).unwrap();
+        }
+        for (key, len) in [(1u64, 4096usize), (2, 3 << 20), (3, 8192)] {
+            let want = filled(len, key as u8);
+            let mut got = AlignedBuf::new(len, false).unwrap();
+            s.transfer(key, false, &mut got.as_mut_slice()[..len], 0).unwrap();
+            assert!(got.as_slice()[..len] == want.as_slice()[..len], "key {key}");
+        }
+        let loc = s.locations(2);
+        assert_eq!(loc.len(), 1);
+        assert_eq!(
+            loc[0].file_offset % (1 << 20),
+            0,
+            "large pieces are 1 MiB-aligned"
+        );
+        let old = s.locations(1)[0].clone();
+        s.forget(1);
+        s.reserve(4, 4096, false).unwrap();
+        assert_eq!(
+            s.locations(4)[0],
+            Extent { drive: 0, ..old },
+            "freed space is reused"
+        );
+        // Only one extent file in the folder, however many tensors.
+        let names: Vec<_> = std::fs::read_dir(s.folder(0))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["extent-0.swp"]);
+    }
+
+    #[test]
+    fn reused_space_reserved_zeroed_reads_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&[dir.path()]);
+        s.reserve(1, 1 << 20, false).unwrap();
+        let mut b = filled(1 << 20, 9);
+        s.transfer(1, true, b.as_mut_slice(), 0).unwrap();
+        let at = s.locations(1)[0].clone();
+        s.forget(1);
+        s.reserve(2, 1 << 20, true).unwrap();
+        assert_eq!(s.locations(2)[0].file_offset, at.file_offset, "the same space");
+        let mut got = filled(1 << 20, 1);
+        s.transfer(2, false, got.as_mut_slice(), 0).unwrap();
+        assert!(got.as_slice().iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn ranges_split_across_drives_and_checksums_combine() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let s = store(&[a.path(), b.path()]);
+        let len = 6usize << 20;
+        s.reserve(7, len as u64, false).unwrap();
+        let loc = s.locations(7);
+        assert_eq!(loc.iter().map(|e| e.drive).collect::<Vec<_>>(), [0, 1]);
+        let data = filled(len, 3);
+        let want = crc32c::crc32c(&data.as_slice()[..len - 100]);
+        // SAFETY: `data` outlives the wait.
+        let t = unsafe { s.submit(7, true, data.raw(), 0, len as u64, Some(len as u64 - 100)) }.unwrap();
+        assert_eq!(t.wait().unwrap(), Some(want));
+        // A range across the drive boundary, read back.
+        let got = AlignedBuf::new(2 << 20, false).unwrap();
+        // SAFETY: `got` outlives the wait.
+        let t = unsafe { s.submit(7, false, got.raw(), 2 << 20, 2 << 20, Some(2 << 20)) }.unwrap();
+        let crc = t.wait().unwrap();
+        assert!(got.as_slice() == &data.as_slice()[2 << 20..4 << 20]);
+        assert_eq!(crc, Some(crc32c::crc32c(got.as_slice())));
+        assert!(t
+            .checksum_parts()
+            .iter()
+            .all(|&(o, n, c)| crc32c::crc32c(&got.as_slice()[o as usize..(o + n) as usize]) == c));
+        // Out of range, unknown key.
+        // SAFETY: refused before any I/O; the buffer outlives the call anyway.
+        let e = unsafe { s.submit(7, false, got.raw(), 5 << 20, 2 << 20, None) }
+            .err()
+            .unwrap();
+        assert_eq!(e.status(), Status::InvalidArgument);
+        // SAFETY: refused before any I/O; the buffer outlives the call anyway.
+        let e = unsafe { s.submit(8, false, got.raw(), 0, 4096, None) }
+            .err()
+            .unwrap();
+        assert_eq!(e.status(), Status::NotFound);
+    }
+
+    #[test]
+    fn a_second_store_on_any_folder_is_busy_and_a_path_twice_is_refused() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let s = store(&[a.path(), b.path()]);
+        for p in [a.path(), b.path()] {
+            let e = Store::open(StoreConfig {
+                paths: vec![p.to_path_buf()],
+                folder: vec!["zero_stage_3".into(), "optimizer".into(), "rank0".into()],
+                io: IoConfig::default(),
+            })
+            .err()
+            .unwrap();
+            assert_eq!(e.status(), Status::Busy, "{e}");
+        }
+        drop(s);
+        let e = Store::open(StoreConfig {
+            paths: vec![a.path().to_path_buf(), a.path().join(".")],
+            folder: vec!["x".into()],
+            io: IoConfig::default(),
+        })
+        .err()
+        .unwrap();
+        assert_eq!(e.status(), Status::InvalidArgument, "{e}");
+    }
+
+    #[test]
+    fn truncated_replaced_and_deleted_extent_files_are_named_and_avoided() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&[dir.path()]);
+        s.reserve(1, 4096, false).unwrap();
+        let mut b = filled(4096, 1);
+        s.transfer(1, true, b.as_mut_slice(), 0).unwrap();
+        s.check(1).unwrap();
+        let path = s.locations(1)[0].path.clone();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(100)
+            .unwrap();
+        let e = s.check(1).err().unwrap();
+        assert_eq!(e.status(), Status::CorruptData);
+        assert!(
+            e.message().contains("truncated")
+                && e.message().contains(&*path.to_string_lossy())
+                && e.message().contains("key 1"),
+            "{e}"
+        );
+        // The key is placed afresh, in a new file, at its next reservation.
+        s.reserve(1, 4096, false).unwrap();
+        let fresh = s.locations(1)[0].path.clone();
+        assert_ne!(fresh, path);
+        s.transfer(1, true, b.as_mut_slice(), 0).unwrap();
+        s.check(1).unwrap();
+        std::fs::remove_file(&fresh).unwrap();
+        std::fs::write(&fresh, b"x").unwrap();
+        let e = s.check(1).err().unwrap();
+        assert!(e.message().contains("replaced by another file"), "{e}");
+        std::fs::remove_file(&fresh).unwrap();
+        // SAFETY: refused before any I/O; the buffer outlives the call anyway.
+        let e = unsafe { s.submit(1, false, b.raw(), 0, 4096, None) }
+            .err()
+            .unwrap();
+        assert!(e.message().contains("was deleted"), "{e}");
+    }
+}

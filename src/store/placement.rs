@@ -1,0 +1,264 @@
+//! Which drive gets which bytes of a tensor: a pure function of the tensor's size, each
+//! drive's weight (its share of the bandwidth) and the bytes each drive carries already.
+//!
+//! - A small tensor goes whole to one drive: the one whose load, with the tensor added,
+//!   is lowest relative to its weight (so bytes per drive follow the weights).
+//! - A tensor of at least two [`SPLIT_UNIT`]s is cut into consecutive chunks, one per
+//!   drive that gets a share, in drive order: the shares fill the drives up to a common
+//!   level of load per unit of weight ("water filling"), so on balanced drives each gets
+//!   its weight's share of the tensor, and a lagging drive catches up first. Shares are
+//!   whole [`SPLIT_UNIT`]s (the last chunk takes the tensor's remainder), so every chunk
+//!   starts on a 1 MiB boundary of the tensor and reads and writes of it stay large.
+
+/// The unit a tensor is split in, and the alignment of its chunks: 1 MiB.
+pub const SPLIT_UNIT: u64 = 1 << 20;
+
+/// One chunk of a tensor: `len` bytes on drive `drive`, following the previous chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chunk {
+    /// The drive's index.
+    pub drive: usize,
+    /// Bytes.
+    pub len: u64,
+}
+
+/// Where the `bytes` of a tensor go. `weights[d]` is drive d's weight (> 0 to take
+/// bytes; a drive of weight 0 or not finite gets none unless every drive has such a
+/// weight, when all count as 1); `loads[d]` the bytes it carries already. Returns the
+/// chunks in tensor order; their lengths add up to `bytes` (nothing for 0 bytes).
+pub fn plan(bytes: u64, weights: &[f64], loads: &[u64]) -> Vec<Chunk> {
+    let n = weights.len().min(loads.len());
+    if bytes == 0 || n == 0 {
+        return Vec::new();
+    }
+    let usable = |w: f64| w.is_finite() && w > 0.0;
+    let w: Vec<f64> = if weights[..n].iter().any(|&w| usable(w)) {
+        weights[..n]
+            .iter()
+            .map(|&w| if usable(w) { w } else { 0.0 })
+            .collect()
+    } else {
+        vec![1.0; n]
+    };
+    let takers: Vec<usize> = (0..n).filter(|&d| w[d] > 0.0).collect();
+    let whole = |takers: &[usize]| -> Vec<Chunk> {
+        let best = takers
+            .iter()
+            .copied()
+            .min_by(|&a, &b| {
+                let la = (loads[a] as f64 + bytes as f64) / w[a];
+                let lb = (loads[b] as f64 + bytes as f64) / w[b];
+                la.total_cmp(&lb)
+            })
+            .unwrap_or(0);
+        vec![Chunk {
+            drive: best,
+            len: bytes,
+        }]
+    };
+    if takers.len() == 1 || bytes < 2 * SPLIT_UNIT {
+        return whole(&takers);
+    }
+    // Water filling: the level L where sum over drives of max(0, L * w - load) = bytes.
+    let total = bytes as f64;
+    let mut order = takers.clone();
+    order.sort_by(|&a, &b| (loads[a] as f64 / w[a]).total_cmp(&(loads[b] as f64 / w[b])));
+    let mut level = 0.0;
+    let (mut sum_w, mut sum_load) = (0.0, 0.0);
+    for (k, &d) in order.iter().enumerate() {
+        sum_w += w[d];
+        sum_load += loads[d] as f64;
+        let l = (total + sum_load) / sum_w;
+        let next = order.get(k + 1).map(|&e| loads[e] as f64 / w[e]);
+        level = l;
+        if next.is_none_or(|nx| l <= nx) {
+            break;
+        }
+    }
+    // Shares in whole units, rounded down; the units left over go to the drives whose
+    // rounding lost the most; the tensor's remainder (under a unit) to the last chunk.
+    let units = bytes / SPLIT_UNIT;
+    let ideal: Vec<f64> = (0..n)
+        .map(|d| {
+            if w[d] > 0.0 {
+                ((level * w[d] - loads[d] as f64) / SPLIT_UNIT as f64).max(0.0)
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let mut share: Vec<u64> = ideal.iter().map(|&x| (x.floor() as u64).min(units)).collect();
+    let mut given: u64 = share.iter().sum();
+    while given > units {
+        // Float rounding can overshoot by a unit: take it from the largest share.
+        let d = (0..n).max_by_key(|&d| share[d]).unwrap_or(0);
+        share[d] -= 1;
+        given -= 1;
+    }
+    let mut by_loss: Vec<usize> = (0..n).filter(|&d| w[d] > 0.0).collect();
+    by_loss.sort_by(|&a, &b| {
+        let la = ideal[a] - share[a] as f64;
+        let lb = ideal[b] - share[b] as f64;
+        lb.total_cmp(&la).then(a.cmp(&b))
+    });
+    for &d in by_loss.iter().cycle().take((units - given) as usize) {
+        share[d] += 1;
+    }
+    let mut chunks: Vec<Chunk> = (0..n)
+        .filter(|&d| share[d] > 0)
+        .map(|d| Chunk {
+            drive: d,
+            len: share[d] * SPLIT_UNIT,
+        })
+        .collect();
+    let rest = bytes % SPLIT_UNIT;
+    match chunks.last_mut() {
+        Some(c) => c.len += rest,
+        None => return whole(&takers),
+    }
+    chunks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn total(c: &[Chunk]) -> u64 {
+        c.iter().map(|c| c.len).sum()
+    }
+
+    #[test]
+    fn small_tensors_go_whole_to_the_least_loaded_drive_by_weight() {
+        assert_eq!(
+            plan(4096, &[1.0, 1.0], &[0, 0]),
+            vec![Chunk { drive: 0, len: 4096 }]
+        );
+        assert_eq!(
+            plan(4096, &[1.0, 1.0], &[8192, 0]),
+            vec![Chunk { drive: 1, len: 4096 }]
+        );
+        // Drive 1 weighs twice as much: it takes bytes until it carries twice drive 0's.
+        assert_eq!(
+            plan(MIB, &[1.0, 2.0], &[MIB, MIB]),
+            vec![Chunk { drive: 1, len: MIB }]
+        );
+        assert_eq!(
+            plan(MIB, &[1.0, 2.0], &[MIB, 3 * MIB]),
+            vec![Chunk { drive: 0, len: MIB }]
+        );
+        assert!(plan(0, &[1.0], &[0]).is_empty());
+        assert!(plan(10, &[], &[]).is_empty());
+    }
+
+    #[test]
+    fn many_small_tensors_spread_bytes_by_weight() {
+        let weights = [1.0, 1.0, 2.0, 0.5];
+        let mut loads = [0u64; 4];
+        for k in 0..4000u64 {
+            let bytes = 4096 * (1 + k % 16);
+            let c = plan(bytes, &weights, &loads);
+            assert_eq!(c.len(), 1);
+            loads[c[0].drive] += bytes;
+        }
+        let sum: u64 = loads.iter().sum();
+        for (d, &w) in weights.iter().enumerate() {
+            let want = sum as f64 * w / 4.5;
+            let got = loads[d] as f64;
+            assert!(
+                (got - want).abs() / want < 0.01,
+                "drive {d}: {got} bytes, want {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_large_tensor_is_split_by_weight_in_whole_mebibytes() {
+        let c = plan(1 << 30, &[1.0; 4], &[0; 4]);
+        assert_eq!(c.len(), 4);
+        assert!(c.iter().all(|c| c.len == 256 * MIB), "{c:?}");
+        assert_eq!(c.iter().map(|c| c.drive).collect::<Vec<_>>(), [0, 1, 2, 3]);
+        // One drive at half rate gets half the bytes of the others.
+        let c = plan(700 * MIB, &[1.0, 1.0, 0.5], &[0; 3]);
+        assert_eq!(c.iter().map(|c| c.len / MIB).collect::<Vec<_>>(), [280, 280, 140]);
+        // A remainder under a unit goes to the last chunk; chunks start on whole units.
+        let c = plan(32 * MIB + 4096, &[1.0, 1.0], &[0, 0]);
+        assert_eq!(
+            c,
+            vec![
+                Chunk {
+                    drive: 0,
+                    len: 16 * MIB
+                },
+                Chunk {
+                    drive: 1,
+                    len: 16 * MIB + 4096
+                }
+            ]
+        );
+        // A lagging drive catches up first.
+        let c = plan(8 * MIB, &[1.0, 1.0], &[0, 6 * MIB]);
+        assert_eq!(
+            c,
+            vec![
+                Chunk {
+                    drive: 0,
+                    len: 7 * MIB
+                },
+                Chunk { drive: 1, len: MIB }
+            ]
+        );
+        let c = plan(4 * MIB, &[1.0, 1.0], &[0, 6 * MIB]);
+        assert_eq!(
+            c,
+            vec![Chunk {
+                drive: 0,
+                len: 4 * MIB
+            }]
+        );
+    }
+
+    #[test]
+    fn every_plan_covers_the_tensor_once_on_drives_that_take_bytes() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..5000 {
+            let n = 1 + (next() % 6) as usize;
+            let weights: Vec<f64> = (0..n)
+                .map(|_| match next() % 5 {
+                    0 => 0.0,
+                    k => k as f64 * 0.5,
+                })
+                .collect();
+            let loads: Vec<u64> = (0..n).map(|_| next() % (64 * MIB)).collect();
+            let bytes = 4096 * (next() % 40_000);
+            let c = plan(bytes, &weights, &loads);
+            assert_eq!(total(&c), bytes, "{weights:?} {loads:?} {bytes}");
+            let mut seen = vec![false; n];
+            for ch in &c {
+                assert!(ch.len > 0);
+                assert!(!seen[ch.drive], "one chunk per drive");
+                seen[ch.drive] = true;
+                if weights.iter().any(|&w| w > 0.0) {
+                    assert!(weights[ch.drive] > 0.0, "a drive of weight 0 takes nothing");
+                }
+            }
+            for ch in &c[..c.len() - usize::from(!c.is_empty())] {
+                assert_eq!(ch.len % SPLIT_UNIT, 0, "chunks start on whole units");
+            }
+        }
+    }
+
+    #[test]
+    fn weights_all_zero_count_as_equal() {
+        let c = plan(4 * MIB, &[0.0, f64::NAN], &[0, 0]);
+        assert_eq!(total(&c), 4 * MIB);
+        assert_eq!(c.len(), 2);
+    }
+}

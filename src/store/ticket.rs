@@ -1,0 +1,127 @@
+//! A store operation under way: one engine ticket per piece of the tensor it touches
+//! (pieces on several drives run in parallel, each in its drive's queue), waited for and
+//! checksummed as one.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::io::Ticket;
+use crate::status::{Error, Result};
+
+use super::Key;
+
+/// One piece of a store operation.
+pub(crate) struct Part {
+    pub drive: usize,
+    /// The drive's rank folder (for messages).
+    pub folder: PathBuf,
+    /// Where the piece starts in the operation's buffer.
+    pub buf_offset: u64,
+    /// Bytes.
+    pub len: u64,
+    /// Bytes of the piece the checksum covers (a prefix of it).
+    pub checksum_len: u64,
+    pub ticket: Ticket,
+}
+
+struct Inner {
+    key: Key,
+    write: bool,
+    parts: Vec<Part>,
+}
+
+/// Waits for one store operation (all its pieces). Clones wait for the same operation.
+#[derive(Clone)]
+pub struct StoreTicket(Arc<Inner>);
+
+impl StoreTicket {
+    pub(crate) fn new(key: Key, write: bool, parts: Vec<Part>) -> StoreTicket {
+        StoreTicket(Arc::new(Inner { key, write, parts }))
+    }
+
+    /// Blocks until every piece has finished (even after one failed: none of the buffer
+    /// is in use when this returns); the operation's checksum when one was asked for, or
+    /// the first failure, naming the drive, the key, the file and the offset (and how many
+    /// pieces failed). `BadState` at once in a forked child, `Panic` when a drive's engine
+    /// broke.
+    pub fn wait(&self) -> Result<Option<u32>> {
+        let mut first: Option<Error> = None;
+        let mut failed = 0;
+        for p in &self.0.parts {
+            if let Err(e) = p.ticket.wait() {
+                failed += 1;
+                if first.is_none() {
+                    first = Some(e.context(format!(
+                        "{} of key {} on drive {} ({})",
+                        if self.0.write { "write" } else { "read" },
+                        self.0.key,
+                        p.drive,
+                        p.folder.display()
+                    )));
+                }
+            }
+        }
+        match first {
+            None => Ok(self.checksum()),
+            Some(e) if failed > 1 => Err(e.context(format!(
+                "{failed} of the {} pieces failed, the first",
+                self.0.parts.len()
+            ))),
+            Some(e) => Err(e),
+        }
+    }
+
+    /// Whether every piece has finished.
+    pub fn is_finished(&self) -> bool {
+        self.0.parts.iter().all(|p| p.ticket.is_finished())
+    }
+
+    /// The crc32c of the first `checksum_len` bytes of the operation's buffer, combined
+    /// over the pieces; None when not asked for or not finished.
+    pub fn checksum(&self) -> Option<u32> {
+        let mut acc: Option<u32> = None;
+        for p in self.0.parts.iter().filter(|p| p.checksum_len > 0) {
+            let crc = p.ticket.checksum()?;
+            acc = Some(match acc {
+                None => crc,
+                Some(a) => crc32c::crc32c_combine(a, crc, p.checksum_len as usize),
+            });
+        }
+        acc
+    }
+
+    /// The checksum's parts, as the workers computed them: (offset in the operation's
+    /// buffer, length, crc32c). Recomputing them over a buffer locates a mismatch.
+    pub fn checksum_parts(&self) -> Vec<(u64, u64, u32)> {
+        self.0
+            .parts
+            .iter()
+            .flat_map(|p| {
+                p.ticket
+                    .checksum_parts()
+                    .into_iter()
+                    .map(move |(o, n, c)| (o + p.buf_offset, n, c))
+            })
+            .collect()
+    }
+
+    /// The file of the operation's first piece (for messages).
+    pub fn path(&self) -> &Path {
+        self.0.parts.first().map_or(Path::new(""), |p| p.ticket.path())
+    }
+
+    /// Whether two tickets are for the same operation.
+    pub fn same(&self, other: &StoreTicket) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// The key.
+    pub fn key(&self) -> Key {
+        self.0.key
+    }
+
+    /// The drives the operation touches, with each one's bytes.
+    pub fn drives(&self) -> Vec<(usize, u64)> {
+        self.0.parts.iter().map(|p| (p.drive, p.len)).collect()
+    }
+}

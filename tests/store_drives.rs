@@ -1,0 +1,336 @@
+//! The swap store on several real drives (loop devices over files in /dev/shm, ext4 and
+//! XFS, tests/common/loop_drive.rs): every byte back across 1, 2 and 4 drives with the
+//! bytes spread by placement, a lock per drive folder, a drive that fills up or fails
+//! (EIO, a shut-down file system) in the middle — the error names the drive and the
+//! param, the other drives' params stay good — and the folder faults on every drive.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use common::loop_drive::{Fs, LoopDrive};
+use swapper::{Dtype, IoConfig, ParamStatus, Settings, Status, Swapper};
+
+fn settings(paths: &[&Path], buffers: u32, numel: u64) -> Settings {
+    Settings {
+        nvme_paths: paths.iter().map(|p| p.to_path_buf()).collect(),
+        dtype: Dtype::Fp16,
+        buffer_count: buffers,
+        buffer_numel: numel,
+        io: IoConfig {
+            thread_count: 2,
+            ..IoConfig::default()
+        },
+        verify_checksums: true,
+        ..Settings::default()
+    }
+}
+
+fn put(s: &Swapper, id: u64, numel: u64) -> Vec<u8> {
+    let d = common::pattern(numel as usize * 2, id * 7 + 1);
+    let buf = s.get_buffer(id, numel).unwrap();
+    // SAFETY: a fresh pool buffer of at least `numel` fp16 elements.
+    unsafe { std::ptr::copy_nonoverlapping(d.as_ptr(), buf.0, d.len()) };
+    d
+}
+
+fn held(s: &Swapper, id: u64) -> Vec<u8> {
+    let (buf, numel) = s.param_buffer(id).unwrap();
+    // SAFETY: the param is AVAILABLE.
+    unsafe { swapper::sys::alloc::borrow(buf, numel as usize * 2) }.to_vec()
+}
+
+/// Params of many sizes: small ones (whole on one drive) and large ones (split).
+fn sizes() -> Vec<(u64, u64)> {
+    let mut v: Vec<(u64, u64)> = (0..48).map(|id| (id, 2048 * (1 + id % 24))).collect();
+    v.extend((48..52).map(|id| (id, 4 << 20))); // 8 MiB
+    v.push((52, 20 << 20)); // 40 MiB
+    v
+}
+
+fn round_trip(drives: &[&Path]) {
+    let params = sizes();
+    let s = Swapper::new(settings(drives, params.len() as u32, 20 << 20)).unwrap();
+    assert_eq!(s.folders().len(), drives.len());
+    let data: Vec<Vec<u8>> = params.iter().map(|&(id, n)| put(&s, id, n)).collect();
+    let ids: Vec<u64> = params.iter().map(|p| p.0).collect();
+    s.swap_out_and_release(&ids, true, true).unwrap();
+    s.wait_writes().unwrap();
+    // SAFETY: pool buffers only.
+    unsafe { s.swap_in(&ids, true, None) }.unwrap();
+    s.wait_reads().unwrap();
+    for (&(id, _), d) in params.iter().zip(&data) {
+        assert_eq!(s.param_status(id).unwrap(), ParamStatus::Available);
+        assert!(held(&s, id) == *d, "param {id} on {} drives", drives.len());
+    }
+    // Placement: every drive carries a share, the large params are split over all drives,
+    // and the bytes per drive are balanced (equal weights).
+    let loads = s.store().loads();
+    let total: u64 = loads.iter().sum();
+    for (d, &l) in loads.iter().enumerate() {
+        let share = l as f64 / total as f64;
+        let want = 1.0 / drives.len() as f64;
+        assert!(
+            (share - want).abs() < 0.05,
+            "drive {d} carries {share:.3} of the bytes, not ~{want:.3}: {loads:?}"
+        );
+    }
+    for id in [48u64, 52] {
+        let on: std::collections::BTreeSet<usize> = s.param_locations(id).iter().map(|e| e.drive).collect();
+        assert_eq!(on.len(), drives.len(), "param {id} is split over every drive");
+    }
+    for (d, f) in s.folders().iter().enumerate() {
+        assert!(f.starts_with(drives[d]), "{}", f.display());
+        let names: Vec<_> = std::fs::read_dir(f)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            ["extent-0.swp"],
+            "drive {d}: one extent file for all its params"
+        );
+    }
+    // Overwrite in place and read back once more (a rewrite keeps its place).
+    let before = s.param_locations(52);
+    s.swap_out_and_release(&ids, false, false).unwrap();
+    assert_eq!(s.param_locations(52), before);
+    // SAFETY: pool buffers only.
+    unsafe { s.swap_in(&ids, false, None) }.unwrap();
+    for (&(id, _), d) in params.iter().zip(&data) {
+        assert!(held(&s, id) == *d, "param {id} after a rewrite");
+    }
+}
+
+#[test]
+fn every_byte_comes_back_across_1_2_and_4_ext4_drives() {
+    for n in [1usize, 2, 4] {
+        let drives: Vec<LoopDrive> = (0..n).map(|_| LoopDrive::new(Fs::Ext4, 256)).collect();
+        let paths: Vec<&Path> = drives.iter().map(|d| d.path()).collect();
+        round_trip(&paths);
+    }
+}
+
+#[test]
+fn every_byte_comes_back_across_2_xfs_drives() {
+    let drives: Vec<LoopDrive> = (0..2).map(|_| LoopDrive::new(Fs::Xfs, 320)).collect();
+    let paths: Vec<&Path> = drives.iter().map(|d| d.path()).collect();
+    round_trip(&paths);
+}
+
+#[test]
+fn each_drive_folder_is_locked_on_its_own() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| common::disk_dir()).collect();
+    let p: Vec<&Path> = dirs.iter().map(|d| d.path()).collect();
+    let s = Swapper::new(settings(&[p[0], p[1]], 1, 1024)).unwrap();
+    // A second swapper that shares any one folder is Busy, naming it.
+    for shared in [p[0], p[1]] {
+        let e = Swapper::new(settings(&[p[2], shared], 1, 1024)).err().unwrap();
+        assert_eq!(e.status(), Status::Busy, "{e}");
+        assert!(e.message().contains(&*shared.to_string_lossy()), "{e}");
+    }
+    // Its own folder was let go when it failed.
+    drop(Swapper::new(settings(&[p[2]], 1, 1024)).unwrap());
+    drop(s);
+    drop(Swapper::new(settings(&[p[1], p[0]], 1, 1024)).unwrap());
+    // The same folder twice is refused.
+    let e = Swapper::new(settings(&[p[0], p[0]], 1, 1024)).err().unwrap();
+    assert_eq!(e.status(), Status::InvalidArgument, "{e}");
+}
+
+#[test]
+fn a_drive_that_fills_up_is_named_and_the_other_keeps_its_params() {
+    let big = LoopDrive::new(Fs::Ext4, 256);
+    let tiny = LoopDrive::new(Fs::Ext4, 16);
+    let s = Swapper::new(settings(&[big.path(), tiny.path()], 2, 1 << 19)).unwrap();
+    let tiny_folder = s.folders()[1].clone();
+    let mut kept: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut failure = None;
+    for id in 0..64u64 {
+        let d = put(&s, id, 1 << 19); // 1 MiB each: whole on one drive, alternating
+        match s.swap_out_and_release(&[id], false, false) {
+            Ok(()) => kept.push((id, d)),
+            Err(e) => {
+                assert_eq!(
+                    s.param_status(id).unwrap(),
+                    ParamStatus::Available,
+                    "the data stays"
+                );
+                assert!(held(&s, id) == d);
+                failure = Some((id, e));
+                break;
+            }
+        }
+    }
+    let (id, e) = failure.expect("the 16 MiB drive fills up");
+    assert!(
+        e.message().contains("No space left")
+            && e.message().contains(&format!("param {id}"))
+            && e.message().contains(&*tiny_folder.to_string_lossy()),
+        "the error names the full drive and the param: {e}"
+    );
+    assert!(
+        kept.iter().any(|(k, _)| s.param_locations(*k)[0].drive == 1),
+        "the tiny drive took some"
+    );
+    s.release(&[id]).unwrap();
+    for (k, d) in &kept {
+        // SAFETY: pool buffers only.
+        unsafe { s.swap_in(&[*k], false, None) }.unwrap();
+        assert!(held(&s, *k) == *d, "param {k} stays good");
+        s.release(&[*k]).unwrap();
+    }
+}
+
+#[test]
+fn a_drive_that_fails_with_eio_is_named_and_the_others_stay_readable() {
+    for fs in [Fs::Ext4, Fs::Xfs] {
+        let mib = if matches!(fs, Fs::Xfs) { 320 } else { 128 };
+        let a = LoopDrive::new(fs, mib);
+        let b = LoopDrive::new(fs, mib);
+        let s = Swapper::new(settings(&[a.path(), b.path()], 12, 4 << 20)).unwrap();
+        let ids: Vec<u64> = (0..12).collect();
+        // 10 small params spread whole over both drives, 2 large ones split across both.
+        let numel = |id: u64| if id < 10 { 8192 } else { 4 << 20 };
+        let data: Vec<Vec<u8>> = ids.iter().map(|&id| put(&s, id, numel(id))).collect();
+        s.swap_out_and_release(&ids, false, false).unwrap();
+        let on = |id: u64| -> Vec<usize> { s.param_locations(id).iter().map(|e| e.drive).collect() };
+        let only_a: Vec<u64> = ids.iter().copied().filter(|&id| on(id) == [0]).collect();
+        let touches_b: Vec<u64> = ids.iter().copied().filter(|&id| on(id).contains(&1)).collect();
+        assert!(
+            !only_a.is_empty() && touches_b.contains(&10),
+            "{only_a:?} {touches_b:?}"
+        );
+        let b_folder = s.folders()[1].clone();
+        // Param 11 (split over both drives) is in memory when drive b fails.
+        // SAFETY: pool buffers only.
+        unsafe { s.swap_in(&[11], false, None) }.unwrap();
+        b.fail();
+        for &id in touches_b.iter().filter(|&&id| id != 11) {
+            // SAFETY: pool buffers only.
+            let e = unsafe { s.swap_in(&[id], false, None) }.unwrap_err();
+            assert!(
+                e.message().contains(&format!("param {id}"))
+                    && e.message().contains(&*b_folder.to_string_lossy())
+                    && e.message().contains("Input/output error"),
+                "{fs:?}: the error names the drive and the param: {e}"
+            );
+            assert_eq!(s.param_status(id).unwrap(), ParamStatus::NotAvailable);
+        }
+        for &id in &only_a {
+            // SAFETY: pool buffers only.
+            unsafe { s.swap_in(&[id], false, None) }.unwrap();
+            assert!(
+                held(&s, id) == data[id as usize],
+                "{fs:?}: param {id} on the good drive"
+            );
+        }
+        // A write that touches the failed drive fails naming it; the param keeps its data.
+        let e = s.swap_out(&[11], false).unwrap_err();
+        assert!(
+            e.message().contains("param 11") && e.message().contains(&*b_folder.to_string_lossy()),
+            "{fs:?}: {e}"
+        );
+        assert_eq!(s.param_status(11).unwrap(), ParamStatus::Available);
+        assert!(held(&s, 11) == data[11], "{fs:?}: param 11 keeps its data");
+        // The good drive still takes writes.
+        s.swap_out_and_release(&[only_a[0]], false, false).unwrap();
+        drop(s);
+    }
+}
+
+/// The folder faults of tests/folder_faults.rs, on each drive of a two-drive swapper:
+/// a renamed rank folder, a rank folder replaced by a symbolic link, an extent file
+/// replaced by a FIFO.
+#[test]
+fn folder_faults_on_every_drive() {
+    for d in 0..2 {
+        let (x, y) = (common::disk_dir(), common::disk_dir());
+        let s = Arc::new(Swapper::new(settings(&[x.path(), y.path()], 4, 1 << 20)).unwrap());
+        let data: Vec<Vec<u8>> = (0..4)
+            .map(|id| put(&s, id, if id == 0 { 1 << 20 } else { 4096 }))
+            .collect();
+        s.swap_out_and_release(&[0, 1, 2, 3], false, false).unwrap();
+        let rank: PathBuf = s.folders()[d].clone();
+        // Rename drive d's folder and put a link to elsewhere, with a same-named file there.
+        let moved = rank.with_file_name("rank0.moved");
+        std::fs::rename(&rank, &moved).unwrap();
+        let elsewhere = rank.with_file_name("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("extent-0.swp"), [7u8; 4096]).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &rank).unwrap();
+        for id in 0..4u64 {
+            // SAFETY: pool buffers only.
+            unsafe { s.swap_in(&[id], false, None) }.unwrap();
+            assert!(held(&s, id) == data[id as usize], "drive {d}: param {id}");
+        }
+        s.swap_out_and_release(&[0, 1, 2, 3], false, false).unwrap();
+        assert_eq!(
+            std::fs::read(elsewhere.join("extent-0.swp")).unwrap(),
+            [7u8; 4096]
+        );
+        // Drive d's extent file replaced by a FIFO: a param with bytes there is refused
+        // (naming the file), without hanging.
+        let file = moved.join("extent-0.swp");
+        std::fs::remove_file(&file).unwrap();
+        let c = std::ffi::CString::new(file.to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let victim = (0..4u64)
+            .find(|&id| s.param_locations(id).iter().any(|e| e.drive == d))
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let s2 = Arc::clone(&s);
+        // SAFETY: pool buffers only.
+        std::thread::spawn(move || tx.send(unsafe { s2.swap_in(&[victim], false, None) }));
+        let e = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("a swap-in from a FIFO hung")
+            .unwrap_err();
+        assert_eq!(e.status(), Status::CorruptData, "{e}");
+        assert!(
+            e.message().contains("FIFO") && e.message().contains("extent-0.swp"),
+            "{e}"
+        );
+        assert!(e.message().contains(&format!("drive {d}")), "{e}");
+    }
+}
+
+/// Space reused for a tensor that must read as zeros is zeroed by the file system
+/// (FALLOC_FL_ZERO_RANGE on ext4 and XFS), on real drives, and fresh space reads as zeros.
+#[test]
+fn reused_space_reserved_zeroed_reads_zeros_on_ext4_and_xfs() {
+    use swapper::store::{Store, StoreConfig};
+    for (fs, mib) in [(Fs::Ext4, 64), (Fs::Xfs, 320)] {
+        let d = LoopDrive::new(fs, mib);
+        let s = Store::open(StoreConfig {
+            paths: vec![d.path().to_path_buf()],
+            folder: ["zero_stage_3", "optimizer", "rank0"].map(String::from).to_vec(),
+            io: IoConfig::default(),
+        })
+        .unwrap();
+        let mut buf = common::TestBuf::new(3 << 20, 0);
+        buf.as_mut_slice().copy_from_slice(&common::pattern(3 << 20, 5));
+        s.reserve(1, 3 << 20, false).unwrap();
+        s.transfer(1, true, buf.as_mut_slice(), 0).unwrap();
+        let old = s.locations(1);
+        s.forget(1);
+        s.reserve(2, 3 << 20, true).unwrap();
+        assert_eq!(
+            s.locations(2)[0].file_offset,
+            old[0].file_offset,
+            "{fs:?}: the same space, reused"
+        );
+        s.reserve(3, 1 << 20, true).unwrap(); // fresh space
+        for (key, len) in [(2u64, 3usize << 20), (3, 1 << 20)] {
+            let mut got = common::TestBuf::new(len, 0);
+            got.as_mut_slice().fill(0xAA);
+            s.transfer(key, false, got.as_mut_slice(), 0).unwrap();
+            assert!(
+                got.as_slice().iter().all(|&b| b == 0),
+                "{fs:?}: key {key} reads zeros"
+            );
+        }
+    }
+}

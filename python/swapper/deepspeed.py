@@ -209,8 +209,11 @@ def patch_deepspeed(swappers=True, **swapper_options):
     ZeRO-3's parameter swapper (`AsyncPartitionedParameterSwapper` as
     `deepspeed.runtime.zero.partition_parameters` names it) by
     swapper.deepspeed_param_swapper.DeepSpeedParamSwapper, on the native parameter
-    swapper. `swapper_options` go to each native swapper (swapper.Swapper's
-    verify_checksums, backend, direct_io). `patch_deepspeed(swappers=False)` keeps
+    swapper; ZeRO-3's optimizer swappers (`PartitionedOptimizerSwapper` and
+    `PipelinedOptimizerSwapper` as `deepspeed.runtime.zero.stage3` names them) by
+    swapper.deepspeed_optimizer_swapper.DeepSpeedOptimizerSwapper, on the native
+    optimizer-state swapper (pipelined either way). `swapper_options` go to each native
+    swapper (verify_checksums, backend, direct_io). `patch_deepspeed(swappers=False)` keeps
     DeepSpeed's own swapper classes on libswapper's aio_handle (the comparison point).
     """
     import importlib
@@ -242,6 +245,15 @@ def patch_deepspeed(swappers=True, **swapper_options):
             (partition_parameters, "AsyncPartitionedParameterSwapper", partition_parameters.AsyncPartitionedParameterSwapper)
         )
         partition_parameters.AsyncPartitionedParameterSwapper = DeepSpeedParamSwapper
+
+        from .deepspeed_optimizer_swapper import DeepSpeedOptimizerSwapper
+
+        replaced.append((DeepSpeedOptimizerSwapper, "swapper_options", DeepSpeedOptimizerSwapper.swapper_options))
+        DeepSpeedOptimizerSwapper.swapper_options = dict(swapper_options)
+        stage3 = importlib.import_module("deepspeed.runtime.zero.stage3")
+        for name in ("PartitionedOptimizerSwapper", "PipelinedOptimizerSwapper"):
+            replaced.append((stage3, name, getattr(stage3, name)))
+            setattr(stage3, name, DeepSpeedOptimizerSwapper)
     elif swapper_options:
         raise TypeError("swapper options apply to libswapper's swappers: patch_deepspeed(swappers=True, ...)")
 

@@ -54,18 +54,13 @@ later swaps raise "the Swapper is closed" instead of reading deleted files.
 """
 
 import os
-import threading
-import weakref
 
 import numpy as np
 
 from .enums import ParamStatus
 from .errors import BadStateError, InvalidArgumentError, NoBufferError, NotFoundError
+from ._takeover import take_over
 from .param_swapper import Swapper
-
-# Rank folder -> the live DeepSpeedParamSwapper on it (see the module documentation).
-_LIVE = {}
-_LIVE_LOCK = threading.Lock()
 
 _DTYPE_NAMES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 
@@ -88,6 +83,23 @@ def swapper_io_settings(aio_config):
         single_submit=bool(aio_config["single_submit"]),
         overlap_events=bool(aio_config["overlap_events"]),
     )
+
+
+class SwappedParamPath(str):
+    """A param of a DeepSpeedParamSwapper, as DeepSpeed's get_path would name its file:
+    the str is `libswapper:<rank folder>#param<id>` (not a file), `param_id` and
+    `read_into(dest)` read it."""
+
+    def __new__(cls, owner, param_id):
+        self = super().__new__(cls, f"libswapper:{owner.swap_folder}#param{param_id}")
+        self.owner = owner
+        self.param_id = param_id
+        return self
+
+    def read_into(self, dest):
+        """Reads the param synchronously into `dest` (a CPU tensor of the model dtype,
+        at least the param's numel)."""
+        self.owner.swapper.swap_into_buffer(self.param_id, dest)
 
 
 class DeepSpeedParamSwapper:
@@ -122,7 +134,8 @@ class DeepSpeedParamSwapper:
         self.invalid_buffer = torch.tensor(1).half()
         # DeepSpeed's creates nvme_path as needed (the native swapper wants it to exist).
         os.makedirs(nvme_path, exist_ok=True)
-        self._close_previous(os.path.realpath(self.swap_folder))
+        self.swapper = None
+        take_over(self.swap_folder, self)
         self.swapper = Swapper(
             nvme_path,
             rank=rank,
@@ -139,16 +152,6 @@ class DeepSpeedParamSwapper:
         self._inflight = []  # (param, caller buffer or None) with a read in flight
         self._releasing = []  # params whose asynchronous write-and-release is in flight
         self._reserved = False
-        with _LIVE_LOCK:
-            _LIVE[os.path.realpath(self.swap_folder)] = weakref.ref(self)
-
-    @staticmethod
-    def _close_previous(folder):
-        with _LIVE_LOCK:
-            ref = _LIVE.pop(folder, None)
-        previous = ref() if ref is not None else None
-        if previous is not None:
-            previous.close()
 
     def close(self):
         """Waits for I/O in flight and frees the pool (views still referenced keep their
@@ -199,13 +202,22 @@ class DeepSpeedParamSwapper:
 
     # -- paths
     def get_path(self, param, must_exist=False):
-        """The swap file of `param` (`<folder>/<ds_id>_param.tensor.swp`), which holds the
-        param's elements from offset 0. With must_exist, NotFoundError if the param was
+        """Where `param` is, for stage3's fast_init (`_get_sub_group_partitions`): a
+        SwappedParamPath, a str naming the param in this swapper that is no file (the
+        param lives in the store's shared extent files, `swapper.param_extents(id)`), so
+        that whatever opens it as a file fails instead of reading other bytes. The
+        replacement optimizer swapper reads the param through it by id
+        (`SwappedParamPath.read_into`). With must_exist, NotFoundError if the param was
         never written."""
-        path = os.path.join(self.swap_folder, f"{param.ds_id}_param.tensor.swp")
-        if must_exist and not os.path.exists(path):
-            raise NotFoundError(f"param {param.ds_id} has no swap file ({path}): it was never swapped out")
-        return path
+        if must_exist and not self._on_disk(param.ds_id):
+            raise NotFoundError(f"param {param.ds_id} is not on disk in {self.swap_folder}: it was never swapped out")
+        return SwappedParamPath(self, param.ds_id)
+
+    def _on_disk(self, param_id):
+        try:
+            return bool(self.swapper.param_extents(param_id))
+        except NotFoundError:
+            return False
 
     # -- state of DeepSpeed's partition tensors
     def _torch(self, array):

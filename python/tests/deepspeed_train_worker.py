@@ -13,6 +13,7 @@ import torch
 out, nvme, config_name, impl = sys.argv[1:5]
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import deepspeed  # noqa: E402
+from deepspeed.runtime.zero.offload_config import OffloadDeviceEnum  # noqa: E402
 
 if impl in ("handle", "swapper"):
     from swapper.deepspeed import patch_deepspeed
@@ -30,7 +31,12 @@ CONFIGS = {
 opts = CONFIGS[config_name]
 
 torch.manual_seed(0)
-VOCAB, DIM, LAYERS, STEPS, BATCH, SEQ = 128, 64, 2, 4, 2, 16
+# Sizes that swap: the embedding and the head (8192 x 128) are partitions of at least
+# 1 MiB of bf16 per rank with two ranks (DeepSpeed swaps params of >= 1 MiB, MIN_AIO_BYTES) and, with the
+# sub_group_size below, sub-groups of at least 1 MiB of fp32 per rank with two ranks
+# (optimizer state swaps from 1 MiB too); the layers between stay in memory. buffer_size
+# holds the largest sub-group (DeepSpeed's fast_init reads a sub-group into one buffer).
+VOCAB, DIM, LAYERS, STEPS, BATCH, SEQ = 8192, 128, 2, 4, 2, 16
 
 
 class Model(torch.nn.Module):
@@ -54,8 +60,8 @@ zero = {
     "stage3_param_persistence_threshold": 0,
     "stage3_max_live_parameters": 1,
     "stage3_prefetch_bucket_size": 1,
-    "sub_group_size": 8192,
-    "offload_param": {"device": "nvme", "nvme_path": nvme, "buffer_count": 8, "buffer_size": 16384, "max_in_cpu": 0},
+    "sub_group_size": 1 << 19,  # of partition elements (per rank)
+    "offload_param": {"device": "nvme", "nvme_path": nvme, "buffer_count": 8, "buffer_size": 1 << 21, "max_in_cpu": 0},
 }
 if opts["optimizer"]:
     zero["offload_optimizer"] = {
@@ -64,6 +70,9 @@ if opts["optimizer"]:
         "fast_init": opts.get("fast_init", False),
         "pipeline_read": opts.get("pipeline", False),
         "pipeline_write": opts.get("pipeline", False),
+        # DeepSpeed's pipelined swapper holds three sub-groups of four buffers at its peak
+        # (it asserts with its default of 4).
+        "buffer_count": 12 if opts.get("pipeline", False) else 4,
     }
 config = {
     "train_micro_batch_size_per_gpu": BATCH,
@@ -92,10 +101,14 @@ weights = {}
 for name, p in engine.module.named_parameters():
     with deepspeed.zero.GatheredParameters([p]):
         weights[name] = p.detach().clone()
-# Which classes did the work (the test checks that the patched run used libswapper's).
+# Which classes did the work (the test checks that the patched run used libswapper's),
+# and how much of the model they kept on NVMe (the test checks that both swapped).
+opt = engine.optimizer
 swappers = {
     "param": type(next(engine.module.parameters()).nvme_swapper).__module__,
-    "optimizer": type(engine.optimizer.optimizer_swapper).__module__ if engine.optimizer.optimizer_swapper else None,
+    "optimizer": type(opt.optimizer_swapper).__module__ if opt.optimizer_swapper else None,
+    "params_on_nvme": sum(p.ds_tensor.final_location == OffloadDeviceEnum.nvme for p in engine.module.parameters()),
+    "subgroups_on_nvme": sum(bool(opt._swappable_optimizer_subgroup(i)) for i in range(len(opt.fp16_groups))),
 }
 torch.save({"losses": losses, "weights": weights, "rank": rank, "swappers": swappers}, f"{out}.rank{rank}")
 print(json.dumps({"rank": rank, "losses": losses}))

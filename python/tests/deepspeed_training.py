@@ -55,16 +55,22 @@ def _bits(t):
 
 
 def _check_used(results, impl, optimizer_on_nvme=True):
-    """The patched run really went through libswapper's parameter swapper (and the stock
-    one through DeepSpeed's)."""
+    """The patched run really went through libswapper's swappers (the stock one and
+    patch_deepspeed(swappers=False) through DeepSpeed's), and both kept params (and
+    optimizer sub-groups) on NVMe."""
     for r in results:
-        module = r["swappers"]["param"]
+        used = r["swappers"]
         if impl == "swapper":
-            assert module == "swapper.deepspeed_param_swapper", r["swappers"]
+            assert used["param"] == "swapper.deepspeed_param_swapper", used
         else:
-            assert module == "deepspeed.runtime.swap_tensor.partitioned_param_swapper", r["swappers"]
+            assert used["param"] == "deepspeed.runtime.swap_tensor.partitioned_param_swapper", used
+        assert used["params_on_nvme"] >= 2, used
         if optimizer_on_nvme:
-            assert r["swappers"]["optimizer"].startswith("deepspeed.runtime.swap_tensor."), r["swappers"]
+            if impl == "swapper":
+                assert used["optimizer"] == "swapper.deepspeed_optimizer_swapper", used
+            else:
+                assert used["optimizer"].startswith("deepspeed.runtime.swap_tensor."), used
+            assert used["subgroups_on_nvme"] >= 2, used
 
 
 @pytest.mark.parametrize(
@@ -73,7 +79,8 @@ def _check_used(results, impl, optimizer_on_nvme=True):
 )
 def test_bit_identical_to_stock(tmp_path, config, world_size):
     """DeepSpeed's stock op and swappers against patch_deepspeed() (libswapper's aio
-    handle and parameter swapper): the same losses and final weights, bit for bit."""
+    handle, parameter swapper and optimizer swapper): the same losses and final
+    weights, bit for bit."""
     stock = train(tmp_path, config, "stock", world_size)
     ours = train(tmp_path, config, "swapper", world_size)
     _check_used(stock, "stock", config != "param")

@@ -71,7 +71,13 @@ def written(s, pid, value):
 def test_swap_cycle_keeps_deepspeed_state(make):
     s = make()
     p = written(s, 3, 1.5)
-    assert os.path.getsize(s.get_path(p, must_exist=True)) >= 2 * NUMEL
+    path = s.get_path(p, must_exist=True)
+    assert not os.path.exists(path), "get_path names no file: the param lives in the store's extent files"
+    fp16 = torch.empty(NUMEL, dtype=torch.bfloat16)
+    path.read_into(fp16)
+    assert bool((fp16 == 1.5).all())
+    with pytest.raises(errors.NotFoundError, match="never swapped out"):
+        s.get_path(Param(99), must_exist=True)
     s.swap_in([p], async_op=True)
     assert p.ds_tensor.status == Status.INFLIGHT
     s.synchronize_reads()

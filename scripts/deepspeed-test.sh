@@ -2,7 +2,7 @@
 # DeepSpeed ZeRO-3 + NVMe offload training with DeepSpeed's stock async_io op and swappers
 # against patch_deepspeed() (python/tests/deepspeed_training.py): bit-identical losses and
 # weights, and DeepSpeed's NVMe checkpointing test; the differential test against
-# DeepSpeed's parameter swapper; the replacement parameter swapper's own test.
+# DeepSpeed's parameter swapper; the replacement parameter and optimizer swappers' own tests.
 # Creates (first run: pip install, ~4 min; DeepSpeed's op compiles at first use against
 # libaio-dev, ~2 min more) or reuses a virtual environment outside the clone:
 #   $SWAPPER_DEEPSPEED_VENV (default ~/.cache/libswapper/deepspeed-venv).
@@ -38,6 +38,7 @@ start=$(date +%s)
 # skip of any of them is a failure (SWAPPER_NO_SKIPS=1).
 SWAPPER_REQUIRE_DEEPSPEED=1 SWAPPER_NO_SKIPS=1 "$VENV/bin/python" -m pytest -q -rs \
     python/tests/test_deepspeed_differential.py python/tests/test_deepspeed_param_swapper.py \
+    python/tests/test_deepspeed_optimizer_swapper.py \
     python/tests/deepspeed_training.py \
     python/tests/test_deepspeed.py::test_torch_tensors \
     python/tests/test_safety.py::test_is_pinned_on_slices_of_locked_buffers "$@"

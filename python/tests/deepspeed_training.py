@@ -140,12 +140,21 @@ def test_nvme_checkpointing(tmp_path, param_device, optim_device):
     the swap files back, so the bf16 weights are those of the new engine's
     initialisation until the first step and the optimizer's step count restarts. The
     test pins that down too (the reloaded loss differs from the first engine's), so a
-    DeepSpeed that fixes it, or a patch that does, shows here."""
+    DeepSpeed that fixes it, or a patch that does, shows here.
+
+    The patched engine keeps
+    its optimizer state in the store's extent files: DeepSpeed copies those (and the
+    layout file) into the checkpoint and back, and the equal losses show that the
+    reloaded engine read the copied fp32 master weights as DeepSpeed's own did."""
     stock = checkpoint_run(tmp_path, param_device, optim_device, "stock")
     ours = checkpoint_run(tmp_path, param_device, optim_device, "swapper")
     if param_device == "nvme":
         assert ours["swappers"]["param"] == "swapper.deepspeed_param_swapper", ours["swappers"]
         assert stock["swappers"]["param"] == "deepspeed.runtime.swap_tensor.partitioned_param_swapper"
+    if optim_device == "nvme":
+        # The reloaded engine read the copied extent files (the layout check passed).
+        assert ours["swappers"]["optimizer"] == "swapper.deepspeed_optimizer_swapper", ours["swappers"]
+        assert stock["swappers"]["optimizer"] == "deepspeed.runtime.swap_tensor.partitioned_optimizer_swapper"
     for key in ("first", "second", "again", "loss_before", "loss_after"):
         assert stock[key] == ours[key], (key, stock[key], ours[key])
     if optim_device != "nvme":

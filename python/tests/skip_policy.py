@@ -34,6 +34,10 @@ ALLOWED_SKIPS = {
         lambda: _missing("torch") or _missing("deepspeed"),
         "needs torch and DeepSpeed: scripts/deepspeed-test.sh runs it with SWAPPER_REQUIRE_DEEPSPEED=1",
     ),
+    "test_deepspeed_optimizer_swapper.py": (
+        lambda: _missing("torch") or _missing("deepspeed"),
+        "needs torch and DeepSpeed: scripts/deepspeed-test.sh runs it with SWAPPER_REQUIRE_DEEPSPEED=1",
+    ),
 }
 
 

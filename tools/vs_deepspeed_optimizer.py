@@ -22,10 +22,13 @@ Implementations:
           ds-pipelined     DeepSpeed's PipelinedOptimizerSwapper (pipeline_read/write)
           ds-partitioned+ls, ds-pipelined+ls   the same classes on libswapper's
                            aio_handle (patch_deepspeed(swappers=False))
+          libswapper-b4    the replacement (python/swapper/deepspeed_optimizer_swapper.py,
+                           on the native optimizer swapper) with buffer_count 4: the
+                           page-locked memory of ds-partitioned
+          libswapper-b12   the replacement with buffer_count 12: that of ds-pipelined
   train:  stock            DeepSpeed's op and swappers
-          patched          patch_deepspeed(): libswapper's aio_handle and parameter swapper
-  (libswapper's own optimizer-state swapper joins both lists when the DeepSpeed classes
-  on it exist: python/swapper/deepspeed_optimizer_swapper.py.)
+          patched          patch_deepspeed(): libswapper's aio_handle, parameter swapper
+                           and optimizer swapper
 
 Every run is a worker process of its own; per run it reports the step time (median of
 the timed steps), GB/s (the process's /proc/self/io read_bytes + write_bytes over the
@@ -56,7 +59,7 @@ import types
 HERE = os.path.dirname(os.path.abspath(__file__))
 PYTHON_PKG = os.path.join(os.path.dirname(HERE), "python")
 GIB = 1 << 30
-UPDATE_IMPLS = ("ds-partitioned", "ds-pipelined", "ds-partitioned+ls", "ds-pipelined+ls")
+UPDATE_IMPLS = ("ds-partitioned", "ds-pipelined", "ds-partitioned+ls", "ds-pipelined+ls", "libswapper-b4", "libswapper-b12")
 TRAIN_IMPLS = ("stock", "patched")
 
 
@@ -116,6 +119,8 @@ class Meter:
 
 
 def patch(impl):
+    """patch_deepspeed() as `impl` asks (libswapper-*: the replacement class is used
+    directly, nothing patched)."""
     sys.path.insert(0, PYTHON_PKG)
     from swapper.deepspeed import patch_deepspeed
 
@@ -140,11 +145,12 @@ def update_worker(a):
     for module in (optimizer_utils, partitioned_optimizer_swapper, pipelined_optimizer_swapper):
         module.dist = dist
     pipelined = a["impl"].startswith("ds-pipelined")
-    cls = (
-        pipelined_optimizer_swapper.PipelinedOptimizerSwapper
-        if pipelined
-        else partitioned_optimizer_swapper.PartitionedOptimizerSwapper
-    )
+    if a["impl"].startswith("libswapper"):
+        from swapper.deepspeed_optimizer_swapper import DeepSpeedOptimizerSwapper as cls
+    elif pipelined:
+        cls = pipelined_optimizer_swapper.PipelinedOptimizerSwapper
+    else:
+        cls = partitioned_optimizer_swapper.PartitionedOptimizerSwapper
     n, count = a["sub_group_size"], a["sub_groups"]
     gen = torch.Generator().manual_seed(7)
     params = []
@@ -277,6 +283,12 @@ def run_worker(args, mode, impl, run_dir, **extra):
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+def default_buffer_count(impl):
+    if impl.startswith("libswapper-b"):
+        return int(impl[len("libswapper-b"):])
+    return 12 if "pipelined" in impl else 4
+
+
 def alternate(impls, runs):
     """A B C, C B A, A B C, ...: every implementation in every position."""
     for r in range(runs):
@@ -311,8 +323,9 @@ def main():
     ap.add_argument("--state-gib", type=float, default=4.0, help="update: optimizer state (params + 2 moments)")
     ap.add_argument("--sub-group-size", type=int, default=100_000_000, help="elements per sub-group")
     ap.add_argument(
-        "--buffer-count", type=int, help="offload_optimizer.buffer_count (default: 4, DeepSpeed's, for the "
-        "partitioned swapper; 12 for the pipelined one, the fewest it runs with: three sub-groups of four tensors)")
+        "--buffer-count", type=int, help="offload_optimizer.buffer_count for every implementation (default: 4, "
+        "DeepSpeed's, for the partitioned swapper; 12 for the pipelined one, the fewest it runs with: three "
+        "sub-groups of four tensors; libswapper-bN: N)")
     ap.add_argument("--adam", choices=("cpu_adam", "torch"), default="cpu_adam")
     ap.add_argument("--impl", action="append", help="implementations (default: all of the mode)")
     ap.add_argument("--hidden", type=int, default=2048)
@@ -339,7 +352,7 @@ def main():
                 sub_groups = max(1, round(args.state_gib * GIB / (12 * args.sub_group_size)))
                 r = run_worker(args, mode, impl, run_dir, sub_group_size=args.sub_group_size, sub_groups=sub_groups,
                                steps=args.steps, adam=args.adam,
-                               buffer_count=args.buffer_count or (12 if "pipelined" in impl else 4))
+                               buffer_count=args.buffer_count or default_buffer_count(impl))
             else:
                 r = run_worker(args, mode, impl, run_dir, hidden=args.hidden, layers=args.layers, steps=args.steps,
                                sub_group_size=args.sub_group_size, pipeline=args.pipeline, port=port + k)

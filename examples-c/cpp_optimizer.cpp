@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "swapper.hpp"
@@ -94,6 +95,26 @@ int main(int argc, char **argv) {
         }
         CHECK(st == SWAPPER_STATUS_NOT_FOUND, "unknown sub-group");
         CHECK(opt.stats().steps == 5, "steps counted");
+    }
+    {
+        // From DeepSpeed's JSON: the ring is buffer_count tensors of the largest numel.
+        std::string json = std::string("{\"zero_optimization\": {\"offload_optimizer\": {\"device\": \"nvme\", "
+                                       "\"nvme_path\": [\"") + argv[1] + "\"], \"buffer_count\": 6, "
+                                       "\"pipeline_read\": true}}, \"aio\": {\"block_size\": 65536}}";
+        swapper::Optimizer opt = swapper::Optimizer::from_json(json, 1, 2000);
+        CHECK(opt.stats().ring_bytes == 6 * 8192, "ring from buffer_count");
+        opt.register_subgroup(0, {{"fp32", 2000}, {"exp_avg", 2000}});
+        opt.begin_step({0});
+        while (auto v = opt.next_ready()) v->hand_back();
+        opt.end_step();
+        SwapperStatus st = SWAPPER_STATUS_OK;
+        try {
+            (void)swapper::Optimizer::from_json("{\"zero_optimization\": {}}");
+        } catch (const swapper::Error &e) {
+            st = e.status();
+            CHECK(e.message().find("offload_optimizer") != std::string::npos, "the message names the block");
+        }
+        CHECK(st == SWAPPER_STATUS_INVALID_ARGUMENT, "no offload_optimizer block");
     }
     CHECK(swapper_optimizer_live_handles() == 0, "the RAII owner destroyed its handle");
     std::printf("cpp_optimizer: 3 steps of SGD with momentum on NVMe through swapper.hpp: ok\n");

@@ -75,9 +75,9 @@
 #define SWAPPER_OPTIMIZER_NONE UINT32_MAX
 
 /**
- * The unit a tensor is split in, and the alignment of its chunks: 1 MiB.
+ * DeepSpeed's default `offload_optimizer.buffer_count`.
  */
-#define SPLIT_UNIT (1 << 20)
+#define DEEPSPEED_BUFFER_COUNT 4
 
 /**
  * DeepSpeed's `offload_param.buffer_count`.
@@ -309,7 +309,11 @@ typedef struct SwapperIo SwapperIo;
  * (`begin_step`, `next_ready`, `hand_back`, `end_step`) are meant for one thread at a
  * time, and two threads may each take and hand back sub-groups of the same step.
  * Nothing is ever called back from the library's I/O threads: the pipeline advances
- * inside these calls.
+ * inside these calls. A bug striking inside a call (a Rust panic) makes it return
+ * `SWAPPER_STATUS_PANIC`; the handle is then either fully usable (what the call claimed
+ * was recorded or undone: nothing stays stuck, the files keep a good state) or broken,
+ * when the panic struck in the middle of a change of its bookkeeping: every later call
+ * returns `SWAPPER_STATUS_PANIC` and only `swapper_optimizer_destroy` works.
  */
 typedef struct SwapperOptimizer SwapperOptimizer;
 
@@ -563,7 +567,9 @@ typedef struct {
    * Several drives: `nvme_path_count` root folders, one per drive (each as `nvme_path`
    * says, with its own rank folder, lock and I/O queue). Params are placed across them
    * (small ones whole on one drive, large ones split in 1 MiB units) so that each drive
-   * carries an equal share of the bytes. NULL (the default) with a count of 0: the single
+   * carries its share of the bytes: equal until the drives' rates are measured, then in
+   * proportion to each drive's rate (bytes per second while it has work); a full drive
+   * takes no new params while another has room. NULL (the default) with a count of 0: the single
    * `nvme_path`. Borrowed during `swapper_create` only. DeepSpeed `offload_param.nvme_path`
    * given as a list.
    */
@@ -974,6 +980,30 @@ SwapperStatus swapper_optimizer_create(const SwapperOptimizerConfig *config,
                                        SwapperOptimizer **out);
 
 /**
+ * Creates an optimizer swapper from a DeepSpeed configuration (JSON text): the `aio`
+ * block and `zero_optimization.offload_optimizer` (device, nvme_path as a string or a
+ * list, buffer_count, pipeline_read, pipeline_write, fast_init, pin_memory), with
+ * DeepSpeed's defaults for missing keys. The ring is `buffer_count` x the bytes of the
+ * largest tensor of any sub-group (`largest_numel` elements, as DeepSpeed sizes its swap
+ * buffers; 0 takes `zero_optimization.sub_group_size`), or
+ * `offload_optimizer.ring_bytes` when that (libswapper's own key) is set;
+ * `pipeline_read` true reads as many sub-groups ahead as the ring holds, false one.
+ * Ownership and thread-safety as `swapper_optimizer_create`.
+ *
+ * Errors: as `swapper_optimizer_create`, plus `SWAPPER_STATUS_INVALID_ARGUMENT` for text
+ * that is not JSON, a key of the wrong type (the message names it), a device other than
+ * "nvme", a missing nvme_path, or no way to size the ring. On failure `*out` is NULL.
+ *
+ * # Safety
+ * `deepspeed_config_json` must be NULL or a NUL-terminated string; `out` must be NULL or
+ * valid for writing one pointer.
+ */
+SwapperStatus swapper_optimizer_create_from_json(const char *deepspeed_config_json,
+                                                 uint32_t rank,
+                                                 uint64_t largest_numel,
+                                                 SwapperOptimizer **out);
+
+/**
  * Destroys an optimizer swapper: waits for every read and write in flight, frees the
  * ring, unlocks the folders (the files stay). NULL is ignored; a handle that is not live
  * is reported through the last error and otherwise ignored. Pointers from
@@ -1082,7 +1112,11 @@ SwapperStatus swapper_optimizer_tensor(SwapperOptimizer *optimizer,
  * out with the caller: never taken, or handed back twice; no step),
  * `SWAPPER_STATUS_BUSY` (`swapper_optimizer_swap_out_params` on it runs in another
  * thread), `SWAPPER_STATUS_IO_ERROR` (a write could not be queued: the new state stays in
- * the ring and is written again at the sub-group's next visit; `end_step` reports it too).
+ * the ring and is written again at the sub-group's next visit; `end_step` reports it too),
+ * `SWAPPER_STATUS_PANIC` (a bug struck inside the call: when the handle is not broken, the
+ * sub-group is either handed back, its new state kept in memory until written, or still
+ * out when nothing was queued; call `hand_back` again, which answers
+ * `SWAPPER_STATUS_BAD_STATE` if it already was).
  */
 SwapperStatus swapper_optimizer_hand_back(SwapperOptimizer *optimizer, uint32_t subgroup);
 
@@ -1118,8 +1152,16 @@ SwapperStatus swapper_optimizer_end_step(SwapperOptimizer *optimizer);
  * reports the writes. Refused during a step. The whole call is checked before anything
  * is written. Thread-safe.
  *
+ * A fragment overwrites the elements it covers (nothing accumulates, as in DeepSpeed,
+ * whose fragments are the params' disjoint ranges of the sub-group, written again at the
+ * same offsets at every accumulation boundary). It may overlap earlier fragments (written
+ * or in flight, or earlier in the same call) only by covering each of them whole, and
+ * then replaces them; a fragment overlapping another part-way is refused, so that every
+ * element stays covered by exactly one fragment's checksum.
+ *
  * Errors: `SWAPPER_STATUS_NOT_FOUND`, `SWAPPER_STATUS_BAD_STATE` (during a step),
- * `SWAPPER_STATUS_INVALID_ARGUMENT` (not a gradient tensor, a fragment outside it),
+ * `SWAPPER_STATUS_INVALID_ARGUMENT` (not a gradient tensor, a fragment outside it, a
+ * fragment overlapping another part-way: the message names both),
  * `SWAPPER_STATUS_NULL_POINTER`, `SWAPPER_STATUS_IO_ERROR` (a fragment could not be
  * queued; the ones before it are).
  *

@@ -444,6 +444,17 @@ class Optimizer {
         return c;
     }
     explicit Optimizer(const SwapperOptimizerConfig &config) { check(swapper_optimizer_create(&config, &h_)); }
+    /** From DeepSpeed JSON text (the aio block and zero_optimization.offload_optimizer);
+     * `largest_numel`: the largest tensor of any sub-group (the ring is buffer_count of
+     * them), 0 to take zero_optimization.sub_group_size. */
+    static Optimizer from_json(const std::string &deepspeed_json, std::uint32_t rank = 0,
+                               std::uint64_t largest_numel = 0) {
+        SwapperOptimizer *h = nullptr;
+        check(swapper_optimizer_create_from_json(deepspeed_json.c_str(), rank, largest_numel, &h));
+        return Optimizer(h);
+    }
+    /** Adopts a handle from the C API. */
+    explicit Optimizer(SwapperOptimizer *handle) noexcept : h_(handle) {}
     ~Optimizer() { swapper_optimizer_destroy(h_); }
     Optimizer(Optimizer &&o) noexcept : h_(std::exchange(o.h_, nullptr)) {}
     Optimizer &operator=(Optimizer &&o) noexcept {

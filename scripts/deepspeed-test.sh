@@ -50,10 +50,12 @@ case "$TARGET" in /*) target_abs=$TARGET ;; *) target_abs=$PWD/$TARGET ;; esac
 smoke_dir=$(mktemp -d "$target_abs/vs-deepspeed.XXXXXX")
 trap 'rm -rf "$smoke_dir"' EXIT
 smoke=$("$VENV/bin/python" tools/vs_deepspeed.py --smoke --dir "$smoke_dir" 2>/dev/null)
-echo "$smoke" | grep -E '^==|ls/ds:'
+echo "$smoke" | grep -E '^==|ls/ds:|swapper/ds '
 if echo "$smoke" | grep -q '^vs_deepspeed: done' \
     && [ "$(echo "$smoke" | grep -c 'bytes verified')" -eq 6 ] \
-    && [ "$(echo "$smoke" | grep -c 'ls/ds: throughput')" -eq 9 ]; then
+    && [ "$(echo "$smoke" | grep -c 'ls/ds: throughput')" -eq 9 ] \
+    && [ "$(echo "$smoke" | grep -c 'param data verified')" -eq 4 ] \
+    && [ "$(echo "$smoke" | grep -c 'swapper/ds ')" -eq 6 ]; then
     echo "1 passed, 0 failed: tools/vs_deepspeed.py --smoke"
 else
     echo "$smoke"

@@ -5,11 +5,13 @@
 # writes (blkio.throttle.{read,write}_bps_device "MAJ:MIN BYTES_PER_S"), and commands
 # run inside that group. Needs root, losetup, mkfs.<fs>, and the v1 blkio controller.
 #
-#   drive-bed.sh up N [--fs ext4|xfs|btrfs] [--size 2G] [--rate-mbps R | --rates R1,R2,..]
-#                     [--name NAME]
-#       Makes the bed and prints one key=value line per fact (below). No throttle
-#       unless asked (R in MB/s, 1 MB = 10^6 bytes; 0 = unthrottled). A bed that fails
-#       half-way, or is interrupted (INT, TERM), is torn down before `up` returns.
+#   drive-bed.sh up N [--fs ext4|xfs|btrfs|ext2] [--size 2G | --sizes S1,S2,..]
+#                     [--rate-mbps R | --rates R1,R2,..] [--name NAME]
+#       Makes the bed and prints one key=value line per fact (below). Every drive has
+#       --size bytes, or each its own (--sizes: a tiny drive beside big ones, to fill
+#       it). No throttle unless asked (R in MB/s, 1 MB = 10^6 bytes; 0 = unthrottled).
+#       ext2 is a file system without fallocate. A bed that fails half-way, or is
+#       interrupted (INT, TERM), is torn down before `up` returns.
 #   drive-bed.sh run [--name NAME] -- CMD...
 #       Runs CMD inside the bed's blkio group (its pid written to <group>/cgroup.procs)
 #       with SWAPPER_DRIVES=/mnt/..d0:/mnt/..d1 (the mount points, in drive order),
@@ -29,7 +31,7 @@
 #   name=NAME
 #   state=/run/drive-bed/NAME.state
 #   cgroup=/sys/fs/cgroup/blkio/NAME
-#   drive=I dev=/dev/loopK majmin=7:K mount=/mnt/drive-bed/NAME/dI file=/dev/shm/NAME-I.img fs=ext4 rate_bps=B
+#   drive=I dev=/dev/loopK majmin=7:K mount=/mnt/drive-bed/NAME/dI file=/dev/shm/NAME-I.img fs=ext4 rate_bps=B size=2G
 #   drives=/mnt/drive-bed/NAME/d0:/mnt/drive-bed/NAME/d1
 # --name defaults to $DRIVE_BED_NAME, else (for up and with) a fresh drive-bed-<pid>-<n>.
 # The throttle binds I/O issued from inside the group: O_DIRECT reads and writes (what
@@ -97,10 +99,16 @@ detach_file() {
     done
 }
 
+# Whether $1 is a mount point, from /proc/mounts (not `mountpoint`, which stats the folder
+# and so takes a shut-down file system, whose stat fails with EIO, for a plain folder).
+is_mounted() {
+    awk -v m="$1" '$2 == m { found = 1 } END { exit !found }' /proc/mounts
+}
+
 unmount() {
     local m=$1 tries
     for tries in 1 2 3 4 5 6 7 8 9 10; do
-        mountpoint -q "$m" 2>/dev/null || return 0
+        is_mounted "$m" || return 0
         umount "$m" 2>/dev/null && return 0
         sleep 0.2
     done
@@ -147,7 +155,7 @@ teardown() {
     # Folders and the group.
     if [[ -d $base ]]; then
         for m in "$base"/*; do
-            [[ -d $m ]] && ! mountpoint -q "$m" && rmdir "$m" 2>/dev/null
+            [[ -d $m ]] && ! is_mounted "$m" && rmdir "$m" 2>/dev/null
         done
         rmdir "$base" 2>/dev/null || ok=1
     fi
@@ -193,27 +201,38 @@ bps() {
 }
 
 # up: parses options into globals and makes the bed.
-UP_N="" UP_FS=ext4 UP_SIZE=2G UP_RATES=() UP_NAME=${DRIVE_BED_NAME:-}
+UP_N="" UP_FS=ext4 UP_SIZES=() UP_RATES=() UP_NAME=${DRIVE_BED_NAME:-}
 parse_up() {
     [[ $# -ge 1 ]] || die "up: how many drives?"
     UP_N=$1
     shift
     [[ $UP_N =~ ^[1-9][0-9]*$ ]] && ((UP_N <= 64)) || die "up: N must be 1..64, not '$UP_N'"
-    local rate="" rates=""
+    local rate="" rates="" size="" sizes=""
     while [[ $# -gt 0 ]]; do
         case $1 in
         --fs) UP_FS=${2:?--fs needs a value}; shift 2 ;;
-        --size) UP_SIZE=${2:?--size needs a value}; shift 2 ;;
+        --size) size=${2:?--size needs a value}; shift 2 ;;
+        --sizes) sizes=${2:?--sizes needs a value}; shift 2 ;;
         --rate-mbps) rate=${2:?--rate-mbps needs a value}; shift 2 ;;
         --rates) rates=${2:?--rates needs a value}; shift 2 ;;
         --name) UP_NAME=${2:?--name needs a value}; shift 2 ;;
         *) die "up: unknown option '$1'" ;;
         esac
     done
-    case $UP_FS in ext4 | xfs | btrfs) ;; *) die "up: --fs must be ext4, xfs or btrfs, not '$UP_FS'" ;; esac
-    [[ $UP_SIZE =~ ^[0-9]+[KMG]?$ ]] || die "up: --size must be like 512M or 2G, not '$UP_SIZE'"
+    case $UP_FS in ext4 | xfs | btrfs | ext2) ;; *) die "up: --fs must be ext4, xfs, btrfs or ext2, not '$UP_FS'" ;; esac
+    [[ -n $size && -n $sizes ]] && die "up: give --size or --sizes, not both"
     [[ -n $rate && -n $rates ]] && die "up: give --rate-mbps or --rates, not both"
-    local i
+    local i list
+    if [[ -n $sizes ]]; then
+        IFS=, read -r -a list <<<"$sizes"
+        [[ ${#list[@]} -eq $UP_N ]] || die "up: --sizes lists ${#list[@]} sizes for $UP_N drives"
+        UP_SIZES=("${list[@]}")
+    else
+        for ((i = 0; i < UP_N; i++)); do UP_SIZES+=("${size:-2G}"); done
+    fi
+    for i in "${UP_SIZES[@]}"; do
+        [[ $i =~ ^[0-9]+[KMG]?$ ]] || die "up: a size must be like 512M or 2G, not '$i'"
+    done
     if [[ -n $rates ]]; then
         IFS=, read -r -a list <<<"$rates"
         [[ ${#list[@]} -eq $UP_N ]] || die "up: --rates lists ${#list[@]} rates for $UP_N drives"
@@ -246,13 +265,14 @@ make_bed() {
     for ((i = 0; i < UP_N; i++)); do
         f="$SHM/$name-$i.img"
         record file "$f"
-        truncate -s "$UP_SIZE" "$f"
+        truncate -s "${UP_SIZES[i]}" "$f"
         crash_point file
         dev=$(losetup --find --show "$f")
         record loop "$dev" "$f"
         crash_point loop
         case $UP_FS in
         ext4) mkfs.ext4 -q -F -E lazy_itable_init=1,lazy_journal_init=1 "$dev" ;;
+        ext2) mkfs.ext2 -q -F "$dev" ;;
         xfs) mkfs.xfs -q -f "$dev" ;;
         btrfs) mkfs.btrfs -q -f "$dev" >/dev/null ;;
         esac
@@ -269,7 +289,7 @@ make_bed() {
         fi
         crash_point throttle
         record drive "$i" "$m" "$dev" "$majmin" "${UP_RATES[i]}"
-        lines+=("drive=$i dev=$dev majmin=$majmin mount=$m file=$f fs=$UP_FS rate_bps=${UP_RATES[i]}")
+        lines+=("drive=$i dev=$dev majmin=$majmin mount=$m file=$f fs=$UP_FS rate_bps=${UP_RATES[i]} size=${UP_SIZES[i]}")
         drives+=("$m")
     done
     local joined

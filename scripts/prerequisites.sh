@@ -35,7 +35,7 @@ findutils      xargs find
 mawk           awk
 sed            sed
 grep           grep
-coreutils      basename cat chmod cp cut date dirname env head id install ln mkdir mktemp rm sort tail tee tr wc
+coreutils      basename cat chmod cp cut date dirname env head id install ln mkdir mktemp rm rmdir sleep sort tail tee tr truncate wc
 '
 # Files that are not commands: a package, then a file it installs.
 SWAPPER_APT_FILES='

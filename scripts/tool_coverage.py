@@ -235,6 +235,19 @@ def shell_commands(text, first_line=1):
             line += text.count("\n", i, j)
             i = j
             continue
+        if not word and (text.startswith("((", i) or text.startswith("[[ ", i)):
+            # An arithmetic command ((...)) (also for ((...))) or a test [[ ... ]]: operands
+            # and operators, never a command looked up on PATH.
+            if text.startswith("((", i):
+                j = _balanced(text, i + 2)
+                j = j + 1 if text.startswith(")", j) else j
+            else:
+                j = text.find("]]", i + 3)
+                j = n if j < 0 else j + 2
+            words.append(("[[", False))
+            line += text.count("\n", i, j)
+            i = j
+            continue
         if text.startswith("$((", i):
             j = _balanced(text, i + 3)
             j = _balanced(text, j) if j < n and text[j - 1] == ")" and text.startswith(")", j) else j
@@ -360,9 +373,11 @@ def _command_words(line, ws, nested):
     if i >= len(words):
         return []
     w = words[i]
-    if w == "trap" and i + 1 < len(words):
+    if w == "trap" and i + 1 < len(words) and not words[i + 1].startswith("-"):
         nested.append((line, words[i + 1].replace("\x00", "")))
         return []
+    if w == "trap":
+        return []  # trap - SIGNALS, trap -p: resets and questions, nothing run
     if w in ("bash", "sh") and "-c" in words[i + 1 :]:
         k = words.index("-c", i + 1)
         if k + 1 < len(words):

@@ -24,6 +24,9 @@
 //! claim undoes itself), so [`Bookkeeping::lock`] clears std's poison flag and the handle
 //! stays fully usable.
 //!
+//! Both swappers use it: the parameter swapper (`crate::swapper::state`) and the
+//! optimizer-state swapper (`crate::optimizer`, its entries in `optimizer/ledger.rs`).
+//!
 //! # Using it from a swapper
 //! Implement [`Ledger`] for the locked state: its `Entry` is what one claimed thing
 //! remembers (its state before the claim, what the claim took, and what became of its

@@ -172,8 +172,10 @@ fn down_recovers_after_up_is_killed_at_any_step() {
 }
 
 #[test]
-fn xfs_btrfs_and_a_rate_per_drive() {
+fn xfs_btrfs_ext2_a_rate_and_a_size_per_drive() {
     let bed = DriveBed::up(2, &["--fs", "xfs", "--size", "320M", "--rates", "100,50"]);
+    // A shut-down file system (stat fails with EIO there) is unmounted all the same.
+    bed.drives[1].fail();
     let writes = read(bed.cgroup.join("blkio.throttle.write_bps_device"));
     for (d, rate) in bed.drives.iter().zip([100_000_000u64, 50_000_000]) {
         assert_eq!(mounted_fs(&d.mount).map(|m| m.0), Some("xfs".to_string()));
@@ -200,6 +202,22 @@ fn xfs_btrfs_and_a_rate_per_drive() {
     let name = bed.name.clone();
     drop(bed);
     assert_gone(&name);
+
+    // A size per drive, and ext2 (a file system without fallocate).
+    let bed = DriveBed::up(2, &["--fs", "ext2", "--sizes", "96M,16M"]);
+    for (d, size) in bed.drives.iter().zip([96u64 << 20, 16 << 20]) {
+        assert_eq!(std::fs::metadata(&d.file).unwrap().len(), size, "{d:?}");
+        assert!(
+            matches!(
+                mounted_fs(&d.mount).map(|m| m.0).as_deref(),
+                Some("ext2" | "ext4")
+            ),
+            "{d:?}"
+        );
+    }
+    let name = bed.name.clone();
+    drop(bed);
+    assert_gone(&name);
 }
 
 #[test]
@@ -213,6 +231,9 @@ fn bad_input_is_refused_and_makes_nothing() {
         vec!["up", "2", "--rate-mbps", "fast"],
         vec!["up", "2", "--size", "lots"],
         vec!["up", "2", "--rate-mbps", "1", "--rates", "1,1"],
+        vec!["up", "2", "--sizes", "64M"],
+        vec!["up", "2", "--sizes", "64M,big"],
+        vec!["up", "2", "--size", "64M", "--sizes", "64M,64M"],
         vec!["run", "--name", "no-such-bed-memlock", "--", "true"],
         vec!["run", "--name", "x"],
         vec!["down", "--name", "../etc"],

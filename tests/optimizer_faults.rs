@@ -519,3 +519,70 @@ fn bookkeeping_answers_while_a_step_waits_for_slow_reads_and_writes() {
     );
     check_step(&o, &[0, 1], |i, _| 10.0 + i as f32);
 }
+
+/// Gradient fragments overwrite (nothing accumulates, as in DeepSpeed); a fragment may
+/// replace earlier ones it covers whole, and one overlapping another part-way is refused
+/// with both named, so every element written stays under one fragment's checksum: a
+/// flipped byte anywhere in the replaced range is found, naming the covering fragment.
+#[test]
+fn overlapping_gradient_fragments_keep_every_element_under_one_checksum() {
+    let _serial = FAULTS.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = common::disk_dir();
+    let o = opt(dir.path(), 1 << 20);
+    o.register(0, &specs(5000)).unwrap();
+    let a: Vec<f32> = (0..5000).map(|x| x as f32).collect();
+    let b: Vec<f32> = (0..5000).map(|x| -(x as f32)).collect();
+    o.swap_out_gradients(0, 2, &[(0, &a[..1000]), (1000, &a[1000..2000])])
+        .unwrap();
+    // The same fragment again (DeepSpeed's next boundary), then one covering both.
+    o.swap_out_gradients(0, 2, &[(0, &b[..1000])]).unwrap();
+    o.swap_out_gradients(0, 2, &[(0, &b[..2000])]).unwrap();
+    // Part-way: refused before anything is written, both fragments named.
+    fails(
+        o.swap_out_gradients(0, 2, &[(3000, &a[..10]), (1500, &a[..1000])]),
+        Status::InvalidArgument,
+        &[
+            "fragment 1 (1000 elements at offset 1500)",
+            "fragment of 2000 elements at offset 0 part-way",
+            "nothing of this call was written",
+        ],
+    );
+    // Inside one fragment is part-way too; overlapping one of the same call as well.
+    fails(
+        o.swap_out_gradients(0, 2, &[(10, &a[..10])]),
+        Status::InvalidArgument,
+        &["part-way"],
+    );
+    fails(
+        o.swap_out_gradients(0, 2, &[(3000, &a[..100]), (3050, &a[..100])]),
+        Status::InvalidArgument,
+        &["fragment of 100 elements at offset 3000 part-way"],
+    );
+    o.wait_gradients().unwrap();
+    o.begin_step(&[0]).unwrap();
+    let v = o.next_ready().unwrap().unwrap();
+    let grad = v.tensor(2);
+    assert_eq!(&grad[..2000], &b[..2000]);
+    assert!(
+        grad[2000..].iter().all(|&x| x == 0.0),
+        "nothing of the refused calls landed"
+    );
+    v.hand_back().unwrap();
+    o.end_step().unwrap();
+    // A byte of the first, replaced fragment's range is covered by the new one's checksum.
+    let gext = &o.tensor_locations(0, 2).unwrap()[0];
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&gext.path)
+        .unwrap();
+    f.write_at(&[0x55], gext.file_offset + 4 * 1500).unwrap();
+    f.sync_all().unwrap();
+    o.begin_step(&[0]).unwrap();
+    fails(
+        o.next_ready().map(|v| v.is_some()),
+        Status::CorruptData,
+        &["\"grad\"", "fragment of 2000 elements at element offset 0"],
+    );
+    let _ = o.end_step();
+}

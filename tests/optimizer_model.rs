@@ -32,6 +32,9 @@ impl Rng {
 struct MGroup {
     state: [Vec<f32>; 2],
     grad: Vec<f32>,
+    /// The gradient fragments written: (element offset, elements). A fragment may
+    /// overlap earlier ones only by covering them whole.
+    frags: Vec<(u64, u64)>,
 }
 
 /// A step under way in the model.
@@ -119,6 +122,7 @@ fn run(seed: u64, ops: usize) {
                         MGroup {
                             state: [vec![0.0; n], vec![0.0; n]],
                             grad: vec![0.0; n],
+                            frags: Vec::new(),
                         },
                     );
                 }
@@ -132,14 +136,23 @@ fn run(seed: u64, ops: usize) {
                 stamp += 1.0;
                 let data: Vec<f32> = (0..len).map(|k| stamp + k as f32 * 0.5).collect();
                 let r = o.swap_out_gradients(i, 2, &[(off, &data)]);
+                let end = off + len;
+                let partly = |m: &MGroup| {
+                    m.frags
+                        .iter()
+                        .any(|&(o, k)| o < end && off < o + k && !(off <= o && o + k <= end))
+                };
                 let want = match model.get(&i) {
                     None => Status::NotFound,
-                    Some(_) if off + len > n => Status::InvalidArgument,
+                    Some(_) if end > n => Status::InvalidArgument,
+                    Some(m) if partly(m) => Status::InvalidArgument,
                     Some(_) => Status::Ok,
                 };
                 assert_eq!(status(&r), want, "op {seq}: gradients of {i}: {r:?}");
                 if let (Ok(()), Some(m)) = (&r, model.get_mut(&i)) {
-                    m.grad[off as usize..(off + len) as usize].copy_from_slice(&data);
+                    m.grad[off as usize..end as usize].copy_from_slice(&data);
+                    m.frags.retain(|&(o, k)| o + k <= off || end <= o);
+                    m.frags.push((off, len));
                 }
             }
             (None, 35..=37) => {

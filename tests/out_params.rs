@@ -33,6 +33,7 @@ const CHECKED: &[&str] = &[
     "swapper_config_page_locked_bytes",
     "swapper_param_extents",
     "swapper_optimizer_create",
+    "swapper_optimizer_create_from_json",
     "swapper_optimizer_next_ready",
     "swapper_optimizer_tensor",
     "swapper_optimizer_stats",
@@ -229,6 +230,13 @@ fn out_parameters_are_neutral_after_a_failure() {
         let mut o: *mut SwapperOptimizer = junk_ptr();
         assert_eq!(swapper_optimizer_create(&ocfg, &mut o), Status::NullPointer);
         assert!(o.is_null(), "swapper_optimizer_create");
+
+        let mut o: *mut SwapperOptimizer = junk_ptr();
+        assert_eq!(
+            swapper_optimizer_create_from_json(json.as_ptr(), 0, 1, &mut o),
+            Status::InvalidArgument
+        );
+        assert!(o.is_null(), "swapper_optimizer_create_from_json");
 
         let (mut g, mut n) = (77u32, 77usize);
         assert_ne!(

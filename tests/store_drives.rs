@@ -1,15 +1,18 @@
-//! The swap store on several real drives (loop devices over files in /dev/shm, ext4 and
-//! XFS, tests/common/loop_drive.rs): every byte back across 1, 2 and 4 drives with the
-//! bytes spread by placement, a lock per drive folder, a drive that fills up or fails
-//! (EIO, a shut-down file system) in the middle — the error names the drive and the
-//! param, the other drives' params stay good — and the folder faults on every drive.
+//! The swap store on several real drives (the drive bed, scripts/drive-bed.sh: loop
+//! devices over files in /dev/shm, ext4 and XFS): every byte back across 1, 2 and 4
+//! drives with the bytes spread by placement, a lock per drive folder, placement that
+//! follows the drives' measured rates (one drive throttled to half the other's), a drive
+//! that fills up (the params go to the other drive; only when all are full does a
+//! swap-out fail, naming the drive and the param) or fails (EIO, a shut-down file system)
+//! in the middle — the error names the drive and the param, the other drives' params
+//! stay good — and the folder faults on every drive.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use common::loop_drive::{Fs, LoopDrive};
+use common::drive_bed::DriveBed;
 use swapper::{Dtype, IoConfig, ParamStatus, Settings, Status, Swapper};
 
 fn settings(paths: &[&Path], buffers: u32, numel: u64) -> Settings {
@@ -106,17 +109,41 @@ fn round_trip(drives: &[&Path]) {
 #[test]
 fn every_byte_comes_back_across_1_2_and_4_ext4_drives() {
     for n in [1usize, 2, 4] {
-        let drives: Vec<LoopDrive> = (0..n).map(|_| LoopDrive::new(Fs::Ext4, 256)).collect();
-        let paths: Vec<&Path> = drives.iter().map(|d| d.path()).collect();
-        round_trip(&paths);
+        let bed = DriveBed::up(n, &["--size", "256M"]);
+        round_trip(&bed.paths());
     }
 }
 
 #[test]
 fn every_byte_comes_back_across_2_xfs_drives() {
-    let drives: Vec<LoopDrive> = (0..2).map(|_| LoopDrive::new(Fs::Xfs, 320)).collect();
-    let paths: Vec<&Path> = drives.iter().map(|d| d.path()).collect();
-    round_trip(&paths);
+    let bed = DriveBed::up(2, &["--fs", "xfs", "--size", "320M"]);
+    round_trip(&bed.paths());
+}
+
+/// Each swap-in or swap-out checks each extent file it touches once (the store's check),
+/// not once in the swapper and again in the store.
+#[test]
+fn a_swap_checks_each_extent_file_it_touches_once() {
+    let (x, y) = (common::disk_dir(), common::disk_dir());
+    let s = Swapper::new(settings(&[x.path(), y.path()], 2, 2 << 20)).unwrap();
+    put(&s, 1, 2 << 20); // 4 MiB: split over both drives
+    put(&s, 2, 2048); // 4 KiB: whole on one
+    s.swap_out_and_release(&[1, 2], false, false).unwrap();
+    assert_eq!(s.param_locations(1).len(), 2);
+    let checks = || s.store().file_checks();
+    let before = checks();
+    // SAFETY: pool buffers only.
+    unsafe { s.swap_in(&[1], false, None) }.unwrap();
+    assert_eq!(checks() - before, 2, "one check per drive's file");
+    // SAFETY: pool buffers only.
+    unsafe { s.swap_in(&[2], false, None) }.unwrap();
+    assert_eq!(checks() - before, 3);
+    s.swap_out_and_release(&[1, 2], false, false).unwrap();
+    assert_eq!(checks() - before, 6);
+    let mut dest = vec![0u16; 2 << 20];
+    // SAFETY: `dest` holds the param's elements for the call.
+    unsafe { s.swap_into_buffer(1, swapper::sys::RawBuf(dest.as_mut_ptr().cast()), 2 << 20) }.unwrap();
+    assert_eq!(checks() - before, 8);
 }
 
 #[test]
@@ -140,17 +167,31 @@ fn each_drive_folder_is_locked_on_its_own() {
 }
 
 #[test]
-fn a_drive_that_fills_up_is_named_and_the_other_keeps_its_params() {
-    let big = LoopDrive::new(Fs::Ext4, 256);
-    let tiny = LoopDrive::new(Fs::Ext4, 16);
-    let s = Swapper::new(settings(&[big.path(), tiny.path()], 2, 1 << 19)).unwrap();
-    let tiny_folder = s.folders()[1].clone();
+fn a_full_drive_takes_no_more_and_only_when_all_are_full_is_a_swap_out_refused() {
+    let bed = DriveBed::up(2, &["--sizes", "128M,16M"]);
+    let s = Swapper::new(settings(&bed.paths(), 2, 2 << 20)).unwrap();
     let mut kept: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut split_checked = false;
     let mut failure = None;
-    for id in 0..64u64 {
-        let d = put(&s, id, 1 << 19); // 1 MiB each: whole on one drive, alternating
+    for id in 0..400u64 {
+        // 1 MiB params (whole on one drive); once the tiny drive is full, one of 4 MiB,
+        // which would otherwise be split over both drives.
+        let tiny_full = s.store().full()[1];
+        let numel = if tiny_full && !split_checked {
+            2 << 20
+        } else {
+            1 << 19
+        };
+        let d = put(&s, id, numel);
         match s.swap_out_and_release(&[id], false, false) {
-            Ok(()) => kept.push((id, d)),
+            Ok(()) => {
+                if numel == 2 << 20 {
+                    split_checked = true;
+                    let on: Vec<usize> = s.param_locations(id).iter().map(|e| e.drive).collect();
+                    assert_eq!(on, [0], "param {id} is not split onto the full drive");
+                }
+                kept.push((id, d));
+            }
             Err(e) => {
                 assert_eq!(
                     s.param_status(id).unwrap(),
@@ -163,16 +204,25 @@ fn a_drive_that_fills_up_is_named_and_the_other_keeps_its_params() {
             }
         }
     }
-    let (id, e) = failure.expect("the 16 MiB drive fills up");
+    let (id, e) = failure.expect("both drives fill up");
+    assert!(split_checked, "the tiny drive filled up first");
+    assert_eq!(s.store().full(), [true, true]);
+    let folders = s.folders();
     assert!(
         e.message().contains("No space left")
             && e.message().contains(&format!("param {id}"))
-            && e.message().contains(&*tiny_folder.to_string_lossy()),
-        "the error names the full drive and the param: {e}"
+            && folders
+                .iter()
+                .any(|f| e.message().contains(&*f.to_string_lossy())),
+        "the error names a full drive and the param: {e}"
     );
+    let on = |k: u64| s.param_locations(k)[0].drive;
+    let tiny = kept.iter().filter(|(k, _)| on(*k) == 1).count();
+    assert!(tiny >= 4, "the tiny drive took its share first: {tiny} params");
     assert!(
-        kept.iter().any(|(k, _)| s.param_locations(*k)[0].drive == 1),
-        "the tiny drive took some"
+        kept.len() as u64 > 64,
+        "the big drive took the params the tiny one could not: {} kept",
+        kept.len()
     );
     s.release(&[id]).unwrap();
     for (k, d) in &kept {
@@ -183,13 +233,94 @@ fn a_drive_that_fills_up_is_named_and_the_other_keeps_its_params() {
     }
 }
 
+/// Moves the calling thread (only) into blkio group `cgroup` (cgroup v1 `tasks`); the
+/// threads it starts afterwards are in the group too.
+fn join_blkio_group(cgroup: &Path) {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    std::fs::write(cgroup.join("tasks"), tid.to_string())
+        .unwrap_or_else(|e| panic!("join {}: {e}", cgroup.display()));
+}
+
+#[test]
+fn placement_follows_the_drives_rates_when_one_is_at_half_rate() {
+    use swapper::store::{Store, StoreConfig};
+    let bed = DriveBed::up(2, &["--size", "512M", "--rates", "100,50"]);
+    // The store's I/O threads start in the bed's group (the throttle binds I/O issued from
+    // inside it); this thread leaves it again at once.
+    join_blkio_group(&bed.cgroup);
+    let s = Store::open(StoreConfig {
+        paths: bed.paths().iter().map(|p| p.to_path_buf()).collect(),
+        folder: ["zero_stage_3", "float16params", "rank0"]
+            .map(String::from)
+            .to_vec(),
+        io: IoConfig::default(),
+    });
+    join_blkio_group(Path::new("/sys/fs/cgroup/blkio"));
+    let s = s.unwrap();
+    let mut buf = common::TestBuf::new(4 << 20, 0);
+    buf.as_mut_slice().copy_from_slice(&common::pattern(4 << 20, 3));
+    // A batch of writes, all queued before any is waited for (as a swap-out of many params
+    // is), so that each drive streams without pause.
+    let src = swapper::sys::RawBuf(buf.as_mut_slice().as_mut_ptr());
+    let write = |from: u64, to: u64| {
+        let tickets: Vec<_> = (from..to)
+            .map(|key| {
+                s.reserve(key, 4 << 20, false).unwrap();
+                // SAFETY: `buf` outlives the waits below and is only read meanwhile.
+                unsafe { s.submit(key, true, src, 0, 4 << 20, None) }.unwrap()
+            })
+            .collect();
+        for t in tickets {
+            t.wait().unwrap();
+        }
+    };
+    // Nothing is measured at first: the first tensors are split equally, the later ones
+    // of the batch by the rates measured meanwhile.
+    write(0, 48);
+    let rates = s.rates();
+    let (fast, slow) = (
+        rates[0].expect("drive 0 measured"),
+        rates[1].expect("drive 1 measured"),
+    );
+    // Bytes over busy time. The first samples run fast: the blkio throttle lets a drive
+    // that was idle start a 100 ms slice with that slice's bytes at once, and drive 0 idles
+    // while drive 1 finishes its equal half; as placement keeps both busy, the moving
+    // average settles near the throttles' ratio.
+    assert!(
+        slow / fast < 0.75,
+        "drive 1 runs at about half drive 0's rate: {rates:?}"
+    );
+    let before = s.loads();
+    write(48, 96);
+    let w = s.weights();
+    assert_eq!(w[0], 1.0, "{w:?}");
+    assert!(
+        (0.3125..=0.625).contains(&w[1]),
+        "drive 1 weighs about half: {w:?}, rates {:?}",
+        s.rates()
+    );
+    let after = s.loads();
+    let share = (after[1] - before[1]) as f64 / ((after[0] - before[0]) + (after[1] - before[1])) as f64;
+    assert!(
+        share < 0.42,
+        "the half-rate drive takes less than its equal share of new bytes: {share:.3} ({before:?} -> {after:?})"
+    );
+    // Every byte back, from both drives.
+    for key in [0u64, 50, 95] {
+        let mut got = common::TestBuf::new(4 << 20, 0);
+        s.transfer(key, false, got.as_mut_slice(), 0).unwrap();
+        assert!(got.as_slice() == buf.as_slice(), "key {key}");
+    }
+    drop(s); // its threads leave the group before the bed goes
+}
+
 #[test]
 fn a_drive_that_fails_with_eio_is_named_and_the_others_stay_readable() {
-    for fs in [Fs::Ext4, Fs::Xfs] {
-        let mib = if matches!(fs, Fs::Xfs) { 320 } else { 128 };
-        let a = LoopDrive::new(fs, mib);
-        let b = LoopDrive::new(fs, mib);
-        let s = Swapper::new(settings(&[a.path(), b.path()], 12, 4 << 20)).unwrap();
+    for (fs, size) in [("ext4", "128M"), ("xfs", "320M")] {
+        let bed = DriveBed::up(2, &["--fs", fs, "--size", size]);
+        let b = &bed.drives[1];
+        let s = Swapper::new(settings(&bed.paths(), 12, 4 << 20)).unwrap();
         let ids: Vec<u64> = (0..12).collect();
         // 10 small params spread whole over both drives, 2 large ones split across both.
         let numel = |id: u64| if id < 10 { 8192 } else { 4 << 20 };
@@ -237,6 +368,10 @@ fn a_drive_that_fails_with_eio_is_named_and_the_others_stay_readable() {
         // The good drive still takes writes.
         s.swap_out_and_release(&[only_a[0]], false, false).unwrap();
         drop(s);
+        let name = bed.name.clone();
+        drop(bed);
+        let left = common::drive_bed::leftovers(&name);
+        assert!(left.is_empty(), "{fs}: the failed drive's bed is gone: {left:?}");
     }
 }
 
@@ -302,10 +437,10 @@ fn folder_faults_on_every_drive() {
 #[test]
 fn reused_space_reserved_zeroed_reads_zeros_on_ext4_and_xfs() {
     use swapper::store::{Store, StoreConfig};
-    for (fs, mib) in [(Fs::Ext4, 64), (Fs::Xfs, 320)] {
-        let d = LoopDrive::new(fs, mib);
+    for (fs, size) in [("ext4", "64M"), ("xfs", "320M")] {
+        let bed = DriveBed::up(1, &["--fs", fs, "--size", size]);
         let s = Store::open(StoreConfig {
-            paths: vec![d.path().to_path_buf()],
+            paths: vec![bed.drives[0].path().to_path_buf()],
             folder: ["zero_stage_3", "optimizer", "rank0"].map(String::from).to_vec(),
             io: IoConfig::default(),
         })

@@ -19,6 +19,15 @@ systems that support it):
          asynchronously, then one wait
 each in three phases: new (the files are deleted before the run), overwrite (the files
 exist at full size), read.
+  params --params COUNTxSIZE,... (default 64x32M,2048x64K): the NATIVE parameter swapper
+         (python/swapper/param_swapper.py Swapper over libswapper: a pool of COUNT
+         page-locked buffers, swap_out_and_release of every param, asynchronous, then
+         wait_writes; swap_in of every param, then wait_reads) against DeepSpeed's op doing
+         what DeepSpeed's swapper does: one file per param ({id}_param.tensor.swp), every
+         param's async_pwrite (async_pread), then one wait. new: a fresh swapper on an
+         empty folder (DeepSpeed: the files deleted); overwrite: every param swapped out
+         again; read. Only the I/O calls and the wait are timed (not get_buffer, not
+         filling the buffers). The first --impl of kind ds is DeepSpeed's side.
 
 Usage (root, for dropping the page cache):
   SWAPPER_LIBRARY=$PWD/target/release/libswapper.so \\
@@ -208,6 +217,142 @@ def _worker(kind, args):
     return 0
 
 
+# ----------------------------------------------------------- the native swapper worker
+
+
+def _swapper_worker(args):
+    """The native parameter swapper's side of the params workload: one command per line
+    (open COUNT SIZE FOLDER, new / overwrite / read, quit), one JSON answer each."""
+    proto = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+
+    def answer(obj):
+        proto.write(json.dumps(obj) + "\n")
+        proto.flush()
+
+    sys.path.insert(0, os.environ.get("SWAPPER_PYTHON_PKG", PYTHON_PKG))
+    import numpy as np
+    from swapper.param_swapper import Swapper
+
+    sw, count, numel = None, 0, 0
+
+    def stamp(view, pid):
+        view.view(np.uint64)[::512] = pid  # 8 bytes of every 4 KiB: the param's id
+
+    answer({"ready": True, "huge_kib": 0})
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        op = cmd["op"]
+        if op == "quit":
+            break
+        if op == "open":
+            # A fresh swapper on an empty folder (the store empties it at open); untimed.
+            if sw is not None:
+                sw.close()
+            count, numel = cmd["count"], cmd["size"] // 2
+            sw = Swapper(
+                cmd["folder"], buffer_count=count, buffer_numel=numel, pin_memory=True,
+                block_size=args["block"], queue_depth=args["queue_depth"], thread_count=args["threads"],
+            )
+            # Random bytes in every pool buffer, so that no param is mostly zeros.
+            gen = np.random.default_rng(1234)
+            for k in range(count):
+                sw.get_buffer(2**63 + k, numel).view(np.uint8)[:] = gen.integers(
+                    0, 256, numel * 2, dtype=np.uint8)
+            sw.release([2**63 + k for k in range(count)])
+            answer({"seconds": 0.0, "cpu": 0.0})
+            continue
+        ids = list(range(count))
+        if op in ("new", "overwrite"):
+            for pid in ids:
+                view = sw.get_buffer(pid, numel)
+                if args["verify"]:
+                    stamp(view, pid)
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
+        t0 = time.perf_counter()
+        if op == "read":
+            sw.swap_in(ids, async_op=True)
+            sw.wait_reads()
+        else:
+            sw.swap_out_and_release(ids, async_op=True, force_buffer_release=True)
+            sw.wait_writes()
+        t1 = time.perf_counter()
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        reply = {"seconds": t1 - t0, "cpu": (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)}
+        if op == "read":
+            if args["verify"]:
+                reply["verified"] = all(
+                    bool((sw.param_buffer(pid).view(np.uint64)[::512] == pid).all()) for pid in ids)
+            sw.release(ids)
+        answer(reply)
+    if sw is not None:
+        sw.close()
+    return 0
+
+
+def run_params(a, specs, ds_worker, settings, impl_env):
+    """The params workload: the native swapper against DeepSpeed's op (one file per
+    param), alternating A B / B A, caches dropped as for the other workloads. Returns the
+    rows of every run."""
+    import shutil
+
+    ds_dir, sw_dir = os.path.join(a.dir, "ds-params"), os.path.join(a.dir, "sw-params")
+    os.makedirs(ds_dir, exist_ok=True)
+    os.makedirs(sw_dir, exist_ok=True)
+    sw_worker = Worker("swapper", "sw", impl_env, settings)
+    results = []
+    try:
+        for count, size in specs:
+            label = f"params {count} x {human(size)}"
+            gib = count * size / GIB
+            ds_files = [os.path.join(ds_dir, f"{i}_param.tensor.swp") for i in range(count)]
+            print(f"\n== {label} ({count * size / 1e6:.1f} MB per run): native swapper vs DeepSpeed's op, "
+                  f"one file per param")
+            sw_worker.command({"op": "open", "count": count, "size": size, "folder": sw_dir})
+            sides = [ds_worker, sw_worker]
+            for phase in ("new", "overwrite", "read"):
+                rows = {w.name: [] for w in sides}
+                for run in range(a.runs):
+                    for w in (sides if run % 2 == 0 else sides[::-1]):
+                        if w is ds_worker:
+                            if phase == "new":
+                                remove(ds_files)
+                            elif any(not os.path.exists(f) or os.path.getsize(f) < size for f in ds_files):
+                                remove(ds_files)
+                                w.run("write", ds_files, size)  # untimed: the files must exist
+                        elif phase == "new" and run > 0:
+                            w.command({"op": "open", "count": count, "size": size, "folder": sw_dir})
+                        if a.drop_caches != "none":
+                            drop_caches(a.drop_caches)
+                        if w is ds_worker:
+                            r = w.run("read" if phase == "read" else "write", ds_files, size)
+                        else:
+                            r = w.command({"op": phase})
+                        if r.get("verified") is False:
+                            raise SystemExit(f"{w.name}: {label} {phase}: the bytes read differ from those written")
+                        row = {"impl": w.name, "workload": label, "phase": phase, "run": run,
+                               "gbps": count * size / r["seconds"] / 1e9, "cpu_per_gib": r["cpu"] / gib,
+                               "seconds": r["seconds"]}
+                        rows[w.name].append(row)
+                        results.append(row)
+                        print(f"  {phase:9} run {run + 1} {w.name:>14}: {row['gbps']:6.2f} GB/s, "
+                              f"CPU {row['cpu_per_gib']:.4f} s/GiB"
+                              + ("  (param data verified)" if r.get("verified") else ""), flush=True)
+                g_ds = [x["gbps"] for x in rows[ds_worker.name]]
+                g_sw = [x["gbps"] for x in rows[sw_worker.name]]
+                pair = [x / y for x, y in zip(g_sw, g_ds)]
+                print(f"  -- {phase}: {ds_worker.name} {fmt_range(g_ds, '.2f')} GB/s, swapper "
+                      f"{fmt_range(g_sw, '.2f')} GB/s: swapper/{ds_worker.name} "
+                      f"{statistics.median(g_sw) / statistics.median(g_ds):.2f}x (per run pair "
+                      f"{fmt_range(pair, '.2f')})", flush=True)
+            remove(ds_files)
+    finally:
+        sw_worker.close()  # the swapper's lock and files go with it; then its folder
+        shutil.rmtree(sw_dir, ignore_errors=True)
+        shutil.rmtree(ds_dir, ignore_errors=True)
+    return results
+
+
 # --------------------------------------------------------------------------- parent
 
 
@@ -238,7 +383,10 @@ class Worker:
         return reply
 
     def run(self, op, files, size):
-        self.proc.stdin.write(json.dumps({"op": op, "files": files, "size": size}) + "\n")
+        return self.command({"op": op, "files": files, "size": size})
+
+    def command(self, cmd):
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
         self.proc.stdin.flush()
         return self._expect("seconds")
 
@@ -319,6 +467,8 @@ def parse_impl(text):
 
 def main():
     if len(sys.argv) >= 2 and sys.argv[1] == "--worker":
+        if sys.argv[2] == "sw":
+            return _swapper_worker(json.loads(sys.argv[3]))
         return _worker(sys.argv[2], json.loads(sys.argv[3]))
     sys.stdout.reconfigure(line_buffering=True)
     # DeepSpeed's op builds once into the folder scripts/deepspeed-test.sh uses, not into
@@ -329,7 +479,10 @@ def main():
     p.add_argument("--runs", type=int, default=5, help="runs per implementation and phase (default 5)")
     p.add_argument("--seq-size", default="1G", help="bytes of the sequential file (default 1G)")
     p.add_argument("--small", default="2048x64K,2048x8K", help="COUNTxSIZE,... of the many-files workloads")
-    p.add_argument("--workloads", default="seq,small", help="seq, small or both (default seq,small)")
+    p.add_argument("--params", default="64x32M,2048x64K",
+                   help="COUNTxSIZE,... of the native-swapper workload (default 64x32M,2048x64K)")
+    p.add_argument("--workloads", default="seq,small,params",
+                   help="any of seq, small, params (default seq,small,params)")
     p.add_argument("--phases", default="new,overwrite,read", help="default new,overwrite,read")
     p.add_argument("--block", default="1M", help="block_size of both handles (default 1M)")
     p.add_argument("--queue-depth", type=int, default=16)
@@ -365,6 +518,7 @@ def main():
 
     if a.smoke:
         a.runs, a.seq_size, a.small, a.verify, a.drop_caches = 1, "8M", "16x64K,16x8K", True, "none"
+        a.params = "4x4M,16x64K"
     impls = a.impl or [parse_impl("ds"), parse_impl("ls")]
     if len({name for name, _, _ in impls}) != len(impls):
         p.error("--impl names must differ")
@@ -374,8 +528,17 @@ def main():
         p.error("dropping the page cache needs root (or pass --drop-caches none)")
 
     workloads = []
+    param_specs = []
     for w in a.workloads.split(","):
-        if w == "seq":
+        if w == "params":
+            for spec in a.params.split(","):
+                count, _, size = spec.partition("x")
+                param_specs.append((int(count), parse_size(size)))
+            if not any(kind == "ds" for _, kind, _ in impls):
+                p.error("the params workload compares with DeepSpeed: give an --impl of kind ds")
+            if not os.environ.get("SWAPPER_LIBRARY"):
+                p.error("the params workload needs SWAPPER_LIBRARY (the native swapper's library)")
+        elif w == "seq":
             workloads.append(("seq " + human(parse_size(a.seq_size)), 1, parse_size(a.seq_size)))
         elif w == "small":
             for spec in a.small.split(","):
@@ -391,7 +554,8 @@ def main():
         "block": parse_size(a.block),
         "queue_depth": a.queue_depth,
         "threads": a.threads,
-        "buffer_bytes": max(count * size for _, count, size in workloads),
+        "buffer_bytes": max([count * size for _, count, size in workloads]
+                            + [count * size for count, size in param_specs]),
         "verify": a.verify,
         "huge_pages": a.huge_pages,
     }
@@ -480,6 +644,11 @@ def main():
                     print(line, flush=True)
             for fl in files.values():
                 remove(fl)
+        if param_specs:
+            ds_name, _, _ = next(i for i in impls if i[1] == "ds")
+            ds_worker = next(w for w in workers if w.name == ds_name)
+            ls_env = next((env for _, kind, env in impls if kind == "ls"), {})
+            results += run_params(a, param_specs, ds_worker, settings, ls_env)
         if a.json:
             with open(a.json, "w") as f:
                 json.dump(results, f, indent=1)

@@ -209,6 +209,7 @@ PROTOTYPES = {
     "swapper_live_handles": (c_uint64, []),
     "swapper_optimizer_config_default": (None, [POINTER(OptimizerConfigStruct)]),
     "swapper_optimizer_create": (c_status, [POINTER(OptimizerConfigStruct), POINTER(c_void_p)]),
+    "swapper_optimizer_create_from_json": (c_status, [c_char_p, c_uint32, c_uint64, POINTER(c_void_p)]),
     "swapper_optimizer_destroy": (None, [_p]),
     "swapper_optimizer_register": (c_status, [_p, c_uint32, POINTER(TensorSpecStruct), c_size_t]),
     "swapper_optimizer_purge": (c_status, [_p]),

@@ -11,11 +11,26 @@ through a bounded ring of page-locked memory.
 
 A visit's tensors are numpy float32 views of the ring, valid until hand_back() or
 discard(); the views are then made read-only (a view derived from them meanwhile is not:
-do not write through it afterwards). A visit left without either (an exception in the
-step) is discarded by step(): the files keep the previous step's state.
+do not write through it afterwards). `torch.from_numpy(view)` shares the memory
+(zero-copy), so a torch optimizer can step in place. A visit left without either (an
+exception in the step) is discarded by step(): the files keep the previous step's state.
+
+DeepSpeed's configuration and calls (for a replacement of its PartitionedOptimizerSwapper
+and PipelinedOptimizerSwapper):
+
+    opt = swapper.OptimizerSwapper.from_deepspeed_config(ds_config, rank, largest_numel)
+    opt.register(i, [("fp32", n), ("exp_avg", n), ("exp_avg_sq", n), ("grad", n, "gradient")])
+    opt.writeback(i, {"fp32": initial_fp32})          # initialize_parameters
+    opt.swap_out_gradients(i, "grad", [(offset, g)])  # during backward, at param offsets
+    v = opt.swap_in(i, next=i + 1)                    # swap_in_optimizer_state
+    ... step in place in v["fp32"], v["exp_avg"], ... (v["grad"] holds the gradients)
+    opt.swap_out(i)                                   # swap_out_optimizer_state (write-behind)
+    opt.release_swap_buffers(i)                       # after the last sub-group: the step ends
+    opt.purge()                                       # purge_state
 """
 
 import dataclasses
+import json
 from ctypes import byref, c_char_p, c_size_t, c_uint32, c_uint64, c_void_p
 
 import numpy as np
@@ -166,8 +181,48 @@ class OptimizerSwapper:
         _fill_io_config(cfg.io, **io_defaults)
         handle = c_void_p()
         check(self._lib.swapper_optimizer_create(byref(cfg), byref(handle)))
+        self._setup(handle)
+
+    def _setup(self, handle):
         self._handle = handle
         self._names = {}  # sub-group -> tensor names
+        self._kinds = {}  # sub-group -> tensor kinds
+        self._in_step = False
+        self._order = []  # the step's order
+        self._out = {}  # sub-group -> Visit taken by swap_in
+
+    @classmethod
+    def from_deepspeed_config(cls, config, rank=0, largest_numel=0):
+        """An optimizer swapper from a DeepSpeed configuration: JSON text, a path to a
+        JSON file, or a dict (its `aio` block and `zero_optimization.offload_optimizer`:
+        device, nvme_path (a string or a list), buffer_count, pipeline_read,
+        pipeline_write, fast_init, pin_memory). The ring is buffer_count tensors of
+        `largest_numel` float32 elements (the largest tensor of any sub-group, as
+        DeepSpeed sizes its swap buffers; 0 takes zero_optimization.sub_group_size), or
+        offload_optimizer.ring_bytes (libswapper's key) when set. See
+        swapper_optimizer_create_from_json."""
+        if isinstance(config, dict):
+            text = json.dumps(config)
+        elif isinstance(config, bytes):
+            text = config.decode()
+        elif isinstance(config, str) and config.lstrip().startswith("{"):
+            text = config
+        else:
+            with open(config, encoding="utf-8") as f:
+                text = f.read()
+        encoded = text.encode()
+        if b"\0" in encoded:
+            raise InvalidArgumentError("the DeepSpeed configuration contains a NUL character")
+        self = cls.__new__(cls)
+        self._lib = lib()
+        handle = c_void_p()
+        check(
+            self._lib.swapper_optimizer_create_from_json(
+                encoded, _uint(rank, "rank", 32), _uint(largest_numel, "largest_numel"), byref(handle)
+            )
+        )
+        self._setup(handle)
+        return self
 
     # -- lifetime
     def close(self):
@@ -212,16 +267,20 @@ class OptimizerSwapper:
         arr = (TensorSpecStruct * len(specs))(*[TensorSpecStruct(n, c, k) for n, c, k in specs])
         check(self._lib.swapper_optimizer_register(self._h(), subgroup, arr, len(specs)))
         self._names[subgroup] = names
+        self._kinds[subgroup] = [TensorKind(k) for _, _, k in specs]
 
     def purge(self):
         """Forgets every sub-group (DeepSpeed's purge_state)."""
         check(self._lib.swapper_optimizer_purge(self._h()))
         self._names = {}
+        self._kinds = {}
 
     # -- steps
     def begin_step(self, order):
         ids = [_uint(i, "sub-group", 32) for i in order]
         check(self._lib.swapper_optimizer_begin_step(self._h(), (c_uint32 * len(ids))(*ids), len(ids)))
+        self._in_step = True
+        self._order = ids
 
     def next_ready(self):
         """The next sub-group of the step once read (a Visit), or None when all were
@@ -239,7 +298,16 @@ class OptimizerSwapper:
         return Visit(self, g.value, names, tensors)
 
     def end_step(self):
-        check(self._lib.swapper_optimizer_end_step(self._h()))
+        try:
+            check(self._lib.swapper_optimizer_end_step(self._h()))
+        except BadStateError as e:
+            # Refused with sub-groups still out: the step goes on.
+            self._in_step = "still out" in str(e)
+            raise
+        except BaseException:
+            self._in_step = False
+            raise
+        self._in_step = False
 
     def step(self, order):
         """Runs a step over `order`: yields each Visit in turn (hand it back or discard
@@ -305,6 +373,91 @@ class OptimizerSwapper:
 
     def wait_gradients(self):
         check(self._lib.swapper_optimizer_wait_gradients(self._h()))
+
+    # -- DeepSpeed's optimizer-swapper calls
+    def swap_in(self, subgroup, next=None):
+        """DeepSpeed's swap_in_optimizer_state(parameter, async_parameter): the Visit of
+        sub-group `subgroup` once read. With no step under way, begins one over
+        `subgroup` and every registered sub-group after it in index order (ZeRO-3's
+        order; call begin_step(order) first for another). `next` is DeepSpeed's
+        async_parameter: the sub-groups after this one are read ahead anyway, as far as
+        the ring (buffer_count) allows. The visit stays out until swap_out(subgroup)."""
+        subgroup = _uint(subgroup, "sub-group", 32)
+        if subgroup in self._out:
+            return self._out[subgroup]
+        if not self._in_step:
+            self.begin_step([subgroup] + sorted(g for g in self._names if g > subgroup))
+        v = self.next_ready()
+        if v is None:
+            raise BadStateError(f"swap_in({subgroup}): every sub-group of the step was handed out")
+        self._out[v.subgroup] = v
+        if v.subgroup != subgroup:
+            raise BadStateError(
+                f"swap_in({subgroup}) out of the step's order: sub-group {v.subgroup} comes next "
+                "(it is out now: swap_out it); announce another order with begin_step(order)"
+            )
+        return v
+
+    def swap_out(self, subgroup):
+        """DeepSpeed's swap_out_optimizer_state(parameter): hands the visit of
+        `subgroup` back; its write-behind runs while the next sub-group steps."""
+        v = self._out.pop(_uint(subgroup, "sub-group", 32), None)
+        if v is None:
+            raise BadStateError(f"sub-group {subgroup} is not swapped in")
+        v.hand_back()
+
+    def release_swap_buffers(self, subgroup=None):
+        """DeepSpeed's release_swap_buffers(parameter), called after each sub-group's
+        swap_out: hands `subgroup` back if it is still swapped in; after the last
+        sub-group of the step's order (or with no sub-group: at once) hands back any
+        still swapped in and ends the step (waits for every write-behind; raises the
+        step's failures). Nothing when no step is under way."""
+        if subgroup is not None:
+            subgroup = _uint(subgroup, "sub-group", 32)
+            v = self._out.pop(subgroup, None)
+            if v is not None and v.open:
+                v.hand_back()
+            if self._in_step and self._order and subgroup != self._order[-1]:
+                return
+        out, self._out = self._out, {}
+        for v in out.values():
+            if v.open:
+                v.hand_back()
+        if self._in_step:
+            self.end_step()
+
+    def writeback(self, subgroup, tensors):
+        """DeepSpeed's initialize_parameters / writeback_optimizer_state_and_gradients:
+        writes whole tensors of `subgroup` outside a step. `tensors` maps tensor names to
+        arrays of the tensor's numel (others keep what they hold): state tensors through
+        a one-sub-group step, gradient tensors as one fragment each."""
+        subgroup = _uint(subgroup, "sub-group", 32)
+        if self._in_step:
+            raise BadStateError("writeback during a step: release_swap_buffers() (or end_step()) first")
+        names = self._names.get(subgroup)
+        if names is None:
+            raise KeyError(f"sub-group {subgroup} is not registered")
+        unknown = set(tensors) - set(names)
+        if unknown:
+            raise KeyError(f"sub-group {subgroup} has no tensors {sorted(unknown)}; it has {names}")
+        kinds = dict(zip(names, self._kinds[subgroup]))
+        grads = {n: a for n, a in tensors.items() if kinds[n] == TensorKind.GRADIENT}
+        state = {n: a for n, a in tensors.items() if kinds[n] != TensorKind.GRADIENT}
+        for name, arr in grads.items():
+            self.swap_out_gradients(subgroup, name, [(0, arr)])
+        if grads:
+            self.wait_gradients()
+        if state:
+            for v in self.step([subgroup]):
+                for name, arr in state.items():
+                    src = np.asarray(arr, dtype=np.float32).reshape(-1)
+                    if src.size != v[name].size:
+                        v.discard()
+                        raise InvalidArgumentError(
+                            f"sub-group {subgroup}, tensor {name!r}: {src.size} elements given, it has {v[name].size}"
+                        )
+                    v[name][:] = src
+                v.hand_back()
 
     def stats(self):
         s = OptimizerStatsStruct()

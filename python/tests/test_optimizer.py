@@ -114,3 +114,70 @@ def test_errors_name_the_sub_group_and_an_exception_discards_the_visit(tmp_path)
         opt.end_step()
     with pytest.raises(swapper.BadStateError, match="closed"):
         opt.begin_step([0])
+
+
+def test_deepspeed_config_and_calls_run_a_zero3_style_step(tmp_path):
+    """from_deepspeed_config, then DeepSpeed's calls in ZeRO-3's order: writeback
+    (initialize_parameters), swap_out_gradients at param offsets during backward,
+    swap_in(i, next) / step in place / swap_out(i), release_swap_buffers, purge."""
+    drives = [tmp_path / "d0", tmp_path / "d1"]
+    for d in drives:
+        d.mkdir()
+    cfg = {
+        "aio": {"block_size": 65536, "queue_depth": 8},
+        "zero_optimization": {
+            "offload_optimizer": {
+                "device": "nvme",
+                "nvme_path": [str(d) for d in drives],
+                "buffer_count": 8,
+                "pipeline_read": True,
+                "pipeline_write": True,
+                "fast_init": False,
+            }
+        },
+    }
+    sizes = [5000, 3001, 7000]
+    rng = np.random.default_rng(5)
+    with OptimizerSwapper.from_deepspeed_config(cfg, rank=2, largest_numel=max(sizes)) as opt:
+        # buffer_count tensors of the largest numel, each 4 KiB-aligned.
+        assert opt.stats().ring_bytes == 8 * ((7000 * 4 + 4095) // 4096 * 4096)
+        assert (drives[0] / "zero_stage_3" / "optimizer" / "rank2").is_dir()
+        mem = []
+        for i, n in enumerate(sizes):
+            opt.register(i, [("fp32", n), ("exp_avg", n), ("exp_avg_sq", n), ("grad", n, "gradient")])
+            p = rng.standard_normal(n).astype(np.float32)
+            opt.writeback(i, {"fp32": p})
+            mem.append([p.copy(), np.zeros(n, np.float32), np.zeros(n, np.float32)])
+        for step in (1, 2):
+            grads = []
+            for i, n in enumerate(sizes):
+                g = rng.standard_normal(n).astype(np.float32)
+                grads.append(g)
+                cut = n // 3  # two params' partitions, at their offsets in the sub-group
+                opt.swap_out_gradients(i, "grad", [(0, g[:cut]), (cut, g[cut:])])
+            for i in range(len(sizes)):
+                v = opt.swap_in(i, next=i + 1 if i + 1 < len(sizes) else None)
+                assert np.array_equal(v["grad"], grads[i])
+                adam(step, v["fp32"], v["exp_avg"], v["exp_avg_sq"], v["grad"])
+                adam(step, *mem[i], grads[i])
+                opt.swap_out(i)
+                # DeepSpeed calls it after every sub-group; the step ends after the last.
+                opt.release_swap_buffers(i)
+                assert opt._in_step == (i + 1 < len(sizes))
+        for v in opt.step(range(len(sizes))):
+            for k, name in enumerate(["fp32", "exp_avg", "exp_avg_sq"]):
+                assert np.array_equal(v[name], mem[v.subgroup][k]), (v.subgroup, name)
+            v.discard()
+        # Out of ZeRO-3's order: refused, naming the sub-group that comes next.
+        opt.swap_in(1)
+        with pytest.raises(swapper.BadStateError, match="sub-group 1 is not swapped in|out of the step's order"):
+            opt.swap_in(0)
+        opt.release_swap_buffers()
+        opt.purge()
+        assert opt.stats().subgroups == 0
+    with pytest.raises(swapper.InvalidArgumentError, match="device"):
+        OptimizerSwapper.from_deepspeed_config(
+            {"zero_optimization": {"offload_optimizer": {"device": "cpu", "nvme_path": str(tmp_path)}}}, largest_numel=1
+        )
+    with pytest.raises(swapper.InvalidArgumentError, match="ring's size is unknown"):
+        OptimizerSwapper.from_deepspeed_config('{"zero_optimization": {"offload_optimizer": {"nvme_path": "/x"}}}')

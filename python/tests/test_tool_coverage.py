@@ -111,3 +111,15 @@ def test_the_real_list_covers_the_clone(capsys):
     listed = tc.prerequisites(ROOT)
     assert {"cmake", "valgrind", "fio", "mpicc", "mpirun", "mkfs.xfs", "mkfs.btrfs", "readelf", "losetup"} <= listed
     assert tc.main(["tool_coverage.py", ROOT]) == 0, capsys.readouterr().out
+
+
+def test_arithmetic_tests_and_trap_resets_are_not_commands():
+    text = """
+for ((i = n - 1; i >= 0; i--)); do sleep 1; done
+((tries == 1)) && kill -TERM $pids
+[[ -n $a && -e $b ]] || truncate -s 0 f
+[[ $x =~ ^[0-9]+$ ]] && ((x <= 64)) || die "bad"
+trap - EXIT INT TERM
+trap 'rmdir "$d"' EXIT
+"""
+    assert shell_names(text) == ["die", "kill", "rmdir", "sleep", "truncate"]

@@ -76,7 +76,9 @@ pub struct SwapperConfig {
     /// Several drives: `nvme_path_count` root folders, one per drive (each as `nvme_path`
     /// says, with its own rank folder, lock and I/O queue). Params are placed across them
     /// (small ones whole on one drive, large ones split in 1 MiB units) so that each drive
-    /// carries an equal share of the bytes. NULL (the default) with a count of 0: the single
+    /// carries its share of the bytes: equal until the drives' rates are measured, then in
+    /// proportion to each drive's rate (bytes per second while it has work); a full drive
+    /// takes no new params while another has room. NULL (the default) with a count of 0: the single
     /// `nvme_path`. Borrowed during `swapper_create` only. DeepSpeed `offload_param.nvme_path`
     /// given as a list.
     pub nvme_paths: *const *const libc::c_char,

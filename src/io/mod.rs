@@ -26,6 +26,7 @@
 
 pub mod handle;
 pub mod held;
+mod meter;
 pub mod op;
 mod worker;
 
@@ -40,6 +41,8 @@ use crate::status::{Error, Result, Status};
 use crate::sys::uring::Ring;
 use crate::sys::RawBuf;
 pub use held::HeldFile;
+pub use meter::Activity;
+use meter::Meter;
 use op::Op;
 pub use op::{HeldRequest, Request};
 
@@ -53,6 +56,8 @@ pub(crate) struct Shared {
     fallback_logged: AtomicBool,
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
+    /// Bytes moved and busy time ([`IoEngine::activity`]).
+    pub(crate) meter: Meter,
     /// Set (once) when a worker panicked: the error every later call returns.
     broken: OnceLock<Error>,
     /// The process that started the workers.
@@ -286,6 +291,7 @@ impl IoEngine {
             fallback_logged: AtomicBool::new(false),
             bytes_read: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
+            meter: Meter::default(),
             broken: OnceLock::new(),
             pid: std::process::id(),
         });
@@ -462,6 +468,14 @@ impl IoEngine {
             self.shared.bytes_written.load(Ordering::Relaxed),
         )
     }
+
+    /// Bytes moved (read and written) and the time during which at least one request was
+    /// in flight, since the engine started: their quotient is the device's rate as this
+    /// engine sees it, whatever the caller's pace (see `meter.rs`).
+    pub fn activity(&self) -> Activity {
+        self.shared.meter.activity()
+    }
+
     /// Whether the engine still takes operations: the error a submit would return
     /// (closed, broken by a panicked worker, or a forked child's copy), or Ok.
     pub fn check_usable(&self) -> Result<()> {

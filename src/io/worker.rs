@@ -1,7 +1,8 @@
 //! The worker loops: one per io_uring ring, or one per blocking thread. Both run the
 //! same request life cycle ([`Active`]): start (fill the bounce buffer for a write),
 //! issue system calls until the request is whole (retrying EINTR and short transfers),
-//! finish (empty the bounce buffer for a read, count bytes, tell the operation).
+//! finish (empty the bounce buffer for a read, count bytes, tell the operation). Each
+//! request is metered from start to finish (`meter.rs`: bytes and busy time).
 //!
 //! A worker that panics does not leave its requests hanging: every [`Active`] it held
 //! finishes with `Status::Panic` when dropped unfinished (an io_uring worker first waits
@@ -210,6 +211,7 @@ impl Active {
             self.checksum();
             shared.count_bytes(self.op.write, self.chunk.len);
         }
+        shared.meter.end(self.done);
         self.reported = true;
         self.op.finish_request();
     }
@@ -225,7 +227,10 @@ fn blocking_loop(shared: &Shared, config: IoConfig) {
     let mut bounce: Option<AlignedBuf> = None;
     while let Some((op, index)) = shared.claim(true) {
         let mut active = match Active::start(Arc::clone(&op), index, &mut bounce, config.block_size) {
-            Ok(a) => a,
+            Ok(a) => {
+                shared.meter.begin();
+                a
+            }
             Err(e) => {
                 op.fail(e);
                 op.finish_request();
@@ -429,6 +434,7 @@ impl UringWorker {
             self.config.block_size,
         ) {
             Ok(a) => {
+                self.shared.meter.begin();
                 let write_checksum = a.op.write && a.op.checksum_part(&a.chunk).is_some();
                 self.slots[slot] = Some(a);
                 self.issue(slot);

@@ -2,27 +2,55 @@
 //! into a ring region and written at its offset (DeepSpeed's `swap_out_gradients`); the
 //! caller's memory is free again when the call returns. They come back with their
 //! sub-group at step time; `begin_step` waits for them first.
+//!
+//! A fragment *overwrites* the elements it covers; nothing accumulates in the swapper.
+//! That is DeepSpeed's contract too: ZeRO-3 accumulates gradients in its own partitions
+//! and, at the accumulation boundary, hands each param's fp32 gradient partition to
+//! `swap_out_gradients` at the param's offset in its sub-group; DeepSpeed writes each to
+//! a file of its own keyed by that offset (`<id>_gradient_<offset>_<length>.tensor.swp`,
+//! rewritten in place at the next boundary) and `_swap_in_gradients` reads the files back
+//! into `grad.narrow(offset, length)`. The params' ranges are disjoint, so DeepSpeed's
+//! fragments never overlap part-way: the same fragment comes again, or a new one.
+//!
+//! Hence the rule here: a fragment may overlap earlier ones (written, or in flight) only
+//! by covering each of them whole, and then replaces them; a fragment overlapping another
+//! part-way is refused (`InvalidArgument`, naming both), because the part of the older
+//! one it leaves could no longer be checked (its checksum covers bytes partly overwritten)
+//! and the swapper does not read data back to recompute it. Every element written is thus
+//! covered by exactly one fragment's checksum.
+
+use std::collections::BTreeMap;
 
 use crate::status::{Error, Result, Status};
 
+use super::ledger::Claimed;
 use super::ring::aligned;
 use super::step::GradWrite;
 use super::subgroup::{Phase, Sum, TensorKind, ELEM};
-use super::{OptimizerSwapper, State};
+use super::OptimizerSwapper;
 
-/// A ring region taken for a fragment, given back if dropped before it is recorded (a
-/// failed submission, or a panic in the copy).
-struct Region<'a> {
-    sw: &'a OptimizerSwapper,
-    start: Option<u64>,
+/// Replaces the fragments `offset..offset + numel` overlaps by it (its checksum when
+/// there is one). Fragments it overlaps part-way are the sibling chunks of a fragment
+/// that covers them (the refusal above sees to that): they are replaced as well.
+pub(crate) fn cover(
+    frags: &mut BTreeMap<u64, (u64, Option<u32>)>,
+    offset: u64,
+    numel: u64,
+    crc: Option<u32>,
+) {
+    let end = offset + numel;
+    frags.retain(|&o, &mut (n, _)| o + n <= offset || end <= o);
+    frags.insert(offset, (numel, crc));
 }
 
-impl Drop for Region<'_> {
-    fn drop(&mut self) {
-        if let (Some(start), Ok(mut st)) = (self.start, self.sw.lock()) {
-            st.arena.free(start);
-        }
-    }
+/// The first range of `ranges` that `offset..offset + numel` overlaps without covering it
+/// whole.
+fn partly_overlapped(ranges: &[(u64, u64)], offset: u64, numel: u64) -> Option<(u64, u64)> {
+    let end = offset + numel;
+    ranges
+        .iter()
+        .copied()
+        .find(|&(o, n)| o < end && offset < o + n && !(offset <= o && o + n <= end))
 }
 
 impl OptimizerSwapper {
@@ -54,16 +82,36 @@ impl OptimizerSwapper {
                     t.spec.name
                 )));
             }
+            // The ranges written so far: settled, failed, in flight.
+            let mut ranges: Vec<(u64, u64)> = match &t.sum {
+                Sum::Fragments(f) => f.iter().map(|(&o, &(n, _))| (o, n)).collect(),
+                _ => Vec::new(),
+            };
+            ranges.extend(t.bad.iter().map(|(&o, &n)| (o, n)));
+            let (key, name, numel) = (t.key, t.spec.name.clone(), t.spec.numel);
+            // Those in flight replace, in their order, what they overlap.
+            for w in st.grads.iter().filter(|w| w.index == index && w.tensor == tensor) {
+                let end = w.offset + w.numel;
+                ranges.retain(|&(o, m)| o + m <= w.offset || end <= o);
+                ranges.push((w.offset, w.numel));
+            }
             for (f, &(off, data)) in fragments.iter().enumerate() {
                 let n = data.len() as u64;
-                if n == 0 || off.checked_add(n).is_none_or(|end| end > t.spec.numel) {
+                if n == 0 || off.checked_add(n).is_none_or(|end| end > numel) {
                     return Err(Error::invalid(format!(
-                        "sub-group {index}, tensor \"{}\": fragment {f} ({n} elements at offset {off}) does not fit its {} elements",
-                        t.spec.name, t.spec.numel
+                        "sub-group {index}, tensor \"{name}\": fragment {f} ({n} elements at offset {off}) does not fit its {numel} elements"
                     )));
                 }
+                if let Some((o, m)) = partly_overlapped(&ranges, off, n) {
+                    return Err(Error::invalid(format!(
+                        "sub-group {index}, tensor \"{name}\": fragment {f} ({n} elements at offset {off}) overlaps the fragment of {m} elements at offset {o} part-way; a fragment may only overwrite earlier ones it covers whole (as DeepSpeed's, which never overlap part-way), so that every element stays covered by one checksum: nothing of this call was written"
+                    )));
+                }
+                let end = off + n;
+                ranges.retain(|&(o, m)| o + m <= off || end <= o);
+                ranges.push((off, n));
             }
-            (t.key, t.spec.name.clone())
+            (key, name)
         };
         // Chunks of at most half the ring, so that two can be in flight.
         let chunk = ((self.ring.bytes() / 2).max(4096) / ELEM - 1024).max(1);
@@ -96,9 +144,11 @@ impl OptimizerSwapper {
         let head = byte_off % 4096;
         let bytes = data.len() as u64 * ELEM;
         let need = aligned(head + bytes);
-        let start = loop {
+        let mut claim = loop {
             let oldest = {
-                let mut st = self.lock()?;
+                let mut claim = self.claim()?;
+                let (st, entries) = claim.parts();
+                st.point("swap_out_gradients", "claim");
                 // A write in flight to an overlapping range must land first: two writes of
                 // the same bytes in flight at once may land in either order.
                 let end = off + data.len() as u64;
@@ -109,17 +159,19 @@ impl OptimizerSwapper {
                         g.index == index && g.tensor == tensor && g.offset < end && off < g.offset + g.numel
                     })
                     .map(|g| g.ticket.clone());
-                if overlapping.is_none() {
-                    if let Some(r) = st.arena.alloc(need) {
-                        break r;
-                    }
+                if overlapping.is_none() && st.arena.fits(need) {
+                    st.change(|st| {
+                        let region = st.arena.alloc(need).expect("checked above");
+                        entries.push(Claimed::Fragment { region, write: None });
+                    });
+                    break claim;
                 }
                 overlapping.or_else(|| st.grads.first().map(|g| g.ticket.clone()))
             };
             match oldest {
                 Some(t) => {
                     let _ = t.wait();
-                    self.settle_gradients(false)?;
+                    self.settle_gradients(false, "swap_out_gradients")?;
                 }
                 None => {
                     return Err(Error::new(
@@ -131,14 +183,15 @@ impl OptimizerSwapper {
                 }
             }
         };
-        let mut region = Region {
-            sw: self,
-            start: Some(start),
+        let Claimed::Fragment { region: start, .. } = *claim.entry_mut(0) else {
+            unreachable!("a fragment's claim")
         };
+        claim.unlock();
         let at = self.ring.at(start + head);
-        // SAFETY: the region was just taken from the arena: nothing else uses it; `data`
-        // holds `bytes` bytes and lies outside the ring.
+        // SAFETY: the region was just taken from the arena by this claim: nothing else
+        // uses it; `data` holds `bytes` bytes and lies outside the ring.
         unsafe { crate::sys::copy(crate::sys::RawBuf(data.as_ptr() as *mut u8), at, bytes as usize) };
+        self.point("swap_out_gradients", "copied");
         let checksum = self.config.verify_checksums.then_some(bytes);
         // SAFETY: the region stays taken until the ticket is settled (wait_gradients).
         let ticket = unsafe { self.store.submit(key, true, at, byte_off, bytes, checksum) }.map_err(|e| {
@@ -147,18 +200,19 @@ impl OptimizerSwapper {
                 data.len()
             ))
         })?;
-        let mut st = self.lock()?;
-        region.start = None;
-        st.note_use();
-        st.grads.push(GradWrite {
-            index,
-            tensor,
-            offset: off,
-            numel: data.len() as u64,
-            region: start,
-            ticket,
-        });
-        Ok(())
+        if let Claimed::Fragment { write, .. } = claim.entry_mut(0) {
+            *write = Some(GradWrite {
+                index,
+                tensor,
+                offset: off,
+                numel: data.len() as u64,
+                region: start,
+                ticket,
+            });
+        }
+        self.point("swap_out_gradients", "submitted");
+        // Record: the write joins those in flight (undone, the region is freed).
+        claim.end()
     }
 
     /// Waits for every gradient fragment queued before the call and reports the failures
@@ -167,62 +221,40 @@ impl OptimizerSwapper {
     /// written again successfully.
     pub fn wait_gradients(&self) -> Result<()> {
         self.usable()?;
-        self.settle_gradients(true)?;
+        self.settle_gradients(true, "wait_gradients")?;
         let errors = std::mem::take(&mut self.lock()?.grad_errors);
         crate::status::combine(errors, "gradient writes")
     }
 
-    /// Settles finished gradient writes (all, waiting, with `block`).
-    pub(crate) fn settle_gradients(&self, block: bool) -> Result<()> {
-        let taken: Vec<GradWrite> = {
-            let mut st = self.lock()?;
+    /// Settles finished gradient writes (all, waiting, with `block`), for `call`.
+    pub(crate) fn settle_gradients(&self, block: bool, call: &'static str) -> Result<()> {
+        // 1. Claim, under the lock: the writes to settle, out of the list in flight.
+        let mut claim = self.claim()?;
+        let (st, entries) = claim.parts();
+        st.point(call, "grads-take");
+        st.change(|st| {
             let (ready, rest): (Vec<GradWrite>, Vec<GradWrite>) = std::mem::take(&mut st.grads)
                 .into_iter()
                 .partition(|g| block || g.ticket.is_finished());
             st.grads = rest;
             st.grads_settling += 1;
-            ready
+            entries.push(Claimed::Settling {
+                call,
+                taken: ready,
+                results: None,
+            });
+        });
+        claim.unlock();
+        // 2. Wait, without the lock.
+        let results: Vec<Result<Option<u32>>> = match claim.entry_mut(0) {
+            Claimed::Settling { taken, .. } => taken.iter().map(|g| g.ticket.wait()).collect(),
+            _ => Vec::new(),
         };
-        let results: Vec<Result<Option<u32>>> = taken.iter().map(|g| g.ticket.wait()).collect();
-        let mut st = self.lock()?;
-        st.grads_settling -= 1;
-        let State {
-            groups,
-            arena,
-            grad_errors,
-            ..
-        } = &mut *st;
-        for (w, r) in taken.into_iter().zip(results) {
-            arena.free(w.region);
-            let Some(t) = groups.get_mut(&w.index).and_then(|g| g.tensors.get_mut(w.tensor)) else {
-                continue;
-            };
-            let end = w.offset + w.numel;
-            match r {
-                Ok(crc) => {
-                    // A fragment written in full heals an earlier failed one it covers.
-                    t.bad.retain(|&o, &mut n| !(w.offset <= o && o + n <= end));
-                    let mut frags = match std::mem::take(&mut t.sum) {
-                        Sum::Fragments(f) => f,
-                        _ => Default::default(),
-                    };
-                    // Fragments it overlaps can no longer be checked.
-                    frags.retain(|&o, &mut (n, _)| o + n <= w.offset || end <= o);
-                    if let Some(c) = crc {
-                        frags.insert(w.offset, (w.numel, c));
-                    }
-                    t.sum = Sum::Fragments(frags);
-                }
-                Err(e) => {
-                    t.bad.insert(w.offset, w.numel);
-                    grad_errors.push(e.context(format!(
-                        "sub-group {}, tensor \"{}\": gradient fragment of {} elements at element offset {} (write it again)",
-                        w.index, t.spec.name, w.numel, w.offset
-                    )));
-                }
-            }
-            t.valid = t.bad.is_empty();
+        self.point(call, "grads-waited");
+        if let Claimed::Settling { results: r, .. } = claim.entry_mut(0) {
+            *r = Some(results);
         }
-        Ok(())
+        // 3. Record, under the lock (undone: the writes go back to the list in flight).
+        claim.end()
     }
 }

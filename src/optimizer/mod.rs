@@ -20,6 +20,9 @@
 //! - [`gradients`]: gradient fragments written during backward, through the ring.
 //! - [`params`]: a visited sub-group's new fp32 params straight to the parameter
 //!   swapper's fp16/bf16 files.
+//! - `ledger`: what each claim remembers, and how it is recorded or undone (the
+//!   optimizer's side of the shared claim guard, `crate::claim`).
+//! - [`config`]: the settings from DeepSpeed's `offload_optimizer` block.
 //!
 //! Below it: the swap store ([`crate::store`], opened with separate read and write
 //! engines per drive, so a write-behind never delays the next read), the page-lock budget
@@ -27,15 +30,23 @@
 //! ([`crate::checksum`], shared with the parameter swapper).
 //!
 //! # The lock discipline
-//! One mutex holds the bookkeeping (registry, arena, step). No call holds it across a
-//! file-system call, a submission, a wait, a copy or a conversion. Every I/O runs as
+//! One mutex holds the bookkeeping (registry, arena, step): the shared
+//! `crate::claim::Bookkeeping`, as under the parameter swapper. No call holds it across
+//! a file-system call, a submission, a wait, a copy or a conversion. Every I/O runs as
 //! *claim* (under the lock: check, move the sub-group to its new phase, take a ring
 //! region), *submit* (without the lock, through the store), *record* (under the lock:
-//! the tickets, or the failure). The claim is a guard (`step::Claim`) that records
-//! itself when dropped: a panic between claim and record leaves the sub-group with the
-//! tickets already queued and a `Panic` failure, never stuck. A panic while the lock is
-//! held poisons it, and every later call returns `Panic` (the handle is broken).
+//! the tickets, or the failure). The claim is the shared guard (`crate::claim::Claim`
+//! with the entries of `ledger`): ended or dropped by a panic, it records what was
+//! submitted and undoes what was not, so a panic at any step of claim, submit or record
+//! leaves nothing stuck (the `ledger` module's table says what each claim becomes).
 //!
+//! # What a panic leaves
+//! The poison policy is the parameter swapper's: every change of the bookkeeping runs as
+//! one transition (`State::change`); a panic in the middle of one breaks the handle
+//! (every later call returns `Panic`, destroy still works, the files written before are
+//! intact); any other panic leaves it fully usable. A test injects a panic at each step
+//! of every call that claims (`tests/optimizer_panics.rs`, through the C ABI).
+
 //! # Failures keep the last good state
 //! A failed read skips its sub-group (its files are untouched; [`OptimizerSwapper::end_step`]
 //! reports it). A failed write-behind keeps the sub-group's new data in the ring
@@ -56,7 +67,9 @@
 //! end_step()                    waits every write; every sub-group back to Idle; all failures
 //! ```
 
+pub mod config;
 pub mod gradients;
+mod ledger;
 pub mod params;
 pub mod ring;
 pub mod step;
@@ -64,13 +77,16 @@ pub mod subgroup;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard};
 
+use crate::claim::{Bookkeeping, Held};
 use crate::config::IoConfig;
 use crate::status::{Error, Result, Status};
 use crate::store::{Store, StoreConfig};
 use ring::{Arena, RingMemory};
 pub use step::Visit;
+
+/// A claim on the optimizer swapper's bookkeeping.
+pub(crate) type OptClaim<'a> = crate::claim::Claim<'a, State>;
 
 use step::{GradWrite, Step};
 use subgroup::{Phase, SubGroup};
@@ -124,6 +140,13 @@ pub(crate) struct State {
     pub grads_settling: usize,
     /// The counters of [`OptimizerStats`] kept here.
     pub counters: Counters,
+    /// Store keys of registrations a panic undid: the store forgets them at the next
+    /// register or purge (forgetting takes the store's lock, not taken inside a drop).
+    pub orphans: Vec<u64>,
+    /// A transition is running; still set after it, it was torn by a panic.
+    pub changing: bool,
+    /// The first drive's rank folder, naming this swapper's fault-injection points.
+    pub tag: String,
 }
 
 /// Counters kept under the lock.
@@ -137,6 +160,23 @@ pub(crate) struct Counters {
 }
 
 impl State {
+    /// The bookkeeping of a new swapper with a ring of `ring_bytes`; `tag` names its
+    /// fault-injection points.
+    fn new(ring_bytes: u64, tag: String) -> State {
+        State {
+            groups: BTreeMap::new(),
+            arena: Arena::new(ring_bytes),
+            step: None,
+            grads: Vec::new(),
+            grad_errors: Vec::new(),
+            grads_settling: 0,
+            counters: Counters::default(),
+            orphans: Vec::new(),
+            changing: false,
+            tag,
+        }
+    }
+
     /// Notes the ring's use and the read-ahead after a claim.
     pub fn note_use(&mut self) {
         let used = self.arena.in_use();
@@ -191,7 +231,7 @@ pub(crate) fn unknown(index: u32) -> Error {
 pub struct OptimizerSwapper {
     // Field order matters: the store (and its engines) drains before the ring is freed.
     store: Store,
-    state: Mutex<State>,
+    state: Bookkeeping<State>,
     ring: RingMemory,
     config: OptimizerSettings,
 }
@@ -227,37 +267,55 @@ impl OptimizerSwapper {
             config.read_ahead
         );
         Ok(OptimizerSwapper {
+            state: Self::bookkeeping(&store, ring.bytes()),
             store,
-            state: Mutex::new(State {
-                groups: BTreeMap::new(),
-                arena: Arena::new(ring.bytes()),
-                step: None,
-                grads: Vec::new(),
-                grad_errors: Vec::new(),
-                grads_settling: 0,
-                counters: Counters::default(),
-            }),
             ring,
             config,
         })
     }
 
-    /// The bookkeeping, locked; `Panic` once a call panicked while holding it (the handle
-    /// is then broken: every call fails the same way).
-    pub(crate) fn lock(&self) -> Result<MutexGuard<'_, State>> {
-        self.state.lock().map_err(|_| {
-            Error::new(
-                Status::Panic,
-                "an earlier call panicked while it held the optimizer swapper's bookkeeping; the handle is broken: destroy it and create a new one (the files of every sub-group written before are intact)",
-            )
-        })
+    /// The bookkeeping of a new swapper over `store`.
+    fn bookkeeping(store: &Store, ring_bytes: u64) -> Bookkeeping<State> {
+        let tag = store.folder(0).display().to_string();
+        Bookkeeping::new(
+            State::new(ring_bytes, tag.clone()),
+            format!("optimizer swapper {tag}"),
+        )
     }
 
-    /// Whether the store's engines take operations: `BadState` in a forked child (the I/O
+    /// The bookkeeping, locked; `Panic` once a panic broke it (every call then fails the
+    /// same way; the files of every sub-group written before are intact).
+    pub(crate) fn lock(&self) -> Result<Held<'_, State>> {
+        self.state.lock()
+    }
+
+    /// Opens a claim (see `ledger`), holding the lock; `Panic` once broken.
+    pub(crate) fn claim(&self) -> Result<OptClaim<'_>> {
+        self.state.claim()
+    }
+
+    /// A step of a call, where a test may inject a panic (feature `fault-injection`;
+    /// nothing otherwise): named `<rank folder>|<call>:<step>`.
+    pub(crate) fn point(&self, call: &str, step: &str) {
+        crate::sys::fault::point(|| format!("{}|{call}:{step}", self.store.folder(0).display()));
+    }
+
+    /// Whether the handle takes calls: `Panic` once a panic broke its bookkeeping; and
+    /// whether the store's engines take operations: `BadState` in a forked child (the I/O
     /// threads are the parent's), `Panic` once an engine broke, `BadState` once closed.
     /// Every call that changes state checks it first, so such a call fails at once.
     pub(crate) fn usable(&self) -> Result<()> {
+        self.state.usable()?;
         self.store.check_usable()
+    }
+
+    /// Makes the store forget the space of purged sub-groups and of registrations a
+    /// panic undid, under the bookkeeping lock (so no registration of the same keys runs
+    /// meanwhile; the store only updates its index, no file-system call).
+    fn forget_orphans(&self, st: &mut State) {
+        for key in std::mem::take(&mut st.orphans) {
+            self.store.forget(key);
+        }
     }
 
     /// The settings.
@@ -317,40 +375,46 @@ impl OptimizerSwapper {
             ));
         }
         let reserve: Vec<(u64, u64)> = group.tensors.iter().map(|t| (t.key, t.bytes())).collect();
-        {
-            let mut st = self.lock()?;
-            if st.groups.contains_key(&index) {
-                return Err(Error::bad_state(format!(
-                    "sub-group {index} is already registered"
-                )));
-            }
+        // 1. Claim, under the lock: a placeholder, so no other call takes the index.
+        let mut claim = self.claim()?;
+        let (st, entries) = claim.parts();
+        st.point("register", "claim");
+        self.forget_orphans(st);
+        if st.groups.contains_key(&index) {
+            return Err(Error::bad_state(format!(
+                "sub-group {index} is already registered"
+            )));
+        }
+        st.change(|st| {
             let mut placeholder = group;
             placeholder.phase = Phase::Registering;
             st.groups.insert(index, placeholder);
-        }
-        // Without the lock: the store creates and sizes files.
+        });
+        entries.push(ledger::Claimed::Register {
+            index,
+            keys: reserve.iter().map(|&(k, _)| k).collect(),
+            reserved: false,
+        });
+        claim.unlock();
+        // 2. Without the lock: the store creates and sizes files.
         let mut result = Ok(());
         for &(key, bytes) in &reserve {
+            self.point("register", "reserve");
             if let Err(e) = self.store.reserve(key, bytes, true) {
                 result = Err(e.context(format!("registering sub-group {index}")));
                 break;
             }
         }
-        let mut st = self.lock()?;
-        match result {
-            Ok(()) => {
-                st.group(index)?.phase = Phase::Idle;
-                Ok(())
-            }
-            Err(e) => {
-                st.groups.remove(&index);
-                drop(st);
-                for &(key, _) in &reserve {
-                    self.store.forget(key);
-                }
-                Err(e)
-            }
+        self.point("register", "reserved");
+        // 3. Record: idle, or forgotten with the space it reserved.
+        if let ledger::Claimed::Register { reserved, .. } = claim.entry_mut(0) {
+            *reserved = result.is_ok();
         }
+        claim.end()?;
+        if result.is_err() {
+            self.forget_orphans(&mut *self.lock()?);
+        }
+        result
     }
 
     /// The registered sub-groups, in index order, with their tensors.
@@ -371,9 +435,10 @@ impl OptimizerSwapper {
         if self.lock()?.step.is_some() {
             return Err(Error::bad_state("purge during a step: end the step first"));
         }
-        self.settle_gradients(true)?;
-        let keys: Vec<u64> = {
+        self.settle_gradients(true, "purge")?;
+        {
             let mut st = self.lock()?;
+            st.point("purge", "claim");
             if st.step.is_some() {
                 return Err(Error::bad_state("purge during a step: end the step first"));
             }
@@ -393,20 +458,21 @@ impl OptimizerSwapper {
                     format!("sub-group {i} is being registered ({})", g.phase.name()),
                 ));
             }
-            let groups = std::mem::take(&mut st.groups);
-            for g in groups.values() {
-                if let Some(r) = g.phase.region() {
-                    st.arena.free(r);
+            st.change(|st| {
+                let groups = std::mem::take(&mut st.groups);
+                for g in groups.values() {
+                    if let Some(r) = g.phase.region() {
+                        st.arena.free(r);
+                    }
                 }
-            }
-            st.grad_errors.clear();
-            groups
-                .values()
-                .flat_map(|g| g.tensors.iter().map(|t| t.key))
-                .collect()
-        };
-        for key in keys {
-            self.store.forget(key);
+                st.grad_errors.clear();
+                // The store forgets them below (after a panic: at the next register or
+                // purge).
+                st.orphans
+                    .extend(groups.values().flat_map(|g| g.tensors.iter().map(|t| t.key)));
+            });
+            st.point("purge", "record");
+            self.forget_orphans(&mut st);
         }
         Ok(())
     }

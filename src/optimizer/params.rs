@@ -6,28 +6,10 @@
 use crate::status::{Error, Result, Status};
 use crate::swapper::Swapper;
 
+use super::ledger::Claimed;
 use super::step::Visit;
 use super::subgroup::{Phase, ELEM};
 use super::OptimizerSwapper;
-
-/// Counts a call reading an out sub-group's region, so that it cannot be handed back
-/// (and the region reused) meanwhile; uncounted when dropped, panic or not.
-struct Reader<'a> {
-    sw: &'a OptimizerSwapper,
-    index: u32,
-}
-
-impl Drop for Reader<'_> {
-    fn drop(&mut self) {
-        if let Ok(mut st) = self.sw.lock() {
-            if let Ok(g) = st.group(self.index) {
-                if let Phase::Out { users, .. } = &mut g.phase {
-                    *users = users.saturating_sub(1);
-                }
-            }
-        }
-    }
-}
 
 impl Visit<'_> {
     /// Writes the visited sub-group's tensor `k` (its fp32 master params, after the
@@ -59,21 +41,30 @@ impl OptimizerSwapper {
                 numels.len()
             )));
         }
-        let (base, numel, name) = {
-            let mut st = self.lock()?;
-            let g = st.group(index)?;
-            let t = g.tensor(index, k)?;
-            let (offset, numel, name) = (t.offset, t.spec.numel, t.spec.name.clone());
-            let Phase::Out { region, users } = &mut g.phase else {
-                return Err(Error::bad_state(format!(
-                    "swap_out_params of sub-group {index}, which is not out with the caller (it is {})",
-                    g.phase.name()
-                )));
-            };
-            *users += 1;
-            (self.ring.at(*region + offset), numel, name)
+        // 1. Claim, under the lock: counted as a reader of the out sub-group, so that it
+        // is neither handed back nor its region reused until the claim ends.
+        let mut claim = self.claim()?;
+        let (st, entries) = claim.parts();
+        st.point("swap_out_params", "claim");
+        let g = st.group(index)?;
+        let t = g.tensor(index, k)?;
+        let (offset, numel, name) = (t.offset, t.spec.numel, t.spec.name.clone());
+        let Phase::Out { region, .. } = g.phase else {
+            return Err(Error::bad_state(format!(
+                "swap_out_params of sub-group {index}, which is not out with the caller (it is {})",
+                g.phase.name()
+            )));
         };
-        let _reader = Reader { sw: self, index };
+        st.change(|st| {
+            if let Ok(g) = st.group(index) {
+                if let Phase::Out { users, .. } = &mut g.phase {
+                    *users += 1;
+                }
+            }
+        });
+        entries.push(Claimed::Reader { index });
+        claim.unlock();
+        let base = self.ring.at(region + offset);
         let total = numels
             .iter()
             .try_fold(0u64, |a, &n| a.checked_add(n))
@@ -90,7 +81,7 @@ impl OptimizerSwapper {
         let mut at = 0u64;
         for &n in numels {
             // SAFETY: the region is out with the caller and counted as read by this call
-            // (`_reader`), so it is neither handed back nor reused until we return; the
+            // (`claim`), so it is neither handed back nor reused until we return; the
             // elements [at, at + n) lie inside the tensor (total <= numel, checked above);
             // the ring is 4096-aligned, so the floats are aligned.
             srcs.push(unsafe {
@@ -102,10 +93,14 @@ impl OptimizerSwapper {
             at += n;
         }
         debug_assert_eq!(at, total);
-        swapper.swap_out_partitioned(ids, &srcs).map_err(|e| {
+        self.point("swap_out_params", "convert");
+        let r = swapper.swap_out_partitioned(ids, &srcs).map_err(|e| {
             e.context(format!(
                 "sub-group {index}, tensor \"{name}\" to the parameter swapper"
             ))
-        })
+        });
+        // 3. Record: the reader count goes down (also when a panic unwinds through here).
+        claim.end()?;
+        r
     }
 }

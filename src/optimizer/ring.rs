@@ -136,6 +136,12 @@ impl Arena {
         Some(start)
     }
 
+    /// Whether a region of `len` bytes would be found now.
+    pub fn fits(&self, len: u64) -> bool {
+        let len = aligned(len.max(1));
+        len <= self.size && self.gaps().iter().any(|&(s, e)| e - s >= len)
+    }
+
     /// Gives back the region starting at `start`; false if there is none.
     pub fn free(&mut self, start: u64) -> bool {
         self.used.remove(&start).is_some()

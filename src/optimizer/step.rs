@@ -7,6 +7,7 @@ use crate::status::{Error, Result, Status};
 use crate::store::StoreTicket as Ticket;
 use crate::sys::RawBuf;
 
+use super::ledger::Claimed;
 use super::subgroup::{Phase, Sum, TensorKind, Tickets, ELEM};
 use super::{unknown, OptimizerSwapper, State};
 
@@ -33,68 +34,6 @@ pub(crate) struct GradWrite {
     pub numel: u64,
     pub region: u64,
     pub ticket: Ticket,
-}
-
-/// A claimed read or write of a sub-group: the tickets queued so far. Recording it (or
-/// dropping it, when a panic unwinds through the submission) stores them in the
-/// sub-group's phase under the lock; dropped unrecorded, the claim also records a `Panic`
-/// failure, so the sub-group is never left claimed with nobody to finish it.
-pub(crate) struct Claim<'a> {
-    sw: &'a OptimizerSwapper,
-    index: u32,
-    write: bool,
-    pub io: Tickets,
-    done: bool,
-}
-
-impl<'a> Claim<'a> {
-    fn new(sw: &'a OptimizerSwapper, index: u32, write: bool, serial: u64) -> Claim<'a> {
-        Claim {
-            sw,
-            index,
-            write,
-            io: Tickets::claimed(serial),
-            done: false,
-        }
-    }
-
-    /// Stores the tickets (and a failure, if any) in the sub-group's phase.
-    pub fn record(mut self) -> Result<()> {
-        self.done = true;
-        self.store()
-    }
-
-    fn store(&mut self) -> Result<()> {
-        let mut st = self.sw.lock()?;
-        let serial = self.io.serial;
-        let g = st.group(self.index)?;
-        let slot = match &mut g.phase {
-            Phase::Reading { io, .. } if !self.write && io.serial == serial => io,
-            Phase::Writing { io, .. } if self.write && io.serial == serial => io,
-            _ => return Ok(()),
-        };
-        *slot = std::mem::replace(&mut self.io, Tickets::claimed(serial));
-        slot.recorded = true;
-        Ok(())
-    }
-}
-
-impl Drop for Claim<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            self.io.failed.get_or_insert_with(|| {
-                Error::new(
-                    Status::Panic,
-                    format!(
-                        "sub-group {}: a panic interrupted the submission of its {}",
-                        self.index,
-                        if self.write { "write-behind" } else { "read" }
-                    ),
-                )
-            });
-            let _ = self.store();
-        }
-    }
 }
 
 /// A sub-group's tickets: (tensor index, ticket).
@@ -186,17 +125,21 @@ impl Visit<'_> {
         self.bufs[k].0
     }
 
-    /// Queues the write-behind of its state tensors and ends the visit.
+    /// Queues the write-behind of its state tensors and ends the visit. If the sub-group
+    /// is still out after a failure (or a panic) before its write was claimed, the visit's
+    /// drop discards it: its files keep the previous state and `end_step` reports it.
     pub fn hand_back(mut self) -> Result<()> {
-        self.handed = true;
-        self.sw.hand_back_inner(self.index)
+        let r = self.sw.hand_back_inner(self.index);
+        self.handed = r.is_ok();
+        r
     }
 
     /// Ends the visit without writing: its files keep the state they had (the caller's
     /// update is discarded); `end_step` does not count it as a failure.
     pub fn discard(mut self) -> Result<()> {
-        self.handed = true;
-        self.sw.discard_inner(self.index, None)
+        let r = self.sw.discard_inner(self.index, None);
+        self.handed = r.is_ok();
+        r
     }
 
     /// Ends the visit without freeing anything, for the C API, which hands back by index.
@@ -214,7 +157,10 @@ impl Drop for Visit<'_> {
             } else {
                 "its Visit was dropped without hand_back"
             };
-            let _ = self.sw.discard_inner(self.index, Some(why));
+            // Never a second panic out of a drop that may run during unwinding.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.sw.discard_inner(self.index, Some(why))
+            }));
         }
     }
 }
@@ -228,6 +174,7 @@ impl OptimizerSwapper {
         self.wait_gradients()?;
         {
             let mut st = self.lock()?;
+            st.point("begin_step", "claim");
             if st.step.is_some() {
                 return Err(Error::bad_state(
                     "a step is already under way: call end_step first",
@@ -251,21 +198,24 @@ impl OptimizerSwapper {
                     return Err(Error::bad_state(format!("sub-group {i} is {}", g.phase.name())));
                 }
             }
-            for &i in order {
-                let g = st.group(i)?;
-                g.phase = Phase::Planned {
-                    resident: g.phase.region(),
-                };
-            }
-            st.step = Some(Step {
-                order: order.to_vec(),
-                next: 0,
-                read: 0,
-                errors: Vec::new(),
-                serial: 1,
+            st.change(|st| {
+                for &i in order {
+                    if let Some(g) = st.groups.get_mut(&i) {
+                        g.phase = Phase::Planned {
+                            resident: g.phase.region(),
+                        };
+                    }
+                }
+                st.step = Some(Step {
+                    order: order.to_vec(),
+                    next: 0,
+                    read: 0,
+                    errors: Vec::new(),
+                    serial: 1,
+                });
             });
         }
-        self.pump()
+        self.pump("begin_step")
     }
 
     /// The next sub-group of the order, once its reads are done and checked; None when
@@ -275,41 +225,56 @@ impl OptimizerSwapper {
     pub fn next_ready(&self) -> Result<Option<Visit<'_>>> {
         self.usable()?;
         loop {
-            let taken = {
-                let mut st = self.lock()?;
-                let State { groups, step, .. } = &mut *st;
-                let step = step
-                    .as_mut()
-                    .ok_or_else(|| Error::bad_state("no step under way: call begin_step first"))?;
-                let Some(&j) = step.order.get(step.next) else {
-                    return Ok(None);
-                };
-                let g = groups.get_mut(&j).ok_or_else(|| unknown(j))?;
-                match &mut g.phase {
-                    Phase::Reading { io, taken, .. } if io.recorded && !*taken => {
-                        *taken = true;
-                        step.next += 1;
-                        Some((j, io.queued.clone(), io.serial))
-                    }
-                    _ => None,
-                }
+            // 1. Claim, under the lock: the next sub-group, once its reads are queued.
+            let mut claim = self.claim()?;
+            let (st, entries) = claim.parts();
+            st.point("next_ready", "take");
+            let State { groups, step, .. } = &mut *st;
+            let step = step
+                .as_mut()
+                .ok_or_else(|| Error::bad_state("no step under way: call begin_step first"))?;
+            let Some(&j) = step.order.get(step.next) else {
+                return Ok(None);
             };
-            let Some((j, tickets, serial)) = taken else {
-                self.make_room()?;
+            let g = groups.get_mut(&j).ok_or_else(|| unknown(j))?;
+            let ready = matches!(&g.phase, Phase::Reading { io, taken, .. } if io.recorded && !*taken);
+            if !ready {
+                drop(claim);
+                self.make_room("next_ready")?;
                 continue;
-            };
-            // Without the lock: wait for the reads and check them.
+            }
+            let (serial, tickets) = st.change(|st| {
+                let step = st.step.as_mut().expect("checked above");
+                step.next += 1;
+                let g = st.groups.get_mut(&j).expect("checked above");
+                let Phase::Reading { io, taken, .. } = &mut g.phase else {
+                    unreachable!("checked above")
+                };
+                *taken = true;
+                (io.serial, io.queued.clone())
+            });
+            entries.push(Claimed::Take {
+                index: j,
+                serial,
+                tickets: tickets.iter().map(|(_, t)| t.clone()).collect(),
+                outcome: None,
+            });
+            claim.unlock();
+            // 2. Without the lock: wait for the reads and check them.
             let started = std::time::Instant::now();
             let outcome = self.finish_read(j, &tickets);
+            self.point("next_ready", "waited");
+            if let Claimed::Take { outcome: o, .. } = claim.entry_mut(0) {
+                *o = Some(outcome.clone());
+            }
+            // 3. Record: out with the caller, or skipped with its error.
+            claim.end()?;
+            // The visit first: if what follows fails or panics, its drop discards the
+            // sub-group (the error recorded) instead of leaving it out with nobody.
+            let visit = outcome.and_then(|()| self.hand_out(j, serial));
             self.lock()?.counters.read_wait_ns += started.elapsed().as_nanos() as u64;
-            self.pump()?;
-            return match outcome {
-                Ok(()) => self.hand_out(j, serial).map(Some),
-                Err(e) => {
-                    self.skip(j, serial, e.clone())?;
-                    Err(e)
-                }
-            };
+            self.pump("next_ready")?;
+            return visit.map(Some);
         }
     }
 
@@ -380,6 +345,7 @@ impl OptimizerSwapper {
             }
             Sum::Fragments(frags) => {
                 for (&off, &(n, want)) in frags {
+                    let Some(want) = want else { continue };
                     let (s, e) = ((off * ELEM) as usize, ((off + n) * ELEM) as usize);
                     let got = data.get(s..e).map(crc32c::crc32c);
                     if got != Some(want) {
@@ -424,15 +390,14 @@ impl OptimizerSwapper {
         }
     }
 
-    /// Reading -> Out, and the visit.
-    fn hand_out(&self, j: u32, serial: u64) -> Result<Visit<'_>> {
+    /// The visit of sub-group `j`, out with the caller since `next_ready` took it.
+    fn hand_out(&self, j: u32, _serial: u64) -> Result<Visit<'_>> {
         let mut st = self.lock()?;
         let g = st.group(j)?;
         let region = match &g.phase {
-            Phase::Reading { region, io, .. } if io.serial == serial => *region,
+            Phase::Out { region, users: 0 } => *region,
             other => return Err(Error::bad_state(format!("sub-group {j} is {}", other.name()))),
         };
-        g.phase = Phase::Out { region, users: 0 };
         Ok(Visit {
             sw: self,
             index: j,
@@ -447,42 +412,12 @@ impl OptimizerSwapper {
         })
     }
 
-    /// A sub-group whose read failed: its region freed (or kept, when it holds unsaved
-    /// data), Done for this step, the error recorded.
-    fn skip(&self, j: u32, serial: u64, e: Error) -> Result<()> {
-        let mut st = self.lock()?;
-        let State {
-            groups, arena, step, ..
-        } = &mut *st;
-        let g = groups.get_mut(&j).ok_or_else(|| unknown(j))?;
-        if let Phase::Reading { region, io, .. } = &g.phase {
-            if io.serial == serial {
-                let region = *region;
-                // Data kept in memory after a failed write stays (only its gradients were read).
-                let unsaved = g
-                    .tensors
-                    .iter()
-                    .any(|t| t.spec.kind == TensorKind::State && !t.valid);
-                if unsaved {
-                    g.phase = Phase::Unsaved { region };
-                } else {
-                    arena.free(region);
-                    g.phase = Phase::Done;
-                }
-            }
-        }
-        if let Some(s) = step.as_mut() {
-            s.errors.push(e);
-        }
-        Ok(())
-    }
-
     /// When the next sub-group has no region yet: settles finished writes, waits for the
     /// oldest write when the ring is full of them, and refuses (NoBuffer) when it is held
     /// by sub-groups the caller keeps.
-    fn make_room(&self) -> Result<()> {
-        self.settle(false)?;
-        self.pump()?;
+    fn make_room(&self, call: &'static str) -> Result<()> {
+        self.settle(false, call)?;
+        self.pump(call)?;
         let (need, oldest, holders) = {
             let mut st = self.lock()?;
             let State {
@@ -540,7 +475,7 @@ impl OptimizerSwapper {
                     let _ = t.wait();
                 }
                 self.lock()?.counters.write_wait_ns += started.elapsed().as_nanos() as u64;
-                self.settle(false)
+                self.settle(false, call)
             }
             None => {
                 let (j, bytes, size, used) = need;
@@ -555,34 +490,41 @@ impl OptimizerSwapper {
         }
     }
 
-    /// Queues the reads the ring and `read_ahead` allow, in the step's order.
-    pub(crate) fn pump(&self) -> Result<()> {
+    /// Queues the reads the ring and `read_ahead` allow, in the step's order (for
+    /// `call`, which names the fault-injection points `<call>:read-claim`, ...).
+    pub(crate) fn pump(&self, call: &'static str) -> Result<()> {
         loop {
-            let claim = {
-                let mut st = self.lock()?;
+            // 1. Claim, under the lock: a region and the sub-group, Planned -> Reading.
+            let mut claim = self.claim()?;
+            let (st, entries) = claim.parts();
+            let Some(step) = st.step.as_ref() else {
+                return Ok(());
+            };
+            let Some(&j) = step.order.get(step.read) else {
+                return Ok(());
+            };
+            let ahead = self.config.read_ahead as usize;
+            if ahead > 0 && step.read - step.next >= ahead {
+                return Ok(());
+            }
+            let g = st.groups.get(&j).ok_or_else(|| unknown(j))?;
+            let Phase::Planned { resident } = g.phase else {
+                return Err(Error::bad_state(format!("sub-group {j} is {}", g.phase.name())));
+            };
+            let region_bytes = g.region_bytes;
+            if resident.is_none() && !st.arena.fits(region_bytes) {
+                return Ok(());
+            }
+            st.point(call, "read-claim");
+            let (serial, jobs, refused) = st.change(|st| {
                 let State {
                     groups, arena, step, ..
                 } = &mut *st;
-                let Some(step) = step.as_mut() else {
-                    return Ok(());
-                };
-                let Some(&j) = step.order.get(step.read) else {
-                    return Ok(());
-                };
-                let ahead = self.config.read_ahead as usize;
-                if ahead > 0 && step.read - step.next >= ahead {
-                    return Ok(());
-                }
-                let g = groups.get_mut(&j).ok_or_else(|| unknown(j))?;
-                let Phase::Planned { resident } = g.phase else {
-                    return Err(Error::bad_state(format!("sub-group {j} is {}", g.phase.name())));
-                };
+                let step = step.as_mut().expect("checked above");
+                let g = groups.get_mut(&j).expect("checked above");
                 let (region, only_gradients) = match resident {
                     Some(r) => (r, true),
-                    None => match arena.alloc(g.region_bytes) {
-                        Some(r) => (r, false),
-                        None => return Ok(()),
-                    },
+                    None => (arena.alloc(region_bytes).expect("checked above"), false),
                 };
                 let serial = step.serial;
                 step.serial += 1;
@@ -619,23 +561,60 @@ impl OptimizerSwapper {
                     taken: false,
                 };
                 st.note_use();
-                (j, serial, jobs, refused)
+                (serial, jobs, refused)
+            });
+            entries.push(Claimed::Io {
+                call,
+                index: j,
+                write: false,
+                serial,
+                queued: Vec::new(),
+                failed: refused,
+                submitted: false,
+            });
+            claim.unlock();
+            // 2. Submit, without the lock; each ticket noted in the claim.
+            self.submit_all(&mut claim, call, "read", j, &jobs, false);
+            // 3. Record, under the lock: the tickets go to the sub-group's phase.
+            claim.end()?;
+        }
+    }
+
+    /// Submits a claimed sub-group's jobs (none when the claim already failed), noting
+    /// each ticket, and the first failure, in the claim's entry 0.
+    fn submit_all(
+        &self,
+        claim: &mut super::OptClaim<'_>,
+        call: &'static str,
+        what: &str,
+        j: u32,
+        jobs: &[Job],
+        write: bool,
+    ) {
+        let Claimed::Io { failed, .. } = claim.entry_mut(0) else {
+            unreachable!("an I/O claim")
+        };
+        let skip = failed.is_some();
+        for job in jobs {
+            if skip {
+                break;
+            }
+            self.point(call, &format!("{what}-submit"));
+            let r = self.submit(j, job, write);
+            let Claimed::Io { queued, failed, .. } = claim.entry_mut(0) else {
+                unreachable!("an I/O claim")
             };
-            let (j, serial, jobs, refused) = claim;
-            let mut claim = Claim::new(self, j, false, serial);
-            claim.io.failed = refused;
-            if claim.io.failed.is_none() {
-                for job in &jobs {
-                    match self.submit(j, job, false) {
-                        Ok(t) => claim.io.queued.push((job.k, t)),
-                        Err(e) => {
-                            claim.io.failed = Some(e);
-                            break;
-                        }
-                    }
+            match r {
+                Ok(t) => queued.push((job.k, t)),
+                Err(e) => {
+                    *failed = Some(e);
+                    break;
                 }
             }
-            claim.record()?;
+            self.point(call, &format!("{what}-submitted"));
+        }
+        if let Claimed::Io { submitted, .. } = claim.entry_mut(0) {
+            *submitted = true;
         }
     }
 
@@ -698,69 +677,80 @@ impl OptimizerSwapper {
     /// Out -> Writing, the writes of its state tensors queued.
     pub(crate) fn hand_back_inner(&self, index: u32) -> Result<()> {
         self.usable()?;
-        let (serial, jobs) = {
-            let mut st = self.lock()?;
-            let State { groups, step, .. } = &mut *st;
-            let step = step.as_mut().ok_or_else(|| {
-                Error::bad_state(format!("sub-group {index} handed back with no step under way"))
-            })?;
-            let g = groups.get_mut(&index).ok_or_else(|| unknown(index))?;
-            let region = match g.phase {
-                Phase::Out { users, .. } if users > 0 => {
-                    return Err(Error::new(
-                        Status::Busy,
-                        format!("sub-group {index} is being read by swap_out_params on another thread"),
-                    ))
-                }
-                Phase::Out { region, .. } => region,
-                Phase::Done | Phase::Writing { .. } => {
-                    return Err(Error::bad_state(format!(
-                        "sub-group {index} was already handed back in this step (it is {})",
-                        g.phase.name()
-                    )))
-                }
-                ref other => {
-                    return Err(Error::bad_state(format!(
-                        "sub-group {index} is not out with the caller (it is {})",
-                        other.name()
-                    )))
-                }
-            };
-            let serial = step.serial;
-            step.serial += 1;
-            let jobs: Vec<Job> = g
-                .tensors
-                .iter()
-                .enumerate()
-                .filter(|(_, t)| t.spec.kind == TensorKind::State)
-                .map(|(k, t)| Job {
-                    k,
-                    key: t.key,
-                    at: region + t.offset,
-                    bytes: t.bytes(),
-                    name: t.spec.name.clone(),
-                })
-                .collect();
+        // 1. Claim, under the lock: Out -> Writing.
+        let mut claim = self.claim()?;
+        let (st, entries) = claim.parts();
+        st.point("hand_back", "claim");
+        let State { groups, step, .. } = &mut *st;
+        let step = step.as_ref().ok_or_else(|| {
+            Error::bad_state(format!("sub-group {index} handed back with no step under way"))
+        })?;
+        let serial = step.serial;
+        let g = groups.get(&index).ok_or_else(|| unknown(index))?;
+        let region = match g.phase {
+            Phase::Out { users, .. } if users > 0 => {
+                return Err(Error::new(
+                    Status::Busy,
+                    format!("sub-group {index} is being read by swap_out_params on another thread"),
+                ))
+            }
+            Phase::Out { region, .. } => region,
+            Phase::Done | Phase::Writing { .. } => {
+                return Err(Error::bad_state(format!(
+                    "sub-group {index} was already handed back in this step (it is {})",
+                    g.phase.name()
+                )))
+            }
+            ref other => {
+                return Err(Error::bad_state(format!(
+                    "sub-group {index} is not out with the caller (it is {})",
+                    other.name()
+                )))
+            }
+        };
+        let jobs: Vec<Job> = g
+            .tensors
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.spec.kind == TensorKind::State)
+            .map(|(k, t)| Job {
+                k,
+                key: t.key,
+                at: region + t.offset,
+                bytes: t.bytes(),
+                name: t.spec.name.clone(),
+            })
+            .collect();
+        st.change(|st| {
+            if let Some(s) = st.step.as_mut() {
+                s.serial += 1;
+            }
+            let g = st.groups.get_mut(&index).expect("checked above");
             g.phase = Phase::Writing {
                 region,
                 io: Tickets::claimed(serial),
             };
-            (serial, jobs)
+        });
+        entries.push(Claimed::Io {
+            call: "hand_back",
+            index,
+            write: true,
+            serial,
+            queued: Vec::new(),
+            failed: None,
+            submitted: false,
+        });
+        claim.unlock();
+        // 2. Submit, without the lock.
+        self.submit_all(&mut claim, "hand_back", "write", index, &jobs, true);
+        let failed = match claim.entry_mut(0) {
+            Claimed::Io { failed, .. } => failed.clone(),
+            _ => None,
         };
-        let mut claim = Claim::new(self, index, true, serial);
-        for job in &jobs {
-            match self.submit(index, job, true) {
-                Ok(t) => claim.io.queued.push((job.k, t)),
-                Err(e) => {
-                    claim.io.failed = Some(e);
-                    break;
-                }
-            }
-        }
-        let failed = claim.io.failed.clone();
-        claim.record()?;
-        self.settle(false)?;
-        self.pump()?;
+        // 3. Record, under the lock: the tickets go to the sub-group's phase.
+        claim.end()?;
+        self.settle(false, "hand_back")?;
+        self.pump("hand_back")?;
         match failed {
             // Kept in memory (Unsaved) when settled; end_step reports it too.
             Some(e) => Err(e),
@@ -771,10 +761,8 @@ impl OptimizerSwapper {
     /// Out -> Done without a write (the region freed); `why` makes it a failure of the step.
     pub(crate) fn discard_inner(&self, index: u32, why: Option<&str>) -> Result<()> {
         let mut st = self.lock()?;
-        let State {
-            groups, arena, step, ..
-        } = &mut *st;
-        let g = groups.get_mut(&index).ok_or_else(|| unknown(index))?;
+        st.point("discard", "claim");
+        let g = st.group(index)?;
         let Phase::Out { region, users } = g.phase else {
             return Err(Error::bad_state(format!(
                 "sub-group {index} is not out with the caller (it is {})",
@@ -787,31 +775,34 @@ impl OptimizerSwapper {
                 format!("sub-group {index} is being read by swap_out_params on another thread"),
             ));
         }
-        let unsaved = g
-            .tensors
-            .iter()
-            .any(|t| t.spec.kind == TensorKind::State && !t.valid);
-        if unsaved {
-            // Its only good copy is this region: keep it.
-            g.phase = Phase::Unsaved { region };
-        } else {
-            arena.free(region);
-            g.phase = Phase::Done;
-        }
-        if let (Some(why), Some(step)) = (why, step.as_mut()) {
-            step.errors.push(Error::bad_state(format!(
-                "sub-group {index}: {why}; its update is discarded and its files keep the state of the previous step"
-            )));
-        }
+        st.change(|st| {
+            let State {
+                groups, arena, step, ..
+            } = &mut *st;
+            let g = groups.get_mut(&index).expect("checked above");
+            if g.unsaved() {
+                // Its only good copy is this region: keep it.
+                g.phase = Phase::Unsaved { region };
+            } else {
+                arena.free(region);
+                g.phase = Phase::Done;
+            }
+            if let (Some(why), Some(step)) = (why, step.as_mut()) {
+                step.errors.push(Error::bad_state(format!(
+                    "sub-group {index}: {why}; its update is discarded and its files keep the state of the previous step"
+                )));
+            }
+        });
         Ok(())
     }
 
     /// Settles the writes that have finished (all of them, waiting, with `block`):
     /// Writing -> Done with the region freed and the new checksums, or, on failure,
     /// -> Unsaved with the data kept in the region and the files marked invalid.
-    pub(crate) fn settle(&self, block: bool) -> Result<()> {
+    pub(crate) fn settle(&self, block: bool, call: &'static str) -> Result<()> {
         let snapshot: Vec<(u32, u64, TensorTickets)> = {
             let st = self.lock()?;
+            st.point(call, "writes-snapshot");
             st.groups
                 .iter()
                 .filter_map(|(&i, g)| match &g.phase {
@@ -834,14 +825,25 @@ impl OptimizerSwapper {
                     .collect()
             })
             .collect();
+        self.point(call, "writes-waited");
         let mut st = self.lock()?;
+        st.change(|st| st.record_writes(snapshot, results));
+        Ok(())
+    }
+}
+
+impl State {
+    /// Records the outcome of the writes of `snapshot`: Writing -> Done with the region
+    /// freed and the new checksums, or, on failure, -> Unsaved with the data kept in the
+    /// region and the files marked invalid. Part of a transition.
+    fn record_writes(&mut self, snapshot: Vec<(u32, u64, TensorTickets)>, results: Vec<Vec<WriteOutcome>>) {
         let State {
             groups,
             arena,
             step,
             grad_errors,
             ..
-        } = &mut *st;
+        } = self;
         let mut errors = Vec::new();
         for ((index, serial, _), outcome) in snapshot.into_iter().zip(results) {
             let Some(g) = groups.get_mut(&index) else { continue };
@@ -899,9 +901,10 @@ impl OptimizerSwapper {
             Some(s) => s.errors.extend(errors),
             None => grad_errors.extend(errors),
         }
-        Ok(())
     }
+}
 
+impl OptimizerSwapper {
     /// Ends the step: waits for every write and every read still in flight; every
     /// sub-group of the step goes back to Idle (or Unsaved, its new data in memory, when
     /// its write-behind failed). Refused (`BadState`, the step continues) while sub-groups
@@ -911,6 +914,7 @@ impl OptimizerSwapper {
         self.usable()?;
         {
             let mut st = self.lock()?;
+            st.point("end_step", "check");
             let State { groups, step, .. } = &mut *st;
             let step = step
                 .as_ref()
@@ -941,7 +945,7 @@ impl OptimizerSwapper {
             }
         }
         let started = std::time::Instant::now();
-        self.settle(true)?;
+        self.settle(true, "end_step")?;
         self.lock()?.counters.write_wait_ns += started.elapsed().as_nanos() as u64;
         // Reads queued ahead and never taken: wait, then give their regions back.
         let reads: Vec<Ticket> = {
@@ -960,7 +964,22 @@ impl OptimizerSwapper {
         for t in &reads {
             let _ = t.wait();
         }
+        self.point("end_step", "waited");
         let mut st = self.lock()?;
+        st.point("end_step", "record");
+        if st.step.is_none() {
+            return Err(Error::bad_state("the step was ended by another thread"));
+        }
+        let errors = st.change(|st| st.finish_step());
+        drop(st);
+        crate::status::combine(errors, "operations of the step")
+    }
+}
+
+impl State {
+    /// Ends the step: every sub-group of it back to Idle (or Unsaved); the step's
+    /// failures. Part of a transition.
+    fn finish_step(&mut self) -> Vec<Error> {
         let State {
             groups,
             arena,
@@ -968,9 +987,9 @@ impl OptimizerSwapper {
             grad_errors,
             counters,
             ..
-        } = &mut *st;
+        } = self;
         let Some(mut step) = step.take() else {
-            return Err(Error::bad_state("the step was ended by another thread"));
+            return Vec::new();
         };
         counters.steps += 1;
         let never: Vec<String> = step.order[step.next..].iter().map(|i| i.to_string()).collect();
@@ -982,10 +1001,7 @@ impl OptimizerSwapper {
         }
         for &i in &step.order {
             let Some(g) = groups.get_mut(&i) else { continue };
-            let unsaved = g
-                .tensors
-                .iter()
-                .any(|t| t.spec.kind == TensorKind::State && !t.valid);
+            let unsaved = g.unsaved();
             g.phase = match std::mem::replace(&mut g.phase, Phase::Idle) {
                 Phase::Reading { region, .. }
                 | Phase::Planned {
@@ -1000,7 +1016,6 @@ impl OptimizerSwapper {
             };
         }
         step.errors.append(grad_errors);
-        drop(st);
-        crate::status::combine(step.errors, "operations of the step")
+        step.errors
     }
 }

@@ -52,7 +52,8 @@ impl TensorSpec {
 }
 
 /// What the bytes on disk should check to: for a state tensor the crc32c of the whole
-/// tensor (written in one piece), for a gradient one per fragment (written in pieces).
+/// tensor (written in one piece), for a gradient one per fragment (written in pieces;
+/// fragments never overlap part-way, see `gradients`, so every byte written is covered).
 #[derive(Clone, Debug, Default)]
 pub(crate) enum Sum {
     /// Never written since registration: the file system's zeros, nothing to compare.
@@ -60,8 +61,10 @@ pub(crate) enum Sum {
     Zeros,
     /// The crc32c of the whole tensor's bytes, with its parts.
     Whole(Checksum),
-    /// Fragments written: element offset -> (elements, crc32c of their bytes).
-    Fragments(BTreeMap<u64, (u64, u32)>),
+    /// Fragments written: element offset -> (elements, crc32c of their bytes when
+    /// checksums are on). Kept with checksums off too: a fragment may overlap earlier
+    /// ones only by covering each of them whole.
+    Fragments(BTreeMap<u64, (u64, Option<u32>)>),
 }
 
 /// A tensor of a registered sub-group.
@@ -235,6 +238,14 @@ impl SubGroup {
             region_bytes: offset,
             phase: Phase::Idle,
         })
+    }
+
+    /// Whether a state tensor's file holds no valid copy (a write-behind failed): the
+    /// sub-group's only good copy is then in the ring.
+    pub fn unsaved(&self) -> bool {
+        self.tensors
+            .iter()
+            .any(|t| t.spec.kind == TensorKind::State && !t.valid)
     }
 
     /// The tensor at `k`, or an error naming the sub-group.

@@ -1,14 +1,17 @@
 //! One drive of a store: its locked rank folder, its own I/O engine (its own queue and
 //! workers, so a slow drive does not hold up the others' requests) and its extent files,
-//! held open for the store's life.
+//! held open for the store's life. It also measures its rate (bytes per second of busy
+//! time, from its engine's completed requests), which the store weighs placement by.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use super::folder::RankFolder;
 use crate::config::{DirectIo, IoConfig};
-use crate::io::{HeldFile, IoEngine};
+use crate::io::{Activity, HeldFile, IoEngine};
 use crate::status::{Error, Result, Status};
 use crate::sys::file::{self, OpenError};
 
@@ -37,6 +40,41 @@ pub fn extent_name(k: usize) -> String {
     format!("extent-{k}.swp")
 }
 
+/// A rate sample needs at least this many bytes moved since the last one...
+const SAMPLE_BYTES: u64 = 16 << 20;
+/// ... and this much busy time, so that one request's latency does not make a rate.
+const SAMPLE_BUSY: Duration = Duration::from_millis(20);
+/// The weight of a new sample in the moving average.
+const EWMA_NEW: f64 = 0.25;
+
+/// A drive's measured rate: an exponentially weighted moving average of samples of
+/// bytes over busy time of its engine ([`IoEngine::activity`]), a sample taken whenever
+/// enough new activity has accumulated since the last.
+#[derive(Debug, Default)]
+pub struct RateMeter {
+    /// The activity at the last sample.
+    last: Activity,
+    /// The average, bytes per second (None before the first sample).
+    average: Option<f64>,
+}
+
+impl RateMeter {
+    /// Takes a sample if the engine did enough since the last one; the average.
+    pub fn update(&mut self, now: Activity) -> Option<f64> {
+        let bytes = now.bytes.saturating_sub(self.last.bytes);
+        let busy = now.busy.saturating_sub(self.last.busy);
+        if bytes >= SAMPLE_BYTES && busy >= SAMPLE_BUSY {
+            let sample = bytes as f64 / busy.as_secs_f64();
+            self.average = Some(match self.average {
+                Some(a) => a + EWMA_NEW * (sample - a),
+                None => sample,
+            });
+            self.last = now;
+        }
+        self.average
+    }
+}
+
 /// One drive.
 pub struct Drive {
     /// Its index in the store.
@@ -51,6 +89,10 @@ pub struct Drive {
     /// Held while one thread grows this drive's space (fallocate, a new file): not a
     /// bookkeeping lock, nobody else waits for it but another grower of this drive.
     grow: Mutex<()>,
+    /// Its measured rate (a lock of its own, never held across I/O).
+    rate: Mutex<RateMeter>,
+    /// Extent-file checks made ([`Drive::check_file`]), for tests and statistics.
+    checks: AtomicU64,
 }
 
 impl Drive {
@@ -67,6 +109,8 @@ impl Drive {
             folder,
             direct: io.direct_io,
             grow: Mutex::new(()),
+            rate: Mutex::new(RateMeter::default()),
+            checks: AtomicU64::new(0),
         })
     }
 
@@ -101,6 +145,18 @@ impl Drive {
     /// Serialises growth of this drive.
     pub fn growing(&self) -> MutexGuard<'_, ()> {
         self.grow.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The drive's measured rate in bytes per second of busy time (None until its engine
+    /// has moved enough to tell; see [`RateMeter`]).
+    pub fn rate(&self) -> Option<f64> {
+        let now = self.engine.activity();
+        self.rate.lock().unwrap_or_else(|e| e.into_inner()).update(now)
+    }
+
+    /// Extent-file checks made on this drive so far.
+    pub fn checks(&self) -> u64 {
+        self.checks.load(Ordering::Relaxed)
     }
 
     /// A short description for messages: "drive 1 (/nvme1/zero_stage_3/.../rank0)".
@@ -195,6 +251,7 @@ impl Drive {
     /// the held file still holds `capacity` bytes: `CorruptData` naming the file and what
     /// happened otherwise. Two system calls (fstatat, fstat); never under the store's lock.
     pub fn check_file(&self, file: &ExtentFile, capacity: u64) -> Result<()> {
+        self.checks.fetch_add(1, Ordering::Relaxed);
         let path = file.path();
         match self.folder.stat(&file.name) {
             Err(libc::ENOENT) => {
@@ -234,5 +291,34 @@ impl Drive {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(bytes: u64, busy_ms: u64) -> Activity {
+        Activity {
+            bytes,
+            busy: Duration::from_millis(busy_ms),
+        }
+    }
+
+    #[test]
+    fn the_rate_is_a_moving_average_of_bytes_over_busy_time_in_large_enough_samples() {
+        let mut r = RateMeter::default();
+        assert_eq!(r.update(at(0, 0)), None);
+        // Too few bytes, or too little busy time: no sample yet.
+        assert_eq!(r.update(at(SAMPLE_BYTES - 1, 1000)), None);
+        assert_eq!(r.update(at(1 << 30, 10)), None);
+        // 100 MiB in 1 s of busy time: the first sample is the average.
+        let mib = 1u64 << 20;
+        assert_eq!(r.update(at(100 * mib, 1000)), Some(100.0 * mib as f64));
+        // The next 100 MiB took 2 s: a quarter of the way towards 50 MiB/s.
+        let avg = r.update(at(200 * mib, 3000)).unwrap();
+        assert!((avg - 87.5 * mib as f64).abs() < 1.0, "{avg}");
+        // Nothing new: the average stays.
+        assert_eq!(r.update(at(200 * mib, 3000)), Some(avg));
     }
 }

@@ -24,7 +24,14 @@
 //!   the file system (FALLOC_FL_ZERO_RANGE, or a punched hole), never by writing zeros.
 //! - **Placement** ([`placement`]): small tensors whole on one drive, so that bytes per
 //!   drive follow the drives' weights; large ones split across drives in 1 MiB units.
-//!   Weights are equal unless set ([`Store::set_weights`]).
+//!   The weights follow the drives' measured rates ([`drive::RateMeter`]: bytes per
+//!   second of busy time of each drive's engine; equal until every drive is measured,
+//!   bounded, in steps: [`placement::weights_from_rates`]), unless set
+//!   ([`Store::set_weights`]). Placement at a tensor's first write decides where its
+//!   reads come from too. A drive that runs out of space (ENOSPC or EDQUOT when its
+//!   space grows) takes no new bytes until some of its space is freed; the tensor goes
+//!   to the other drives, and only when every drive is full does the reservation fail,
+//!   naming the drive and the key.
 //! - **The index**: key -> pieces in tensor order (drive, file, offset, length), in
 //!   memory, behind the store's one mutex, held only for bookkeeping: no file-system call
 //!   and no wait under it (growth takes a per-drive lock that only other growers of the
@@ -112,12 +119,17 @@ struct DriveState {
     files: Vec<Arc<ExtentFile>>,
     /// Bytes placed on the drive.
     load: u64,
+    /// Its space could not grow (ENOSPC, EDQUOT): it takes no new bytes until some of its
+    /// space is freed.
+    full: bool,
 }
 
 struct State {
     keys: HashMap<Key, Placed>,
     drives: Vec<DriveState>,
     weights: Vec<f64>,
+    /// The weights were set ([`Store::set_weights`]), not measured.
+    pinned: bool,
 }
 
 /// A piece of an operation, resolved under the lock.
@@ -195,9 +207,11 @@ impl Store {
                     space: Space::new(),
                     files: Vec::new(),
                     load: 0,
+                    full: false,
                 })
                 .collect(),
             weights: vec![1.0; drives.len()],
+            pinned: false,
         };
         Ok(Store {
             drives,
@@ -225,8 +239,9 @@ impl Store {
         self.drives[drive].engine()
     }
 
-    /// Each drive's share of new bytes (finite, >= 0; a drive of weight 0 takes new
-    /// tensors only when all weigh 0). Equal by default.
+    /// Sets each drive's share of new bytes (finite, >= 0; a drive of weight 0 takes new
+    /// tensors only when all weigh 0), instead of the shares measured from the drives'
+    /// rates (the default).
     pub fn set_weights(&self, weights: &[f64]) -> Result<()> {
         if weights.len() != self.drives.len() || weights.iter().any(|w| !w.is_finite() || *w < 0.0) {
             return Err(Error::invalid(format!(
@@ -235,8 +250,31 @@ impl Store {
                 self.drives.len()
             )));
         }
-        self.lock().weights = weights.to_vec();
+        let mut st = self.lock();
+        st.weights = weights.to_vec();
+        st.pinned = true;
         Ok(())
+    }
+
+    /// The weights the last placement used (measured, or set).
+    pub fn weights(&self) -> Vec<f64> {
+        self.lock().weights.clone()
+    }
+
+    /// Each drive's measured rate, bytes per second of busy time (None until it has moved
+    /// enough to tell).
+    pub fn rates(&self) -> Vec<Option<f64>> {
+        self.drives.iter().map(Drive::rate).collect()
+    }
+
+    /// Extent-file checks made so far, on every drive (one per file an operation touches).
+    pub fn file_checks(&self) -> u64 {
+        self.drives.iter().map(Drive::checks).sum()
+    }
+
+    /// Which drives are full (their space could not grow; see the module doc).
+    pub fn full(&self) -> Vec<bool> {
+        self.lock().drives.iter().map(|d| d.full).collect()
     }
 
     /// Bytes placed on each drive.
@@ -275,11 +313,16 @@ impl Store {
     /// with the same size keeps its place (and its bytes), unless a file it uses was found
     /// damaged; with another size it is placed afresh. With `zeroed`, a newly placed key
     /// reads back as zeros (the file system zeroes reused space; fresh space is zeros).
-    /// Grows a drive's space when needed (fallocate, or a new extent file); a drive that
-    /// cannot hold its share fails the call, naming the drive and the key (the key is then
-    /// not placed). The caller has no operation on the key in flight.
+    /// Grows a drive's space when needed (fallocate, or a new extent file). A drive whose
+    /// space cannot grow for lack of room is marked full and the key placed on the others;
+    /// any other failure to grow, or every drive full, fails the call, naming the drive
+    /// and the key (the key is then not placed). The caller has no operation on the key in
+    /// flight.
     pub fn reserve(&self, key: Key, bytes: u64, zeroed: bool) -> Result<()> {
         let want = align_up(bytes, IO_ALIGNMENT);
+        // The weights from the drives' rates, read without the store's lock (each drive's
+        // meter has its own), once a new place is needed.
+        let mut measured: Option<Vec<f64>> = None;
         loop {
             let mut st = self.lock();
             if let Some(p) = st.keys.get(&key) {
@@ -292,7 +335,24 @@ impl Store {
                 }
                 Self::unplace(&mut st, key);
             }
-            let weights = st.weights.clone();
+            // (One drive takes every byte: no weights to measure.)
+            if !st.pinned && self.drives.len() > 1 {
+                match &measured {
+                    Some(w) => st.weights.clone_from(w),
+                    None => {
+                        drop(st);
+                        measured = Some(placement::weights_from_rates(&self.rates()));
+                        continue;
+                    }
+                }
+            }
+            // Full drives take nothing (unless all are: then the growth fails, named).
+            let weights: Vec<f64> = st
+                .weights
+                .iter()
+                .zip(&st.drives)
+                .map(|(&w, d)| if d.full { 0.0 } else { w })
+                .collect();
             let loads: Vec<u64> = st.drives.iter().map(|d| d.load).collect();
             let chunks = placement::plan(want, &weights, &loads);
             let mut got: Vec<(usize, Piece)> = Vec::with_capacity(chunks.len());
@@ -316,12 +376,23 @@ impl Store {
                     st.drives[gd].space.undo(p);
                 }
                 drop(st);
-                self.grow(d, len, align).map_err(|e| {
-                    e.context(format!(
+                if let Err(e) = self.grow(d, len, align) {
+                    let st = self.lock();
+                    if st.drives[d].full && st.drives.iter().any(|x| !x.full) {
+                        drop(st);
+                        crate::log!(
+                            Warn,
+                            "{} is full ({}); key {key} goes to the other drives",
+                            self.drives[d].describe(),
+                            e.message()
+                        );
+                        continue;
+                    }
+                    return Err(e.context(format!(
                         "cannot place {want} bytes of key {key} on {}",
                         self.drives[d].describe()
-                    ))
-                })?;
+                    )));
+                }
                 continue;
             }
             let to_zero: Vec<(usize, Arc<ExtentFile>, Piece)> = got
@@ -366,12 +437,15 @@ impl Store {
                 let ds = &mut st.drives[d];
                 ds.load = ds.load.saturating_sub(pc.len);
                 ds.space.free(pc);
+                // Room again: the drive may take new bytes (its growth is tried afresh).
+                ds.full = false;
             }
         }
     }
 
     /// Makes room on drive `d` for a piece of `len` bytes aligned to `align`: extends an
-    /// extent file or creates one. File-system calls under the drive's growth lock only.
+    /// extent file or creates one; marks the drive full when the file system has no room
+    /// (ENOSPC, EDQUOT). File-system calls under the drive's growth lock only.
     fn grow(&self, d: usize, len: u64, align: u64) -> Result<()> {
         let drive = &self.drives[d];
         let _growing = drive.growing();
@@ -409,14 +483,17 @@ impl Store {
                             }
                         }
                     }
-                    r.map_err(|e| {
-                        Error::os(
+                    if let Err(e) = r {
+                        if e == libc::ENOSPC || e == libc::EDQUOT {
+                            self.lock().drives[d].full = true;
+                        }
+                        return Err(Error::os(
                             &format!("reserve {} bytes in", to - from),
                             f.path(),
                             Some(from),
                             e,
-                        )
-                    })?;
+                        ));
+                    }
                     self.lock().drives[d].space.grown(file, to);
                     return Ok(());
                 }
@@ -730,6 +807,48 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(e.status(), Status::NotFound);
+    }
+
+    #[test]
+    fn each_operation_checks_each_file_it_touches_once() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let s = store(&[a.path(), b.path()]);
+        s.reserve(1, 8 << 20, false).unwrap(); // split over both drives
+        s.reserve(2, 4096, false).unwrap(); // whole on one
+        let mut big = filled(8 << 20, 1);
+        let mut small = filled(4096, 2);
+        let before = s.file_checks();
+        s.transfer(1, true, big.as_mut_slice(), 0).unwrap();
+        assert_eq!(s.file_checks() - before, 2, "one check per drive's file");
+        s.transfer(2, true, small.as_mut_slice(), 0).unwrap();
+        s.transfer(2, false, small.as_mut_slice(), 0).unwrap();
+        s.transfer(1, false, big.as_mut_slice(), 0).unwrap();
+        assert_eq!(s.file_checks() - before, 2 + 1 + 1 + 2);
+    }
+
+    #[test]
+    fn set_weights_replace_the_measured_ones() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let s = store(&[a.path(), b.path()]);
+        // Nothing measured yet: equal.
+        assert_eq!(s.rates(), [None, None]);
+        s.reserve(1, 8 << 20, false).unwrap();
+        assert_eq!(s.weights(), [1.0, 1.0]);
+        assert_eq!(s.loads(), [4 << 20, 4 << 20]);
+        s.set_weights(&[3.0, 1.0]).unwrap();
+        s.reserve(2, 8 << 20, false).unwrap();
+        assert_eq!(s.weights(), [3.0, 1.0]);
+        assert_eq!(s.loads(), [12 << 20, 4 << 20], "drive 0 takes 3/4 of all bytes");
+        assert_eq!(
+            s.set_weights(&[1.0]).unwrap_err().status(),
+            Status::InvalidArgument
+        );
+        assert_eq!(
+            s.set_weights(&[1.0, -1.0]).unwrap_err().status(),
+            Status::InvalidArgument
+        );
     }
 
     #[test]

@@ -3,15 +3,54 @@
 //!
 //! - A small tensor goes whole to one drive: the one whose load, with the tensor added,
 //!   is lowest relative to its weight (so bytes per drive follow the weights).
-//! - A tensor of at least two [`SPLIT_UNIT`]s is cut into consecutive chunks, one per
+//! - A tensor of at least two `SPLIT_UNIT`s (1 MiB) is cut into consecutive chunks, one per
 //!   drive that gets a share, in drive order: the shares fill the drives up to a common
 //!   level of load per unit of weight ("water filling"), so on balanced drives each gets
 //!   its weight's share of the tensor, and a lagging drive catches up first. Shares are
-//!   whole [`SPLIT_UNIT`]s (the last chunk takes the tensor's remainder), so every chunk
+//!   whole `SPLIT_UNIT`s (the last chunk takes the tensor's remainder), so every chunk
 //!   starts on a 1 MiB boundary of the tensor and reads and writes of it stay large.
+//!
+//! The weights come from the drives' measured rates ([`weights_from_rates`]): bounded,
+//! in coarse steps and with a dead band, so that measurement noise on equal drives does
+//! not move bytes, and a drive twice as fast takes twice the bytes.
 
 /// The unit a tensor is split in, and the alignment of its chunks: 1 MiB.
-pub const SPLIT_UNIT: u64 = 1 << 20;
+pub(crate) const SPLIT_UNIT: u64 = 1 << 20;
+
+/// The least weight a measured drive gets (relative to the fastest's 1): even a very slow
+/// drive keeps taking a share, so its rate stays measured.
+pub(crate) const MIN_WEIGHT: f64 = 1.0 / 8.0;
+/// Weights are multiples of this step.
+pub(crate) const WEIGHT_STEP: f64 = 1.0 / 16.0;
+/// A drive at least this fraction of the fastest's rate weighs as much as the fastest.
+pub(crate) const SAME_RATE: f64 = 0.9;
+
+/// Each drive's weight from its measured rate (bytes per second of busy time; None when
+/// not measured yet). Until every drive is measured, or if a rate is not a positive
+/// number, all weigh 1. Otherwise a drive weighs its rate over the fastest drive's,
+/// counted as 1 from `SAME_RATE` (0.9) up, at least `MIN_WEIGHT` (1/8), rounded to a multiple of
+/// `WEIGHT_STEP` (1/16). A pure function: the same rates give the same weights.
+pub fn weights_from_rates(rates: &[Option<f64>]) -> Vec<f64> {
+    let measured: Option<Vec<f64>> = rates
+        .iter()
+        .map(|r| r.filter(|&r| r.is_finite() && r > 0.0))
+        .collect();
+    let Some(rates) = measured else {
+        return vec![1.0; rates.len()];
+    };
+    let fastest = rates.iter().copied().fold(0.0, f64::max);
+    rates
+        .iter()
+        .map(|&r| {
+            let w = r / fastest;
+            if w >= SAME_RATE {
+                1.0
+            } else {
+                ((w / WEIGHT_STEP).round() * WEIGHT_STEP).clamp(MIN_WEIGHT, 1.0)
+            }
+        })
+        .collect()
+}
 
 /// One chunk of a tensor: `len` bytes on drive `drive`, following the previous chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -253,6 +292,57 @@ mod tests {
                 assert_eq!(ch.len % SPLIT_UNIT, 0, "chunks start on whole units");
             }
         }
+    }
+
+    #[test]
+    fn weights_follow_measured_rates_bounded_and_in_steps() {
+        let m = 1e6;
+        // Not every drive measured yet, or a rate that is not a positive number: equal.
+        assert_eq!(weights_from_rates(&[Some(100.0 * m), None]), [1.0, 1.0]);
+        assert_eq!(weights_from_rates(&[Some(100.0 * m), Some(0.0)]), [1.0, 1.0]);
+        assert_eq!(weights_from_rates(&[Some(f64::NAN), Some(m)]), [1.0, 1.0]);
+        assert!(weights_from_rates(&[]).is_empty());
+        // One drive at half the rate of the other: half the weight.
+        assert_eq!(
+            weights_from_rates(&[Some(200.0 * m), Some(100.0 * m)]),
+            [1.0, 0.5]
+        );
+        assert_eq!(weights_from_rates(&[Some(98.0 * m), Some(203.0 * m)]), [0.5, 1.0]);
+        // Noise between equal drives (within 10%) moves nothing.
+        assert_eq!(
+            weights_from_rates(&[Some(200.0 * m), Some(185.0 * m), Some(195.0 * m)]),
+            [1.0, 1.0, 1.0]
+        );
+        // Steps of 1/16, and a floor of 1/8 for a drive that barely moves.
+        assert_eq!(
+            weights_from_rates(&[Some(160.0 * m), Some(120.0 * m)]),
+            [1.0, 0.75]
+        );
+        assert_eq!(
+            weights_from_rates(&[Some(1000.0 * m), Some(m)]),
+            [1.0, MIN_WEIGHT]
+        );
+        let w = weights_from_rates(&[Some(300.0 * m), Some(211.0 * m)]);
+        assert_eq!(w, [1.0, 0.6875]);
+    }
+
+    #[test]
+    fn a_half_rate_drive_takes_a_third_of_a_large_tensor_and_of_many_small_ones() {
+        let w = weights_from_rates(&[Some(200e6), Some(100e6)]);
+        let c = plan(1 << 30, &w, &[0, 0]);
+        assert_eq!(
+            c.iter().map(|c| c.len / MIB).collect::<Vec<_>>(),
+            [683, 341],
+            "the ideal byte split of 1 GiB is 2:1"
+        );
+        let mut loads = [0u64; 2];
+        for _ in 0..300 {
+            for c in plan(32 * MIB, &w, &loads) {
+                loads[c.drive] += c.len;
+            }
+        }
+        let share = loads[1] as f64 / (loads[0] + loads[1]) as f64;
+        assert!((share - 1.0 / 3.0).abs() < 0.01, "{loads:?}");
     }
 
     #[test]

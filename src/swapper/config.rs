@@ -108,45 +108,13 @@ impl Settings {
     /// pin_memory). Missing keys take DeepSpeed's defaults; a key of the wrong type is an
     /// error naming it; `nvme_path` is required.
     pub fn from_deepspeed_json(text: &str, rank: u32, dtype: Dtype) -> Result<Settings> {
-        let root: Value = serde_json::from_str(text)
-            .map_err(|e| Error::invalid(format!("the DeepSpeed configuration is not valid JSON: {e}")))?;
-        if !root.is_object() {
-            return Err(Error::invalid(
-                "the DeepSpeed configuration must be a JSON object",
-            ));
-        }
+        let root = parse(text)?;
         let mut c = Settings {
             rank,
             dtype,
             ..Settings::default()
         };
-        if let Some(aio) = section(&root, &["aio"])? {
-            if let Some(v) = integer(aio, "aio.block_size")? {
-                c.io.block_size = v;
-            }
-            if let Some(v) = integer(aio, "aio.queue_depth")? {
-                c.io.queue_depth = to_u32(v, "aio.queue_depth")?;
-            }
-            for key in ["aio.intra_op_parallelism", "aio.thread_count"] {
-                if let Some(v) = integer(aio, key)? {
-                    c.io.thread_count = to_u32(v, key)?;
-                }
-            }
-            if let Some(v) = boolean(aio, "aio.single_submit")? {
-                c.io.single_submit = v;
-            }
-            if let Some(v) = boolean(aio, "aio.overlap_events")? {
-                c.io.overlap_events = v;
-            }
-            if let Some(v) = boolean(aio, "aio.use_gds")? {
-                if v {
-                    return Err(Error::new(
-                        crate::Status::Unsupported,
-                        "aio.use_gds (GPUDirect Storage) is not supported by libswapper",
-                    ));
-                }
-            }
-        }
+        c.io = aio(&root, c.io)?;
         let offload = section(&root, &["zero_optimization", "offload_param"])?.ok_or_else(|| {
             Error::invalid("the configuration has no zero_optimization.offload_param section")
         })?;
@@ -167,6 +135,53 @@ impl Settings {
         c.validate()?;
         Ok(c)
     }
+}
+
+/// A DeepSpeed configuration's JSON text as an object.
+pub(crate) fn parse(text: &str) -> Result<Value> {
+    let root: Value = serde_json::from_str(text)
+        .map_err(|e| Error::invalid(format!("the DeepSpeed configuration is not valid JSON: {e}")))?;
+    if !root.is_object() {
+        return Err(Error::invalid(
+            "the DeepSpeed configuration must be a JSON object",
+        ));
+    }
+    Ok(root)
+}
+
+/// Reads DeepSpeed's `aio` block over `io`: block_size, queue_depth,
+/// intra_op_parallelism or thread_count, single_submit, overlap_events (use_gds is
+/// refused). Missing keys keep `io`'s values. Shared by the readers of `offload_param`
+/// and `offload_optimizer`.
+pub fn aio(root: &Value, mut io: IoConfig) -> Result<IoConfig> {
+    if let Some(aio) = section(root, &["aio"])? {
+        if let Some(v) = integer(aio, "aio.block_size")? {
+            io.block_size = v;
+        }
+        if let Some(v) = integer(aio, "aio.queue_depth")? {
+            io.queue_depth = to_u32(v, "aio.queue_depth")?;
+        }
+        for key in ["aio.intra_op_parallelism", "aio.thread_count"] {
+            if let Some(v) = integer(aio, key)? {
+                io.thread_count = to_u32(v, key)?;
+            }
+        }
+        if let Some(v) = boolean(aio, "aio.single_submit")? {
+            io.single_submit = v;
+        }
+        if let Some(v) = boolean(aio, "aio.overlap_events")? {
+            io.overlap_events = v;
+        }
+        if let Some(v) = boolean(aio, "aio.use_gds")? {
+            if v {
+                return Err(Error::new(
+                    crate::Status::Unsupported,
+                    "aio.use_gds (GPUDirect Storage) is not supported by libswapper",
+                ));
+            }
+        }
+    }
+    Ok(io)
 }
 
 /// Reads `<section>.nvme_path` (`dotted` names it in messages): a non-empty string, or a
@@ -195,7 +210,7 @@ pub fn nvme_paths(section: &Value, dotted: &str) -> Result<Vec<PathBuf>> {
     }
 }
 
-fn section<'a>(root: &'a Value, path: &[&str]) -> Result<Option<&'a Value>> {
+pub(crate) fn section<'a>(root: &'a Value, path: &[&str]) -> Result<Option<&'a Value>> {
     let mut v = root;
     for (i, key) in path.iter().enumerate() {
         match v.get(key) {
@@ -212,14 +227,14 @@ fn section<'a>(root: &'a Value, path: &[&str]) -> Result<Option<&'a Value>> {
     Ok(Some(v))
 }
 
-fn leaf<'a>(obj: &'a Value, dotted: &str) -> Option<&'a Value> {
+pub(crate) fn leaf<'a>(obj: &'a Value, dotted: &str) -> Option<&'a Value> {
     let key = dotted.rsplit('.').next().unwrap_or(dotted);
     obj.get(key).filter(|v| !v.is_null())
 }
 
 /// An integer key; DeepSpeed configurations often write sizes as `1e8`, so an integral
 /// float is accepted.
-fn integer(obj: &Value, dotted: &str) -> Result<Option<u64>> {
+pub(crate) fn integer(obj: &Value, dotted: &str) -> Result<Option<u64>> {
     let Some(v) = leaf(obj, dotted) else {
         return Ok(None);
     };
@@ -236,7 +251,7 @@ fn integer(obj: &Value, dotted: &str) -> Result<Option<u64>> {
     )))
 }
 
-fn boolean(obj: &Value, dotted: &str) -> Result<Option<bool>> {
+pub(crate) fn boolean(obj: &Value, dotted: &str) -> Result<Option<bool>> {
     match leaf(obj, dotted) {
         None => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),

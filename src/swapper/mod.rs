@@ -34,7 +34,7 @@
 //!    move each param to its new state and mark it `Io::Submitting`, so no other call
 //!    touches it;
 //! 2. *submit*, without the lock: zero the padding, place the param in the store (a
-//!    write) or check its backing (a read), and queue the requests ([`Store::submit`]);
+//!    write), and queue the requests ([`Store::submit`], which first checks the files);
 //! 3. *record*, under the lock: attach each ticket, or undo the claim of a param whose
 //!    submission failed (the error names exactly those; the others are queued).
 //!
@@ -80,8 +80,9 @@
 //! ```text
 //! ffi::swapper::swapper_swap_in          pointers checked, handle looked up
 //!   Swapper::swap_in_checked (swap_in)   claim: NOT_AVAILABLE -> INFLIGHT, pool buffer taken
-//!     Store::check (store)               the param's extent files are still the store's own
-//!     Store::submit (store)              the param's pieces (one per drive it is split over),
+//!     Store::submit (store)              checks the param's extent files are still the
+//!                                        store's own (once per file), then queues the
+//!                                        param's pieces (one per drive it is split over),
 //!                                        each an operation on a held extent file
 //!       IoEngine::submit_held (io)       per drive: plans block_size requests, queues them
 //!         io::worker                     a drive's worker claims requests, keeps queue_depth
@@ -312,13 +313,14 @@ impl Swapper {
         unsafe { self.store.submit(id, write, buf, 0, len, checksum_len) }
     }
 
-    /// Checks, without the lock, that param `id`'s backing in the store is still valid:
-    /// its extent files still the store's own and as long as the store made them; a
-    /// deleted, replaced or truncated file is `CorruptData` naming the param, the file and
-    /// the drive. `bytes` (what the last write stored) must be within the param's place.
-    fn check_file(&self, id: u64, bytes: u64) -> Result<()> {
+    /// Checks that param `id` has a place in the store holding the `bytes` its last write
+    /// stored: bookkeeping only (the store's lock, no file-system call). Whether the
+    /// extent files behind that place are still the store's own (not deleted, replaced or
+    /// truncated) is checked once per operation, by [`Store::submit`], which names the
+    /// param's key, the file and the drive.
+    fn check_place(&self, id: u64, bytes: u64) -> Result<()> {
         match self.store.reserved(id) {
-            Some(r) if r >= bytes => self.store.check(id),
+            Some(r) if r >= bytes => Ok(()),
             _ => Err(Error::new(
                 Status::CorruptData,
                 format!("param {id} has no place in the store holding its {bytes} bytes"),

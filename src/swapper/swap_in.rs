@@ -101,7 +101,7 @@ impl Swapper {
                 Slot::Caller(_) => c.numel * elem,
             };
             let checksum_len = c.checksum.as_ref().map(|_| c.numel * elem);
-            let r = self.check_file(*id, c.on_disk).and_then(|()| {
+            let r = self.check_place(*id, c.on_disk).and_then(|()| {
                 // SAFETY: pool buffers outlive the engine's work; caller buffers are
                 // covered by this function's contract.
                 unsafe { self.submit_file_io(*id, false, self.slot_buf(*slot), len, checksum_len) }
@@ -155,7 +155,8 @@ impl Swapper {
     fn read_into(&self, id: u64, dest: RawBuf, plan: &ReadPlan, claim: &mut ParamClaim<'_>) -> Result<()> {
         let bytes = plan.numel * self.elem as u64;
         self.step("swap_into_buffer", "submit");
-        self.check_file(id, plan.on_disk).map_err(|e| read_error(id, e))?;
+        self.check_place(id, plan.on_disk)
+            .map_err(|e| read_error(id, e))?;
         let checksum_len = plan.checksum.as_ref().map(|_| bytes);
         // SAFETY: the caller's contract; the ticket is waited for before the claim ends
         // (here, or by the claim's settle if this call panics).

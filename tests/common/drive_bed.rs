@@ -1,6 +1,8 @@
-//! The multi-drive test bed (`scripts/drive-bed.sh`) from Rust: N loop devices over
-//! files in /dev/shm, formatted and mounted, in a blkio group (throttled only if asked),
-//! under a unique name; torn down on drop. `up` takes about 0.1 s per ext4 drive.
+//! The multi-drive test bed (`scripts/drive-bed.sh`) from Rust, the one way the tests get
+//! real drives: N loop devices over files in /dev/shm, formatted (ext4, XFS, btrfs, ext2)
+//! and mounted, in a blkio group (throttled only if asked), under a unique name; torn
+//! down on drop. `up` takes about 0.1 s per ext4 drive. Needs root, util-linux and the
+//! mkfs of the file system; the script says what is missing.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -23,6 +25,32 @@ pub struct Drive {
     pub fs: String,
     /// Its read and write throttle in bytes per second (0: none).
     pub rate_bps: u64,
+}
+
+impl Drive {
+    /// The mounted drive's root folder.
+    pub fn path(&self) -> &Path {
+        &self.mount
+    }
+
+    /// Shuts the file system down (FS_IOC_SHUTDOWN, as after a device failure, without
+    /// flushing the log): from now on every read and write on it fails with EIO. `down`
+    /// still unmounts it.
+    pub fn fail(&self) {
+        let dir = std::fs::File::open(&self.mount).unwrap();
+        // _IOR('X', 125, __u32): ext4's and XFS's shutdown ioctl.
+        const FS_IOC_SHUTDOWN: libc::c_ulong = 0x8004_587d;
+        let flags: u32 = 2; // FSOP_GOING_FLAGS_NOLOGFLUSH
+                            // SAFETY: the ioctl reads one u32 from the pointer.
+        let rc = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&dir), FS_IOC_SHUTDOWN, &flags) };
+        assert_eq!(
+            rc,
+            0,
+            "shutdown ioctl on {}: {}",
+            self.mount.display(),
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 /// A bed that is up.
@@ -67,11 +95,14 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 
 impl DriveBed {
     /// Brings up `n` ext4 drives of 64 MiB, unthrottled, plus `extra` up options
-    /// (`--fs xfs`, `--size 512M`, `--rate-mbps 200`, `--rates 100,50`).
+    /// (`--fs xfs`, `--size 512M`, `--sizes 256M,16M`, `--rate-mbps 200`, `--rates 100,50`).
     pub fn up(n: usize, extra: &[&str]) -> DriveBed {
         let name = unique_name();
         let n = n.to_string();
-        let mut args = vec!["up", &n, "--size", "64M", "--name", &name];
+        let mut args = vec!["up", &n, "--name", &name];
+        if !extra.iter().any(|a| *a == "--size" || *a == "--sizes") {
+            args.extend(["--size", "64M"]);
+        }
         args.extend_from_slice(extra);
         let out = command(&args).output().expect("bash runs");
         assert!(
@@ -112,6 +143,11 @@ impl DriveBed {
             drives,
             down: false,
         }
+    }
+
+    /// The drives' root folders, in order.
+    pub fn paths(&self) -> Vec<&Path> {
+        self.drives.iter().map(Drive::path).collect()
     }
 
     /// The mount points joined by ':' (what `run` exports as SWAPPER_DRIVES).

@@ -6,8 +6,6 @@ pub mod drive_bed;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-pub mod loop_drive;
-
 /// Deterministic bytes: a xorshift stream from `seed`.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

@@ -168,6 +168,54 @@ fn swap_reports_swapper_engine_and_fio() {
 }
 
 #[test]
+fn swap_spreads_over_several_drives_and_measures_new_overwritten_and_read_params() {
+    let (a, b) = (bench_dir(), bench_dir());
+    let dirs = format!("{}:{}", a.path().display(), b.path().display());
+    for extra in [
+        // Many small params, the many-small-file workload (--param-bytes is --param-size).
+        &["--params", "64", "--param-bytes", "64K", "--buffers", "4"][..],
+        // One large tensor, split over the drives.
+        &[
+            "--params",
+            "1",
+            "--param-size",
+            "8MiB",
+            "--buffers",
+            "1",
+            "--prefetch",
+            "0",
+        ][..],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_swapper-bench"))
+            .args(["swap", "--dirs", &dirs, "--runs", "1", "--json"])
+            .args(extra)
+            .output()
+            .expect("swapper-bench runs");
+        assert!(
+            out.status.success(),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        check_side(&v, "swapper");
+        let new = &v["results"]["swapper"]["new"];
+        assert!(new["mib_s"]["median"].as_f64().unwrap() > 0.0, "{v}");
+        let folders = v["settings"]["folders"].as_array().unwrap();
+        assert_eq!(folders.len(), 2, "{v}");
+        assert!(v["swapper_stats"]["bytes_written"].as_u64().unwrap() > 0);
+        assert_empty(a.path());
+        assert_empty(b.path());
+    }
+    // The engine and fio compare one drive.
+    let out = Command::new(env!("CARGO_BIN_EXE_swapper-bench"))
+        .args(["swap", "--dirs", &dirs, "--vs-engine"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("one --dir"));
+}
+
+#[test]
 fn swap_checksum_cost_pairs_both_modes() {
     let dir = bench_dir();
     let v = run_cmd(
@@ -320,5 +368,140 @@ fn optimizer_mode_steps_every_sub_group_and_reports_the_update_phase() {
     assert!(locked == 0 || locked == 8 << 20, "{v}");
     assert!(v["ring_peak_bytes"].as_u64().unwrap() <= 8 << 20, "{v}");
     assert!(v["read_ahead_peak"].as_u64().unwrap() >= 1, "{v}");
+    assert_empty(dir.path());
+}
+
+/// tools/drives_bench.sh --smoke: the item-3 matrix's tooling on tiny unthrottled beds
+/// (figures meaningless): a summary line per configuration, workload and op with the
+/// ratio each target is about, the raw JSON kept, every bed torn down.
+#[test]
+fn drives_bench_smoke_runs_the_matrix_and_leaves_no_bed() {
+    let out_dir = bench_dir();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("drives_bench.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .args(["--smoke", "--bench", env!("CARGO_BIN_EXE_swapper-bench"), "--out"])
+        .arg(out_dir.path())
+        .output()
+        .expect("bash runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for config in ["ext4-1", "ext4-2", "ext4-2half"] {
+        for workload in ["many", "big"] {
+            for op in ["new", "write", "read"] {
+                let line = stdout
+                    .lines()
+                    .find(|l| {
+                        let f: Vec<&str> = l.split_whitespace().collect();
+                        f.len() > 3 && f[0] == config && f[1] == workload && f[2] == op
+                    })
+                    .unwrap_or_else(|| panic!("no {config} {workload} {op} line in {stdout}"));
+                let mib_s: f64 = line.split_whitespace().nth(3).unwrap().parse().unwrap();
+                assert!(mib_s > 0.0, "{line}");
+                match config {
+                    "ext4-2" => assert!(line.contains("of 2 x one drive"), "{line}"),
+                    "ext4-2half" => assert!(line.contains("of the ideal split"), "{line}"),
+                    _ => {}
+                }
+            }
+            let json = out_dir.path().join(format!("{config}-{workload}-1.json"));
+            let v: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+            check_side(&v, "swapper");
+            // The bed it ran in is gone.
+            let bed =
+                std::fs::read_to_string(out_dir.path().join(format!("{config}-{workload}-1.bed"))).unwrap();
+            let name = bed
+                .lines()
+                .find_map(|l| l.strip_prefix("name="))
+                .unwrap_or_else(|| panic!("no bed name in {bed}"));
+            for p in [
+                format!("/run/drive-bed/{name}.state"),
+                format!("/mnt/drive-bed/{name}"),
+                format!("/sys/fs/cgroup/blkio/{name}"),
+            ] {
+                assert!(!Path::new(&p).exists(), "{p} is left");
+            }
+        }
+    }
+    assert!(out_dir.path().join("summary.txt").exists());
+}
+
+#[test]
+fn optimizer_mode_measures_the_device_limit_with_fio_alternating() {
+    let dir = bench_dir();
+    let out = Command::new(env!("CARGO_BIN_EXE_swapper-bench"))
+        .args([
+            "optimizer",
+            "--params",
+            "2MiB",
+            "--sub-group-size",
+            "131072",
+            "--block-size",
+            "128KiB",
+            "--vs-fio",
+            "--runs",
+            "2",
+            "--json",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("swapper-bench runs");
+    assert!(
+        out.status.success(),
+        "swapper-bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = &v["settings"];
+    assert!(s["fio"].as_str().unwrap().starts_with("fio-"), "{v}");
+    // fio moves what a step moves: every tensor read, every state tensor written.
+    assert_eq!(s["bytes_read_per_step"], 8u64 << 20, "{v}");
+    assert_eq!(s["bytes_written_per_step"], 6u64 << 20, "{v}");
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{v}");
+    for r in runs {
+        assert_eq!(r["bytes_moved"], 14u64 << 20, "{v}");
+        let (step, fio) = (r["step_s"].as_f64().unwrap(), r["fio_s"].as_f64().unwrap());
+        assert!(fio > 0.0 && step > 0.0, "{v}");
+        let ratio = r["device_limit_ratio"].as_f64().unwrap();
+        assert!((ratio - fio / step).abs() < 1e-9, "{v}");
+    }
+    for k in ["step_s", "gb_s", "cpu_s", "fio_s", "device_limit_ratio"] {
+        let sp = &v["summary"][k];
+        let (lo, med, hi) = (
+            sp["min"].as_f64().unwrap(),
+            sp["median"].as_f64().unwrap(),
+            sp["max"].as_f64().unwrap(),
+        );
+        assert!(lo <= med && med <= hi, "{k}: {v}");
+    }
+    // fio's file went with the swap folder.
+    assert_empty(dir.path());
+    // The table names the ratio.
+    let out = Command::new(env!("CARGO_BIN_EXE_swapper-bench"))
+        .args([
+            "optimizer",
+            "--params",
+            "1MiB",
+            "--sub-group-size",
+            "131072",
+            "--vs-fio",
+            "--runs",
+            "1",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("swapper-bench runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("ratio to the device limit"),
+        "{text}"
+    );
     assert_empty(dir.path());
 }

@@ -8,6 +8,14 @@
 //! Adam in place, and written behind; the step ends when every write has. Reported per
 //! run: step time, GB/s moved (reads plus writes), CPU seconds, the ring's page-locked
 //! bytes and how long the step waited for reads (the I/O the arithmetic did not hide).
+//!
+//! With `--vs-fio`, the device limit beside it: fio reads the bytes the step read and
+//! writes the bytes it wrote, with the same block size, queue depth and threads, on a
+//! file in the same folder (laid out untimed first), run alternating with the steps, run
+//! for run. The limit's time is fio's read time plus its write time; the ratio is that
+//! over the step's time (1.0: the update phase runs at the device limit, the arithmetic
+//! hidden under the I/O; the target is 0.9 or more). Medians and spread (min to max) are
+//! over `--runs`.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -16,7 +24,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use swapper::optimizer::{OptimizerSettings, OptimizerSwapper, TensorKind, TensorSpec};
 
 use crate::ours::{cpu_seconds, fill_random};
-use crate::{cleanup, units, IoFlags};
+use crate::report::Spread;
+use crate::{cleanup, fio, units, IoFlags};
 
 #[derive(clap::Args)]
 pub struct OptimizerArgs {
@@ -46,9 +55,31 @@ pub struct OptimizerArgs {
     /// Steps timed.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     runs: u32,
+    /// Measure the device limit too: fio reads and writes the same bytes with the same
+    /// block size, queue depth and threads on a file in the same folder, alternating with
+    /// the steps; reports the ratio fio time / step time.
+    #[arg(long)]
+    vs_fio: bool,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+}
+
+/// The device limit of one run: fio's read of the step's read bytes, then its write of
+/// the step's written bytes.
+struct Limit {
+    read: fio::Job,
+    write: fio::Job,
+    path: PathBuf,
+}
+
+impl Limit {
+    /// Seconds fio needs for both, and its CPU seconds.
+    fn run(&self) -> Result<(f64, f64)> {
+        let r = self.read.run(&self.path, false).context("fio read")?;
+        let w = self.write.run(&self.path, true).context("fio write")?;
+        Ok((r.seconds + w.seconds, r.cpu_s + w.cpu_s))
+    }
 }
 
 /// One Adam update in place (DeepSpeed's defaults: lr 1e-3, betas 0.9/0.999, eps 1e-8).
@@ -109,7 +140,7 @@ pub fn run(args: OptimizerArgs) -> Result<()> {
     })
     .map_err(|e| anyhow!("cannot start the optimizer swapper: {e}"))?;
     let order: Vec<u32> = (0..sizes.len() as u32).collect();
-    pb.set_length(1 + u64::from(args.runs));
+    pb.set_length(1 + u64::from(args.runs) * if args.vs_fio { 2 } else { 1 });
     pb.set_message("writing the optimizer state");
 
     // Untimed: register, write random params and gradients (the moments start as zeros).
@@ -137,6 +168,63 @@ pub fn run(args: OptimizerArgs) -> Result<()> {
             .map_err(|e| anyhow!("{e}"))?;
     }
     opt.wait_gradients().map_err(|e| anyhow!("{e}"))?;
+    // What one step moves: every tensor read, every state tensor written.
+    let (read_bytes, write_bytes) = (total * 16, total * 12);
+    let fio_version = if args.vs_fio {
+        match fio::version() {
+            Some(v) => Some(v),
+            None => {
+                warnings.add(
+                    &pb,
+                    "fio is not installed (install it with `apt-get install fio`); no device limit"
+                        .to_string(),
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let limit = match &fio_version {
+        None => None,
+        Some(_) => {
+            let path = swap_dir.path().join("fio-device-limit.dat");
+            let direct_ok = {
+                std::fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+                crate::direct_io_supported(&path)
+            };
+            let backend = opt.store().engine(0).backend();
+            let (_, read) = crate::direct_mode_and_fio_job(
+                &config,
+                direct_ok,
+                &dir,
+                backend,
+                true,
+                read_bytes,
+                &args.io,
+                &mut warnings,
+                &pb,
+            );
+            let read = read.ok_or_else(|| anyhow!("no fio job"))?;
+            let sized = |size: u64| {
+                fio::Job::new(
+                    read.ioengine,
+                    size,
+                    args.io.block_size,
+                    args.io.queue_depth,
+                    args.io.threads,
+                    read.direct,
+                )
+            };
+            let write = sized(write_bytes);
+            // Untimed: lay the file out, so that fio's reads and writes meet real blocks.
+            pb.set_message("laying out fio's file");
+            sized(read_bytes)
+                .run(&path, true)
+                .context("cannot lay out fio's file")?;
+            Some(Limit { read, write, path })
+        }
+    };
     pb.inc(1);
 
     let mut runs = Vec::new();
@@ -159,7 +247,7 @@ pub fn run(args: OptimizerArgs) -> Result<()> {
         let cpu = cpu_seconds() - cpu0;
         let after = opt.stats().map_err(|e| anyhow!("{e}"))?;
         let moved = (after.bytes_read - before.bytes_read) + (after.bytes_written - before.bytes_written);
-        runs.push(serde_json::json!({
+        let mut r = serde_json::json!({
             "run": run,
             "step_s": seconds,
             "bytes_moved": moved,
@@ -167,8 +255,19 @@ pub fn run(args: OptimizerArgs) -> Result<()> {
             "cpu_s": cpu,
             "read_wait_s": (after.read_wait_ns - before.read_wait_ns) as f64 / 1e9,
             "write_wait_s": (after.write_wait_ns - before.write_wait_ns) as f64 / 1e9,
-        }));
+        });
         pb.inc(1);
+        // The device limit, right after the step (alternating, run for run).
+        if let Some(l) = &limit {
+            pb.set_message(format!("fio {run}"));
+            let (fio_s, fio_cpu) = l.run().with_context(|| format!("the device limit, run {run}"))?;
+            r["fio_s"] = fio_s.into();
+            r["fio_cpu_s"] = fio_cpu.into();
+            r["fio_gb_s"] = ((read_bytes + write_bytes) as f64 / fio_s / 1e9).into();
+            r["device_limit_ratio"] = (fio_s / seconds).into();
+            pb.inc(1);
+        }
+        runs.push(r);
     }
     pb.finish_and_clear();
     let stats = opt.stats().map_err(|e| anyhow!("{e}"))?;
@@ -177,9 +276,24 @@ pub fn run(args: OptimizerArgs) -> Result<()> {
     } else {
         0
     };
-    let mut steps: Vec<f64> = runs.iter().filter_map(|r| r["step_s"].as_f64()).collect();
-    steps.sort_by(f64::total_cmp);
-    let median = steps[steps.len() / 2];
+    let spread = |key: &str| {
+        let v: Vec<f64> = runs.iter().filter_map(|r| r[key].as_f64()).collect();
+        (!v.is_empty()).then(|| Spread::of(&v))
+    };
+    let keys = [
+        "step_s",
+        "gb_s",
+        "cpu_s",
+        "read_wait_s",
+        "fio_s",
+        "fio_gb_s",
+        "device_limit_ratio",
+    ];
+    let summary: serde_json::Map<String, serde_json::Value> = keys
+        .iter()
+        .filter_map(|&k| spread(k).map(|s| (k.to_string(), serde_json::json!(s))))
+        .collect();
+    let median = spread("step_s").map_or(f64::NAN, |s| s.median);
     let report = serde_json::json!({
         "settings": {
             "dir": swap_dir.path().display().to_string(),
@@ -194,14 +308,19 @@ pub fn run(args: OptimizerArgs) -> Result<()> {
             "queue_depth": config.queue_depth,
             "threads": config.thread_count,
             "backend": opt.store().engine(0).backend().name(),
+            "fio": fio_version,
+            "bytes_read_per_step": read_bytes,
+            "bytes_written_per_step": write_bytes,
         },
         "page_locked_bytes": locked,
         "ring_peak_bytes": stats.ring_peak,
         "read_ahead_peak": stats.read_ahead_peak,
         "median_step_s": median,
+        "summary": summary,
         "runs": runs,
         "warnings": warnings.list,
     });
+    drop(limit);
     drop(opt);
     drop(swap_dir);
     drop(tmp_dir);
@@ -219,20 +338,57 @@ pub fn run(args: OptimizerArgs) -> Result<()> {
         units::human(stats.ring_bytes),
         if locked > 0 { "page-locked" } else { "not page-locked" }
     );
-    println!(
-        "{:>4} {:>10} {:>8} {:>8} {:>12}",
-        "run", "step s", "GB/s", "CPU s", "read wait s"
-    );
-    for r in &runs {
+    let with_fio = limit_ran(&runs);
+    if with_fio {
         println!(
-            "{:>4} {:>10.3} {:>8.2} {:>8.2} {:>12.3}",
-            r["run"],
-            r["step_s"].as_f64().unwrap_or(0.0),
-            r["gb_s"].as_f64().unwrap_or(0.0),
-            r["cpu_s"].as_f64().unwrap_or(0.0),
-            r["read_wait_s"].as_f64().unwrap_or(0.0)
+            "{:>4} {:>10} {:>8} {:>8} {:>12} {:>8} {:>8} {:>14}",
+            "run", "step s", "GB/s", "CPU s", "read wait s", "fio s", "fio GB/s", "limit ratio"
         );
+    } else {
+        println!(
+            "{:>4} {:>10} {:>8} {:>8} {:>12}",
+            "run", "step s", "GB/s", "CPU s", "read wait s"
+        );
+    }
+    let f = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+    for r in &runs {
+        print!(
+            "{:>4} {:>10.3} {:>8.2} {:>8.2} {:>12.3}",
+            r["run"].as_u64().unwrap_or(0),
+            f(r, "step_s"),
+            f(r, "gb_s"),
+            f(r, "cpu_s"),
+            f(r, "read_wait_s")
+        );
+        if with_fio {
+            print!(
+                " {:>8.3} {:>8.2} {:>14.3}",
+                f(r, "fio_s"),
+                f(r, "fio_gb_s"),
+                f(r, "device_limit_ratio")
+            );
+        }
+        println!();
+    }
+    for (k, what) in [
+        ("step_s", "step s"),
+        ("gb_s", "GB/s"),
+        ("cpu_s", "CPU s"),
+        ("fio_s", "fio s (device limit)"),
+        ("device_limit_ratio", "ratio to the device limit (fio s / step s)"),
+    ] {
+        if let Some(s) = spread(k) {
+            println!(
+                "{what}: median {:.3} (min {:.3}, max {:.3})",
+                s.median, s.min, s.max
+            );
+        }
     }
     println!("median step {median:.3} s; page-locked {} bytes", locked);
     Ok(())
+}
+
+/// Whether the runs carry the device limit.
+fn limit_ran(runs: &[serde_json::Value]) -> bool {
+    runs.iter().any(|r| r.get("fio_s").is_some())
 }

@@ -128,7 +128,7 @@ pub fn ratio_line(results: &Results, a: &str, b: &str) -> String {
     if r.is_empty() {
         return String::new();
     }
-    let parts: Vec<String> = ["write", "read"]
+    let parts: Vec<String> = ["new", "write", "read"]
         .iter()
         .filter_map(|op| r.get(op).map(|v| format!("{op} {v:.3}")))
         .collect();
@@ -146,7 +146,7 @@ fn ordered(results: &Results) -> Vec<(&'static str, &'static str, &Series)> {
     let mut v = Vec::new();
     for side in sides {
         let ops = &results[side];
-        for op in ["write", "read"] {
+        for op in ["new", "write", "read"] {
             if let Some(s) = ops.get(op) {
                 v.push((side, op, s));
             }

@@ -5,9 +5,20 @@
 //! figure), then a forward pass walks the layers in order: it waits for layer i, swaps in
 //! layers i+1..=i+prefetch asynchronously, checks a sample of layer i's bytes (its first
 //! and last 4 KiB against the pattern stamped when it was parked), "computes" for
-//! `compute_ms` and releases it (the swap-in figure). One run is one park plus one
-//! forward pass. The files are created once, untimed, so that every timed swap-out
-//! overwrites allocated blocks, as the engine's and fio's timed writes do.
+//! `compute_ms` and releases it (the swap-in figure).
+//!
+//! One run starts a fresh swapper on empty folders and measures three things: `new`, the
+//! first park (every param placed and written for the first time: the store grows its
+//! extent files, or, before the store, a file is created per param); `write`, a second
+//! park (every param overwritten in place, as the engine's and fio's timed writes
+//! overwrite allocated blocks); `read`, a forward pass. The pool buffers are filled with
+//! random bytes beforehand, untimed, so that no param is mostly zeros.
+//!
+//! The swapper may span several drives (`--dir` once per drive, or `--dirs A,B` /
+//! `--dirs "$SWAPPER_DRIVES"` inside `scripts/drive-bed.sh`). Several drives are given to
+//! the library as a DeepSpeed `nvme_path` list, one drive as `nvme_path`: so this file
+//! builds against the library before the swap store too, for before/after comparisons
+//! on one drive (copy `tools/` over an older checkout).
 //!
 //! A park waits for all its writes when the pool runs dry (`wait_writes`), as DeepSpeed
 //! does; a forward pass waits for layer i alone (`wait_params`), so the layers prefetched
@@ -53,9 +64,10 @@ pub struct Forward {
 }
 
 impl SwapBench {
-    /// Starts a swapper in `folder` with `buffers` pool buffers of one param each.
+    /// Starts a swapper over `folders` (one per drive) with `buffers` pool buffers of one
+    /// param each.
     pub fn new(
-        folder: &Path,
+        folders: &[PathBuf],
         io: swapper::IoConfig,
         params: u64,
         param_bytes: u64,
@@ -65,7 +77,6 @@ impl SwapBench {
     ) -> Result<SwapBench> {
         let numel = param_bytes / 2;
         let settings = Settings {
-            nvme_path: folder.to_path_buf(),
             rank: 0,
             dtype: Dtype::Fp16,
             buffer_count: buffers,
@@ -74,7 +85,7 @@ impl SwapBench {
             verify_checksums: checksums,
             io,
             allocator: None,
-            ..Settings::default()
+            ..drive_settings(folders)?
         };
         let sw = Swapper::new(settings).map_err(|e| anyhow!("cannot start the swapper: {e}"))?;
         Ok(SwapBench {
@@ -88,6 +99,23 @@ impl SwapBench {
 
     pub fn swapper(&self) -> &Swapper {
         &self.sw
+    }
+
+    /// Fills every pool buffer with random bytes (untimed; the parks then only stamp the
+    /// sampled ranges, and the bytes around them stay random).
+    pub fn prefill(&self, buffers: u32) -> Result<()> {
+        let ids: Vec<u64> = (0..u64::from(buffers)).map(|k| u64::MAX - k).collect();
+        for &id in &ids {
+            let buf = self
+                .sw
+                .get_buffer(id, self.numel)
+                .map_err(|e| anyhow!("get_buffer({id}): {e}"))?;
+            // SAFETY: a fresh pool buffer of `param_bytes` bytes, ours until released.
+            let data = unsafe { std::slice::from_raw_parts_mut(buf.0, self.param_bytes as usize) };
+            fill_random(data, id);
+        }
+        self.sw.release(&ids).map_err(|e| anyhow!("release: {e}"))?;
+        Ok(())
     }
 
     /// A free pool buffer for param `id`, waiting for the writes in flight when the pool is
@@ -204,6 +232,32 @@ impl SwapBench {
     }
 }
 
+/// The settings naming the drives: `nvme_path` for one folder, a DeepSpeed `nvme_path`
+/// list for several (only a library with the swap store reads one).
+fn drive_settings(folders: &[PathBuf]) -> Result<Settings> {
+    match folders {
+        [] => bail!("no folder for the swap files"),
+        [one] => Ok(Settings {
+            nvme_path: one.clone(),
+            ..Settings::default()
+        }),
+        many => {
+            let list: Vec<String> = many.iter().map(|f| f.display().to_string()).collect();
+            let json = serde_json::json!({"zero_optimization": {"offload_param": {"nvme_path": list}}});
+            Settings::from_deepspeed_json(&json.to_string(), 0, Dtype::Fp16)
+                .map_err(|e| anyhow!("this library does not take several drives: {e}"))
+        }
+    }
+}
+
+/// Splits `--dirs`: folders separated by ',' or ':' (SWAPPER_DRIVES uses ':').
+pub fn split_dirs(list: &str) -> Vec<PathBuf> {
+    list.split([',', ':'])
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+        .collect()
+}
+
 /// The pattern's 8-byte word at byte `offset` of param `id` in round `round`.
 fn word(id: u64, round: u64, offset: u64) -> u64 {
     // splitmix64
@@ -249,15 +303,21 @@ pub fn check(data: &[u8], id: u64, round: u64) -> Result<()> {
 /// `swapper-bench swap`'s flags.
 #[derive(clap::Args)]
 pub struct SwapArgs {
-    /// Folder for the swap files (default: a temporary folder under the current one; avoid
-    /// /tmp and /dev/shm, often tmpfs). Everything is removed at the end.
+    /// Folder for the swap files on one drive; give it once per drive to spread the swapper
+    /// over several (default: a temporary folder under the current one; avoid /tmp and
+    /// /dev/shm, often tmpfs). Everything is removed at the end.
     #[arg(long, value_name = "DIR")]
-    pub dir: Option<PathBuf>,
+    pub dir: Vec<PathBuf>,
+    /// The drives' folders as one list separated by ',' or ':', e.g. `--dirs
+    /// "$SWAPPER_DRIVES"` in a command run by `scripts/drive-bed.sh`.
+    #[arg(long, value_name = "DIR,DIR,..", conflicts_with = "dir")]
+    pub dirs: Option<String>,
     /// Params in the model (one layer each).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
     pub params: u64,
-    /// Bytes per param (fp16; a multiple of 4 KiB).
-    #[arg(long, default_value = "32MiB", value_parser = units::parse_size)]
+    /// Bytes per param (fp16; a multiple of 4 KiB): 32MiB, 64K, 8K, or 1GiB with
+    /// `--params 1 --buffers 1 --prefetch 0` for one large tensor.
+    #[arg(long, alias = "param-bytes", default_value = "32MiB", value_parser = units::parse_size)]
     pub param_size: u64,
     /// Pool buffers of one param each.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
@@ -332,18 +392,43 @@ pub fn run(args: SwapArgs) -> Result<()> {
         .checked_mul(p)
         .ok_or_else(|| anyhow!("--params x --param-size is too large"))?;
     let compute = Duration::from_secs_f64(args.compute_ms / 1000.0);
+    let drives: Vec<PathBuf> = match &args.dirs {
+        Some(list) => {
+            let d = split_dirs(list);
+            if d.is_empty() {
+                bail!("--dirs {list:?} names no folder");
+            }
+            d
+        }
+        None => args.dir.clone(),
+    };
+    if drives.len() > 1 && (args.vs_engine || args.vs_fio) {
+        bail!("--vs-engine and --vs-fio compare one drive: give one --dir");
+    }
     cleanup::install_handler()?;
     let pb = crate::progress_bar()?;
     let mut warnings = crate::Warnings { list: Vec::new() };
-    let (dir, tmp_dir) = crate::bench_folder(args.dir.as_deref(), &pb, &mut warnings)?;
+    // Each drive's folder (a temporary one under the current folder when none is given).
+    let mut folders: Vec<(PathBuf, Option<tempfile::TempDir>)> = Vec::new();
+    if drives.is_empty() {
+        folders.push(crate::bench_folder(None, &pb, &mut warnings)?);
+    }
+    for d in &drives {
+        folders.push(crate::bench_folder(Some(d), &pb, &mut warnings)?);
+    }
+    let dir = folders[0].0.clone();
 
-    // The swapper's folder (its swap folder and lock file live inside), removed with
-    // everything in it.
-    let swap_dir = tempfile::Builder::new()
-        .prefix("swapper-bench-swap-")
-        .tempdir_in(&dir)
-        .with_context(|| format!("cannot create the swap folder in {}", dir.display()))?;
-    cleanup::register_tree(swap_dir.path().to_path_buf());
+    // On each drive, the swapper's folder (its swap folders and lock files live inside),
+    // removed with everything in it.
+    let mut swap_dirs = Vec::new();
+    for (d, _) in &folders {
+        let t = tempfile::Builder::new()
+            .prefix("swapper-bench-swap-")
+            .tempdir_in(d)
+            .with_context(|| format!("cannot create the swap folder in {}", d.display()))?;
+        cleanup::register_tree(t.path().to_path_buf());
+        swap_dirs.push(t);
+    }
     let engine_file = if args.vs_engine || args.vs_fio {
         let f = tempfile::Builder::new()
             .prefix("swapper-bench-")
@@ -356,31 +441,30 @@ pub fn run(args: SwapArgs) -> Result<()> {
     } else {
         None
     };
-    if let Some(t) = &tmp_dir {
-        cleanup::register(t.path().to_path_buf());
+    for (_, t) in &folders {
+        if let Some(t) = t {
+            cleanup::register(t.path().to_path_buf());
+        }
     }
 
-    // The sides: one swapper (two with --checksum-cost), the engine and fio.
+    // The sides: one swapper (two with --checksum-cost), each made afresh every run; the
+    // engine and fio.
     let checksum_modes: Vec<bool> = if args.checksum_cost {
         vec![true, false]
     } else {
         vec![args.checksums == OnOff::On]
     };
-    let mut benches = Vec::new();
-    for (k, &on) in checksum_modes.iter().enumerate() {
-        let folder = swap_dir.path().join(format!("s{k}"));
-        std::fs::create_dir(&folder).with_context(|| format!("cannot create {}", folder.display()))?;
-        let label: &'static str = match (args.checksum_cost, on) {
+    let labels: Vec<&'static str> = checksum_modes
+        .iter()
+        .map(|&on| match (args.checksum_cost, on) {
             (false, _) => "swapper",
             (true, true) => "checksums-on",
             (true, false) => "checksums-off",
-        };
-        benches.push((
-            label,
-            SwapBench::new(&folder, config, args.params, p, args.buffers, args.prefetch, on)?,
-        ));
-    }
-    let backend = benches[0].1.swapper().engine().backend();
+        })
+        .collect();
+    let backend = swapper::io::IoEngine::new(config)
+        .map_err(|e| anyhow!("cannot start an I/O engine: {e}"))?
+        .backend();
     let ours = match &engine_file {
         Some(_) if args.vs_engine => Some(Ours::new(config, total)?),
         _ => None,
@@ -400,20 +484,19 @@ pub fn run(args: SwapArgs) -> Result<()> {
         None
     };
 
-    let sides = benches.len() as u64 + u64::from(ours.is_some()) + u64::from(fio.is_some());
-    let passes = if compute.is_zero() { 2 } else { 3 };
+    let sides = labels.len() as u64 + u64::from(ours.is_some()) + u64::from(fio.is_some());
+    let passes = if compute.is_zero() { 3 } else { 4 };
     pb.set_length(1 + u64::from(args.runs) * sides * passes);
     let bytes_msg = |what: String| {
         let pb = pb.clone();
         move |done: u64| pb.set_message(format!("{what} {}%", done * 100 / total))
     };
 
-    // Untimed: create the swap files (and the engine's file).
-    for (label, b) in &benches {
-        b.park(0, true, &bytes_msg(format!("creating the swap files ({label})")))
-            .context("cannot create the swap files")?;
-    }
-    let direct_ok = direct_io_supported(&benches[0].1.swapper().param_path(0));
+    // O_DIRECT on the first drive, probed with a file of its own.
+    let probe = swap_dirs[0].path().join("direct-probe");
+    std::fs::write(&probe, b"").with_context(|| format!("cannot create {}", probe.display()))?;
+    let direct_ok = direct_io_supported(&probe);
+    std::fs::remove_file(&probe).with_context(|| format!("cannot remove {}", probe.display()))?;
     if let (Some(f), Some(o)) = (&engine_file, &ours) {
         o.run(
             f,
@@ -442,13 +525,37 @@ pub fn run(args: SwapArgs) -> Result<()> {
     let mut results = Results::new();
     let mut hidden: Vec<f64> = Vec::new();
     let mut compute_total: Vec<f64> = Vec::new();
+    let mut swap_stats = None;
     for run in 1..=args.runs {
-        let round = u64::from(run);
-        for (label, b) in &benches {
+        for (k, (&label, &on)) in labels.iter().zip(&checksum_modes).enumerate() {
             let tag = format!("run {run}/{} {label}", args.runs);
-            pb.set_message(format!("{tag} swap-out"));
+            // A fresh swapper on empty folders, one per drive.
+            let run_folders: Vec<PathBuf> = swap_dirs
+                .iter()
+                .map(|t| t.path().join(format!("s{k}-run{run}")))
+                .collect();
+            for f in &run_folders {
+                std::fs::create_dir(f).with_context(|| format!("cannot create {}", f.display()))?;
+            }
+            let b = SwapBench::new(
+                &run_folders,
+                config,
+                args.params,
+                p,
+                args.buffers,
+                args.prefetch,
+                on,
+            )?;
+            b.prefill(args.buffers)?;
+            let (new_round, round) = (2 * u64::from(run), 2 * u64::from(run) + 1);
+            pb.set_message(format!("{tag} swap-out (new)"));
+            let n = b
+                .park(new_round, false, &bytes_msg(format!("{tag} swap-out (new)")))
+                .with_context(|| format!("{label} swap-out of new params, run {run}"))?;
+            push(&mut results, label, "new", n);
+            pb.inc(1);
             let w = b
-                .park(round, false, &bytes_msg(format!("{tag} swap-out")))
+                .park(round, false, &bytes_msg(format!("{tag} swap-out (overwrite)")))
                 .with_context(|| format!("{label} swap-out, run {run}"))?;
             push(&mut results, label, "write", w);
             pb.inc(1);
@@ -473,11 +580,18 @@ pub fn run(args: SwapArgs) -> Result<()> {
                         &bytes_msg(format!("{tag} swap-in with compute")),
                     )
                     .with_context(|| format!("{label} swap-in with compute, run {run}"))?;
-                if benches.len() == 1 {
+                if labels.len() == 1 {
                     hidden.push(1.0 - (c.sample.seconds - c.compute_s) / io_only);
                     compute_total.push(c.sample.seconds);
                 }
                 pb.inc(1);
+            }
+            if k == 0 {
+                swap_stats = Some(b.swapper().stats());
+            }
+            drop(b);
+            for f in &run_folders {
+                std::fs::remove_dir_all(f).with_context(|| format!("cannot remove {}", f.display()))?;
             }
         }
         if let (Some(f), Some(o)) = (&engine_file, &ours) {
@@ -506,18 +620,24 @@ pub fn run(args: SwapArgs) -> Result<()> {
     }
     pb.finish_and_clear();
 
-    let swap_stats = benches[0].1.swapper().stats();
-    drop(benches);
+    let swap_stats = swap_stats.ok_or_else(|| anyhow!("no run"))?;
     drop(ours);
-    swap_dir.close().context("cannot remove the swap folder")?;
+    for t in swap_dirs {
+        t.close().context("cannot remove the swap folder")?;
+    }
     if let Some(f) = engine_file {
         f.close().context("cannot remove the engine's file")?;
     }
-    if let Some(t) = tmp_dir {
-        t.close().context("cannot remove the temporary folder")?;
+    for (_, t) in folders {
+        if let Some(t) = t {
+            t.close().context("cannot remove the temporary folder")?;
+        }
     }
     cleanup::clear();
 
+    let folders_shown: Vec<String> = std::iter::once(dir.display().to_string())
+        .chain(drives.iter().skip(1).map(|d| d.display().to_string()))
+        .collect();
     let pairs: &[(&str, &str)] = if args.checksum_cost {
         &[("checksums-on", "checksums-off")]
     } else {
@@ -542,6 +662,7 @@ pub fn run(args: SwapArgs) -> Result<()> {
             crate::io_settings(&args.io, &config, backend, direct),
             serde_json::json!({
                 "folder": dir.display().to_string(),
+                "folders": folders_shown,
                 "params": args.params,
                 "param_size": p,
                 "total_bytes": total,
@@ -595,12 +716,13 @@ pub fn run(args: SwapArgs) -> Result<()> {
         print!("{}", report::csv(&results));
     } else {
         println!(
-            "libswapper {} swap: {} params x {} (fp16) = {} in {}, {} buffer(s), prefetch {}, compute {} ms ({}), checksums {}; block {}, queue depth {}, {} thread(s), backend {}, {}, {} run(s)",
+            "libswapper {} swap: {} params x {} (fp16) = {} in {} ({} drive(s)), {} buffer(s), prefetch {}, compute {} ms ({}), checksums {}; block {}, queue depth {}, {} thread(s), backend {}, {}, {} run(s)",
             swapper::VERSION,
             args.params,
             units::human(p),
             units::human(total),
-            dir.display(),
+            folders_shown.join(", "),
+            folders_shown.len(),
             args.buffers,
             args.prefetch,
             args.compute_ms,
@@ -613,7 +735,7 @@ pub fn run(args: SwapArgs) -> Result<()> {
             if direct { "O_DIRECT" } else { "BUFFERED (page cache)" },
             args.runs,
         );
-        println!("write = swap-out (park all params), read = swap-in (a forward pass); the engine and fio move the same bytes through one file");
+        println!("new = swap-out of new params (a fresh swapper), write = swap-out overwriting them, read = swap-in (a forward pass); the engine and fio move the same bytes through one file");
         print!("{}", report::rows(&results));
         for (a, b) in pairs {
             print!("{}", report::ratio_line(&results, a, b));

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# DeepSpeed ZeRO-3 + NVMe offload training with DeepSpeed's stock async_io op against
-# libswapper's drop-in (python/tests/deepspeed_training.py), bit-identical losses.
+# DeepSpeed ZeRO-3 + NVMe offload training with DeepSpeed's stock async_io op and swappers
+# against patch_deepspeed() (python/tests/deepspeed_training.py): bit-identical losses and
+# weights, and DeepSpeed's NVMe checkpointing test; the differential test against
+# DeepSpeed's parameter swapper; the replacement parameter and optimizer swappers' own tests.
 # Creates (first run: pip install, ~4 min; DeepSpeed's op compiles at first use against
 # libaio-dev, ~2 min more) or reuses a virtual environment outside the clone:
 #   $SWAPPER_DEEPSPEED_VENV (default ~/.cache/libswapper/deepspeed-venv).
@@ -35,7 +37,9 @@ start=$(date +%s)
 # plain pytest run (python/tests/skip_policy.py allows that there); here they run, and a
 # skip of any of them is a failure (SWAPPER_NO_SKIPS=1).
 SWAPPER_REQUIRE_DEEPSPEED=1 SWAPPER_NO_SKIPS=1 "$VENV/bin/python" -m pytest -q -rs \
-    python/tests/test_deepspeed_differential.py python/tests/deepspeed_training.py \
+    python/tests/test_deepspeed_differential.py python/tests/test_deepspeed_param_swapper.py \
+    python/tests/test_deepspeed_optimizer_swapper.py \
+    python/tests/deepspeed_training.py \
     python/tests/test_deepspeed.py::test_torch_tensors \
     python/tests/test_safety.py::test_is_pinned_on_slices_of_locked_buffers "$@"
 echo "deepspeed training test: $(( $(date +%s) - start )) s"
@@ -56,5 +60,21 @@ if echo "$smoke" | grep -q '^vs_deepspeed: done' \
 else
     echo "$smoke"
     echo "0 passed, 1 failed: tools/vs_deepspeed.py --smoke"
+    exit 1
+fi
+
+# The optimizer-swapping benchmark (update phase through DeepSpeed's optimizer swappers,
+# end-to-end training stock against patched) at smoke-test sizes: every implementation
+# must run and agree (the same fp32 params after the update steps, the same losses).
+opt_dir=$(mktemp -d "$smoke_dir/optimizer.XXXXXX")
+opt=$("$VENV/bin/python" tools/vs_deepspeed_optimizer.py --smoke --dir "$opt_dir" 2>/dev/null) || true
+echo "$opt" | grep -E '^==|identical'
+if echo "$opt" | grep -q '^vs_deepspeed_optimizer: done' \
+    && echo "$opt" | grep -q '^update: digest identical across 6' \
+    && echo "$opt" | grep -q '^train: losses identical across 2'; then
+    echo "1 passed, 0 failed: tools/vs_deepspeed_optimizer.py --smoke"
+else
+    echo "$opt"
+    echo "0 passed, 1 failed: tools/vs_deepspeed_optimizer.py --smoke"
     exit 1
 fi

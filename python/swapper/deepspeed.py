@@ -14,8 +14,9 @@ asynchronous calls return 0, wait() the number reaped. Differences: failures rai
 swapper.SwapperError subclass instead of returning -1 or aborting; any size, offset and
 thread count work; wait() with nothing pending returns 0.
 
-`patch_deepspeed()` makes DeepSpeed's AsyncIOBuilder().load() return this module, so
-DeepSpeed's swappers use libswapper without other changes.
+`patch_deepspeed()` makes DeepSpeed's AsyncIOBuilder().load() return this module and
+replaces DeepSpeed's swapper classes with classes on libswapper's native swappers;
+`patch_deepspeed(swappers=False)` replaces only the aio handle (DeepSpeed's swappers kept).
 """
 
 import ctypes
@@ -197,10 +198,24 @@ def _validate(buffer, filename, offset):
         raise CorruptDataError(f"validation failed: {filename} at offset {offset} differs from the buffer")
 
 
-def patch_deepspeed():
-    """Makes `deepspeed.ops.op_builder.AsyncIOBuilder().load(...)` return this module
-    (whose aio_handle is libswapper's) and is_compatible() true. Returns a function that
-    undoes it."""
+def patch_deepspeed(swappers=True, **swapper_options):
+    """Puts libswapper under DeepSpeed; returns a function that undoes it.
+
+    Always: `deepspeed.ops.op_builder.AsyncIOBuilder().load(...)` returns this module
+    (whose aio_handle is libswapper's) and is_compatible() is true, so every DeepSpeed
+    swapper left in place does its I/O through libswapper.
+
+    With `swappers` (the default), DeepSpeed's swapper classes are replaced too:
+    ZeRO-3's parameter swapper (`AsyncPartitionedParameterSwapper` as
+    `deepspeed.runtime.zero.partition_parameters` names it) by
+    swapper.deepspeed_param_swapper.DeepSpeedParamSwapper, on the native parameter
+    swapper; ZeRO-3's optimizer swappers (`PartitionedOptimizerSwapper` and
+    `PipelinedOptimizerSwapper` as `deepspeed.runtime.zero.stage3` names them) by
+    swapper.deepspeed_optimizer_swapper.DeepSpeedOptimizerSwapper, on the native
+    optimizer-state swapper (pipelined either way). `swapper_options` go to each native
+    swapper (verify_checksums, backend, direct_io). `patch_deepspeed(swappers=False)` keeps
+    DeepSpeed's own swapper classes on libswapper's aio_handle (the comparison point).
+    """
     import importlib
 
     op_builder = importlib.import_module("deepspeed.ops.op_builder")
@@ -216,6 +231,31 @@ def patch_deepspeed():
 
     builder.load = load
     builder.is_compatible = is_compatible
+    replaced = []  # (module, name, previous value)
+    if swappers:
+        from .deepspeed_param_swapper import DeepSpeedParamSwapper
+
+        unknown = set(swapper_options) - {"verify_checksums", "backend", "direct_io"}
+        if unknown:
+            raise TypeError(f"unknown swapper options {sorted(unknown)}: verify_checksums, backend, direct_io")
+        replaced.append((DeepSpeedParamSwapper, "swapper_options", DeepSpeedParamSwapper.swapper_options))
+        DeepSpeedParamSwapper.swapper_options = dict(swapper_options)
+        partition_parameters = importlib.import_module("deepspeed.runtime.zero.partition_parameters")
+        replaced.append(
+            (partition_parameters, "AsyncPartitionedParameterSwapper", partition_parameters.AsyncPartitionedParameterSwapper)
+        )
+        partition_parameters.AsyncPartitionedParameterSwapper = DeepSpeedParamSwapper
+
+        from .deepspeed_optimizer_swapper import DeepSpeedOptimizerSwapper
+
+        replaced.append((DeepSpeedOptimizerSwapper, "swapper_options", DeepSpeedOptimizerSwapper.swapper_options))
+        DeepSpeedOptimizerSwapper.swapper_options = dict(swapper_options)
+        stage3 = importlib.import_module("deepspeed.runtime.zero.stage3")
+        for name in ("PartitionedOptimizerSwapper", "PipelinedOptimizerSwapper"):
+            replaced.append((stage3, name, getattr(stage3, name)))
+            setattr(stage3, name, DeepSpeedOptimizerSwapper)
+    elif swapper_options:
+        raise TypeError("swapper options apply to libswapper's swappers: patch_deepspeed(swappers=True, ...)")
 
     def undo():
         for name, value in saved.items():
@@ -223,5 +263,7 @@ def patch_deepspeed():
                 delattr(builder, name)
             else:
                 setattr(builder, name, value)
+        for owner, name, value in reversed(replaced):
+            setattr(owner, name, value)
 
     return undo

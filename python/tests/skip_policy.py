@@ -30,6 +30,14 @@ ALLOWED_SKIPS = {
         lambda: _missing("torch") or _missing("deepspeed"),
         "needs torch and DeepSpeed: scripts/deepspeed-test.sh runs it with SWAPPER_REQUIRE_DEEPSPEED=1",
     ),
+    "test_deepspeed_param_swapper.py": (
+        lambda: _missing("torch") or _missing("deepspeed"),
+        "needs torch and DeepSpeed: scripts/deepspeed-test.sh runs it with SWAPPER_REQUIRE_DEEPSPEED=1",
+    ),
+    "test_deepspeed_optimizer_swapper.py": (
+        lambda: _missing("torch") or _missing("deepspeed"),
+        "needs torch and DeepSpeed: scripts/deepspeed-test.sh runs it with SWAPPER_REQUIRE_DEEPSPEED=1",
+    ),
 }
 
 

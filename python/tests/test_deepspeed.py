@@ -97,7 +97,8 @@ def test_torch_tensors(folder):
         assert h.free_cpu_locked_tensor(t)
 
 
-def test_patch_deepspeed(monkeypatch):
+@pytest.mark.parametrize("swappers", [False, True])
+def test_patch_deepspeed(monkeypatch, swappers):
     class AsyncIOBuilder:
         def load(self, verbose=True):
             raise RuntimeError("would compile DeepSpeed's libaio op")
@@ -105,12 +106,18 @@ def test_patch_deepspeed(monkeypatch):
         def is_compatible(self, verbose=False):
             return False
 
+    class StockParamSwapper:
+        pass
+
     fake = types.ModuleType("deepspeed.ops.op_builder")
     fake.AsyncIOBuilder = AsyncIOBuilder
-    for name in ("deepspeed", "deepspeed.ops"):
+    zero = types.ModuleType("deepspeed.runtime.zero.partition_parameters")
+    zero.AsyncPartitionedParameterSwapper = StockParamSwapper
+    for name in ("deepspeed", "deepspeed.ops", "deepspeed.runtime", "deepspeed.runtime.zero"):
         monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
     monkeypatch.setitem(sys.modules, "deepspeed.ops.op_builder", fake)
-    undo = patch_deepspeed()
+    monkeypatch.setitem(sys.modules, "deepspeed.runtime.zero.partition_parameters", zero)
+    undo = patch_deepspeed(swappers=swappers)
     try:
         from deepspeed.ops.op_builder import AsyncIOBuilder as B
 
@@ -118,7 +125,14 @@ def test_patch_deepspeed(monkeypatch):
         h = B().load(verbose=False).aio_handle(block_size=1 << 20, queue_depth=8, single_submit=False, overlap_events=True, intra_op_parallelism=1)
         assert isinstance(h, aio_handle)
         h.close()
+        if swappers:
+            from swapper.deepspeed_param_swapper import DeepSpeedParamSwapper
+
+            assert zero.AsyncPartitionedParameterSwapper is DeepSpeedParamSwapper
+        else:
+            assert zero.AsyncPartitionedParameterSwapper is StockParamSwapper
     finally:
         undo()
     with pytest.raises(RuntimeError):
         AsyncIOBuilder().load()
+    assert zero.AsyncPartitionedParameterSwapper is StockParamSwapper

@@ -109,14 +109,24 @@ def test_patch_deepspeed(monkeypatch, swappers):
     class StockParamSwapper:
         pass
 
+    class StockPartitioned:
+        pass
+
+    class StockPipelined:
+        pass
+
     fake = types.ModuleType("deepspeed.ops.op_builder")
     fake.AsyncIOBuilder = AsyncIOBuilder
     zero = types.ModuleType("deepspeed.runtime.zero.partition_parameters")
     zero.AsyncPartitionedParameterSwapper = StockParamSwapper
+    stage3 = types.ModuleType("deepspeed.runtime.zero.stage3")
+    stage3.PartitionedOptimizerSwapper = StockPartitioned
+    stage3.PipelinedOptimizerSwapper = StockPipelined
     for name in ("deepspeed", "deepspeed.ops", "deepspeed.runtime", "deepspeed.runtime.zero"):
         monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
     monkeypatch.setitem(sys.modules, "deepspeed.ops.op_builder", fake)
     monkeypatch.setitem(sys.modules, "deepspeed.runtime.zero.partition_parameters", zero)
+    monkeypatch.setitem(sys.modules, "deepspeed.runtime.zero.stage3", stage3)
     undo = patch_deepspeed(swappers=swappers)
     try:
         from deepspeed.ops.op_builder import AsyncIOBuilder as B
@@ -126,13 +136,19 @@ def test_patch_deepspeed(monkeypatch, swappers):
         assert isinstance(h, aio_handle)
         h.close()
         if swappers:
+            from swapper.deepspeed_optimizer_swapper import DeepSpeedOptimizerSwapper
             from swapper.deepspeed_param_swapper import DeepSpeedParamSwapper
 
             assert zero.AsyncPartitionedParameterSwapper is DeepSpeedParamSwapper
+            assert stage3.PartitionedOptimizerSwapper is DeepSpeedOptimizerSwapper
+            assert stage3.PipelinedOptimizerSwapper is DeepSpeedOptimizerSwapper
         else:
             assert zero.AsyncPartitionedParameterSwapper is StockParamSwapper
+            assert stage3.PartitionedOptimizerSwapper is StockPartitioned
     finally:
         undo()
     with pytest.raises(RuntimeError):
         AsyncIOBuilder().load()
     assert zero.AsyncPartitionedParameterSwapper is StockParamSwapper
+    assert stage3.PartitionedOptimizerSwapper is StockPartitioned
+    assert stage3.PipelinedOptimizerSwapper is StockPipelined

@@ -1036,6 +1036,9 @@ SwapperStatus swapper_optimizer_create(const SwapperOptimizerConfig *config,
  * buffers; 0 takes `zero_optimization.sub_group_size`), or
  * `offload_optimizer.ring_bytes` when that (libswapper's own key) is set;
  * `pipeline_read` true reads as many sub-groups ahead as the ring holds, false one.
+ * libswapper's keys `offload_optimizer.libswapper_adopt` and
+ * `offload_optimizer.libswapper_flush_at_end_step` (booleans, default false) set the
+ * config's `adopt` and `flush_at_end_step`.
  * Ownership and thread-safety as `swapper_optimizer_create`.
  *
  * Errors: as `swapper_optimizer_create`, plus `SWAPPER_STATUS_INVALID_ARGUMENT` for text

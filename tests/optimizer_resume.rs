@@ -264,7 +264,6 @@ fn every_end_step_flushes_when_asked_and_a_failed_write_keeps_its_last_record() 
         times: 1,
     });
     let e = step_over(&o, &[0], 3).err().unwrap();
-    fault::clear();
     assert_eq!(e.status(), Status::IoError, "{e}");
     assert!(e.message().contains("sub-group 0"), "{e}");
     assert_eq!(o.durable_generation(), 3, "flushed after the failed write");
@@ -307,7 +306,6 @@ fn an_end_step_whose_flush_fails_reports_it_and_the_previous_generation_stays_ad
             times: 1,
         });
         let e = step_over(&o, &[0, 1, 2], s).err().unwrap();
-        fault::clear();
         assert_eq!(e.status(), Status::IoError, "{what}: {e}");
         assert!(
             e.message().contains("end_step's flush (flush_at_end_step)")

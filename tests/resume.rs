@@ -510,3 +510,59 @@ fn flushes_racing_writes_on_other_threads_record_only_complete_writes() {
         s.release(&[id]).unwrap();
     }
 }
+
+/// Bytes of the extent files of a rank folder (their size is what they hold reserved).
+fn extent_bytes(folder: &Path) -> u64 {
+    listing(folder)
+        .iter()
+        .filter(|(name, _)| name.starts_with("extent-"))
+        .map(|(_, len)| len)
+        .sum()
+}
+
+#[test]
+fn between_flushes_the_files_keep_one_more_copy_of_what_was_rewritten_and_stop_growing() {
+    use swapper::sys::fault::{self, Call, Fault, Rule};
+    let a = common::disk_dir();
+    let s = Swapper::new(settings(&[a.path()], false)).unwrap();
+    write_all(&s, 1);
+    let live: u64 = PARAMS
+        .iter()
+        .flat_map(|p| s.param_locations(p.0))
+        .map(|e| e.len)
+        .sum();
+    s.flush().unwrap();
+    // Every param rewritten after the flush: its flushed copy is kept (retired) beside
+    // the new one until the next flush is durable.
+    write_all(&s, 2);
+    assert_eq!(s.store().retired_bytes(), live);
+    let size = extent_bytes(&rank_folder(a.path()));
+    assert!(size >= 2 * live, "{size} bytes of files for twice {live}");
+    // Flush and rewrite again and again: the space freed by each flush is reused, the
+    // files do not grow.
+    for g in 3..10 {
+        s.flush().unwrap();
+        assert_eq!(s.store().retired_bytes(), 0, "generation {g}");
+        write_all(&s, g);
+        assert_eq!(s.store().retired_bytes(), live, "generation {g}");
+        assert_eq!(
+            extent_bytes(&rank_folder(a.path())),
+            size,
+            "generation {g}: the files grew"
+        );
+    }
+    // A flush that fails keeps what it named too (it may have reached a drive): one more
+    // copy until a flush succeeds, which frees both.
+    fault::install(Rule {
+        call: Call::Sync,
+        path_contains: a.path().to_string_lossy().into_owned(),
+        fault: Fault::Errno(libc::EIO),
+        skip: 0,
+        times: 1,
+    });
+    s.flush().unwrap_err();
+    write_all(&s, 20);
+    assert_eq!(s.store().retired_bytes(), 2 * live);
+    s.flush().unwrap();
+    assert_eq!(s.store().retired_bytes(), 0);
+}

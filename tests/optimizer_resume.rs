@@ -297,7 +297,10 @@ fn an_end_step_whose_flush_fails_reports_it_and_the_previous_generation_stays_ad
     assert_eq!(o.durable_generation(), 1);
     let tag = a.path().to_string_lossy().into_owned();
     // The data's fdatasync fails, then the manifest's fsync (before its rename).
-    for (what, skip, s) in [("the data", 0u64, 2), ("the manifest", 1, 3)] {
+    for (what, skip, s, words) in [
+        ("the data", 0u64, 2, "cannot sync the data"),
+        ("the manifest", 1, 3, "manifest.json.new"),
+    ] {
         fault::install(Rule {
             call: Call::Sync,
             path_contains: tag.clone(),
@@ -309,7 +312,8 @@ fn an_end_step_whose_flush_fails_reports_it_and_the_previous_generation_stays_ad
         assert_eq!(e.status(), Status::IoError, "{what}: {e}");
         assert!(
             e.message().contains("end_step's flush (flush_at_end_step)")
-                && e.message().contains("generation 1 is still the durable one"),
+                && e.message().contains("generation 1 is still the durable one")
+                && e.message().contains(words),
             "{what}: {e}"
         );
         assert_eq!(o.durable_generation(), 1, "{what}");

@@ -566,3 +566,44 @@ fn between_flushes_the_files_keep_one_more_copy_of_what_was_rewritten_and_stop_g
     s.flush().unwrap();
     assert_eq!(s.store().retired_bytes(), 0);
 }
+
+#[test]
+fn a_flush_syncs_the_folder_of_new_extent_files_before_any_manifest_names_them() {
+    use swapper::sys::fault::{self, Call, Fault, Rule};
+    let a = common::disk_dir();
+    let s = Swapper::new(settings(&[a.path()], false)).unwrap();
+    write_all(&s, 1);
+    let files = listing(&rank_folder(a.path()))
+        .keys()
+        .filter(|n| n.starts_with("extent-"))
+        .count();
+    assert_eq!(files, 1);
+    let tag = a.path().to_string_lossy().into_owned();
+    let fail_second_sync = || {
+        fault::install(Rule {
+            call: Call::Sync,
+            path_contains: tag.clone(),
+            fault: Fault::Errno(libc::EIO),
+            skip: 1,
+            times: 1,
+        })
+    };
+    // The extent file is new: after its fdatasync, the folder's fsync (its entry), which
+    // fails here, before any manifest is written.
+    fail_second_sync();
+    let e = s.flush().unwrap_err();
+    assert!(
+        e.message().contains("its new extent files' entries")
+            && e.message().contains("generation 0 is still the durable one"),
+        "{e}"
+    );
+    assert!(!rank_folder(a.path()).join("manifest.json").exists());
+    // Retried by the next flush, which succeeds.
+    assert_eq!(s.flush().unwrap(), 2);
+    // No new file since: the second sync of a flush is the manifest's own.
+    write_all(&s, 3);
+    fail_second_sync();
+    let e = s.flush().unwrap_err();
+    assert!(e.message().contains("manifest.json.new"), "{e}");
+    assert_eq!(s.flush().unwrap(), 4);
+}

@@ -19,7 +19,9 @@
 //!
 //! A registration on an adopted folder takes up the sub-group's adopted tensors inside
 //! its claim; a panic there gives them back (a later registration of the same sub-group
-//! still finds them, and a flush and the next adoption keep them).
+//! still finds them, and a flush and the next adoption keep them). With
+//! `flush_at_end_step`, a panic at end_step's flush leaves the previous generation
+//! durable and the handle usable.
 
 mod common;
 
@@ -37,6 +39,7 @@ use swapper::ffi::swapper::{
     swapper_reserve_partitioned_swap_space, swapper_swap_out_and_release, Swapper, SwapperConfig,
 };
 use swapper::optimizer::{OptimizerStats, TensorKind};
+use swapper::store::manifest::{self, Manifest};
 use swapper::sys::fault::{self, Call, Fault, Rule};
 use swapper::{Dtype, Status};
 
@@ -679,6 +682,11 @@ fn a_panic_in_the_middle_of_a_transition_breaks_the_handle_and_destroy_still_wor
 
 /// An optimizer swapper through the C ABI on `nvme`, adopting or not; checksums on.
 fn create(nvme: &CString, adopt: bool) -> *mut SwapperOptimizer {
+    create_with(nvme, adopt, false)
+}
+
+/// As `create`, flushing at every end_step or not.
+fn create_with(nvme: &CString, adopt: bool, flush_at_end_step: bool) -> *mut SwapperOptimizer {
     let mut o = null_mut();
     // SAFETY: the defaults fill the struct; the string outlives the create.
     unsafe {
@@ -691,6 +699,7 @@ fn create(nvme: &CString, adopt: bool) -> *mut SwapperOptimizer {
         c.verify_checksums = 1;
         c.io.block_size = 4096;
         c.adopt = u8::from(adopt);
+        c.flush_at_end_step = u8::from(flush_at_end_step);
         ok(swapper_optimizer_create(&c, &mut o), "create");
     }
     o
@@ -831,6 +840,96 @@ fn a_panic_in_a_registration_that_takes_up_adopted_tensors_gives_them_back() {
         }
         step_on(o, &ADOPTED, 1, Some(2), &what);
         step_on(o, &[1, 0], 2, None, &what);
+        swapper_optimizer_destroy(o);
+    }
+}
+
+/// The generation of the manifest in the rank folder `folder`.
+fn manifest_generation(folder: &str) -> u64 {
+    let path = std::path::Path::new(folder).join(manifest::NAME);
+    let bytes = std::fs::read(&path).unwrap();
+    Manifest::decode(&bytes, folder).unwrap().generation
+}
+
+/// With flush_at_end_step, a panic at end_step's flush (after the step ended, before the
+/// manifest is written) or at the record before it returns PANIC; the handle stays usable,
+/// the generation before stays the durable one, and the next end_step flushes.
+#[test]
+fn a_panic_in_end_steps_flush_leaves_the_previous_generation_and_the_handle_usable() {
+    const GROUPS2: [u32; 2] = [0, 1];
+    for step in ["end_step:record", "end_step:flush"] {
+        let what = format!("end_step panicking at {step}");
+        let dir = disk_dir();
+        let nvme = CString::new(dir.path().to_str().unwrap()).unwrap();
+        let folder = std::fs::canonicalize(dir.path())
+            .unwrap()
+            .join("zero_stage_3/optimizer/rank0")
+            .display()
+            .to_string();
+        let o = create_with(&nvme, false, true);
+        for g in GROUPS2 {
+            ok(register_on(o, g), &what);
+        }
+        step_on(o, &GROUPS2, 0, Some(1), &what); // flushed: version 1
+        fault::install(Rule {
+            call: Call::Point,
+            path_contains: format!("{folder}|{step}"),
+            fault: Fault::Panic,
+            skip: 0,
+            times: 1,
+        });
+        // SAFETY: `order` holds its length.
+        ok(
+            unsafe { swapper_optimizer_begin_step(o, GROUPS2.as_ptr(), 2) },
+            &what,
+        );
+        loop {
+            let mut g = 0;
+            let mut ptrs = [null_mut(); 3];
+            let mut count = 0;
+            // SAFETY: valid out-pointers, three entries.
+            ok(
+                unsafe { swapper_optimizer_next_ready(o, &mut g, ptrs.as_mut_ptr(), 3, &mut count) },
+                &what,
+            );
+            if g == SWAPPER_OPTIMIZER_NONE {
+                break;
+            }
+            for (k, &p) in ptrs.iter().enumerate().take(2) {
+                // SAFETY: the tensors of an out sub-group, N elements each.
+                unsafe { std::slice::from_raw_parts_mut(p, N) }.copy_from_slice(&state(g, k, 2));
+            }
+            ok(swapper_optimizer_hand_back(o, g), &what);
+        }
+        let st = swapper_optimizer_end_step(o);
+        assert_eq!(st, Status::Panic, "{what}: {}", last_error());
+        assert!(
+            last_error().contains("injected panic"),
+            "{what}: {}",
+            last_error()
+        );
+        // Usable. At the record, the step was not ended: ending it again flushes version
+        // 2 (generation 2). At the flush, the step was ended and its flush never written:
+        // generation 1 (version 1) stays the durable one.
+        let st = swapper_optimizer_end_step(o);
+        let generation = manifest_generation(&folder);
+        if step == "end_step:record" {
+            ok(st, &format!("{what}: end_step again"));
+            assert_eq!(generation, 2, "{what}");
+        } else {
+            assert_eq!(st, Status::BadState, "{what}: end_step again: {}", last_error());
+            assert_eq!(generation, 1, "{what}");
+        }
+        // The next step reads version 2 (from the files, flushed or not) and its end_step
+        // flushes version 3, which an adopter finds.
+        step_on(o, &GROUPS2, 2, Some(3), &what);
+        assert!(manifest_generation(&folder) > generation, "{what}");
+        swapper_optimizer_destroy(o);
+        let o = create(&nvme, true);
+        for g in GROUPS2 {
+            ok(register_on(o, g), &format!("{what}: register {g} after adoption"));
+        }
+        step_on(o, &GROUPS2, 3, None, &what);
         swapper_optimizer_destroy(o);
     }
 }

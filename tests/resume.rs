@@ -81,6 +81,14 @@ fn listing(dir: &Path) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// Held by every test that installs fault rules: one of them clears every rule
+/// (`fault::clear`), which would take another test's rule away before it struck.
+static FAULTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn faults() -> std::sync::MutexGuard<'static, ()> {
+    FAULTS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn rank_folder(root: &Path) -> PathBuf {
     root.join("zero_stage_3/float16params/rank0")
 }
@@ -425,6 +433,7 @@ fn snapshots_reflink_on_xfs_and_btrfs_and_copy_across_file_systems() {
 #[test]
 fn a_flush_whose_syncs_fail_leaves_the_previous_generation_and_frees_nothing() {
     use swapper::sys::fault::{self, Call, Fault, Rule};
+    let _faults = faults();
     let a = common::disk_dir();
     let s = Swapper::new(settings(&[a.path()], false)).unwrap();
     let g1 = write_all(&s, 1);
@@ -523,6 +532,7 @@ fn extent_bytes(folder: &Path) -> u64 {
 #[test]
 fn between_flushes_the_files_keep_one_more_copy_of_what_was_rewritten_and_stop_growing() {
     use swapper::sys::fault::{self, Call, Fault, Rule};
+    let _faults = faults();
     let a = common::disk_dir();
     let s = Swapper::new(settings(&[a.path()], false)).unwrap();
     write_all(&s, 1);
@@ -570,6 +580,7 @@ fn between_flushes_the_files_keep_one_more_copy_of_what_was_rewritten_and_stop_g
 #[test]
 fn a_flush_syncs_the_folder_of_new_extent_files_before_any_manifest_names_them() {
     use swapper::sys::fault::{self, Call, Fault, Rule};
+    let _faults = faults();
     let a = common::disk_dir();
     let s = Swapper::new(settings(&[a.path()], false)).unwrap();
     write_all(&s, 1);

@@ -4,7 +4,9 @@
  * Three sub-groups of SGD with momentum on NVMe: gradients out at offsets, a step per
  * sub-group in place in the ring, the new state written behind; a visit destroyed
  * without hand_back() is discarded (the files keep the previous state); misuse arrives as
- * swapper::Error with its status. Checked against the same arithmetic in memory.
+ * swapper::Error with its status. Checked against the same arithmetic in memory. Every
+ * end_step flushes (flush_at_end_step), so a new optimizer created with adopt finds the
+ * last step's state; the same through DeepSpeed JSON's libswapper_* keys.
  * Exit status 0 when everything holds.
  *
  * usage: cpp_optimizer FOLDER
@@ -43,6 +45,7 @@ int main(int argc, char **argv) {
         SwapperOptimizerConfig c = swapper::Optimizer::default_config(argv[1]);
         c.ring_bytes = 1 << 20;
         c.verify_checksums = 1;
+        c.flush_at_end_step = 1;
         swapper::Optimizer opt(c);
         std::vector<std::vector<float>> w(3), m(3);
         for (std::uint32_t g = 0; g < 3; g++) {
@@ -95,6 +98,22 @@ int main(int argc, char **argv) {
         }
         CHECK(st == SWAPPER_STATUS_NOT_FOUND, "unknown sub-group");
         CHECK(opt.stats().steps == 5, "steps counted");
+        // Resume: nothing but end_step flushed; an adopting optimizer finds the last step.
+        c.adopt = 1;
+        c.flush_at_end_step = 0;
+        opt = swapper::Optimizer(nullptr);  // destroyed: the rank folder is free
+        swapper::Optimizer resumed(c);
+        for (std::uint32_t g = 0; g < 3; g++)
+            resumed.register_subgroup(g, {{"param", SIZES[g]}, {"momentum", SIZES[g]},
+                                          {"grad", SIZES[g], SWAPPER_TENSOR_KIND_GRADIENT}});
+        resumed.begin_step({1, 2, 0});
+        while (auto v = resumed.next_ready()) {
+            std::uint32_t g = v->subgroup();
+            CHECK(std::memcmp(v->tensor(0), w[g].data(), SIZES[g] * 4) == 0, "adopted params");
+            CHECK(std::memcmp(v->tensor(1), m[g].data(), SIZES[g] * 4) == 0, "adopted momentum");
+            v->discard();
+        }
+        resumed.end_step();
     }
     {
         // From DeepSpeed's JSON: the ring is buffer_count tensors of the largest numel.
@@ -106,6 +125,29 @@ int main(int argc, char **argv) {
         opt.register_subgroup(0, {{"fp32", 2000}, {"exp_avg", 2000}});
         opt.begin_step({0});
         while (auto v = opt.next_ready()) v->hand_back();
+        opt.end_step();
+        // libswapper's keys: flush at every end_step, then adopt what it made durable.
+        std::string flushing = json;
+        flushing.replace(flushing.find("\"pipeline_read\""), 0, "\"libswapper_flush_at_end_step\": true, ");
+        std::string adopting = json;
+        adopting.replace(adopting.find("\"pipeline_read\""), 0, "\"libswapper_adopt\": true, ");
+        opt = swapper::Optimizer(nullptr);
+        opt = swapper::Optimizer::from_json(flushing, 1, 2000);
+        opt.register_subgroup(0, {{"fp32", 2000}, {"exp_avg", 2000}});
+        opt.begin_step({0});
+        while (auto v = opt.next_ready()) {
+            v->tensor(1)[1999] = 43.0f;
+            v->hand_back();
+        }
+        opt.end_step();
+        opt = swapper::Optimizer(nullptr);
+        opt = swapper::Optimizer::from_json(adopting, 1, 2000);
+        opt.register_subgroup(0, {{"fp32", 2000}, {"exp_avg", 2000}});
+        opt.begin_step({0});
+        while (auto v = opt.next_ready()) {
+            CHECK(v->tensor(1)[1999] == 43.0f, "adopted through libswapper_adopt");
+            v->discard();
+        }
         opt.end_step();
         SwapperStatus st = SWAPPER_STATUS_OK;
         try {

@@ -441,6 +441,17 @@ typedef struct {
    * flag: 0 is false, any other value true.
    */
   uint8_t adopt;
+  /**
+   * Flush at the end of every step: `swapper_optimizer_end_step`, once every write of
+   * the step is done, makes the state durable as `swapper_optimizer_flush` does, and a
+   * flush that fails is one of the failures it returns (`SWAPPER_STATUS_IO_ERROR`
+   * naming the file and errno; the step is ended all the same and the previous
+   * generation stays the durable one). DeepSpeed JSON:
+   * `offload_optimizer.libswapper_flush_at_end_step`. Default 0 (only
+   * `swapper_optimizer_flush` flushes). A one-byte flag: 0 is false, any other value
+   * true.
+   */
+  uint8_t flush_at_end_step;
 } SwapperOptimizerConfig;
 
 /**
@@ -1025,6 +1036,9 @@ SwapperStatus swapper_optimizer_create(const SwapperOptimizerConfig *config,
  * buffers; 0 takes `zero_optimization.sub_group_size`), or
  * `offload_optimizer.ring_bytes` when that (libswapper's own key) is set;
  * `pipeline_read` true reads as many sub-groups ahead as the ring holds, false one.
+ * libswapper's keys `offload_optimizer.libswapper_adopt` and
+ * `offload_optimizer.libswapper_flush_at_end_step` (booleans, default false) set the
+ * config's `adopt` and `flush_at_end_step`.
  * Ownership and thread-safety as `swapper_optimizer_create`.
  *
  * Errors: as `swapper_optimizer_create`, plus `SWAPPER_STATUS_INVALID_ARGUMENT` for text
@@ -1173,6 +1187,10 @@ SwapperStatus swapper_optimizer_discard(SwapperOptimizer *optimizer, uint32_t su
  * new state in the ring and is written again at its next visit; its previous file is
  * never presented as valid. Refused while sub-groups are out with the caller (the step
  * goes on). Blocks. Thread-safe.
+ *
+ * With `flush_at_end_step` set, it then flushes as `swapper_optimizer_flush` does; a
+ * failed flush is listed with the step's other failures (the step is ended; the previous
+ * generation stays the durable one).
  *
  * Errors: `SWAPPER_STATUS_BAD_STATE` (no step; sub-groups still out, named),
  * `SWAPPER_STATUS_IO_ERROR`, `SWAPPER_STATUS_CORRUPT_DATA` (the step ended; the first

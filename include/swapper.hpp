@@ -499,6 +499,8 @@ class Optimizer {
         for (std::size_t k = 16; k < n; k++) check(swapper_optimizer_tensor(h_, g, k, &tensors[k], nullptr));
         return Visit(h_, g, std::move(tensors));
     }
+    /** Ends the step (swapper_optimizer_end_step); with config.flush_at_end_step it also
+     * flushes, and a failed flush throws like the step's other failures (the step ends). */
     void end_step() { check(swapper_optimizer_end_step(h_)); }
     /// Makes the state resumable as of now (swapper_optimizer_flush): after end_step.
     void flush() { check(swapper_optimizer_flush(h_)); }

@@ -16,6 +16,12 @@
 //!
 //! and in both cases destroy returns (no hang). Every rule names its swapper's rank
 //! folder, so the scenarios, each with a swapper of its own, do not disturb each other.
+//!
+//! A registration on an adopted folder takes up the sub-group's adopted tensors inside
+//! its claim; a panic there gives them back (a later registration of the same sub-group
+//! still finds them, and a flush and the next adoption keep them). With
+//! `flush_at_end_step`, a panic at end_step's flush leaves the previous generation
+//! durable and the handle usable.
 
 mod common;
 
@@ -33,6 +39,7 @@ use swapper::ffi::swapper::{
     swapper_reserve_partitioned_swap_space, swapper_swap_out_and_release, Swapper, SwapperConfig,
 };
 use swapper::optimizer::{OptimizerStats, TensorKind};
+use swapper::store::manifest::{self, Manifest};
 use swapper::sys::fault::{self, Call, Fault, Rule};
 use swapper::{Dtype, Status};
 
@@ -670,5 +677,259 @@ fn a_panic_in_the_middle_of_a_transition_breaks_the_handle_and_destroy_still_wor
             scenario(op, "change".to_string(), 0),
             "{op:?}: a torn transition did not break the handle"
         );
+    }
+}
+
+/// An optimizer swapper through the C ABI on `nvme`, adopting or not; checksums on.
+fn create(nvme: &CString, adopt: bool) -> *mut SwapperOptimizer {
+    create_with(nvme, adopt, false)
+}
+
+/// As `create`, flushing at every end_step or not.
+fn create_with(nvme: &CString, adopt: bool, flush_at_end_step: bool) -> *mut SwapperOptimizer {
+    let mut o = null_mut();
+    // SAFETY: the defaults fill the struct; the string outlives the create.
+    unsafe {
+        let mut c = std::mem::MaybeUninit::<SwapperOptimizerConfig>::uninit();
+        swapper_optimizer_config_default(c.as_mut_ptr());
+        let mut c = c.assume_init();
+        c.nvme_path = nvme.as_ptr();
+        c.ring_bytes = 3 * 3 * 12288;
+        c.pin_memory = 0;
+        c.verify_checksums = 1;
+        c.io.block_size = 4096;
+        c.adopt = u8::from(adopt);
+        c.flush_at_end_step = u8::from(flush_at_end_step);
+        ok(swapper_optimizer_create(&c, &mut o), "create");
+    }
+    o
+}
+
+fn register_on(o: *mut SwapperOptimizer, g: u32) -> Status {
+    let (_names, specs) = specs();
+    // SAFETY: three specs whose names outlive the call.
+    unsafe { swapper_optimizer_register(o, g, specs.as_ptr(), specs.len()) }
+}
+
+/// A step over `order` in which each sub-group's state tensors are checked against
+/// `version` (its gradient against zeros: gradients are not adopted) and, with `write`,
+/// set to `write`'s version and handed back (else discarded).
+fn step_on(o: *mut SwapperOptimizer, order: &[u32], version: u32, write: Option<u32>, what: &str) {
+    // SAFETY: `order` holds its length.
+    ok(
+        unsafe { swapper_optimizer_begin_step(o, order.as_ptr(), order.len()) },
+        &format!("{what}: begin_step"),
+    );
+    loop {
+        let mut g = 0;
+        let mut ptrs = [null_mut(); 3];
+        let mut count = 0;
+        // SAFETY: valid out-pointers, three entries.
+        let st = unsafe { swapper_optimizer_next_ready(o, &mut g, ptrs.as_mut_ptr(), 3, &mut count) };
+        ok(st, &format!("{what}: next_ready"));
+        if g == SWAPPER_OPTIMIZER_NONE {
+            break;
+        }
+        for (k, &p) in ptrs.iter().enumerate() {
+            let want = if k == GRAD {
+                vec![0.0; N]
+            } else {
+                state(g, k, version)
+            };
+            // SAFETY: the tensors of an out sub-group, N elements each.
+            let t = unsafe { std::slice::from_raw_parts_mut(p, N) };
+            assert!(
+                t == want.as_slice(),
+                "{what}: sub-group {g}, tensor {k}: not version {version}"
+            );
+            if let (Some(v), true) = (write, k != GRAD) {
+                t.copy_from_slice(&state(g, k, v));
+            }
+        }
+        let st = match write {
+            Some(_) => swapper_optimizer_hand_back(o, g),
+            None => swapper_optimizer_discard(o, g),
+        };
+        ok(st, &format!("{what}: hand back {g}"));
+    }
+    ok(swapper_optimizer_end_step(o), &format!("{what}: end_step"));
+}
+
+/// A panic injected while a registration takes up adopted tensors gives them back: the
+/// call returns PANIC, and a later registration of the same sub-group still finds them
+/// (or, where the panic struck after the registration was recorded, the sub-group is
+/// registered with them); a flush then keeps them, and a swapper adopting afterwards
+/// finds them too. A panic in the middle of a transition breaks the handle, and the
+/// folder is adopted, whole, by the next swapper.
+#[test]
+fn a_panic_in_a_registration_that_takes_up_adopted_tensors_gives_them_back() {
+    const ADOPTED: [u32; 2] = [0, 1];
+    for (step, may_have_registered) in [
+        ("register:claim", false),
+        ("register:reserve", false),
+        ("register:reserved", false),
+        ("register:record", true),
+        ("change", false),
+    ] {
+        let what = format!("register panicking at {step}");
+        let dir = disk_dir();
+        let nvme = CString::new(dir.path().to_str().unwrap()).unwrap();
+        let folder = std::fs::canonicalize(dir.path())
+            .unwrap()
+            .join("zero_stage_3/optimizer/rank0")
+            .display()
+            .to_string();
+        // Version 1 of sub-groups 0 and 1, flushed.
+        let o = create(&nvme, false);
+        for g in ADOPTED {
+            ok(register_on(o, g), &what);
+        }
+        step_on(o, &ADOPTED, 0, Some(1), &what);
+        ok(swapper_optimizer_flush(o), &format!("{what}: flush"));
+        swapper_optimizer_destroy(o);
+
+        let o = create(&nvme, true);
+        fault::install(Rule {
+            call: Call::Point,
+            path_contains: format!("{folder}|{step}"),
+            fault: Fault::Panic,
+            skip: 0,
+            times: 1,
+        });
+        let st = register_on(o, 0);
+        assert_eq!(
+            st,
+            Status::Panic,
+            "{what}: the injected panic did not strike: {}",
+            last_error()
+        );
+        assert!(
+            last_error().contains("injected panic"),
+            "{what}: {}",
+            last_error()
+        );
+        let mut stats = OptimizerStats::default();
+        // SAFETY: a valid out-pointer.
+        let broken = unsafe { swapper_optimizer_stats(o, &mut stats) } == Status::Panic;
+        let o = if broken {
+            assert_eq!(step, "change", "{what} broke the handle");
+            swapper_optimizer_destroy(o);
+            create(&nvme, true)
+        } else {
+            assert_ne!(
+                step, "change",
+                "{what}: a torn transition did not break the handle"
+            );
+            o
+        };
+        // The same sub-group registered again takes its adopted tensors up.
+        let st = register_on(o, 0);
+        assert!(
+            st == Status::Ok || (may_have_registered && !broken && st == Status::BadState),
+            "{what}: register 0 again: {st:?} {}",
+            last_error()
+        );
+        ok(register_on(o, 1), &format!("{what}: register 1"));
+        step_on(o, &ADOPTED, 1, None, &what);
+        // Flushed and adopted again: still version 1; then a new version lands.
+        ok(swapper_optimizer_flush(o), &format!("{what}: flush"));
+        swapper_optimizer_destroy(o);
+        let o = create(&nvme, true);
+        for g in ADOPTED {
+            ok(register_on(o, g), &format!("{what}: register {g} after adoption"));
+        }
+        step_on(o, &ADOPTED, 1, Some(2), &what);
+        step_on(o, &[1, 0], 2, None, &what);
+        swapper_optimizer_destroy(o);
+    }
+}
+
+/// The generation of the manifest in the rank folder `folder`.
+fn manifest_generation(folder: &str) -> u64 {
+    let path = std::path::Path::new(folder).join(manifest::NAME);
+    let bytes = std::fs::read(&path).unwrap();
+    Manifest::decode(&bytes, folder).unwrap().generation
+}
+
+/// With flush_at_end_step, a panic at end_step's flush (after the step ended, before the
+/// manifest is written) or at the record before it returns PANIC; the handle stays usable,
+/// the generation before stays the durable one, and the next end_step flushes.
+#[test]
+fn a_panic_in_end_steps_flush_leaves_the_previous_generation_and_the_handle_usable() {
+    const GROUPS2: [u32; 2] = [0, 1];
+    for step in ["end_step:record", "end_step:flush"] {
+        let what = format!("end_step panicking at {step}");
+        let dir = disk_dir();
+        let nvme = CString::new(dir.path().to_str().unwrap()).unwrap();
+        let folder = std::fs::canonicalize(dir.path())
+            .unwrap()
+            .join("zero_stage_3/optimizer/rank0")
+            .display()
+            .to_string();
+        let o = create_with(&nvme, false, true);
+        for g in GROUPS2 {
+            ok(register_on(o, g), &what);
+        }
+        step_on(o, &GROUPS2, 0, Some(1), &what); // flushed: version 1
+        fault::install(Rule {
+            call: Call::Point,
+            path_contains: format!("{folder}|{step}"),
+            fault: Fault::Panic,
+            skip: 0,
+            times: 1,
+        });
+        // SAFETY: `order` holds its length.
+        ok(
+            unsafe { swapper_optimizer_begin_step(o, GROUPS2.as_ptr(), 2) },
+            &what,
+        );
+        loop {
+            let mut g = 0;
+            let mut ptrs = [null_mut(); 3];
+            let mut count = 0;
+            // SAFETY: valid out-pointers, three entries.
+            ok(
+                unsafe { swapper_optimizer_next_ready(o, &mut g, ptrs.as_mut_ptr(), 3, &mut count) },
+                &what,
+            );
+            if g == SWAPPER_OPTIMIZER_NONE {
+                break;
+            }
+            for (k, &p) in ptrs.iter().enumerate().take(2) {
+                // SAFETY: the tensors of an out sub-group, N elements each.
+                unsafe { std::slice::from_raw_parts_mut(p, N) }.copy_from_slice(&state(g, k, 2));
+            }
+            ok(swapper_optimizer_hand_back(o, g), &what);
+        }
+        let st = swapper_optimizer_end_step(o);
+        assert_eq!(st, Status::Panic, "{what}: {}", last_error());
+        assert!(
+            last_error().contains("injected panic"),
+            "{what}: {}",
+            last_error()
+        );
+        // Usable. At the record, the step was not ended: ending it again flushes version
+        // 2 (generation 2). At the flush, the step was ended and its flush never written:
+        // generation 1 (version 1) stays the durable one.
+        let st = swapper_optimizer_end_step(o);
+        let generation = manifest_generation(&folder);
+        if step == "end_step:record" {
+            ok(st, &format!("{what}: end_step again"));
+            assert_eq!(generation, 2, "{what}");
+        } else {
+            assert_eq!(st, Status::BadState, "{what}: end_step again: {}", last_error());
+            assert_eq!(generation, 1, "{what}");
+        }
+        // The next step reads version 2 (from the files, flushed or not) and its end_step
+        // flushes version 3, which an adopter finds.
+        step_on(o, &GROUPS2, 2, Some(3), &what);
+        assert!(manifest_generation(&folder) > generation, "{what}");
+        swapper_optimizer_destroy(o);
+        let o = create(&nvme, true);
+        for g in GROUPS2 {
+            ok(register_on(o, g), &format!("{what}: register {g} after adoption"));
+        }
+        step_on(o, &GROUPS2, 3, None, &what);
+        swapper_optimizer_destroy(o);
     }
 }

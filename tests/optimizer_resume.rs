@@ -2,7 +2,9 @@
 //! it that is never flushed, then an adopting swapper takes each sub-group up when it is
 //! registered again and finds the flushed state bit for bit; a sub-group registered with
 //! other tensors is refused naming the tensor, and nothing is removed; a flush during a
-//! step is refused.
+//! step is refused. With `flush_at_end_step`, every `end_step` flushes once its writes are
+//! done: a sub-group whose write-behind failed keeps its last record, and a flush whose
+//! sync fails is reported by `end_step` and leaves the previous generation adoptable.
 
 mod common;
 
@@ -12,7 +14,20 @@ use swapper::optimizer::{OptimizerSettings, OptimizerSwapper, TensorKind, Tensor
 use swapper::{IoConfig, Status};
 
 fn opt(dirs: &[&Path], adopt: bool) -> OptimizerSwapper {
+    OptimizerSwapper::new(settings(dirs, adopt)).unwrap()
+}
+
+/// As `opt`, flushing at every end_step.
+fn flushing(dirs: &[&Path], adopt: bool) -> OptimizerSwapper {
     OptimizerSwapper::new(OptimizerSettings {
+        flush_at_end_step: true,
+        ..settings(dirs, adopt)
+    })
+    .unwrap()
+}
+
+fn settings(dirs: &[&Path], adopt: bool) -> OptimizerSettings {
+    OptimizerSettings {
         nvme_paths: dirs.iter().map(|d| d.to_path_buf()).collect(),
         ring_bytes: 16 << 20,
         pin_memory: false,
@@ -23,8 +38,7 @@ fn opt(dirs: &[&Path], adopt: bool) -> OptimizerSwapper {
         },
         adopt,
         ..OptimizerSettings::default()
-    })
-    .unwrap()
+    }
 }
 
 fn specs(n: u64) -> Vec<TensorSpec> {
@@ -39,7 +53,13 @@ const SIZES: [u64; 3] = [1000, 300_000, 1 << 20];
 
 /// One step that sets every state tensor of every sub-group to f(index, tensor, i, step).
 fn step(o: &OptimizerSwapper, s: u32) {
-    o.begin_step(&[0, 1, 2]).unwrap();
+    step_over(o, &[0, 1, 2], s).unwrap();
+}
+
+/// A step over `order` that sets its sub-groups' state tensors to step `s`'s values;
+/// end_step's outcome.
+fn step_over(o: &OptimizerSwapper, order: &[u32], s: u32) -> swapper::Result<()> {
+    o.begin_step(order).unwrap();
     while let Some(mut v) = o.next_ready().unwrap() {
         let i = v.index();
         for k in 0..2 {
@@ -47,9 +67,10 @@ fn step(o: &OptimizerSwapper, s: u32) {
                 *x = value(i, k, e, s);
             }
         }
-        v.hand_back().unwrap();
+        // A failed write-behind is reported here too, or at end_step.
+        let _ = v.hand_back();
     }
-    o.end_step().unwrap();
+    o.end_step()
 }
 
 fn value(i: u32, k: usize, e: usize, s: u32) -> f32 {
@@ -58,9 +79,15 @@ fn value(i: u32, k: usize, e: usize, s: u32) -> f32 {
 
 /// Visits every sub-group and checks it holds step `s`'s values.
 fn check(o: &OptimizerSwapper, s: u32) {
+    check_each(o, [s; 3]);
+}
+
+/// Visits every sub-group and checks that sub-group i holds step `s[i]`'s values.
+fn check_each(o: &OptimizerSwapper, steps: [u32; 3]) {
     o.begin_step(&[2, 0, 1]).unwrap();
     while let Some(v) = o.next_ready().unwrap() {
         let i = v.index();
+        let s = steps[i as usize];
         for k in 0..2 {
             assert!(
                 v.tensor(k)
@@ -207,4 +234,95 @@ fn an_optimizer_snapshot_restores_into_other_folders_and_is_adopted() {
         o.register(i as u32, &specs(n)).unwrap();
     }
     check(&o, 2);
+}
+
+fn register_all(o: &OptimizerSwapper) {
+    for (i, &n) in SIZES.iter().enumerate() {
+        o.register(i as u32, &specs(n)).unwrap();
+    }
+}
+
+#[test]
+fn every_end_step_flushes_when_asked_and_a_failed_write_keeps_its_last_record() {
+    use swapper::sys::fault::{self, Call, Fault, Rule};
+    let a = common::disk_dir();
+    let o = flushing(&[a.path()], false);
+    register_all(&o);
+    assert_eq!(o.durable_generation(), 0);
+    step(&o, 1);
+    assert_eq!(o.durable_generation(), 1, "end_step flushed");
+    step(&o, 2);
+    assert_eq!(o.durable_generation(), 2);
+    // Sub-group 0's write-behind fails: end_step reports it, flushes all the same, and
+    // the manifest keeps sub-group 0's step-2 record (its step-3 data is only in the ring).
+    fault::install(Rule {
+        call: Call::Write,
+        path_contains: a.path().join("zero_stage_3").to_string_lossy().into_owned()
+            + "/optimizer/rank0/extent-",
+        fault: Fault::Errno(libc::EIO),
+        skip: 0,
+        times: 1,
+    });
+    let e = step_over(&o, &[0], 3).err().unwrap();
+    assert_eq!(e.status(), Status::IoError, "{e}");
+    assert!(e.message().contains("sub-group 0"), "{e}");
+    assert_eq!(o.durable_generation(), 3, "flushed after the failed write");
+    // Sub-group 1 moves on to step 3 and is flushed; 0 is still unsaved (not in the order).
+    step_over(&o, &[1], 3).unwrap();
+    assert_eq!(o.durable_generation(), 4);
+    drop(o);
+    // Adopted (flushing too): 0 and 2 as step 2 left them, 1 as step 3.
+    let o = flushing(&[a.path()], true);
+    register_all(&o);
+    check_each(&o, [2, 3, 2]);
+    assert_eq!(
+        o.durable_generation(),
+        5,
+        "the adopted swapper's end_step flushed"
+    );
+    step(&o, 6);
+    drop(o);
+    let o = opt(&[a.path()], true);
+    register_all(&o);
+    check(&o, 6);
+}
+
+#[test]
+fn an_end_step_whose_flush_fails_reports_it_and_the_previous_generation_stays_adoptable() {
+    use swapper::sys::fault::{self, Call, Fault, Rule};
+    let a = common::disk_dir();
+    let o = flushing(&[a.path()], false);
+    register_all(&o);
+    step(&o, 1);
+    assert_eq!(o.durable_generation(), 1);
+    let tag = a.path().to_string_lossy().into_owned();
+    // The data's fdatasync fails, then the manifest's fsync (before its rename).
+    for (what, skip, s, words) in [
+        ("the data", 0u64, 2, "cannot sync the data"),
+        ("the manifest", 1, 3, "manifest.json.new"),
+    ] {
+        fault::install(Rule {
+            call: Call::Sync,
+            path_contains: tag.clone(),
+            fault: Fault::Errno(libc::EIO),
+            skip,
+            times: 1,
+        });
+        let e = step_over(&o, &[0, 1, 2], s).err().unwrap();
+        assert_eq!(e.status(), Status::IoError, "{what}: {e}");
+        assert!(
+            e.message().contains("end_step's flush (flush_at_end_step)")
+                && e.message().contains("generation 1 is still the durable one")
+                && e.message().contains(words),
+            "{what}: {e}"
+        );
+        assert_eq!(o.durable_generation(), 1, "{what}");
+        // The step is ended all the same: a new one begins.
+        assert_eq!(o.stats().unwrap().steps, u64::from(s), "{what}");
+    }
+    drop(o);
+    let o = opt(&[a.path()], true);
+    assert_eq!(o.durable_generation(), 1);
+    register_all(&o);
+    check(&o, 1);
 }

@@ -81,6 +81,14 @@ fn listing(dir: &Path) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// Held by every test that installs fault rules: one of them clears every rule
+/// (`fault::clear`), which would take another test's rule away before it struck.
+static FAULTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn faults() -> std::sync::MutexGuard<'static, ()> {
+    FAULTS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn rank_folder(root: &Path) -> PathBuf {
     root.join("zero_stage_3/float16params/rank0")
 }
@@ -425,6 +433,7 @@ fn snapshots_reflink_on_xfs_and_btrfs_and_copy_across_file_systems() {
 #[test]
 fn a_flush_whose_syncs_fail_leaves_the_previous_generation_and_frees_nothing() {
     use swapper::sys::fault::{self, Call, Fault, Rule};
+    let _faults = faults();
     let a = common::disk_dir();
     let s = Swapper::new(settings(&[a.path()], false)).unwrap();
     let g1 = write_all(&s, 1);
@@ -509,4 +518,103 @@ fn flushes_racing_writes_on_other_threads_record_only_complete_writes() {
         );
         s.release(&[id]).unwrap();
     }
+}
+
+/// Bytes of the extent files of a rank folder (their size is what they hold reserved).
+fn extent_bytes(folder: &Path) -> u64 {
+    listing(folder)
+        .iter()
+        .filter(|(name, _)| name.starts_with("extent-"))
+        .map(|(_, len)| len)
+        .sum()
+}
+
+#[test]
+fn between_flushes_the_files_keep_one_more_copy_of_what_was_rewritten_and_stop_growing() {
+    use swapper::sys::fault::{self, Call, Fault, Rule};
+    let _faults = faults();
+    let a = common::disk_dir();
+    let s = Swapper::new(settings(&[a.path()], false)).unwrap();
+    write_all(&s, 1);
+    let live: u64 = PARAMS
+        .iter()
+        .flat_map(|p| s.param_locations(p.0))
+        .map(|e| e.len)
+        .sum();
+    s.flush().unwrap();
+    // Every param rewritten after the flush: its flushed copy is kept (retired) beside
+    // the new one until the next flush is durable.
+    write_all(&s, 2);
+    assert_eq!(s.store().retired_bytes(), live);
+    let size = extent_bytes(&rank_folder(a.path()));
+    assert!(size >= 2 * live, "{size} bytes of files for twice {live}");
+    // Flush and rewrite again and again: the space freed by each flush is reused, the
+    // files do not grow.
+    for g in 3..10 {
+        s.flush().unwrap();
+        assert_eq!(s.store().retired_bytes(), 0, "generation {g}");
+        write_all(&s, g);
+        assert_eq!(s.store().retired_bytes(), live, "generation {g}");
+        assert_eq!(
+            extent_bytes(&rank_folder(a.path())),
+            size,
+            "generation {g}: the files grew"
+        );
+    }
+    // A flush that fails keeps what it named too (it may have reached a drive): one more
+    // copy until a flush succeeds, which frees both.
+    fault::install(Rule {
+        call: Call::Sync,
+        path_contains: a.path().to_string_lossy().into_owned(),
+        fault: Fault::Errno(libc::EIO),
+        skip: 0,
+        times: 1,
+    });
+    s.flush().unwrap_err();
+    write_all(&s, 20);
+    assert_eq!(s.store().retired_bytes(), 2 * live);
+    s.flush().unwrap();
+    assert_eq!(s.store().retired_bytes(), 0);
+}
+
+#[test]
+fn a_flush_syncs_the_folder_of_new_extent_files_before_any_manifest_names_them() {
+    use swapper::sys::fault::{self, Call, Fault, Rule};
+    let _faults = faults();
+    let a = common::disk_dir();
+    let s = Swapper::new(settings(&[a.path()], false)).unwrap();
+    write_all(&s, 1);
+    let files = listing(&rank_folder(a.path()))
+        .keys()
+        .filter(|n| n.starts_with("extent-"))
+        .count();
+    assert_eq!(files, 1);
+    let tag = a.path().to_string_lossy().into_owned();
+    let fail_second_sync = || {
+        fault::install(Rule {
+            call: Call::Sync,
+            path_contains: tag.clone(),
+            fault: Fault::Errno(libc::EIO),
+            skip: 1,
+            times: 1,
+        })
+    };
+    // The extent file is new: after its fdatasync, the folder's fsync (its entry), which
+    // fails here, before any manifest is written.
+    fail_second_sync();
+    let e = s.flush().unwrap_err();
+    assert!(
+        e.message().contains("its new extent files' entries")
+            && e.message().contains("generation 0 is still the durable one"),
+        "{e}"
+    );
+    assert!(!rank_folder(a.path()).join("manifest.json").exists());
+    // Retried by the next flush, which succeeds.
+    assert_eq!(s.flush().unwrap(), 2);
+    // No new file since: the second sync of a flush is the manifest's own.
+    write_all(&s, 3);
+    fail_second_sync();
+    let e = s.flush().unwrap_err();
+    assert!(e.message().contains("manifest.json.new"), "{e}");
+    assert_eq!(s.flush().unwrap(), 4);
 }

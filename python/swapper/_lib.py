@@ -106,6 +106,7 @@ class OptimizerConfigStruct(Structure):
         ("verify_checksums", ctypes.c_uint8),
         ("io", IoConfigStruct),
         ("adopt", ctypes.c_uint8),  # 0 false, non-zero true
+        ("flush_at_end_step", ctypes.c_uint8),  # 0 false, non-zero true
     ]
 
 

@@ -147,7 +147,11 @@ class OptimizerSwapper:
     <path>/zero_stage_3/optimizer/rank<rank>/. ring_bytes: the page-locked ring (at least
     the largest sub-group; twice that overlaps reads with steps). read_ahead: most
     sub-groups read ahead (0: as many as the ring holds). The I/O settings are those of
-    IoHandle (block_size, queue_depth, thread_count, ...).
+    IoHandle (block_size, queue_depth, thread_count, ...). adopt: keep the rank folders and
+    adopt what the last flush made durable (each sub-group takes its state up when it is
+    registered again). flush_at_end_step: every end_step also flushes, once the step's
+    writes are done; a failed flush raises from end_step like the step's other failures
+    (the step is ended; the previous flush stays the durable one).
     """
 
     def __init__(
@@ -159,6 +163,7 @@ class OptimizerSwapper:
         pin_memory=True,
         verify_checksums=False,
         adopt=False,
+        flush_at_end_step=False,
         **io,
     ):
         unknown = set(io) - set(_IO_KEYS)
@@ -178,6 +183,7 @@ class OptimizerSwapper:
         cfg.pin_memory = bool(pin_memory)
         cfg.verify_checksums = bool(verify_checksums)
         cfg.adopt = bool(adopt)
+        cfg.flush_at_end_step = bool(flush_at_end_step)
         io_defaults = {k: getattr(cfg.io, k) for k in _IO_KEYS}
         io_defaults.update(io)
         _fill_io_config(cfg.io, **io_defaults)
@@ -201,8 +207,10 @@ class OptimizerSwapper:
         pipeline_write, fast_init, pin_memory). The ring is buffer_count tensors of
         `largest_numel` float32 elements (the largest tensor of any sub-group, as
         DeepSpeed sizes its swap buffers; 0 takes zero_optimization.sub_group_size), or
-        offload_optimizer.ring_bytes (libswapper's key) when set. See
-        swapper_optimizer_create_from_json."""
+        offload_optimizer.ring_bytes (libswapper's key) when set. libswapper's keys
+        offload_optimizer.libswapper_adopt and
+        offload_optimizer.libswapper_flush_at_end_step set adopt and flush_at_end_step.
+        See swapper_optimizer_create_from_json."""
         if isinstance(config, dict):
             text = json.dumps(config)
         elif isinstance(config, bytes):

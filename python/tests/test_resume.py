@@ -115,3 +115,69 @@ def test_optimizer_snapshot_and_restore(tmp_path):
         for v in opt.step([3]):
             assert np.all(v["param"] == 2.5)
             v.discard()
+
+
+def _set_state(opt, order, value):
+    for v in opt.step(order):
+        v["param"][:] = value
+        v["exp_avg"][:] = value + 0.5
+        v.hand_back()
+
+
+def _state_is(opt, order, value):
+    for v in opt.step(order):
+        assert np.all(v["param"] == value), (v.subgroup, v["param"][:4])
+        assert np.all(v["exp_avg"] == value + 0.5)
+        v.discard()
+
+
+def _chattr(flag, path):
+    import subprocess
+
+    subprocess.run(["chattr", flag, str(path)], check=True)
+
+
+def test_optimizer_flush_at_end_step_and_a_flush_that_fails_for_real(tmp_path):
+    specs = [("param", 5000), ("exp_avg", 5000), ("grad", 5000, "gradient")]
+    kw = dict(ring_bytes=1 << 20, pin_memory=False, verify_checksums=True)
+    rank = tmp_path / "zero_stage_3/optimizer/rank0"
+    with swapper.OptimizerSwapper(tmp_path, flush_at_end_step=True, **kw) as opt:
+        opt.register(0, specs)
+        opt.register(1, specs)
+        _set_state(opt, [0, 1], 1.0)  # end_step flushed: no flush() call anywhere
+        assert (rank / "manifest.json").exists()
+        # The rank folder made immutable: the manifest cannot be replaced, so end_step's
+        # flush fails for real and says so; the step is ended all the same.
+        _chattr("+i", rank)
+        try:
+            with pytest.raises(swapper.SwapperError, match="end_step's flush") as e:
+                _set_state(opt, [1, 0], 2.0)
+            assert "generation 1 is still the durable one" in str(e.value)
+        finally:
+            _chattr("-i", rank)
+        assert opt.stats().steps == 2
+    with swapper.OptimizerSwapper(tmp_path, adopt=True, **kw) as opt:
+        opt.register(0, specs)
+        opt.register(1, specs)
+        _state_is(opt, [0, 1], 1.0)
+
+
+def test_optimizer_deepspeed_keys_for_adopt_and_the_flush_at_end_step(tmp_path):
+    specs = [("param", 2048), ("exp_avg", 2048)]
+
+    def config(**extra):
+        block = {"device": "nvme", "nvme_path": str(tmp_path), "buffer_count": 2, **extra}
+        return {"zero_optimization": {"offload_optimizer": block}}
+
+    with swapper.OptimizerSwapper.from_deepspeed_config(config(libswapper_flush_at_end_step=True), 0, 2048) as opt:
+        opt.register(0, specs)
+        _set_state(opt, [0], 7.0)
+    with swapper.OptimizerSwapper.from_deepspeed_config(config(libswapper_adopt=True), 0, 2048) as opt:
+        opt.register(0, specs)
+        _state_is(opt, [0], 7.0)
+        _set_state(opt, [0], 8.0)  # not flushed: neither key asks it
+    with swapper.OptimizerSwapper.from_deepspeed_config(config(libswapper_adopt=True), 0, 2048) as opt:
+        opt.register(0, specs)
+        _state_is(opt, [0], 7.0)
+    with pytest.raises(swapper.InvalidArgumentError, match="libswapper_flush_at_end_step"):
+        swapper.OptimizerSwapper.from_deepspeed_config(config(libswapper_flush_at_end_step="yes"), 0, 2048)

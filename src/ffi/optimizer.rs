@@ -71,6 +71,15 @@ pub struct SwapperOptimizerConfig {
     /// nothing is removed on a mismatch. Default 0 (the folders are emptied). A one-byte
     /// flag: 0 is false, any other value true.
     pub adopt: u8,
+    /// Flush at the end of every step: `swapper_optimizer_end_step`, once every write of
+    /// the step is done, makes the state durable as `swapper_optimizer_flush` does, and a
+    /// flush that fails is one of the failures it returns (`SWAPPER_STATUS_IO_ERROR`
+    /// naming the file and errno; the step is ended all the same and the previous
+    /// generation stays the durable one). DeepSpeed JSON:
+    /// `offload_optimizer.libswapper_flush_at_end_step`. Default 0 (only
+    /// `swapper_optimizer_flush` flushes). A one-byte flag: 0 is false, any other value
+    /// true.
+    pub flush_at_end_step: u8,
 }
 
 /// One tensor of a sub-group, as `swapper_optimizer_register` takes it.
@@ -112,6 +121,7 @@ impl TryFrom<&SwapperOptimizerConfig> for OptimizerSettings {
             verify_checksums: flag_is_set(c.verify_checksums),
             io: IoConfig::try_from(&c.io)?,
             adopt: flag_is_set(c.adopt),
+            flush_at_end_step: flag_is_set(c.flush_at_end_step),
         })
     }
 }
@@ -142,6 +152,7 @@ pub unsafe extern "C" fn swapper_optimizer_config_default(out: *mut SwapperOptim
         verify_checksums: u8::from(d.verify_checksums),
         io: SwapperIoConfig::from(&d.io),
         adopt: u8::from(d.adopt),
+        flush_at_end_step: u8::from(d.flush_at_end_step),
     };
     // SAFETY: the caller's contract.
     unsafe { write_opt(out, c) }
@@ -191,6 +202,9 @@ pub unsafe extern "C" fn swapper_optimizer_create(
 /// buffers; 0 takes `zero_optimization.sub_group_size`), or
 /// `offload_optimizer.ring_bytes` when that (libswapper's own key) is set;
 /// `pipeline_read` true reads as many sub-groups ahead as the ring holds, false one.
+/// libswapper's keys `offload_optimizer.libswapper_adopt` and
+/// `offload_optimizer.libswapper_flush_at_end_step` (booleans, default false) set the
+/// config's `adopt` and `flush_at_end_step`.
 /// Ownership and thread-safety as `swapper_optimizer_create`.
 ///
 /// Errors: as `swapper_optimizer_create`, plus `SWAPPER_STATUS_INVALID_ARGUMENT` for text
@@ -464,6 +478,10 @@ pub extern "C" fn swapper_optimizer_discard(optimizer: *mut SwapperOptimizer, su
 /// new state in the ring and is written again at its next visit; its previous file is
 /// never presented as valid. Refused while sub-groups are out with the caller (the step
 /// goes on). Blocks. Thread-safe.
+///
+/// With `flush_at_end_step` set, it then flushes as `swapper_optimizer_flush` does; a
+/// failed flush is listed with the step's other failures (the step is ended; the previous
+/// generation stays the durable one).
 ///
 /// Errors: `SWAPPER_STATUS_BAD_STATE` (no step; sub-groups still out, named),
 /// `SWAPPER_STATUS_IO_ERROR`, `SWAPPER_STATUS_CORRUPT_DATA` (the step ended; the first

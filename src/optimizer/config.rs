@@ -12,6 +12,8 @@
 //! | `offload_optimizer.pipeline_write` (default false) | checked; write-behinds always overlap the next step, in queues of their own, within the ring |
 //! | `offload_optimizer.fast_init` (default false) | checked; first-time state is always the file system's zeros (no zeros through the CPU) |
 //! | `offload_optimizer.pin_memory` (default false) | `pin_memory` |
+//! | `offload_optimizer.libswapper_adopt` (libswapper's, default false) | `adopt`: keep the rank folders and adopt what the last flush made durable |
+//! | `offload_optimizer.libswapper_flush_at_end_step` (libswapper's, default false) | `flush_at_end_step`: every `end_step` flushes |
 //! | `zero_optimization.sub_group_size` | the largest tensor's elements, when the caller does not know them |
 //! | `aio.*` | `io`, as for the parameter swapper |
 
@@ -61,6 +63,9 @@ impl OptimizerSettings {
         boolean(o, &key("pipeline_write"))?;
         boolean(o, &key("fast_init"))?;
         let pin_memory = boolean(o, &key("pin_memory"))?.unwrap_or(false);
+        let adopt = boolean(o, &key("libswapper_adopt"))?.unwrap_or(d.adopt);
+        let flush_at_end_step =
+            boolean(o, &key("libswapper_flush_at_end_step"))?.unwrap_or(d.flush_at_end_step);
         let ring_bytes = match integer(o, &key("ring_bytes"))? {
             Some(0) => return Err(Error::invalid(format!("{S}.ring_bytes must be at least 1"))),
             Some(b) => b,
@@ -96,6 +101,8 @@ impl OptimizerSettings {
             read_ahead: if pipeline_read { 0 } else { 1 },
             pin_memory,
             io,
+            adopt,
+            flush_at_end_step,
             ..d
         };
         s.io.validate()?;
@@ -142,6 +149,7 @@ mod tests {
         assert_eq!(s.ring_bytes, DEEPSPEED_BUFFER_COUNT * (4 << 20));
         assert_eq!(s.read_ahead, 1);
         assert!(!s.pin_memory);
+        assert!(!s.adopt && !s.flush_at_end_step);
         let s = read(
             r#"{"zero_optimization": {"sub_group_size": 1e6, "offload_optimizer": {"nvme_path": "/n", "buffer_count": 5}}}"#,
             0,
@@ -154,6 +162,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.ring_bytes, 12345);
+    }
+
+    #[test]
+    fn libswappers_resume_keys_set_adopt_and_the_flush_at_the_end_of_a_step() {
+        for (adopt, flush) in [(true, false), (false, true), (true, true), (false, false)] {
+            let s = read(
+                &format!(
+                    r#"{{"zero_optimization": {{"offload_optimizer": {{"nvme_path": "/n",
+                      "libswapper_adopt": {adopt}, "libswapper_flush_at_end_step": {flush}}}}}}}"#
+                ),
+                1,
+            )
+            .unwrap();
+            assert_eq!((s.adopt, s.flush_at_end_step), (adopt, flush));
+        }
     }
 
     #[test]
@@ -193,6 +216,16 @@ mod tests {
                 r#"{"zero_optimization": {"offload_optimizer": {"nvme_path": "/n", "fast_init": "yes"}}}"#,
                 1,
                 "fast_init",
+            ),
+            (
+                r#"{"zero_optimization": {"offload_optimizer": {"nvme_path": "/n", "libswapper_adopt": 1}}}"#,
+                1,
+                "offload_optimizer.libswapper_adopt",
+            ),
+            (
+                r#"{"zero_optimization": {"offload_optimizer": {"nvme_path": "/n", "libswapper_flush_at_end_step": "true"}}}"#,
+                1,
+                "offload_optimizer.libswapper_flush_at_end_step",
             ),
             (
                 r#"{"zero_optimization": {"offload_optimizer": {"nvme_path": "/n"}}}"#,

@@ -9,6 +9,13 @@
 //! manifest had. Gradients are not recorded: they are rewritten every backward pass
 //! (their space is reclaimed at adoption and they read as zeros again).
 //!
+//! With `flush_at_end_step` ([`super::OptimizerSettings`]), `end_step` flushes too: once
+//! every write of the step is settled, it takes the flush lock, ends the step and lists
+//! what to record under the same hold of the bookkeeping lock (so no other thread's
+//! `begin_step` slips in between), then commits without it. A failed flush is one of the
+//! step's failures that `end_step` returns; the step is ended all the same and the
+//! previous generation stays the durable one.
+//!
 //! # Adoption
 //! An optimizer swapper created with `adopt` reads the manifest (the store checks it and
 //! the files' sizes), verifies each state tensor's crc32c when the manifest has one,
@@ -21,7 +28,7 @@
 use std::collections::HashMap;
 
 use super::subgroup::{Phase, SubGroup, Sum, TensorKind, ELEM};
-use super::OptimizerSwapper;
+use super::{OptimizerSwapper, State};
 use crate::checksum;
 use crate::status::{Error, Result, Status};
 use crate::store::manifest::{TensorEntry, TensorRecord};
@@ -155,32 +162,7 @@ impl OptimizerSwapper {
             if st.step.is_some() {
                 return Err(Error::bad_state("flush during a step: call it after end_step"));
             }
-            let mut records = Vec::new();
-            let mut keep: Vec<u64> = st.adopted.keys().copied().collect();
-            for g in st.groups.values() {
-                let idle = matches!(g.phase, Phase::Idle);
-                for t in g.tensors.iter().filter(|t| t.spec.kind == TensorKind::State) {
-                    if idle && t.valid {
-                        let sum = match &t.sum {
-                            Sum::Whole(c) => Some(c),
-                            _ => None,
-                        };
-                        records.push((
-                            t.key,
-                            TensorRecord {
-                                name: t.spec.name.clone(),
-                                numel: t.spec.numel,
-                                dtype: DTYPE.to_string(),
-                                bytes: t.bytes(),
-                                crc32c: sum.map(|c| c.crc()),
-                                checksum_parts: sum.map_or_else(Vec::new, |c| c.parts().to_vec()),
-                            },
-                        ));
-                    } else {
-                        keep.push(t.key);
-                    }
-                }
-            }
+            let (records, keep) = st.flush_records();
             lock.prepare(records, &keep)?
         };
         let flushed = prepared.commit()?;
@@ -190,5 +172,41 @@ impl OptimizerSwapper {
     /// The generation of the last manifest made durable (0: none).
     pub fn durable_generation(&self) -> u64 {
         self.store.durable_generation()
+    }
+}
+
+impl State {
+    /// What a flush records now: every state tensor of every idle sub-group whose last
+    /// write is complete (key and record), and the keys to keep as the previous manifest
+    /// had them (adopted tensors not taken up yet; sub-groups not idle, or whose last
+    /// write-behind failed). Bookkeeping only, under the lock.
+    pub(super) fn flush_records(&self) -> (Vec<(u64, TensorRecord)>, Vec<u64>) {
+        let mut records = Vec::new();
+        let mut keep: Vec<u64> = self.adopted.keys().copied().collect();
+        for g in self.groups.values() {
+            let idle = matches!(g.phase, Phase::Idle);
+            for t in g.tensors.iter().filter(|t| t.spec.kind == TensorKind::State) {
+                if idle && t.valid {
+                    let sum = match &t.sum {
+                        Sum::Whole(c) => Some(c),
+                        _ => None,
+                    };
+                    records.push((
+                        t.key,
+                        TensorRecord {
+                            name: t.spec.name.clone(),
+                            numel: t.spec.numel,
+                            dtype: DTYPE.to_string(),
+                            bytes: t.bytes(),
+                            crc32c: sum.map(|c| c.crc()),
+                            checksum_parts: sum.map_or_else(Vec::new, |c| c.parts().to_vec()),
+                        },
+                    ));
+                } else {
+                    keep.push(t.key);
+                }
+            }
+        }
+        (records, keep)
     }
 }

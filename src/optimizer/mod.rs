@@ -117,6 +117,11 @@ pub struct OptimizerSettings {
     /// Adopt the rank folders (the state the last flush made durable) instead of emptying
     /// them; see [`durability`].
     pub adopt: bool,
+    /// Flush at the end of every step: [`OptimizerSwapper::end_step`], once every write
+    /// of the step is done, makes the state durable as [`OptimizerSwapper::flush`] does
+    /// and reports a failed flush with the step's other failures (the previous generation
+    /// stays the durable one).
+    pub flush_at_end_step: bool,
 }
 
 impl Default for OptimizerSettings {
@@ -130,6 +135,7 @@ impl Default for OptimizerSettings {
             verify_checksums: false,
             io: IoConfig::default(),
             adopt: false,
+            flush_at_end_step: false,
         }
     }
 }

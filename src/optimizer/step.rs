@@ -909,7 +909,9 @@ impl OptimizerSwapper {
     /// sub-group of the step goes back to Idle (or Unsaved, its new data in memory, when
     /// its write-behind failed). Refused (`BadState`, the step continues) while sub-groups
     /// are out with the caller. Returns every failure of the step: reads skipped, writes
-    /// failed, visits discarded, sub-groups of the order never taken.
+    /// failed, visits discarded, sub-groups of the order never taken, and, with
+    /// `flush_at_end_step`, a flush that failed (the step ends all the same; the previous
+    /// generation stays the durable one; see [`super::durability`]).
     pub fn end_step(&self) -> Result<()> {
         self.usable()?;
         {
@@ -965,13 +967,26 @@ impl OptimizerSwapper {
             let _ = t.wait();
         }
         self.point("end_step", "waited");
+        // The flush lock before the bookkeeping lock, as `flush` takes them.
+        let flush = self.config.flush_at_end_step.then(|| self.store.begin_flush());
         let mut st = self.lock()?;
         st.point("end_step", "record");
         if st.step.is_none() {
             return Err(Error::bad_state("the step was ended by another thread"));
         }
-        let errors = st.change(|st| st.finish_step());
+        let mut errors = st.change(|st| st.finish_step());
+        // Listed under the same hold of the lock: nothing of a next step can be recorded.
+        let prepared = flush.map(|lock| {
+            let (records, keep) = st.flush_records();
+            lock.prepare(records, &keep)
+        });
         drop(st);
+        if let Some(prepared) = prepared {
+            self.point("end_step", "flush");
+            if let Err(e) = prepared.and_then(|p| p.commit()) {
+                errors.push(e.context("end_step's flush (flush_at_end_step)"));
+            }
+        }
         crate::status::combine(errors, "operations of the step")
     }
 }

@@ -276,6 +276,8 @@ pub(super) fn adopt(drives: &[Drive], parts: &[String]) -> Result<(State, Vec<Te
     }
     let mut durable = Durable::new(chosen.store_id, chosen.generation);
     durable.named = chosen.tensors.iter().map(|t| (t.key, t.clone())).collect();
+    // A durable manifest names these files: their folder entries were synced before it.
+    durable.entries_synced = chosen.files.iter().map(Vec::len).collect();
     crate::log!(
         Info,
         "adopted manifest generation {} of {}: {} tensors",

@@ -8,9 +8,12 @@
 //!    manifest names is marked so (a live tensor's place is then rewritten copy-on-write;
 //!    a retired piece stays retired through this generation).
 //! 2. [`PreparedFlush::commit`], file-system calls without any bookkeeping lock: fdatasync
-//!    of every extent file of every drive, then per drive: write `manifest.json.new`,
-//!    fsync it, rename it over `manifest.json`, fsync the folder. Only then does the store
-//!    free the pieces retired up to the generation before ([`super::space`]).
+//!    of every extent file of every drive, and an fsync of each folder where an extent
+//!    file was created since its last fsync (so that a manifest never names a file whose
+//!    folder entry could vanish in a power loss, whatever order the file system commits
+//!    folder changes in); then per drive: write `manifest.json.new`, fsync it, rename it
+//!    over `manifest.json`, fsync the folder. Only then does the store free the pieces
+//!    retired up to the generation before ([`super::space`]).
 //!
 //! A failed commit frees nothing: the last durable manifest's pieces stay as they are, a
 //! later flush (a new generation number) may succeed.
@@ -34,6 +37,9 @@ pub(super) struct Durable {
     pub durable: u64,
     /// The tensors of the last prepared manifest, to keep those whose write is under way.
     pub named: HashMap<Key, TensorEntry>,
+    /// Per drive, how many extent files have a durable folder entry (the folder was
+    /// fsynced after they were created); a missing drive counts as none.
+    pub entries_synced: Vec<usize>,
 }
 
 impl Durable {
@@ -44,6 +50,7 @@ impl Durable {
             generation,
             durable: generation,
             named: HashMap::new(),
+            entries_synced: Vec::new(),
         }
     }
 }
@@ -253,6 +260,27 @@ impl<'a> PreparedFlush<'a> {
                         e,
                     ))
                 })?;
+            }
+        }
+        // The folder entries of extent files created since the folder's last fsync.
+        for (k, fs) in files.iter().enumerate() {
+            let synced = store.lock().durable.entries_synced.get(k).copied().unwrap_or(0);
+            if fs.len() > synced {
+                let folder = store.drives[k].folder();
+                durable::sync_dir(folder.dir(), folder.path()).map_err(|e| {
+                    fail(Error::os(
+                        "cannot sync the folder (its new extent files' entries)",
+                        folder.path(),
+                        None,
+                        e,
+                    ))
+                })?;
+                let mut st = store.lock();
+                let known = &mut st.durable.entries_synced;
+                if known.len() <= k {
+                    known.resize(k + 1, 0);
+                }
+                known[k] = known[k].max(fs.len());
             }
         }
         let mut m = self.manifest;

@@ -138,6 +138,7 @@ pub fn run(args: OptimizerArgs) -> Result<()> {
         verify_checksums: args.checksums,
         io: config,
         adopt: false,
+        flush_at_end_step: false,
     })
     .map_err(|e| anyhow!("cannot start the optimizer swapper: {e}"))?;
     let order: Vec<u32> = (0..sizes.len() as u32).collect();

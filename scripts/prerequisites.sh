@@ -23,7 +23,7 @@ libopenmpi-dev mpicc
 openmpi-bin    mpirun
 xfsprogs       mkfs.xfs
 btrfs-progs    mkfs.btrfs
-e2fsprogs      mkfs.ext4 mkfs.ext2
+e2fsprogs      mkfs.ext4 mkfs.ext2 chattr
 ninja-build    ninja
 util-linux     losetup findmnt
 mount          mount umount

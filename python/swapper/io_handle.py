@@ -5,10 +5,11 @@ import threading
 from ctypes import byref, c_uint64, c_void_p
 
 from . import _buffers
+from ._handle import Handle
 from ._args import _path, _uint
 from ._lib import IoConfigStruct, lib
 from .enums import Backend, DirectIo, _enum
-from .errors import BadStateError, NoBufferError, check
+from .errors import NoBufferError, check
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +38,7 @@ def _fill_io_config(cfg, block_size, queue_depth, thread_count, single_submit, o
     cfg.direct_io = int(_enum(DirectIo, direct_io, "direct_io"))
 
 
-class IoHandle:
+class IoHandle(Handle):
     """The I/O engine (SwapperIo): worker threads reading and writing files with
     O_DIRECT. Use as a context manager or call close(). Thread-safe.
 
@@ -73,27 +74,6 @@ class IoHandle:
         if handle is not None:
             self._lib.swapper_io_destroy(handle)
             self._inflight = []
-
-    @property
-    def closed(self):
-        return self._handle is None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
-
-    def _h(self):
-        if self._handle is None:
-            raise BadStateError("the IoHandle is closed")
-        return self._handle
 
     # -- I/O
     def _op(self, fn, buffer, path, file_offset, async_op, writable, nbytes):

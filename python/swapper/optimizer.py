@@ -36,6 +36,7 @@ from ctypes import byref, c_char_p, c_size_t, c_uint32, c_uint64, c_void_p
 import numpy as np
 
 from . import _buffers
+from ._handle import Handle
 from ._args import _path, _uint
 from ._lib import (
     OPTIMIZER_NONE,
@@ -140,7 +141,7 @@ class Visit:
         return _uint(tensor, "tensor", 32)
 
 
-class OptimizerSwapper:
+class OptimizerSwapper(Handle):
     """An optimizer-state swapper. Use as a context manager or call close(). Thread-safe.
 
     nvme_path: a folder, or a list of folders (several drives); files go under
@@ -241,27 +242,6 @@ class OptimizerSwapper:
         handle, self._handle = getattr(self, "_handle", None), None
         if handle is not None:
             self._lib.swapper_optimizer_destroy(handle)
-
-    @property
-    def closed(self):
-        return self._handle is None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
-
-    def _h(self):
-        if getattr(self, "_handle", None) is None:
-            raise BadStateError("the OptimizerSwapper is closed")
-        return self._handle
 
     # -- sub-groups
     def register(self, subgroup, tensors):

@@ -10,6 +10,7 @@ from ctypes import byref, c_int, c_size_t, c_uint64, c_void_p
 import numpy as np
 
 from . import _buffers
+from ._handle import Handle
 from ._args import _ids, _path, _uint
 from ._lib import STATS_FIELDS, ConfigStruct, ExtentStruct, StatsStruct, lib
 from .enums import ParamStatus, _dtype, numpy_dtype
@@ -36,7 +37,7 @@ def _set_paths(cfg, nvme_path):
     return path
 
 
-class Swapper:
+class Swapper(Handle):
     """A parameter swapper (ZeRO-Infinity parameter offload to NVMe). Use as a context
     manager or call close(). Thread-safe.
 
@@ -152,27 +153,6 @@ class Swapper:
         if handle is not None:
             self._lib.swapper_destroy(handle)
             self._dest = {}
-
-    @property
-    def closed(self):
-        return self._handle is None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
-
-    def _h(self):
-        if getattr(self, "_handle", None) is None:
-            raise BadStateError("the Swapper is closed")
-        return self._handle
 
     def _view(self, address, numel, param_id=None):
         """A numpy view of `numel` elements at `address`: pool memory is retained (kept

@@ -84,7 +84,7 @@ fi
 # after a load agree.
 ckpt_dir=$(mktemp -d "$smoke_dir/checkpoint.XXXXXX")
 ckpt=$("$VENV/bin/python" tools/vs_deepspeed_optimizer.py --mode checkpoint --smoke --dir "$ckpt_dir" 2>/dev/null) || true
-echo "$ckpt" | grep -E '^==|identical|save '
+echo "$ckpt" | grep -E '^==|^impl |^stock |^patched|identical'
 if echo "$ckpt" | grep -q '^vs_deepspeed_optimizer: done' \
     && echo "$ckpt" | grep -q '^checkpoint: losses identical across 2' \
     && echo "$ckpt" | grep -q '^patched/stock: save '; then

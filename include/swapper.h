@@ -517,6 +517,12 @@ typedef struct {
    */
   uint64_t write_wait_ns;
   /**
+   * State tensors of an adopted folder that no registration has taken up yet (0
+   * without adopt): after registering every sub-group it had, a resume expects 0, and
+   * the drop across the registrations is the count of tensors they took up.
+   */
+  uint64_t adopted_waiting;
+  /**
    * Whether the ring's pages are locked in RAM: 1 or 0.
    */
   uint8_t ring_locked;

@@ -78,3 +78,19 @@ else
     echo "0 passed, 1 failed: tools/vs_deepspeed_optimizer.py --smoke"
     exit 1
 fi
+
+# The checkpoint mode (DeepSpeed's NVMe checkpoint save and load of the same state, stock
+# copytree against patched snapshots) at smoke-test sizes: both must run and the losses
+# after a load agree.
+ckpt_dir=$(mktemp -d "$smoke_dir/checkpoint.XXXXXX")
+ckpt=$("$VENV/bin/python" tools/vs_deepspeed_optimizer.py --mode checkpoint --smoke --dir "$ckpt_dir" 2>/dev/null) || true
+echo "$ckpt" | grep -E '^==|^impl |^stock |^patched|identical'
+if echo "$ckpt" | grep -q '^vs_deepspeed_optimizer: done' \
+    && echo "$ckpt" | grep -q '^checkpoint: losses identical across 2' \
+    && echo "$ckpt" | grep -q '^patched/stock: save '; then
+    echo "1 passed, 0 failed: tools/vs_deepspeed_optimizer.py --mode checkpoint --smoke"
+else
+    echo "$ckpt"
+    echo "0 passed, 1 failed: tools/vs_deepspeed_optimizer.py --mode checkpoint --smoke"
+    exit 1
+fi

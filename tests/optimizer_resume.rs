@@ -129,6 +129,8 @@ fn an_adopted_optimizer_folder_has_the_flushed_step_and_not_the_later_one() {
     drop(o);
 
     let o = opt(&dirs, true);
+    // Two state tensors of each of the three sub-groups wait for their registration.
+    assert_eq!(o.stats().unwrap().adopted_waiting, 6);
     // Registered with another numel: refused, naming the tensor; nothing removed.
     let e = o.register(1, &specs(300_001)).err().unwrap();
     assert_eq!(e.status(), Status::InvalidArgument, "{e}");
@@ -136,9 +138,18 @@ fn an_adopted_optimizer_folder_has_the_flushed_step_and_not_the_later_one() {
         e.message().contains("\"param\"") && e.message().contains("extent-"),
         "{e}"
     );
+    assert_eq!(
+        o.stats().unwrap().adopted_waiting,
+        6,
+        "a refused registration takes nothing up"
+    );
     for (i, &n) in SIZES.iter().enumerate() {
         o.register(i as u32, &specs(n)).unwrap();
+        assert_eq!(o.stats().unwrap().adopted_waiting, 4 - 2 * i as u64);
     }
+    // A sub-group the folder never had takes nothing up.
+    o.register(3, &specs(500)).unwrap();
+    assert_eq!(o.stats().unwrap().adopted_waiting, 0);
     check(&o, 1);
     // Sub-group 2 not registered after the next adoption: a flush keeps it all the same.
     step(&o, 3);

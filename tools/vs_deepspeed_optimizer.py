@@ -16,6 +16,17 @@ Modes:
   train   end-to-end ZeRO-3 training steps in fp32 (bf16 matmul is ~75x slower without
           AVX512-BF16), params and optimizer state on NVMe: DeepSpeed's stock op and
           swappers against patch_deepspeed(); losses must agree bit for bit (checked).
+  checkpoint  DeepSpeed's NVMe checkpoint of the same state (the train mode's engine
+          after one step): save_checkpoint timed --steps times (new tags; os.sync()
+          inside the timing, so a copy through the page cache is counted whole), then
+          load_checkpoint of the first as many times, into the same engine. Stock:
+          DeepSpeed's copytree of the optimizer swap folder and back; patched: a
+          snapshot of libswapper's optimizer swapper (reflinks on XFS/btrfs, copies of
+          the recorded ranges elsewhere) and its restore and adoption. Reports the median
+          save and load time, the swap folder's and the checkpoint's occupied bytes and
+          how much the file system's used space grew per save (a reflink: next to
+          nothing); the loss of a step after each load must agree (checked). Put --dir
+          on the file system to measure (XFS with reflink, ext4).
 
 Implementations:
   update: ds-partitioned   DeepSpeed's PartitionedOptimizerSwapper on its stock op
@@ -26,7 +37,8 @@ Implementations:
                            on the native optimizer swapper) with buffer_count 4: the
                            page-locked memory of ds-partitioned
           libswapper-b12   the replacement with buffer_count 12: that of ds-pipelined
-  train:  stock            DeepSpeed's op and swappers
+  train, checkpoint:
+          stock            DeepSpeed's op and swappers
           patched          patch_deepspeed(): libswapper's aio_handle, parameter swapper
                            and optimizer swapper
 
@@ -41,7 +53,9 @@ Usage (not on a busy machine: the lead schedules measurements):
   ~/.cache/libswapper/deepspeed-venv/bin/python tools/vs_deepspeed_optimizer.py --dir /mnt/nvme/bench \\
       --mode update --state-gib 4 --runs 5
   ... --mode train --hidden 2048 --layers 4 --runs 5
+  ... --mode checkpoint --hidden 4096 --layers 8 --runs 5 --dir /mnt/xfs/bench   (then on ext4)
   ... --smoke   (tiny sizes, one run of each, both modes, the checks; what the test command runs)
+  ... --mode checkpoint --smoke   (the same for the checkpoint mode)
 """
 
 import argparse
@@ -216,7 +230,9 @@ def update_worker(a):
 # --------------------------------------------------------------------------- training
 
 
-def train_worker(a):
+def build_engine(a):
+    """The ZeRO-3 engine of the train and checkpoint modes (fp32, params and optimizer
+    state on NVMe under a["dir"]) and its two batches."""
     import torch
 
     patch(a["impl"])
@@ -248,6 +264,11 @@ def train_worker(a):
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
     gen = torch.Generator().manual_seed(1)
     data = [torch.randn(4, hidden, generator=gen) for _ in range(2)]
+    return engine, data
+
+
+def train_worker(a):
+    engine, data = build_engine(a)
     meter = Meter()
     losses = []
 
@@ -264,6 +285,88 @@ def train_worker(a):
         step(i + 1)
         meter.step_done()
     return meter.result(losses=losses)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def used_bytes(path):
+    os.sync()
+    st = os.statvfs(path)
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
+def folder_bytes(path):
+    """Bytes the files under `path` occupy (st_blocks: holes and shared extents count
+    as their owner's, so a reflinked file counts in full)."""
+    return sum(os.lstat(os.path.join(d, n)).st_blocks * 512 for d, _, names in os.walk(path) for n in names)
+
+
+def checkpoint_worker(a):
+    """DeepSpeed's NVMe checkpoint of the same state, timed: after a warm-up step (the
+    optimizer state exists), `steps` save_checkpoint calls (new tags) and as many
+    load_checkpoint calls of the first, into the same engine. The loss of a step after
+    each load is the check (identical across implementations)."""
+    engine, data = build_engine(a)
+
+    def step(i):
+        loss = engine(data[i % 2]).pow(2).mean()
+        engine.backward(loss)
+        engine.step()
+        return loss.item()
+
+    losses = [step(0)]
+    ckpt = os.path.join(a["dir"], "checkpoint")
+    swap = engine.optimizer.optimizer_swapper.swap_folder
+    state = folder_bytes(swap)
+    saves, loads, grew = [], [], []
+    for k in range(a["steps"]):
+        before = used_bytes(a["dir"])
+        t0 = time.perf_counter()
+        engine.save_checkpoint(ckpt, tag=f"t{k}")
+        os.sync()  # the copy's dirty pages (copytree writes through the page cache)
+        saves.append(time.perf_counter() - t0)
+        grew.append(used_bytes(a["dir"]) - before)
+    offloaded = folder_bytes(os.path.join(ckpt, "t0", "offloaded_tensors"))
+    losses.append(step(1))
+    for _ in range(a["steps"]):
+        t0 = time.perf_counter()
+        engine.load_checkpoint(ckpt, tag="t0")
+        os.sync()
+        loads.append(time.perf_counter() - t0)
+        losses.append(step(1))
+    return dict(
+        save_s=statistics.median(saves),
+        load_s=statistics.median(loads),
+        state_bytes=state,
+        offloaded_bytes=offloaded,
+        used_grew=statistics.median(grew),
+        losses=losses,
+    )
+
+
+def report_checkpoint(impls, results):
+    print("== checkpoint")
+    print(f"{'impl':10} {'save ms':>9} {'load ms':>9} {'swap MiB':>9} {'ckpt MiB':>9} {'used +MiB/save':>15}")
+    med = {}
+    for impl in impls:
+        rs = results[impl]
+        med[impl] = {k: statistics.median(r[k] for r in rs) for k in rs[0] if k != "losses"}
+        m = med[impl]
+        print(
+            f"{impl:10} {m['save_s'] * 1e3:9.1f} {m['load_s'] * 1e3:9.1f} {m['state_bytes'] / (1 << 20):9.1f} "
+            f"{m['offloaded_bytes'] / (1 << 20):9.1f} {m['used_grew'] / (1 << 20):15.1f}"
+        )
+    base = impls[0]
+    for impl in impls[1:]:
+        print(
+            f"{impl}/{base}: save {med[impl]['save_s'] / med[base]['save_s']:.2f}x, "
+            f"load {med[impl]['load_s'] / med[base]['load_s']:.2f}x"
+        )
+    values = {json.dumps(r["losses"]) for impl in impls for r in results[impl]}
+    if len(values) != 1:
+        sys.exit(f"checkpoint: the implementations disagree on the losses after a load: {values}")
+    print(f"checkpoint: losses identical across {len(impls)} implementations")
 
 
 # --------------------------------------------------------------------------- driver
@@ -317,7 +420,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--worker")
     ap.add_argument("--dir", default="target/bench/vs-deepspeed-optimizer")
-    ap.add_argument("--mode", choices=("update", "train", "both"), default="both")
+    ap.add_argument("--mode", choices=("update", "train", "both", "checkpoint"), default="both",
+                    help="both: update and train; checkpoint: on its own")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--state-gib", type=float, default=4.0, help="update: optimizer state (params + 2 moments)")
@@ -335,7 +439,8 @@ def main():
     args = ap.parse_args()
     if args.worker:
         a = json.loads(args.worker)
-        print(json.dumps((update_worker if a["mode"] == "update" else train_worker)(a)))
+        workers = dict(update=update_worker, train=train_worker, checkpoint=checkpoint_worker)
+        print(json.dumps(workers[a["mode"]](a)))
         return
     if args.smoke:
         args.runs, args.steps, args.sub_group_size, args.hidden, args.layers = 1, 2, 1 << 18, 512, 2
@@ -345,6 +450,8 @@ def main():
     port = 29600 + os.getpid() % 1000
     for mode in modes:
         impls = tuple(args.impl or (UPDATE_IMPLS if mode == "update" else TRAIN_IMPLS))
+        if mode == "checkpoint" and args.smoke:
+            args.steps = 1
         results = {impl: [] for impl in impls}
         for k, impl in enumerate(alternate(impls, args.runs)):
             run_dir = os.path.join(args.dir, f"{mode}-{k}")
@@ -353,11 +460,14 @@ def main():
                 r = run_worker(args, mode, impl, run_dir, sub_group_size=args.sub_group_size, sub_groups=sub_groups,
                                steps=args.steps, adam=args.adam,
                                buffer_count=args.buffer_count or default_buffer_count(impl))
-            else:
+            else:  # train, checkpoint
                 r = run_worker(args, mode, impl, run_dir, hidden=args.hidden, layers=args.layers, steps=args.steps,
                                sub_group_size=args.sub_group_size, pipeline=args.pipeline, port=port + k)
             results[impl].append(r)
-        report(mode, impls, results, "digest" if mode == "update" else "losses")
+        if mode == "checkpoint":
+            report_checkpoint(impls, results)
+        else:
+            report(mode, impls, results, "digest" if mode == "update" else "losses")
     print("vs_deepspeed_optimizer: done")
 
 

@@ -125,6 +125,7 @@ OPTIMIZER_STATS_FIELDS = (
     "bytes_written",
     "read_wait_ns",
     "write_wait_ns",
+    "adopted_waiting",
 )
 
 

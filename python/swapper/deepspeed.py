@@ -212,9 +212,13 @@ def patch_deepspeed(swappers=True, **swapper_options):
     swapper; ZeRO-3's optimizer swappers (`PartitionedOptimizerSwapper` and
     `PipelinedOptimizerSwapper` as `deepspeed.runtime.zero.stage3` names them) by
     swapper.deepspeed_optimizer_swapper.DeepSpeedOptimizerSwapper, on the native
-    optimizer-state swapper (pipelined either way). `swapper_options` go to each native
-    swapper (verify_checksums, backend, direct_io). `patch_deepspeed(swappers=False)` keeps
-    DeepSpeed's own swapper classes on libswapper's aio_handle (the comparison point).
+    optimizer-state swapper (pipelined either way); and the engine's NVMe checkpoint
+    copies of the optimizer swap folder (`shutil.copytree` in save_checkpoint and
+    load_checkpoint) become a snapshot of that swapper and its restore and adoption
+    (swapper.deepspeed_checkpoint). `swapper_options` go to each native swapper
+    (verify_checksums, backend, direct_io). `patch_deepspeed(swappers=False)` keeps
+    DeepSpeed's own swapper classes and copies on libswapper's aio_handle (the
+    comparison point).
     """
     import importlib
 
@@ -232,6 +236,7 @@ def patch_deepspeed(swappers=True, **swapper_options):
     builder.load = load
     builder.is_compatible = is_compatible
     replaced = []  # (module, name, previous value)
+    undo_checkpoint = None
     if swappers:
         from .deepspeed_param_swapper import DeepSpeedParamSwapper
 
@@ -254,10 +259,16 @@ def patch_deepspeed(swappers=True, **swapper_options):
         for name in ("PartitionedOptimizerSwapper", "PipelinedOptimizerSwapper"):
             replaced.append((stage3, name, getattr(stage3, name)))
             setattr(stage3, name, DeepSpeedOptimizerSwapper)
+
+        from . import deepspeed_checkpoint
+
+        undo_checkpoint = deepspeed_checkpoint.install()
     elif swapper_options:
         raise TypeError("swapper options apply to libswapper's swappers: patch_deepspeed(swappers=True, ...)")
 
     def undo():
+        if undo_checkpoint is not None:
+            undo_checkpoint()
         for name, value in saved.items():
             if value is None:
                 delattr(builder, name)

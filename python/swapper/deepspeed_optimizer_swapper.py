@@ -22,7 +22,8 @@ The protocol it speaks is docs/deepspeed-optimizer-swapper-protocol.md. In short
 | `release_swap_buffers(p)` | discards the visit (the files keep their state) |
 | `writeback_optimizer_state_and_gradients(p, write_opt_state, write_gradients)` | hands back (state) or discards, then rewrites the gradient |
 | `purge_state()` | nothing to forget: see below |
-| `swap_folder` | the rank folder, which holds the store's extent files and the layout file (below) |
+| `swap_folder` | the rank folder, which holds the store's extent files and manifest |
+| the engine's `save_checkpoint` / `load_checkpoint` copying `swap_folder` | `save_snapshot(dest)` / `load_snapshot(src)` (patch_deepspeed diverts the copies: below) |
 
 State tensors: the native swapper registers every tensor of a sub-group up front, so the
 names come from the optimizer's class (`state_names`): torch's Adam/AdamW (with amsgrad,
@@ -42,19 +43,22 @@ tensor count of them (Adam: 4, DeepSpeed's default buffer_count), more let reads
 ahead. Too few is an error naming buffer_count and the count that fits, a sub-group
 larger than largest_numel one naming sub_group_size.
 
-Checkpoints: DeepSpeed's save_checkpoint copies `swap_folder` with copytree and its
-load_checkpoint copies it back into the new engine's folder. The store keeps tensors in
-shared extent files (`extent-<k>.swp`) whose placement follows the registration order,
-so the copy is right only if the new engine registered the same sub-groups in the same
-order: each registration rewrites `libswapper-optimizer-layout.json` in the folder, and
-the first swap-in after the folder changed compares the layout copied in with its own;
-a different layout is an error naming the first difference (never other bytes read as
-the tensor). With verify_checksums the copied files no longer match the checksums kept
-in memory: that is refused with a message too. (Snapshots and adoption, issue 20, will
-replace the copy.)
+Checkpoints: DeepSpeed's engine copies `swap_folder` into the checkpoint with
+`shutil.copytree` at save_checkpoint (`<save_dir>/<tag>/offloaded_tensors/rank<R>`) and
+back at load_checkpoint, then rewrites every sub-group through the swapper
+(`reset_swap_buffers`, which also rewrites the swapped bf16/fp16 params from the fp32
+master weights). Under patch_deepspeed those two copies become `save_snapshot(dest)`
+and `load_snapshot(src)` (swapper.deepspeed_checkpoint): the save records a snapshot of
+the optimizer state as of the last step (reflinks where the file system shares extents,
+else copies of the recorded ranges; swapper.OptimizerSwapper.snapshot), the load puts
+it back into the rank folder (OptimizerSwapper.restore), adopts it with a new native
+swapper and registers every sub-group again, which takes each one's state up after the
+library checked names, sizes and (with verify_checksums) checksums. A snapshot with
+other sub-groups, or a folder DeepSpeed's own swapper saved, is an error naming it.
+Gradients are not part of a checkpoint (DeepSpeed's save skips its gradient files too).
 """
 
-import json
+import errno
 import os
 
 import numpy as np
@@ -67,7 +71,6 @@ from .optimizer import OptimizerSwapper
 MIN_AIO_BYTES = 1 << 20  # DeepSpeed's swap_tensor.utils.MIN_AIO_BYTES
 ALIGN = 4096
 PARAM, GRAD = "param", "grad"
-LAYOUT_FILE = "libswapper-optimizer-layout.json"
 
 
 def _aligned(nbytes):
@@ -170,18 +173,17 @@ class DeepSpeedOptimizerSwapper:
         self._order = None  # the native step's order while one is under way
         self._pos = 0  # sub-groups of the order taken so far
         self._visits = {}  # index -> (swapper.optimizer.Visit, {name: torch view})
-        self._layout_stat = None
         self.verify_checksums = bool(self.swapper_options.get("verify_checksums", False))
-        os.makedirs(nvme_path, exist_ok=True)
-        take_over(self.swap_folder, self)
-        self.opt = OptimizerSwapper(
-            nvme_path,
-            rank=rank,
+        self._nvme_path, self._rank = nvme_path, rank
+        self._native = dict(
             ring_bytes=self.ring_bytes,
             pin_memory=True,  # DeepSpeed page-locks its optimizer swap buffers too
             **swapper_io_settings(aio_config),
             **self.swapper_options,
         )
+        os.makedirs(nvme_path, exist_ok=True)
+        take_over(self.swap_folder, self)
+        self.opt = OptimizerSwapper(nvme_path, rank=rank, **self._native)
 
     def close(self):
         """Waits for I/O in flight and frees the ring. Idempotent."""
@@ -219,9 +221,12 @@ class DeepSpeedOptimizerSwapper:
         """Waits for every gradient write; raises their failures."""
         self.opt.wait_gradients()
 
-    # -- registration and the layout file
+    # -- registration
     def _sub(self, parameter):
         return self._groups.get(parameter.ds_id) if parameter is not None else None
+
+    def _tensors(self, numel):
+        return [(PARAM, numel)] + [(name, numel) for name in self.state_names] + [(GRAD, numel, "gradient")]
 
     def _register(self, parameters, numels):
         subs = []
@@ -235,83 +240,17 @@ class DeepSpeedOptimizerSwapper:
                     "elements) the ring was sized for; zero_optimization.sub_group_size sets it"
                 )
             sub = _SubGroup(len(self._by_index), p.ds_id, n)
-            tensors = [(PARAM, n)] + [(name, n) for name in self.state_names] + [(GRAD, n, "gradient")]
-            self.opt.register(sub.index, tensors)
+            self.opt.register(sub.index, self._tensors(n))
             self._groups[p.ds_id] = sub
             self._by_index.append(sub)
             subs.append(sub)
-        self._write_layout()
         return subs
-
-    def _layout(self):
-        tensors = [PARAM] + self.state_names + [GRAD]
-        return {
-            "format": 1,
-            "tensors": tensors,
-            "subgroups": [[s.index, s.ds_id, s.numel] for s in self._by_index],
-        }
-
-    @property
-    def _layout_path(self):
-        return os.path.join(self.swap_folder, LAYOUT_FILE)
-
-    def _stat_layout(self):
-        st = os.stat(self._layout_path)
-        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-    def _write_layout(self):
-        tmp = self._layout_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self._layout(), f)
-        os.replace(tmp, self._layout_path)
-        self._layout_stat = self._stat_layout()
-
-    def _check_folder(self):
-        """Before a native step: if the layout file changed (a checkpoint load copied a
-        folder in), the copied layout must be this swapper's."""
-        if self._layout_stat is None:
-            return
-        try:
-            now = self._stat_layout()
-        except FileNotFoundError:
-            self._write_layout()
-            return
-        if now == self._layout_stat:
-            return
-        try:
-            with open(self._layout_path) as f:
-                copied = json.load(f)
-        except (OSError, ValueError) as e:
-            raise BadStateError(f"{self._layout_path} was replaced by an unreadable file ({e})") from None
-        ours = self._layout()
-        if copied != ours:
-            raise BadStateError(self._layout_difference(copied, ours))
-        if self.verify_checksums:
-            raise BadStateError(
-                f"files were copied into {self.swap_folder} (a checkpoint load): with verify_checksums the swapper's "
-                "checksums no longer describe them; load the checkpoint without verify_checksums"
-            )
-        self._layout_stat = now
-
-    def _layout_difference(self, copied, ours):
-        head = (
-            f"files copied into {self.swap_folder} (a checkpoint load?) were laid out by an optimizer swapper with "
-            "other sub-groups, so their bytes are not where this one keeps its tensors"
-        )
-        if copied.get("tensors") != ours["tensors"]:
-            return f"{head}: state tensors {copied.get('tensors')} there, {ours['tensors']} here"
-        theirs, mine = copied.get("subgroups", []), ours["subgroups"]
-        for a, b in zip(theirs, mine):
-            if a != b:
-                return f"{head}: sub-group [index, ds_id, numel] {a} there, {b} here"
-        return f"{head}: {len(theirs)} sub-groups there, {len(mine)} here"
 
     # -- initialisation
     def _write_each(self, subs, fill):
         """One native step over `subs`; fill(sub, visit) sets each one's tensors, which
         are then written."""
         self._abandon_step()
-        self._check_folder()
         for v in self.opt.step([s.index for s in subs]):
             fill(self._by_index[v.subgroup], v)
             v.hand_back()
@@ -418,7 +357,6 @@ class DeepSpeedOptimizerSwapper:
         if self._order is not None and (self._pos >= len(self._order) or self._order[self._pos] != sub.index):
             self._abandon_step()
         if self._order is None:
-            self._check_folder()
             order = self._chain(sub.index) if nxt is not None else [sub.index]
             self.opt.begin_step(order)
             self._order, self._pos = order, 0
@@ -555,6 +493,79 @@ class DeepSpeedOptimizerSwapper:
         if self._order is not None:
             raise BadStateError("purge_state while sub-groups of a step are swapped in")
         self.opt.wait_gradients()
+
+    # -- checkpoints
+    def _between_steps(self, what):
+        if self._order is not None:
+            raise BadStateError(f"{what} while sub-groups of a step are swapped in: between steps only")
+
+    def save_snapshot(self, dest):
+        """DeepSpeed's save_checkpoint copy of `swap_folder` into `dest`
+        (`<save_dir>/<tag>/offloaded_tensors/rank<R>`): records the optimizer state as of
+        the last step there as a snapshot (reflinks where the file system shares extents,
+        else copies of the recorded ranges; files and manifest synced). Like DeepSpeed's
+        copy, `dest` must not exist (FileExistsError); its parents are created."""
+        self._between_steps("a checkpoint save")
+        dest = os.fspath(dest)
+        if os.path.lexists(dest):
+            raise FileExistsError(errno.EEXIST, "the checkpoint's optimizer snapshot folder exists already", dest)
+        os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+        self.opt.snapshot(dest)
+
+    def load_snapshot(self, src):
+        """DeepSpeed's load_checkpoint copy of a checkpoint's `offloaded_tensors/rank<R>`
+        back into `swap_folder`: puts the snapshot saved there back into the rank folder,
+        adopts it with a new native swapper (checksums verified when the snapshot has
+        them) and registers every sub-group again, which takes its state up. A snapshot
+        whose sub-groups differ (count, tensor names or sizes), or a folder that holds no
+        snapshot (saved by DeepSpeed's own optimizer swapper), is an error naming it; the
+        swapper then keeps (adopts back) the state of its last step if the snapshot was
+        refused before the folder was emptied. Gradients are not in a checkpoint: they are
+        rewritten by the next backward."""
+        self._between_steps("a checkpoint load")
+        src = os.fspath(src)
+        if not os.path.isdir(os.path.join(src, "drive0")):
+            raise NotFoundError(
+                f"{src} holds no libswapper snapshot (no drive0/ folder): a checkpoint saved with DeepSpeed's own "
+                "optimizer swapper (unpatched, or patch_deepspeed(swappers=False)) loads only there; nothing was changed"
+            )
+        self.opt.wait_gradients()
+        self.opt.flush()  # what to come back to if the snapshot is refused
+        self.opt.close()
+        try:
+            OptimizerSwapper.restore(src, self._nvme_path, rank=self._rank)
+        except SwapperError as e:
+            self._readopt(f"the checkpoint {src} was refused ({e})")
+            raise
+        self._readopt(f"the checkpoint {src}", expect_all=True)
+
+    def _readopt(self, what, expect_all=False):
+        """A new native swapper adopting the rank folder, every sub-group registered
+        again; with expect_all, the folder must hold exactly their state tensors."""
+        for sub in self._by_index:
+            sub.has_gradients = False
+        try:
+            self.opt = OptimizerSwapper(self._nvme_path, rank=self._rank, adopt=True, **self._native)
+            waiting = self.opt.stats().adopted_waiting
+            for sub in self._by_index:
+                self.opt.register(sub.index, self._tensors(sub.numel))
+        except SwapperError as e:
+            raise BadStateError(
+                f"{what}; the optimizer swapper cannot adopt {self.swap_folder} ({e}): it is unusable until the engine "
+                "is rebuilt"
+            ) from None
+        if not expect_all:
+            return
+        per_group = 1 + len(self.state_names)
+        left = self.opt.stats().adopted_waiting
+        taken = waiting - left
+        if left or taken != per_group * len(self._by_index):
+            self.opt.close()
+            raise BadStateError(
+                f"{what} is a snapshot of other sub-groups: {waiting // per_group} sub-groups of "
+                f"{per_group} state tensors ({', '.join([PARAM] + self.state_names)}) there, {len(self._by_index)} "
+                f"here, {taken} tensors matched; the optimizer swapper is unusable until the engine is rebuilt"
+            )
 
     def __repr__(self):
         return f"<DeepSpeedOptimizerSwapper {self.swap_folder} {len(self._by_index)} sub-groups>"

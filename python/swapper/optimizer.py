@@ -56,7 +56,8 @@ from .memory import _release_retained
 class OptimizerStats:
     """swapper_optimizer_stats: sub-groups, steps, the ring (its bytes are the page-locked
     memory when ring_locked), its use now and at its peak, the most sub-groups read ahead
-    at once, bytes moved, and nanoseconds spent waiting for reads and writes."""
+    at once, bytes moved, nanoseconds spent waiting for reads and writes, and the state
+    tensors of an adopted folder no registration has taken up yet."""
 
     subgroups: int
     steps: int
@@ -68,6 +69,7 @@ class OptimizerStats:
     bytes_written: int
     read_wait_ns: int
     write_wait_ns: int
+    adopted_waiting: int
     ring_locked: bool
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch  # noqa: F401 - required: fail, not skip, without it
 import deepspeed  # noqa: F401
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "deepspeed_train_worker.py")
 
 
@@ -106,21 +107,33 @@ def test_aio_handle_only_bit_identical(tmp_path):
 CHECKPOINT_WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "deepspeed_checkpoint_worker.py")
 
 
-def checkpoint_run(tmp_path, param_device, optim_device, impl):
+def checkpoint_run(tmp_path, param_device, optim_device, impl, checksums=False, xfs=False):
+    """The checkpoint worker's result; with xfs, its folders are on a loop-mounted XFS
+    (scripts/drive-bed.sh: reflink on by mkfs.xfs's default), made and removed around it."""
     root = tmp_path / f"ckpt-{impl}"
-    root.mkdir()
     out = str(tmp_path / f"ckpt-{impl}.pt")
     env = dict(os.environ, RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    p = subprocess.run(
-        [sys.executable, CHECKPOINT_WORKER, out, str(root), param_device, optim_device, impl],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=600,
-    )
+    env["SWAPPER_TEST_CHECKSUMS"] = "1" if checksums else "0"
+    cmd = [sys.executable, CHECKPOINT_WORKER, out, str(root), param_device, optim_device, impl]
+    if xfs:
+        bed = os.path.join(REPO, "scripts", "drive-bed.sh")
+        name = f"deepspeed2-ckpt-{os.getpid()}"
+        script = 'mkdir "$SWAPPER_DRIVES/ckpt" && exec "$@" "$SWAPPER_DRIVES/ckpt" ' + " ".join(cmd[4:])
+        cmd = [bed, "with", "1", "--fs", "xfs", "--size", "1G", "--name", name, "--", "bash", "-c", script, "-"] + cmd[:3]
+    else:
+        root.mkdir()
+    p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
     assert p.returncode == 0, f"{impl} checkpoint run {param_device}/{optim_device} failed:\n{p.stdout[-4000:]}"
     return torch.load(out)
+
+
+def _offloaded(result):
+    """The checkpoint's offloaded_tensors files by base name: {name: [file info]}."""
+    by_name = {}
+    for path, info in result["saved"]["files"].items():
+        kind = "extent" if path.endswith(".swp") and "/extent-" in path else os.path.basename(path)
+        by_name.setdefault(kind, []).append(dict(info, path=path))
+    return by_name
 
 
 # The five offload combinations of DeepSpeed's tests/unit/runtime/zero/test_nvme_checkpointing.py.
@@ -142,10 +155,11 @@ def test_nvme_checkpointing(tmp_path, param_device, optim_device):
     test pins that down too (the reloaded loss differs from the first engine's), so a
     DeepSpeed that fixes it, or a patch that does, shows here.
 
-    The patched engine keeps
-    its optimizer state in the store's extent files: DeepSpeed copies those (and the
-    layout file) into the checkpoint and back, and the equal losses show that the
-    reloaded engine read the copied fp32 master weights as DeepSpeed's own did."""
+    With the optimizer on NVMe, the patched engine's save records a snapshot of its
+    optimizer swapper into the checkpoint instead of DeepSpeed's copy of the swap folder
+    (swapper.deepspeed_checkpoint; here on ext4: copies of the recorded ranges), and its
+    load restores and adopts it; the equal losses show that the reloaded engine got the
+    fp32 master weights and moments DeepSpeed's own copy gives it."""
     stock = checkpoint_run(tmp_path, param_device, optim_device, "stock")
     ours = checkpoint_run(tmp_path, param_device, optim_device, "swapper")
     if param_device == "nvme":
@@ -155,6 +169,12 @@ def test_nvme_checkpointing(tmp_path, param_device, optim_device):
         # The reloaded engine read the copied extent files (the layout check passed).
         assert ours["swappers"]["optimizer"] == "swapper.deepspeed_optimizer_swapper", ours["swappers"]
         assert stock["swappers"]["optimizer"] == "deepspeed.runtime.swap_tensor.partitioned_optimizer_swapper"
+        # Stock: DeepSpeed's files copied; patched: a snapshot (a manifest and extent files).
+        assert all(p.endswith(".tensor.swp") for p in stock["saved"]["files"]), stock["saved"]
+        files = _offloaded(ours)
+        assert sorted(files) == ["extent", "manifest.json"] and len(files["manifest.json"]) == 1, ours["saved"]
+    else:
+        assert not stock["saved"]["files"] and not ours["saved"]["files"]
     for key in ("first", "second", "again", "loss_before", "loss_after"):
         assert stock[key] == ours[key], (key, stock[key], ours[key])
     if optim_device != "nvme":
@@ -162,3 +182,24 @@ def test_nvme_checkpointing(tmp_path, param_device, optim_device):
         assert ours["again"] == ours["second"]
     else:
         assert ours["again"][0] != ours["second"][0], "DeepSpeed's NVMe optimizer resume became exact: tighten this test"
+
+
+def test_patched_checkpoint_is_a_reflinked_snapshot_on_xfs_and_loads_with_checksums(tmp_path):
+    """Params and optimizer on NVMe, on a loop-mounted XFS (reflink), patched with
+    verify_checksums: save_checkpoint records the optimizer state as a snapshot whose
+    extent files share every extent with the swap folder (FIEMAP), so the file system's
+    used space grows by far less than their size; load_checkpoint restores and adopts it
+    with the checksums verified, and every loss equals DeepSpeed's own run's."""
+    stock = checkpoint_run(tmp_path, "nvme", "nvme", "stock")
+    ours = checkpoint_run(tmp_path, "nvme", "nvme", "swapper", checksums=True, xfs=True)
+    assert ours["swappers"]["optimizer"] == "swapper.deepspeed_optimizer_swapper", ours["swappers"]
+    for key in ("first", "second", "again", "loss_before", "loss_after"):
+        assert stock[key] == ours[key], (key, stock[key], ours[key])
+    files = _offloaded(ours)
+    assert sorted(files) == ["extent", "manifest.json"], ours["saved"]
+    extents = files["extent"]
+    occupied = sum(f["occupied"] for f in extents)
+    assert all(f["shared"] is True for f in extents), extents
+    # Two swapped weights of 2**20 fp32 elements, each with Adam's two moments: 24 MiB.
+    assert occupied >= 24 << 20, extents
+    assert ours["saved"]["used_grew"] < occupied // 4, (ours["saved"]["used_grew"], occupied)

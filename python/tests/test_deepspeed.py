@@ -1,6 +1,7 @@
 """swapper.deepspeed.aio_handle against DeepSpeed's method names and return values."""
 
 import os
+import shutil
 import sys
 import types
 
@@ -115,6 +116,16 @@ def test_patch_deepspeed(monkeypatch, swappers):
     class StockPipelined:
         pass
 
+    class DeepSpeedEngine:
+        def save_checkpoint(self, save_dir):
+            return "saved"
+
+        def load_checkpoint(self, load_dir):
+            return "loaded"
+
+    stock_save, stock_load, stock_copytree = DeepSpeedEngine.save_checkpoint, DeepSpeedEngine.load_checkpoint, shutil.copytree
+    engine = types.ModuleType("deepspeed.runtime.engine")
+    engine.DeepSpeedEngine = DeepSpeedEngine
     fake = types.ModuleType("deepspeed.ops.op_builder")
     fake.AsyncIOBuilder = AsyncIOBuilder
     zero = types.ModuleType("deepspeed.runtime.zero.partition_parameters")
@@ -127,6 +138,7 @@ def test_patch_deepspeed(monkeypatch, swappers):
     monkeypatch.setitem(sys.modules, "deepspeed.ops.op_builder", fake)
     monkeypatch.setitem(sys.modules, "deepspeed.runtime.zero.partition_parameters", zero)
     monkeypatch.setitem(sys.modules, "deepspeed.runtime.zero.stage3", stage3)
+    monkeypatch.setitem(sys.modules, "deepspeed.runtime.engine", engine)
     undo = patch_deepspeed(swappers=swappers)
     try:
         from deepspeed.ops.op_builder import AsyncIOBuilder as B
@@ -142,9 +154,14 @@ def test_patch_deepspeed(monkeypatch, swappers):
             assert zero.AsyncPartitionedParameterSwapper is DeepSpeedParamSwapper
             assert stage3.PartitionedOptimizerSwapper is DeepSpeedOptimizerSwapper
             assert stage3.PipelinedOptimizerSwapper is DeepSpeedOptimizerSwapper
+            # The engine's checkpoint calls run as before (their copies of the optimizer
+            # swap folder diverted: deepspeed_training.py runs them for real).
+            assert DeepSpeedEngine().save_checkpoint("d") == "saved" and DeepSpeedEngine().load_checkpoint("d") == "loaded"
+            assert DeepSpeedEngine.save_checkpoint is not stock_save and shutil.copytree is not stock_copytree
         else:
             assert zero.AsyncPartitionedParameterSwapper is StockParamSwapper
             assert stage3.PartitionedOptimizerSwapper is StockPartitioned
+            assert DeepSpeedEngine.save_checkpoint is stock_save and shutil.copytree is stock_copytree
     finally:
         undo()
     with pytest.raises(RuntimeError):
@@ -152,3 +169,5 @@ def test_patch_deepspeed(monkeypatch, swappers):
     assert zero.AsyncPartitionedParameterSwapper is StockParamSwapper
     assert stage3.PartitionedOptimizerSwapper is StockPartitioned
     assert stage3.PipelinedOptimizerSwapper is StockPipelined
+    assert DeepSpeedEngine.save_checkpoint is stock_save and DeepSpeedEngine.load_checkpoint is stock_load
+    assert shutil.copytree is stock_copytree

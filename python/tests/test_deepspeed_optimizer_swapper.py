@@ -1,7 +1,7 @@
 """swapper.deepspeed_optimizer_swapper.DeepSpeedOptimizerSwapper driven as ZeRO-3's stage
 drives it (docs/deepspeed-optimizer-swapper-protocol.md), against the same training in
 memory; where DeepSpeed's swappers assert (buffer_count, sub-group size); the safe
-get/set API; a step left part-way; and the layout check after a checkpoint copy. Needs
+get/set API; a step left part-way; and checkpoint snapshots (save, restore, adoption). Needs
 torch and deepspeed (skipped without them, a failure with SWAPPER_REQUIRE_DEEPSPEED=1,
 as scripts/deepspeed-test.sh runs it)."""
 
@@ -10,6 +10,7 @@ import os
 import shutil
 import types
 
+import numpy as np
 import pytest
 
 REQUIRE = os.environ.get("SWAPPER_REQUIRE_DEEPSPEED") == "1"
@@ -25,7 +26,7 @@ torch = _need("torch")
 deepspeed = _need("deepspeed")
 
 from swapper import errors  # noqa: E402
-from swapper.deepspeed_optimizer_swapper import LAYOUT_FILE, DeepSpeedOptimizerSwapper  # noqa: E402
+from swapper.deepspeed_optimizer_swapper import DeepSpeedOptimizerSwapper  # noqa: E402
 
 NUMELS = [1 << 18, (1 << 18) + 1000, 1 << 18]  # 1 MiB of fp32 and more: swappable
 AIO = dict(block_size=1 << 20, queue_depth=8, intra_op_parallelism=1, single_submit=False, overlap_events=True)
@@ -176,30 +177,110 @@ def test_a_step_left_part_way_is_abandoned_and_the_files_keep_their_state(make):
     s.swap_out_optimizer_state(params[2])
 
 
-def test_a_checkpoint_copy_is_read_when_the_layout_matches_and_refused_when_not(make, tmp_path):
+def native_state(s):
+    """Every state tensor of every sub-group of `s`, read through its native swapper."""
+    out = {}
+    for v in s.opt.step(list(range(len(s._by_index)))):
+        for name in v.names:
+            if name != "grad":
+                out[(v.subgroup, name)] = v[name].copy()
+        v.discard()
+    return out
+
+
+def trained(make, folder, **options):
+    """Two sub-groups after two Adam steps through the swapper: (swapper, params)."""
     params = [flat(f"{i}_{i}") for i in range(2)]
-    a = make(params, folder="a")
-    a.initialize_parameters(params, [torch.full((n,), 5.0) for n in NUMELS[:2]])
-    saved = tmp_path / "ckpt"
-    shutil.copytree(a.swap_folder, saved)  # DeepSpeed's save_checkpoint
-    # The same sub-groups: the copy is read.
-    b = make(params, folder="b")
-    b.initialize_parameters(params, [torch.zeros(n) for n in NUMELS[:2]])
-    shutil.copytree(saved, b.swap_folder, dirs_exist_ok=True)  # DeepSpeed's load_checkpoint
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.empty(0))], lr=1e-2)
+    s = make(params, folder=folder, optimizer=opt, **options)
+    gen = torch.Generator().manual_seed(11)
+    s.initialize_parameters(params, [torch.randn(n, generator=gen) for n in NUMELS[:2]])
+    for _ in range(2):
+        step_all(s, opt, params, [torch.randn(n, generator=gen) for n in NUMELS[:2]], opt.param_groups[0])
+    return s, params
+
+
+def fresh(make, folder, numels=NUMELS[:2], **options):
+    params = [flat(f"{i}_{i}") for i in range(len(numels))]
+    s = make(params, folder=folder, **options)
+    s.initialize_parameters(params, [torch.zeros(n) for n in numels])
+    return s, params
+
+
+def equal(x, y):
+    return x.keys() == y.keys() and all(np.array_equal(x[k].view(np.int32), y[k].view(np.int32)) for k in x)
+
+
+@pytest.mark.parametrize("checksums", [False, True])
+def test_a_checkpoint_snapshot_is_restored_and_adopted(make, tmp_path, checksums):
+    """DeepSpeed's checkpoint copy of the swap folder, as the patched engine does it
+    (deepspeed_training.py runs the engine's own save and load): the snapshot brings
+    back every state tensor bit for bit, with checksums verified when on."""
+    a, _ = trained(make, "a", verify_checksums=checksums)
+    saved = tmp_path / "ckpt" / "global_step2" / "offloaded_tensors" / "rank0"
+    a.save_snapshot(saved)
+    assert (saved / "drive0" / "zero_stage_3" / "optimizer" / "rank0" / "manifest.json").is_file()
+    with pytest.raises(FileExistsError):
+        a.save_snapshot(saved)  # as DeepSpeed's copytree(dirs_exist_ok=False)
+    want = native_state(a)
+    b, params = fresh(make, "b", verify_checksums=checksums)
+    assert not equal(native_state(b), want)
+    b.load_snapshot(saved)
+    assert equal(native_state(b), want)
+    # The stage's calls go on over the restored state (reset_swap_buffers, then steps).
     b.swap_in_optimizer_state(params[1])
-    assert float(params[1][3]) == 5.0
-    b.release_swap_buffers(params[1])
-    # Other sub-groups: refused, naming the first difference.
-    others = [flat("0_0"), flat("9_9")]
-    c = make(others, folder="c")
-    c.initialize_parameters(others, [torch.zeros(n) for n in NUMELS[:2]])
-    shutil.copytree(saved, c.swap_folder, dirs_exist_ok=True)
-    with pytest.raises(errors.BadStateError, match=r"other sub-groups.*\[1, '1_1', 263144\] there, \[1, '9_9', 263144\] here"):
-        c.swap_in_optimizer_state(others[0])
-    # With checksums, a copy is refused too (the kept checksums describe other bytes).
-    d = make(params, folder="d", verify_checksums=True)
-    d.initialize_parameters(params, [torch.zeros(n) for n in NUMELS[:2]])
-    shutil.copytree(saved, d.swap_folder, dirs_exist_ok=True)
-    with pytest.raises(errors.BadStateError, match="verify_checksums"):
-        d.swap_in_optimizer_state(params[0])
-    assert os.path.exists(os.path.join(d.swap_folder, LAYOUT_FILE))
+    assert np.array_equal(params[1].detach().numpy(), want[(1, "param")])
+    b.swap_out_optimizer_state(params[1])
+    if checksums:
+        # A flipped byte in the checkpoint: the adoption names the tensor.
+        data = sorted((saved / "drive0" / "zero_stage_3" / "optimizer" / "rank0").glob("extent-*.swp"))[0]
+        with open(data, "r+b") as f:
+            f.seek(4096 * 3)
+            byte = f.read(1)
+            f.seek(4096 * 3)
+            f.write(bytes([byte[0] ^ 0x40]))
+        c, _ = fresh(make, "c", verify_checksums=True)
+        with pytest.raises(errors.BadStateError, match=r"cannot adopt .*unusable until the engine is rebuilt"):
+            c.load_snapshot(saved)
+
+
+def test_a_snapshot_of_other_sub_groups_or_no_snapshot_is_refused(make, tmp_path):
+    a, _ = trained(make, "a")
+    saved = tmp_path / "ckpt" / "rank0"
+    a.save_snapshot(saved)
+    # A sub-group of another size: the native registration names the tensor.
+    b, _ = fresh(make, "b", numels=[NUMELS[0], NUMELS[1] - 1000])
+    with pytest.raises(errors.BadStateError, match=r"sub-group 1, tensor \"param\".*unusable until the engine"):
+        b.load_snapshot(saved)
+    # One sub-group more here, or fewer: none would read as zeros.
+    c, _ = fresh(make, "c", numels=NUMELS)
+    with pytest.raises(errors.BadStateError, match=r"other sub-groups: 2 sub-groups of 3 state tensors .* there, 3 here"):
+        c.load_snapshot(saved)
+    d, _ = fresh(make, "d", numels=NUMELS[:1])
+    with pytest.raises(errors.BadStateError, match=r"other sub-groups: 2 sub-groups .* there, 1 here, 3 tensors"):
+        d.load_snapshot(saved)
+    # DeepSpeed's own copy of a swap folder (no snapshot): refused, nothing changed.
+    e, params = fresh(make, "e")
+    copied = tmp_path / "stock-copy"
+    shutil.copytree(a.swap_folder, copied)
+    with pytest.raises(errors.NotFoundError, match="no libswapper snapshot"):
+        e.load_snapshot(copied)
+    e.swap_in_optimizer_state(params[0])
+    assert float(params[0][3]) == 0.0
+    e.release_swap_buffers(params[0])
+
+
+def test_a_snapshot_refused_before_the_restore_leaves_the_swapper_as_it_was(make, tmp_path, monkeypatch):
+    a, _ = trained(make, "a")
+    saved = tmp_path / "ckpt" / "rank0"
+    a.save_snapshot(saved)
+    # The snapshot of rank 0 loaded by rank 1: refused before anything is emptied; the
+    # swapper adopts back the state of its last step.
+    monkeypatch.setattr(importlib.import_module("deepspeed.comm"), "get_rank", lambda *a, **k: 1)
+    b, params = fresh(make, "b")
+    want = native_state(b)
+    with pytest.raises(errors.NotFoundError, match=r"optimizer/rank1 holds no manifest"):
+        b.load_snapshot(saved)
+    assert equal(native_state(b), want)
+    b.swap_in_optimizer_state(params[0])
+    b.swap_out_optimizer_state(params[0])

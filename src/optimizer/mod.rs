@@ -232,6 +232,10 @@ pub struct OptimizerStats {
     pub read_wait_ns: u64,
     /// Nanoseconds spent blocked waiting for writes (end_step, and a full ring).
     pub write_wait_ns: u64,
+    /// State tensors of an adopted folder that no registration has taken up yet (0
+    /// without adopt): after registering every sub-group it had, a resume expects 0, and
+    /// the drop across the registrations is the count of tensors they took up.
+    pub adopted_waiting: u64,
     /// Whether the ring's pages are locked in RAM: 1 or 0.
     pub ring_locked: u8,
 }
@@ -365,6 +369,7 @@ impl OptimizerSwapper {
             bytes_written,
             read_wait_ns: st.counters.read_wait_ns,
             write_wait_ns: st.counters.write_wait_ns,
+            adopted_waiting: st.adopted.len() as u64,
             ring_locked: u8::from(self.ring.is_locked()),
         })
     }

@@ -624,7 +624,9 @@ typedef struct {
    * every param it names as NOT_AVAILABLE with its numel (`swapper_swap_in` works
    * without `swapper_get_buffer` first). Space the manifest does not name (writes after
    * that flush) is reclaimed; extent files made after it are removed (logged). A folder
-   * without a manifest that holds only the swapper's own files starts empty. A manifest
+   * without a manifest that holds only the swapper's own files starts empty, with a
+   * warning logged that names the rank folders (a wrong path, rank or dtype would
+   * otherwise resume from nothing in silence). A manifest
    * of another rank, dtype, drive count or libswapper version, a truncated or garbled
    * one, a file missing or shorter than recorded, a checksum mismatch: creation fails
    * with a message naming the param and the file, and nothing is removed. Default 0

@@ -186,6 +186,79 @@ fn a_folder_never_flushed_starts_empty_and_one_with_foreign_files_is_refused() {
     assert!(rank.join("precious").exists());
 }
 
+/// Adopting a folder without a manifest starts empty and says so: one warning naming the
+/// rank folders (a wrong path, rank or dtype would otherwise resume from nothing in
+/// silence), from the store, so for both swappers. Adopting a flushed folder, or creating
+/// without adopt, says nothing of the kind.
+#[test]
+fn adopting_a_folder_without_a_manifest_warns_naming_it_for_both_swappers() {
+    use std::sync::{Arc, Mutex};
+    use swapper::log::{set_sink, LogLevel, Sink};
+    use swapper::optimizer::{OptimizerSettings, OptimizerSwapper};
+    let seen: Arc<Mutex<Vec<(LogLevel, String)>>> = Arc::default();
+    let sink = seen.clone();
+    // Other tests of this binary log meanwhile: their messages name other folders.
+    set_sink(
+        Some(Sink::Rust(Box::new(move |level, m| {
+            sink.lock().unwrap().push((level, m.to_string()))
+        }))),
+        LogLevel::Info,
+    );
+    let about = |dir: &Path| -> Vec<(LogLevel, String)> {
+        let dir = dir.display().to_string();
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, m)| m.contains("no manifest") && m.contains(&dir))
+            .cloned()
+            .collect()
+    };
+    let (a, b) = (common::disk_dir(), common::disk_dir());
+    let s = Swapper::new(settings(&[a.path(), b.path()], true)).unwrap();
+    let said = about(&rank_folder(a.path()));
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert_eq!(said[0].0, LogLevel::Warn, "{said:?}");
+    for text in [
+        "starting empty",
+        &rank_folder(b.path()).display().to_string(),
+        "nvme_path",
+    ] {
+        assert!(said[0].1.contains(text), "{text:?} in {said:?}");
+    }
+    write_all(&s, 1);
+    s.flush().unwrap();
+    drop(s);
+    let s = Swapper::new(settings(&[a.path(), b.path()], true)).unwrap();
+    assert!(s.param_status(1).is_ok());
+    drop(s);
+    assert_eq!(
+        about(&rank_folder(a.path())).len(),
+        1,
+        "a flushed folder is adopted in silence"
+    );
+
+    let c = common::disk_dir();
+    let opt = |adopt| {
+        OptimizerSwapper::new(OptimizerSettings {
+            nvme_paths: vec![c.path().to_path_buf()],
+            ring_bytes: 1 << 20,
+            pin_memory: false,
+            adopt,
+            ..OptimizerSettings::default()
+        })
+        .unwrap()
+    };
+    drop(opt(false));
+    let folder = c.path().join("zero_stage_3/optimizer/rank0");
+    assert!(about(&folder).is_empty(), "without adopt: nothing to say");
+    drop(opt(true));
+    let said = about(&folder);
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert_eq!(said[0].0, LogLevel::Warn, "{said:?}");
+    assert!(said[0].1.contains("starting empty"), "{said:?}");
+    set_sink(None, LogLevel::Info);
+}
+
 /// A flushed one-drive folder, and its files as they are.
 fn flushed(dir: &Path) -> BTreeMap<String, u64> {
     let s = Swapper::new(settings(&[dir], false)).unwrap();

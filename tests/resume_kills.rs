@@ -7,17 +7,16 @@
 //! promise names. 100 kills on two loop-mounted ext4 drives, 100 on two XFS drives
 //! (the drive bed); each child starts from the folder the previous one left.
 //!
-//! The child writes `flush G <promise>` to its log before calling flush and `done G`
-//! after flush returned; the parent reads the log after the kill.
+//! The child and the parent are the shared harness's (`common::kill_harness`): the child
+//! logs `flush G <promise>` before calling flush and `done G` after it returned; the
+//! parent reads the log after the kill.
 
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
 
-use common::drive_bed::DriveBed;
+use common::kill_harness::{kills_on, Child, Flush, Log, Rng};
 use swapper::{Dtype, IoConfig, ParamStatus, Settings, Swapper};
 
 const IDS: u64 = 12;
@@ -26,8 +25,6 @@ const KILLS_PER_FS: usize = 100;
 
 /// param -> (numel, tag)
 type Promise = BTreeMap<u64, (u64, u64)>;
-/// (generation, promise) of a flush.
-type Flushed = (u64, Promise);
 
 fn settings(paths: &[PathBuf]) -> Settings {
     Settings {
@@ -66,35 +63,15 @@ fn decode(s: &str) -> Promise {
         .collect()
 }
 
-/// A small xorshift generator (the test needs no crate for this).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// The child: adopts, then swaps at random until killed.
 #[test]
 fn kill_child() {
-    let Some(dirs) = std::env::var_os("KILL_CHILD_DIRS") else {
+    let Some(mut child) = Child::from_env() else {
         return;
     };
-    let paths: Vec<PathBuf> = std::env::split_paths(&dirs).collect();
-    let log_path = PathBuf::from(std::env::var_os("KILL_CHILD_LOG").unwrap());
-    let run: u64 = std::env::var("KILL_CHILD_RUN").unwrap().parse().unwrap();
-    let start = decode(&std::env::var("KILL_CHILD_STATE").unwrap());
-    let mut log = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(&log_path)
-        .unwrap();
+    let paths = child.paths.clone();
+    let run = child.run;
+    let start = decode(&child.state);
     let s = Swapper::new(settings(&paths)).unwrap();
     let mut rng = Rng(run.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let mut done: Promise = start; // last completed write of each param
@@ -151,55 +128,25 @@ fn kill_child() {
                 let mut promise = done.clone();
                 promise.extend(pending.iter().map(|&(i, n, t)| (i, (n, t))));
                 let g = s.durable_generation() + 1;
-                log.write_all(format!("flush {g} {}\n", encode(&promise)).as_bytes())
-                    .unwrap();
+                child.flush_begins(g, &encode(&promise));
                 assert_eq!(s.flush().unwrap(), g);
                 done = promise;
                 pending.clear();
-                log.write_all(format!("done {g}\n").as_bytes()).unwrap();
+                child.flush_done(g);
             }
         }
     }
 }
 
-/// What the log says: (generation, promise) of the last completed flush, and of the
-/// flush under way at the kill.
-fn read_log(path: &Path) -> (Option<Flushed>, Option<Flushed>) {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let mut last_done = None;
-    let mut begun: Option<Flushed> = None;
-    for line in text.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
-        let w: Vec<&str> = line.trim_end().splitn(3, ' ').collect();
-        match w[0] {
-            "flush" => begun = Some((w[1].parse().unwrap(), decode(w.get(2).copied().unwrap_or("")))),
-            "done" => {
-                let g: u64 = w[1].parse().unwrap();
-                let b = begun.take().expect("done after flush");
-                assert_eq!(b.0, g);
-                last_done = Some(b);
-            }
-            _ => panic!("bad log line {line:?}"),
-        }
-    }
-    (last_done, begun)
-}
-
-/// Adopts the folder and checks it against the promise; returns what it holds.
-fn verify(paths: &[PathBuf], before: &(u64, Promise), log: &Path, kill: usize) -> (u64, Promise) {
-    let (last_done, begun) = read_log(log);
+/// Adopts the folder and checks it against what the child's log promised; returns what
+/// it holds.
+fn verify(paths: &[PathBuf], kill: usize, log: &Log, before: &Flush) -> Flush {
     let s = Swapper::new(settings(paths)).unwrap_or_else(|e| panic!("kill {kill}: adopt failed: {e}"));
     let g = s.durable_generation();
-    let expect = match (&last_done, &begun) {
-        (_, Some((bg, p))) if *bg == g => p.clone(),
-        (Some((dg, p)), _) if *dg == g => p.clone(),
-        (None, _) if g == before.0 => before.1.clone(),
-        _ => panic!(
-            "kill {kill}: adopted generation {g}; the last completed flush was {:?}, the one under way {:?}, before the child {}",
-            last_done.as_ref().map(|x| x.0),
-            begun.as_ref().map(|x| x.0),
-            before.0
-        ),
-    };
+    let promise = log
+        .expect(g, before)
+        .unwrap_or_else(|e| panic!("kill {kill}: {e}"));
+    let expect = decode(&promise);
     for id in 0..IDS {
         match expect.get(&id) {
             None => assert!(
@@ -222,54 +169,28 @@ fn verify(paths: &[PathBuf], before: &(u64, Promise), log: &Path, kill: usize) -
             }
         }
     }
-    (g, expect)
-}
-
-fn kills_on(fs: &str, size: &str, seed: u64) -> (usize, usize) {
-    let bed = DriveBed::up(2, &["--fs", fs, "--size", size]);
-    let paths: Vec<PathBuf> = bed.drives.iter().map(|d| d.mount.clone()).collect();
-    let logs = common::disk_dir();
-    let mut rng = Rng(seed);
-    let mut state: (u64, Promise) = (0, Promise::new());
-    let mut flushes_seen = 0;
-    let mut mid_flush = 0;
-    for kill in 0..KILLS_PER_FS {
-        let log = logs.path().join(format!("log-{kill}"));
-        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "kill_child", "--nocapture", "--test-threads=1"])
-            .env("KILL_CHILD_DIRS", std::env::join_paths(&paths).unwrap())
-            .env("KILL_CHILD_LOG", &log)
-            .env("KILL_CHILD_RUN", (kill as u64 + 1 + (seed << 10)).to_string())
-            .env("KILL_CHILD_STATE", encode(&state.1))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let wait = Duration::from_millis(1 + rng.below(50));
-        let t = Instant::now();
-        while t.elapsed() < wait {
-            if let Some(st) = child.try_wait().unwrap() {
-                let mut err = String::new();
-                std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-                panic!("kill {kill} on {fs}: the child stopped by itself ({st}): {err}");
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        let (last_done, begun) = read_log(&log);
-        flushes_seen += usize::from(last_done.is_some());
-        mid_flush += usize::from(begun.is_some());
-        state = verify(&paths, &state, &log, kill);
-    }
-    (flushes_seen, mid_flush)
+    (g, promise)
 }
 
 #[test]
 fn after_each_of_200_sigkills_the_folder_is_what_the_last_flush_promised() {
-    let (a, b) = kills_on("ext4", "256M", 0x5EED_0001);
-    let (c, d) = kills_on("xfs", "320M", 0x5EED_0002);
-    eprintln!("ext4: {a} children completed a flush, {b} killed inside one; xfs: {c} and {d}");
+    let e = kills_on(
+        "ext4",
+        "256M",
+        "kill_child",
+        KILLS_PER_FS,
+        50,
+        0x5EED_0001,
+        verify,
+    );
+    let x = kills_on("xfs", "320M", "kill_child", KILLS_PER_FS, 50, 0x5EED_0002, verify);
+    eprintln!(
+        "ext4: {} children completed a flush, {} killed inside one; xfs: {} and {}",
+        e.flushed, e.mid_flush, x.flushed, x.mid_flush
+    );
     // The kills must have hit both kinds of moments, or the test proved little.
-    assert!(a + c >= 40 && b + d >= 5, "ext4 {a}/{b}, xfs {c}/{d}");
+    assert!(
+        e.flushed + x.flushed >= 40 && e.mid_flush + x.mid_flush >= 5,
+        "ext4 {e:?}, xfs {x:?}"
+    );
 }

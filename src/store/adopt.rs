@@ -19,7 +19,9 @@
 //!
 //! No manifest on any drive: nothing was ever flushed there. If the folders hold
 //! nothing but the store's own files, the store starts empty (those files removed and
-//! logged); otherwise adoption is refused. Nothing is removed before every check passed.
+//! logged), with a warning naming the folders (adopt was asked, and a wrong path, rank or
+//! dtype would otherwise resume from nothing in silence); otherwise adoption is refused.
+//! Nothing is removed before every check passed.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -315,6 +317,18 @@ fn start_empty(drives: &[Drive]) -> Result<(State, Vec<TensorEntry>)> {
             ));
         }
     }
+    // Adopt was asked and there is nothing to adopt: often a mistaken path, rank or dtype
+    // (they choose the folder), which would otherwise resume from nothing in silence.
+    crate::log!(
+        Warn,
+        "adopt: no manifest in {} (nothing was ever flushed there): starting empty; if this rank should resume, \
+         check nvme_path and the rank (and the dtype, for parameters), which choose the folder",
+        drives
+            .iter()
+            .map(|d| d.path().display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     for drive in drives {
         for (name, _) in drive.folder().entries()? {
             crate::log!(

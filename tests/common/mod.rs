@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod drive_bed;
+pub mod kill_harness;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -504,6 +504,59 @@ fn snapshots_reflink_on_xfs_and_btrfs_and_copy_across_file_systems() {
 }
 
 #[test]
+fn snapshots_copy_into_tmpfs_and_restore_every_byte() {
+    // /dev/shm is tmpfs: no shared extents, and O_DIRECT only on recent kernels; the
+    // copy takes whichever path the destination allows and every byte comes back.
+    let a = common::disk_dir();
+    let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+    let t = common::disk_dir();
+    let r = snapshot_round_trip(&[a.path()], &shm.path().join("ckpt"), &[t.path()]);
+    assert_eq!((r.files, r.reflinked, r.copied), (1, 0, 1), "{r:?}");
+}
+
+#[test]
+fn a_snapshot_into_a_full_file_system_fails_naming_the_file_and_the_swapper_goes_on() {
+    // A real ENOSPC: the checkpoint folder on an 8 MiB ext4 drive, the data larger.
+    let bed = DriveBed::up(1, &["--fs", "ext4", "--size", "8M"]);
+    let a = common::disk_dir();
+    let s = Swapper::new(settings(&[a.path()], false)).unwrap();
+    let g1 = write_all(&s, 1);
+    let dest = bed.drives[0].mount.join("ckpt");
+    let e = s.snapshot_to(&dest).err().unwrap();
+    assert_eq!(e.status(), Status::IoError, "{e}");
+    let text = e.message();
+    assert!(text.contains("No space left on device"), "{e}");
+    assert!(text.contains("extent-0.swp"), "names the file: {e}");
+    assert!(
+        text.contains(&dest.display().to_string()),
+        "names the snapshot: {e}"
+    );
+    // No manifest: nothing can adopt the partial copy as a snapshot.
+    let copy = rank_folder(&dest.join("drive0"));
+    assert!(
+        !copy.join(manifest::NAME).exists(),
+        "a partial snapshot has no manifest"
+    );
+    let e = Swapper::restore(&dest, &settings(&[a.path()], true))
+        .err()
+        .unwrap();
+    assert_eq!(e.status(), Status::NotFound, "{e}");
+    // The swapper's own data are untouched and it goes on: read back, write, flush, and
+    // a snapshot where there is room.
+    check_all(&s, &g1);
+    let g2 = write_all(&s, 2);
+    s.flush().unwrap();
+    let room = common::disk_dir();
+    s.snapshot_to(&room.path().join("ckpt")).unwrap();
+    check_all(&s, &g2);
+    drop(s);
+    let t = common::disk_dir();
+    Swapper::restore(&room.path().join("ckpt"), &settings(&[t.path()], true)).unwrap();
+    let s = Swapper::new(settings(&[t.path()], true)).unwrap();
+    check_all(&s, &g2);
+}
+
+#[test]
 fn a_flush_whose_syncs_fail_leaves_the_previous_generation_and_frees_nothing() {
     use swapper::sys::fault::{self, Call, Fault, Rule};
     let _faults = faults();

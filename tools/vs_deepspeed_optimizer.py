@@ -345,16 +345,24 @@ def checkpoint_worker(a):
     )
 
 
+def spread_ms(rs, key):
+    """'[min..max]' of a key in seconds over runs, in ms."""
+    v = [r[key] * 1e3 for r in rs]
+    return f"[{min(v):.1f}..{max(v):.1f}]"
+
+
 def report_checkpoint(impls, results):
     print("== checkpoint")
-    print(f"{'impl':10} {'save ms':>9} {'load ms':>9} {'swap MiB':>9} {'ckpt MiB':>9} {'used +MiB/save':>15}")
+    print(f"{'impl':10} {'save ms':>9} {'[min..max]':>17} {'load ms':>9} {'[min..max]':>17} {'swap MiB':>9} "
+          f"{'ckpt MiB':>9} {'used +MiB/save':>15}")
     med = {}
     for impl in impls:
         rs = results[impl]
         med[impl] = {k: statistics.median(r[k] for r in rs) for k in rs[0] if k != "losses"}
         m = med[impl]
         print(
-            f"{impl:10} {m['save_s'] * 1e3:9.1f} {m['load_s'] * 1e3:9.1f} {m['state_bytes'] / (1 << 20):9.1f} "
+            f"{impl:10} {m['save_s'] * 1e3:9.1f} {spread_ms(rs, 'save_s'):>17} {m['load_s'] * 1e3:9.1f} "
+            f"{spread_ms(rs, 'load_s'):>17} {m['state_bytes'] / (1 << 20):9.1f} "
             f"{m['offloaded_bytes'] / (1 << 20):9.1f} {m['used_grew'] / (1 << 20):15.1f}"
         )
     base = impls[0]
@@ -400,16 +408,20 @@ def alternate(impls, runs):
 
 def report(mode, impls, results, check_key):
     print(f"== {mode}")
-    print(f"{'impl':22} {'step ms':>9} {'GB/s':>7} {'CPU s/step':>11} {'page-locked MiB':>16}")
+    print(f"{'impl':22} {'step ms':>9} {'[min..max]':>17} {'GB/s':>7} {'CPU s/step':>11} {'page-locked MiB':>16}")
     med = {}
     for impl in impls:
         rs = results[impl]
         med[impl] = {k: statistics.median(r[k] for r in rs) for k in ("step_s", "gbps", "cpu_s", "locked")}
         m = med[impl]
-        print(f"{impl:22} {m['step_s'] * 1e3:9.1f} {m['gbps']:7.2f} {m['cpu_s']:11.3f} {m['locked'] / (1 << 20):16.1f}")
+        print(f"{impl:22} {m['step_s'] * 1e3:9.1f} {spread_ms(rs, 'step_s'):>17} {m['gbps']:7.2f} "
+              f"{m['cpu_s']:11.3f} {m['locked'] / (1 << 20):16.1f}")
     base = impls[0]
     for impl in impls[1:]:
-        print(f"{impl}/{base}: step time {med[impl]['step_s'] / med[base]['step_s']:.2f}x")
+        # Runs alternate (A B C, C B A, ...): the k-th run of each is a neighbour's pair.
+        pairs = [a["step_s"] / b["step_s"] for a, b in zip(results[impl], results[base])]
+        print(f"{impl}/{base}: step time {med[impl]['step_s'] / med[base]['step_s']:.2f}x "
+              f"(per run pair {statistics.median(pairs):.2f} [{min(pairs):.2f}..{max(pairs):.2f}])")
     values = {json.dumps(r[check_key]) for impl in impls for r in results[impl]}
     if len(values) != 1:
         sys.exit(f"{mode}: the implementations disagree on {check_key}: {values}")

@@ -60,6 +60,7 @@
 //!   shares extents), and a restore clones them back.
 
 pub mod adopt;
+pub mod copy;
 pub mod drive;
 pub mod flush;
 pub mod folder;

@@ -12,9 +12,11 @@
 //! Each extent file is a reflink of the live one (FICLONE: shared extents, constant time
 //! in the data size, on XFS with reflink=1 and btrfs); where the file system cannot
 //! (ext4, another file system: EXDEV, EOPNOTSUPP), a file of the same size with only the
-//! ranges the manifest names copied into it (copy_file_range, or read and write across
-//! file systems), holes elsewhere. Then every file is fsynced, the manifest written
-//! (fsynced) and the folders synced.
+//! ranges the manifest names copied into it, holes elsewhere: by O_DIRECT reads and
+//! writes through the drive's I/O engines where both files take O_DIRECT
+//! ([`super::copy`]: no page cache, reads and writes overlapped), else
+//! copy_file_range (or read and write across file systems). Then every file is fsynced,
+//! the manifest written (fsynced) and the folders synced.
 //!
 //! # Consistency
 //! The snapshot is taken under the flush lock right after a flush: nothing the manifest
@@ -30,12 +32,15 @@
 use std::ffi::OsStr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use super::copy;
 use super::drive::Drive;
 use super::flush::Flushed;
 use super::folder::RankFolder;
 use super::manifest::{self, Expected, Manifest};
 use super::Store;
+use crate::io::{HeldFile, IoEngine};
 use crate::status::{Error, Result, Status};
 use crate::sys::clone::{self, CopyHow};
 use crate::sys::durable;
@@ -90,10 +95,20 @@ fn named_ranges(m: &Manifest, drive: usize, file: usize) -> Vec<(u64, u64)> {
     out
 }
 
+/// Where a copy's bytes come from: the source file held open (an O_DIRECT descriptor
+/// beside the buffered one where the file system has O_DIRECT), and the engines that
+/// read it and write the copy.
+struct Source<'a> {
+    held: &'a Arc<HeldFile>,
+    read: &'a IoEngine,
+    write: &'a IoEngine,
+}
+
 /// Copies `src` (`size` bytes recorded) into the new file `name` of `dir` (at `path`):
-/// a reflink, or the `ranges` copied into a file of `size` bytes. Synced.
+/// a reflink, or the `ranges` copied into a file of `size` bytes (through the engines
+/// with O_DIRECT where both files take it, else copy_file_range). Synced.
 fn copy_file(
-    src: &std::os::fd::OwnedFd,
+    src: &Source<'_>,
     size: u64,
     dir: &Dir,
     name: &str,
@@ -102,16 +117,57 @@ fn copy_file(
 ) -> Result<CopyHow> {
     let dst =
         clone::create_new(dir, OsStr::new(name)).map_err(|e| Error::os("cannot create", path, None, e))?;
-    let how = match clone::reflink(src.as_raw_fd(), dst.as_raw_fd(), path) {
+    let sfd = src.held.buffered_fd();
+    let how = match clone::reflink(sfd, dst.as_raw_fd(), path) {
         Ok(()) => CopyHow::Reflink,
         Err(libc::EXDEV | libc::EOPNOTSUPP | libc::EINVAL | libc::ENOTTY | libc::ENOSYS | libc::EBADF) => {
             clone::set_len(dst.as_raw_fd(), size).map_err(|e| Error::os("cannot size", path, None, e))?;
-            let mut how = CopyHow::CopyFileRange;
-            for &(o, n) in ranges {
-                how = clone::copy_range(src.as_raw_fd(), dst.as_raw_fd(), o, n, path)
-                    .map_err(|e| Error::os(&format!("cannot copy {n} bytes into"), path, Some(o), e))?;
+            // O_DIRECT on the copy too, or the kernel's copy: a file system without
+            // O_DIRECT (tmpfs) answers EINVAL, which is no error here.
+            let direct = match src.held.is_direct() {
+                true => match file::open_read_write(dir, OsStr::new(name), true, false) {
+                    Ok(f) => Some(f.fd),
+                    Err(file::OpenError::Errno(libc::EINVAL)) => None,
+                    Err(file::OpenError::Errno(e)) => {
+                        return Err(Error::os("cannot open with O_DIRECT", path, None, e))
+                    }
+                    Err(file::OpenError::NotRegular(kind)) => {
+                        return Err(Error::new(
+                            Status::CorruptData,
+                            format!(
+                                "{} became {} while it was copied",
+                                path.display(),
+                                kind.describe()
+                            ),
+                        ))
+                    }
+                },
+                false => None,
+            };
+            match direct {
+                Some(fd) => {
+                    let copy_fd = dst.try_clone().map_err(|e| {
+                        Error::os(
+                            "cannot duplicate the descriptor of",
+                            path,
+                            None,
+                            e.raw_os_error().unwrap_or(libc::EIO),
+                        )
+                    })?;
+                    let held = Arc::new(HeldFile::new(path.to_path_buf(), Some(fd), copy_fd));
+                    copy::copy_ranges(src.read, src.write, src.held, &held, ranges)?;
+                    CopyHow::Direct
+                }
+                None => {
+                    let mut how = CopyHow::CopyFileRange;
+                    for &(o, n) in ranges {
+                        how = clone::copy_range(sfd, dst.as_raw_fd(), o, n, path).map_err(|e| {
+                            Error::os(&format!("cannot copy {n} bytes into"), path, Some(o), e)
+                        })?;
+                    }
+                    how
+                }
             }
-            how
         }
         Err(e) => return Err(Error::os("cannot clone into", path, None, e)),
     };
@@ -193,8 +249,14 @@ impl Store {
             for (i, entry) in m.files[k].iter().enumerate() {
                 let src = &files[k][i];
                 let path = folder.path().join(&entry.name);
+                let drive = &self.drives[k];
+                let source = Source {
+                    held: &src.held,
+                    read: drive.engine_for(false),
+                    write: drive.engine_for(true),
+                };
                 let how = copy_file(
-                    src.held.fd(),
+                    &source,
                     entry.size,
                     folder.dir(),
                     &entry.name,
@@ -313,9 +375,19 @@ pub fn restore(snapshot: &Path, paths: &[PathBuf], parts: &[String]) -> Result<S
                     ),
                 ));
             }
+            let direct = match file::open_read_write(src.dir(), OsStr::new(&entry.name), true, false) {
+                Ok(f) => Some(f.fd),
+                Err(_) => None, // no O_DIRECT there (or gone: the buffered copy says why)
+            };
+            let held = Arc::new(HeldFile::new(spath.clone(), direct, opened.fd));
+            let source = Source {
+                held: &held,
+                read: target.engine_for(false),
+                write: target.engine_for(true),
+            };
             let dpath = target.path().join(&entry.name);
             let how = copy_file(
-                &opened.fd,
+                &source,
                 entry.size,
                 target.folder().dir(),
                 &entry.name,

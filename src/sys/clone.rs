@@ -19,6 +19,8 @@ pub enum CopyHow {
     CopyFileRange,
     /// pread and pwrite through a buffer.
     ReadWrite,
+    /// O_DIRECT reads and writes through the I/O engines (`store::copy`).
+    Direct,
 }
 
 impl CopyHow {
@@ -28,6 +30,7 @@ impl CopyHow {
             CopyHow::Reflink => "reflink",
             CopyHow::CopyFileRange => "copy_file_range",
             CopyHow::ReadWrite => "read/write",
+            CopyHow::Direct => "direct I/O",
         }
     }
 }

@@ -2,7 +2,11 @@
 //! (swapper_snapshot: a flush, then reflinks where the file system shares extents, or
 //! copies of the ranges the manifest names) against `cp -r` of the same rank folder, and
 //! against `cp -r` followed by `sync` of the copies (the snapshot's files are fsynced).
-//! Alternates the sides run for run. Everything it makes is removed at the end.
+//! Every timed side starts from the same state: written-back dirty pages (`sync`) and,
+//! as root, an empty page cache (`echo 3 > /proc/sys/vm/drop_caches`), so no side reads
+//! what the one before it left in memory. The order of the sides alternates run for run
+//! (snapshot, cp, cp + sync; then the reverse). Medians with [min..max]. Everything it
+//! makes is removed at the end.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -34,7 +38,18 @@ pub struct SnapshotArgs {
     pub json: bool,
 }
 
-fn seconds(f: impl FnOnce() -> Result<()>) -> Result<f64> {
+/// Writes back dirty pages and, where allowed (root), empties the page cache. Returns
+/// whether the cache was emptied.
+fn settle() -> Result<bool> {
+    let st = Command::new("sync").status().context("cannot run sync")?;
+    if !st.success() {
+        bail!("sync failed: {st}");
+    }
+    Ok(std::fs::write("/proc/sys/vm/drop_caches", "3\n").is_ok())
+}
+
+fn seconds(dropped: &mut bool, f: impl FnOnce() -> Result<()>) -> Result<f64> {
+    *dropped &= settle()?;
     let t = Instant::now();
     f()?;
     Ok(t.elapsed().as_secs_f64())
@@ -92,60 +107,83 @@ pub fn run(args: SnapshotArgs) -> Result<()> {
     }
     s.flush().map_err(|e| anyhow!("flush: {e}"))?;
     let rank = s.folder();
-    let (mut snap, mut cp, mut cp_sync) = (Vec::new(), Vec::new(), Vec::new());
+    let mut times: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
     let mut how = String::new();
+    let mut dropped = true;
     for run in 0..args.runs {
-        let dest = work.path().join(format!("snap-{run}"));
-        snap.push(seconds(|| {
-            let r = s.snapshot_to(&dest).map_err(|e| anyhow!("snapshot: {e}"))?;
-            how = format!(
-                "{} files: {} reflinked, {} copied",
-                r.files, r.reflinked, r.copied
-            );
-            Ok(())
-        })?);
-        std::fs::remove_dir_all(&dest)?;
-        for (k, list) in [(0, &mut cp), (1, &mut cp_sync)] {
-            let dest = work.path().join(format!("cp-{run}-{k}"));
-            list.push(seconds(|| {
-                let st = Command::new("cp").arg("-r").arg(&rank).arg(&dest).status()?;
-                if !st.success() {
-                    bail!("cp -r failed: {st}");
-                }
-                if k == 1 {
-                    let files: Vec<PathBuf> = std::fs::read_dir(&dest)?
-                        .map(|e| Ok(e?.path()))
-                        .collect::<Result<_>>()?;
-                    let st = Command::new("sync").args(&files).status()?;
+        let order: [usize; 3] = if run % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
+        for side in order {
+            let dest = work.path().join(format!("side{side}-{run}"));
+            let t = if side == 0 {
+                seconds(&mut dropped, || {
+                    let r = s.snapshot_to(&dest).map_err(|e| anyhow!("snapshot: {e}"))?;
+                    how = format!(
+                        "{} files: {} reflinked, {} copied",
+                        r.files, r.reflinked, r.copied
+                    );
+                    Ok(())
+                })?
+            } else {
+                seconds(&mut dropped, || {
+                    let st = Command::new("cp").arg("-r").arg(&rank).arg(&dest).status()?;
                     if !st.success() {
-                        bail!("sync failed: {st}");
+                        bail!("cp -r failed: {st}");
                     }
-                }
-                Ok(())
-            })?);
+                    if side == 2 {
+                        let files: Vec<PathBuf> = std::fs::read_dir(&dest)?
+                            .map(|e| Ok(e?.path()))
+                            .collect::<Result<_>>()?;
+                        let st = Command::new("sync").args(&files).status()?;
+                        if !st.success() {
+                            bail!("sync failed: {st}");
+                        }
+                    }
+                    Ok(())
+                })?
+            };
+            times[side].push(t);
             std::fs::remove_dir_all(&dest)?;
         }
     }
-    let median = |v: &mut Vec<f64>| {
+    // (median, min, max) of each side.
+    let stats = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+        (v[v.len() / 2], v[0], v[v.len() - 1])
     };
-    let (a, b, c) = (median(&mut snap), median(&mut cp), median(&mut cp_sync));
+    let [mut t0, mut t1, mut t2] = times;
+    let (a, b, c) = (stats(&mut t0), stats(&mut t1), stats(&mut t2));
     let bytes = params * p;
+    let cache = if dropped {
+        "page cache dropped before each side"
+    } else {
+        "page cache NOT dropped (not root): later sides may read cached data"
+    };
     if args.json {
         println!(
             "{}",
             serde_json::json!({"bytes": bytes, "params": params, "runs": args.runs, "how": how,
-                "snapshot_s": a, "cp_r_s": b, "cp_r_sync_s": c})
+                "cache_dropped": dropped,
+                "snapshot_s": a.0, "snapshot_min_s": a.1, "snapshot_max_s": a.2,
+                "cp_r_s": b.0, "cp_r_min_s": b.1, "cp_r_max_s": b.2,
+                "cp_r_sync_s": c.0, "cp_r_sync_min_s": c.1, "cp_r_sync_max_s": c.2})
         );
     } else {
         println!(
             "swap data: {params} params of {p} bytes ({bytes} bytes) in {}",
             rank.display()
         );
-        println!("snapshot ({how}): {:.3} s (median of {})", a, args.runs);
-        println!("cp -r:        {b:.3} s");
-        println!("cp -r + sync: {c:.3} s");
+        println!(
+            "{} runs of each side, order alternating, {cache}; median [min..max]",
+            args.runs
+        );
+        println!("snapshot ({how}): {:.3} s [{:.3}..{:.3}]", a.0, a.1, a.2);
+        println!("cp -r:        {:.3} s [{:.3}..{:.3}]", b.0, b.1, b.2);
+        println!("cp -r + sync: {:.3} s [{:.3}..{:.3}]", c.0, c.1, c.2);
+        println!(
+            "snapshot / (cp -r + sync): {:.2}x, snapshot / cp -r: {:.2}x",
+            a.0 / c.0,
+            a.0 / b.0
+        );
     }
     drop(s);
     Ok(())

@@ -95,7 +95,10 @@ fn round_trip(drives: &[&Path]) {
             "drive {d}: one extent file for all its params"
         );
     }
-    // Overwrite in place and read back once more (a rewrite keeps its place).
+    // Overwrite in place and read back once more: a rewrite keeps its place while the
+    // weights stay (set here: the measured rates of these unthrottled loop drives are
+    // the CPU's noise, and a move by measured weights has a test of its own).
+    s.store().set_weights(&vec![1.0; drives.len()]).unwrap();
     let before = s.param_locations(52);
     s.swap_out_and_release(&ids, false, false).unwrap();
     assert_eq!(s.param_locations(52), before);
@@ -313,6 +316,74 @@ fn placement_follows_the_drives_rates_when_one_is_at_half_rate() {
         s.transfer(key, false, got.as_mut_slice(), 0).unwrap();
         assert!(got.as_slice() == buf.as_slice(), "key {key}");
     }
+    drop(s); // its threads leave the group before the bed goes
+}
+
+/// Bytes of `key` on each of two drives.
+fn bytes_per_drive(s: &swapper::store::Store, key: u64) -> [u64; 2] {
+    let mut per = [0u64; 2];
+    for e in s.locations(key) {
+        per[e.drive] += e.len;
+    }
+    per
+}
+
+#[test]
+fn a_tensor_split_before_the_rates_were_known_follows_them_at_its_next_whole_rewrite() {
+    use swapper::store::{Store, StoreConfig, REPLACE_STEP};
+    let bed = DriveBed::up(2, &["--size", "512M", "--rates", "100,50"]);
+    join_blkio_group(&bed.cgroup);
+    let s = Store::open(StoreConfig {
+        paths: bed.paths().iter().map(|p| p.to_path_buf()).collect(),
+        folder: ["zero_stage_3", "float16params", "rank0"]
+            .map(String::from)
+            .to_vec(),
+        io: IoConfig::default(),
+        adopt: false,
+    });
+    join_blkio_group(Path::new("/sys/fs/cgroup/blkio"));
+    let s = s.unwrap();
+    const LEN: usize = 64 << 20;
+    let mut a = common::TestBuf::new(LEN, 0);
+    a.as_mut_slice().copy_from_slice(&common::pattern(LEN, 7));
+    // Key 0 first: nothing measured, split equally.
+    s.reserve(0, LEN as u64, false).unwrap();
+    s.transfer(0, true, a.as_mut_slice(), 0).unwrap();
+    assert_eq!(bytes_per_drive(&s, 0), [32 << 20, 32 << 20]);
+    // Key 1 written a few times: the drives' rates are measured (64 MiB, 100 ms samples).
+    for _ in 0..4 {
+        s.reserve(1, LEN as u64, false).unwrap();
+        s.transfer(1, true, a.as_mut_slice(), 0).unwrap();
+    }
+    let w = swapper::store::placement::weights_from_rates(&s.rates());
+    assert!(
+        w[0] - w[1] >= REPLACE_STEP,
+        "drive 1 at half rate weighs less by a step: {w:?} from {:?}",
+        s.rates()
+    );
+    // A partial write of key 0 keeps its place (its other bytes are needed).
+    let mut part = common::TestBuf::new(1 << 20, 0);
+    part.as_mut_slice().copy_from_slice(&common::pattern(1 << 20, 8));
+    s.transfer(0, true, part.as_mut_slice(), 4 << 20).unwrap();
+    assert_eq!(bytes_per_drive(&s, 0), [32 << 20, 32 << 20]);
+    let mut want = a.as_slice().to_vec();
+    want[4 << 20..5 << 20].copy_from_slice(part.as_slice());
+    let mut got = common::TestBuf::new(LEN, 0);
+    s.transfer(0, false, got.as_mut_slice(), 0).unwrap();
+    assert!(got.as_slice() == &want[..], "key 0 after a partial write");
+    // A whole rewrite follows the weights: the slow drive's share falls toward its
+    // weight's (1/3 at exactly half rate), and the new bytes come back.
+    let mut b = common::TestBuf::new(LEN, 0);
+    b.as_mut_slice().copy_from_slice(&common::pattern(LEN, 9));
+    s.transfer(0, true, b.as_mut_slice(), 0).unwrap();
+    let per = bytes_per_drive(&s, 0);
+    assert_eq!(per[0] + per[1], LEN as u64);
+    assert!(
+        per[1] <= (LEN as u64) * 2 / 5,
+        "the half-rate drive keeps at most 40% of the rewritten tensor: {per:?}, weights {w:?}"
+    );
+    s.transfer(0, false, got.as_mut_slice(), 0).unwrap();
+    assert!(got.as_slice() == b.as_slice(), "key 0 after its move");
     drop(s); // its threads leave the group before the bed goes
 }
 

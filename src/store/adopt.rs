@@ -273,6 +273,7 @@ pub(super) fn adopt(drives: &[Drive], parts: &[String]) -> Result<(State, Vec<Te
                 bytes: t.reserved,
                 pieces,
                 named: Some(chosen.generation),
+                weights: Vec::new(),
             },
         );
     }

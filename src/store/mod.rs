@@ -28,7 +28,11 @@
 //!   second of busy time of each drive's engine; equal until every drive is measured,
 //!   bounded, in steps: [`placement::weights_from_rates`]), unless set
 //!   ([`Store::set_weights`]). Placement at a tensor's first write decides where its
-//!   reads come from too. A drive that runs out of space (ENOSPC or EDQUOT when its
+//!   reads come from too, until a write of the whole tensor finds the weights moved by
+//!   at least [`REPLACE_STEP`] on some drive since it was placed: that write goes to a
+//!   new place by the new weights (the old one is freed, or retired if a manifest names
+//!   it), so a tensor placed before the drives' rates were known (split equally) follows
+//!   them from its next rewrite on. A drive that runs out of space (ENOSPC or EDQUOT when its
 //!   space grows) takes no new bytes until some of its space is freed; the tensor goes
 //!   to the other drives, and only when every drive is full does the reservation fail,
 //!   naming the drive and the key.
@@ -129,7 +133,15 @@ struct Placed {
     /// The last generation whose manifest names these pieces (None: no manifest does, so
     /// a rewrite may go in place).
     named: Option<u64>,
+    /// The weights its placement followed (empty: one drive, or adopted).
+    weights: Vec<f64>,
 }
+
+/// A whole rewrite moves a tensor when a drive's weight has changed by at least this
+/// much since the tensor was placed: a quarter of the fastest drive's rate, well above
+/// the measurement noise that the weights' dead band already absorbs, so that equal
+/// drives never churn, while a drive at half rate is followed.
+pub const REPLACE_STEP: f64 = 0.25;
 
 /// One drive's bookkeeping.
 struct DriveState {
@@ -455,12 +467,18 @@ impl Store {
             for (d, p) in &got {
                 st.drives[*d].load += p.len;
             }
+            let placed_by = if self.drives.len() > 1 {
+                st.weights.clone()
+            } else {
+                Vec::new()
+            };
             st.keys.insert(
                 key,
                 Placed {
                     bytes: want,
                     pieces: got,
                     named: None,
+                    weights: placed_by,
                 },
             );
             drop(st);
@@ -746,7 +764,7 @@ impl Store {
             st.keys.get(&key).filter(|p| p.named.is_some()).map(|p| p.bytes)
         };
         let Some(bytes) = named else {
-            return Ok(());
+            return self.follow_weights(key, offset, len);
         };
         if offset != 0 || align_up(len, IO_ALIGNMENT) < bytes {
             return Err(Error::bad_state(format!(
@@ -756,6 +774,83 @@ impl Store {
             )));
         }
         self.reserve(key, bytes, false)
+    }
+
+    /// Before a write of bytes `offset..offset + len` of `key`: if it is the whole tensor
+    /// and the drives' measured weights have moved by [`REPLACE_STEP`] or more on some
+    /// drive since the tensor was placed, the tensor is placed afresh by the new weights
+    /// (its old bytes are not needed: the write replaces them all). Nothing otherwise: a
+    /// partial write keeps the place, as do set (pinned) weights and a single drive.
+    fn follow_weights(&self, key: Key, offset: u64, len: u64) -> Result<()> {
+        if self.drives.len() < 2 || offset != 0 {
+            return Ok(());
+        }
+        let bytes = {
+            let st = self.lock();
+            match st.keys.get(&key) {
+                Some(p) if !st.pinned && align_up(len, IO_ALIGNMENT) >= p.bytes && !p.weights.is_empty() => {
+                    p.bytes
+                }
+                _ => return Ok(()),
+            }
+        };
+        // Measured without the store's lock, as `reserve` does.
+        let now = placement::weights_from_rates(&self.rates());
+        // The old place is taken out of the index (its load no longer counted, so the
+        // new plan is the one a fresh tensor would get) but kept allocated until the new
+        // place is made: if that fails (every drive full), the tensor keeps its old place.
+        let old = {
+            let mut st = self.lock();
+            let moved = match st.keys.get(&key) {
+                Some(p) if p.bytes == bytes && p.named.is_none() => p
+                    .weights
+                    .iter()
+                    .zip(&now)
+                    .any(|(a, b)| (a - b).abs() >= REPLACE_STEP - 1e-9),
+                _ => false,
+            };
+            if !moved {
+                return Ok(());
+            }
+            let old = st.keys.remove(&key);
+            if let Some(p) = &old {
+                for (d, pc) in &p.pieces {
+                    st.drives[*d].load = st.drives[*d].load.saturating_sub(pc.len);
+                }
+            }
+            old
+        };
+        let Some(old) = old else {
+            return Ok(());
+        };
+        let placed = self.reserve(key, bytes, false);
+        let mut st = self.lock();
+        match placed {
+            Ok(()) => {
+                for (d, pc) in old.pieces {
+                    st.drives[d].space.free(pc);
+                    st.drives[d].full = false;
+                }
+                drop(st);
+                crate::log!(
+                    Debug,
+                    "key {key}: the drives' weights moved to {now:?}; rewritten to a new place"
+                );
+            }
+            Err(e) => {
+                for (d, pc) in &old.pieces {
+                    st.drives[*d].load += pc.len;
+                }
+                st.keys.insert(key, old);
+                drop(st);
+                crate::log!(
+                    Debug,
+                    "key {key}: keeps its place, no new one by the weights {now:?}: {}",
+                    e.message()
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Reads or writes a whole range and waits (a convenience for tests and tools).
@@ -923,7 +1018,11 @@ mod tests {
         s.set_weights(&[3.0, 1.0]).unwrap();
         s.reserve(2, 8 << 20, false).unwrap();
         assert_eq!(s.weights(), [3.0, 1.0]);
-        assert_eq!(s.loads(), [12 << 20, 4 << 20], "drive 0 takes 3/4 of all bytes");
+        assert_eq!(
+            s.loads(),
+            [(4 + 6) << 20, (4 + 2) << 20],
+            "drive 0 takes 3/4 of the new tensor"
+        );
         assert_eq!(
             s.set_weights(&[1.0]).unwrap_err().status(),
             Status::InvalidArgument

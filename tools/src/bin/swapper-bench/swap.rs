@@ -246,6 +246,30 @@ impl SwapBench {
 
 /// The settings naming the drives: `nvme_path` for one folder, a DeepSpeed `nvme_path`
 /// list for several (only a library with the swap store reads one).
+/// `--drive-stats`: the store's weights, bytes per drive and measured rates after `phase`.
+fn drive_stats(on: bool, phase: &str, s: &Swapper) {
+    if !on {
+        return;
+    }
+    let st = s.store();
+    let loads: Vec<String> = st
+        .loads()
+        .iter()
+        .map(|&l| format!("{:.0}", l as f64 / 1048576.0))
+        .collect();
+    let rates: Vec<String> = st
+        .rates()
+        .iter()
+        .map(|r| r.map_or("-".into(), |r| format!("{:.0}", r / 1e6)))
+        .collect();
+    eprintln!(
+        "drive stats after {phase}: weights {:?}, MiB per drive [{}], rates MB/s [{}]",
+        st.weights(),
+        loads.join(", "),
+        rates.join(", ")
+    );
+}
+
 fn drive_settings(folders: &[PathBuf]) -> Result<Settings> {
     match folders {
         [] => bail!("no folder for the swap files"),
@@ -363,6 +387,11 @@ pub struct SwapArgs {
     /// default). Compare runs with 0 and with N for the cost of resumability.
     #[arg(long, default_value_t = 0)]
     pub flush_every: u64,
+    /// After each phase, print (to stderr) the swap store's view of its drives: the
+    /// weights placement used, the bytes each drive carries and each drive's measured
+    /// rate. For diagnosing placement over several drives.
+    #[arg(long)]
+    pub drive_stats: bool,
     /// Runs (each: one park, one forward pass).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub runs: u32,
@@ -572,11 +601,13 @@ pub fn run(args: SwapArgs) -> Result<()> {
                 .park(new_round, false, &bytes_msg(format!("{tag} swap-out (new)")))
                 .with_context(|| format!("{label} swap-out of new params, run {run}"))?;
             push(&mut results, label, "new", n);
+            drive_stats(args.drive_stats, "new", b.swapper());
             pb.inc(1);
             let w = b
                 .park(round, false, &bytes_msg(format!("{tag} swap-out (overwrite)")))
                 .with_context(|| format!("{label} swap-out, run {run}"))?;
             push(&mut results, label, "write", w);
+            drive_stats(args.drive_stats, "write", b.swapper());
             pb.inc(1);
             // Without compute first: the swap-in figure.
             let r = b
@@ -589,6 +620,7 @@ pub fn run(args: SwapArgs) -> Result<()> {
                 .with_context(|| format!("{label} swap-in, run {run}"))?;
             let io_only = r.sample.seconds;
             push(&mut results, label, "read", r.sample);
+            drive_stats(args.drive_stats, "read", b.swapper());
             pb.inc(1);
             if !compute.is_zero() {
                 let c = b

@@ -138,9 +138,9 @@ struct Placed {
 }
 
 /// A whole rewrite moves a tensor when a drive's weight has changed by at least this
-/// much since the tensor was placed: a quarter of the fastest drive's rate, well above
-/// the measurement noise that the weights' dead band already absorbs, so that equal
-/// drives never churn, while a drive at half rate is followed.
+/// much since the tensor was placed: a quarter of the fastest drive's rate. Weights below
+/// the dead band (`placement::SAME_RATE`, 0.75) are at most 0.6875, so a drive that left
+/// the band is followed and noise inside it moves nothing.
 pub const REPLACE_STEP: f64 = 0.25;
 
 /// One drive's bookkeeping.

@@ -245,12 +245,11 @@ fn join_blkio_group(cgroup: &Path) {
         .unwrap_or_else(|e| panic!("join {}: {e}", cgroup.display()));
 }
 
-#[test]
-fn placement_follows_the_drives_rates_when_one_is_at_half_rate() {
+/// A store over the bed's drives whose I/O threads run in the bed's blkio group (the
+/// throttle binds I/O issued from inside it): they start while this thread is in the
+/// group, which it leaves again at once.
+fn store_in_bed(bed: &DriveBed) -> swapper::store::Store {
     use swapper::store::{Store, StoreConfig};
-    let bed = DriveBed::up(2, &["--size", "512M", "--rates", "100,50"]);
-    // The store's I/O threads start in the bed's group (the throttle binds I/O issued from
-    // inside it); this thread leaves it again at once.
     join_blkio_group(&bed.cgroup);
     let s = Store::open(StoreConfig {
         paths: bed.paths().iter().map(|p| p.to_path_buf()).collect(),
@@ -261,7 +260,13 @@ fn placement_follows_the_drives_rates_when_one_is_at_half_rate() {
         adopt: false,
     });
     join_blkio_group(Path::new("/sys/fs/cgroup/blkio"));
-    let s = s.unwrap();
+    s.unwrap()
+}
+
+#[test]
+fn placement_follows_the_drives_rates_when_one_is_at_half_rate() {
+    let bed = DriveBed::up(2, &["--size", "512M", "--rates", "100,50"]);
+    let s = store_in_bed(&bed);
     let mut buf = common::TestBuf::new(4 << 20, 0);
     buf.as_mut_slice().copy_from_slice(&common::pattern(4 << 20, 3));
     // A batch of writes, all queued before any is waited for (as a swap-out of many params
@@ -330,19 +335,9 @@ fn bytes_per_drive(s: &swapper::store::Store, key: u64) -> [u64; 2] {
 
 #[test]
 fn a_tensor_split_before_the_rates_were_known_follows_them_at_its_next_whole_rewrite() {
-    use swapper::store::{Store, StoreConfig, REPLACE_STEP};
+    use swapper::store::REPLACE_STEP;
     let bed = DriveBed::up(2, &["--size", "512M", "--rates", "100,50"]);
-    join_blkio_group(&bed.cgroup);
-    let s = Store::open(StoreConfig {
-        paths: bed.paths().iter().map(|p| p.to_path_buf()).collect(),
-        folder: ["zero_stage_3", "float16params", "rank0"]
-            .map(String::from)
-            .to_vec(),
-        io: IoConfig::default(),
-        adopt: false,
-    });
-    join_blkio_group(Path::new("/sys/fs/cgroup/blkio"));
-    let s = s.unwrap();
+    let s = store_in_bed(&bed);
     const LEN: usize = 64 << 20;
     let mut a = common::TestBuf::new(LEN, 0);
     a.as_mut_slice().copy_from_slice(&common::pattern(LEN, 7));

@@ -14,10 +14,10 @@ use crate::status::{Error, Result};
 use crate::sys::alloc::AlignedBuf;
 
 /// Bytes per chunk: one read, then one write, of this size.
-pub const CHUNK: u64 = 8 << 20;
+pub(crate) const CHUNK: u64 = 8 << 20;
 /// Chunks in flight (reading or writing): the copy's memory is `CHUNKS x CHUNK`,
 /// not page-locked.
-pub const CHUNKS: usize = 4;
+pub(crate) const CHUNKS: usize = 4;
 
 /// One chunk of a range: where it is in both files, and how long.
 #[derive(Clone, Copy, Debug)]

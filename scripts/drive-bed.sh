@@ -90,13 +90,23 @@ stop_group() {
     return 1
 }
 
-# Detaches every loop device over file $1.
+# Detaches every loop device over file $1, and waits until they are gone: a device that
+# someone still holds open (udev probing it after the unmount) is only marked for
+# autoclear by `losetup -d` and detaches when the last holder closes it, so the file
+# must not be removed, nor the bed called down, before then.
 detach_file() {
-    local f=$1 dev
+    local f=$1 dev devs tries
     [[ -e $f ]] || return 0
-    for dev in $(losetup -n -O NAME -j "$f" 2>/dev/null); do
-        losetup -d "$dev" || return 1
+    for ((tries = 0; tries < 100; tries++)); do
+        devs=$(losetup -n -O NAME -j "$f" 2>/dev/null)
+        [[ -z $devs ]] && return 0
+        for dev in $devs; do
+            losetup -d "$dev" 2>/dev/null || true
+        done
+        sleep 0.1
     done
+    echo "drive-bed: loop device(s) $devs over $f still attached after 10 s" >&2
+    return 1
 }
 
 # Whether $1 is a mount point, from /proc/mounts (not `mountpoint`, which stats the folder

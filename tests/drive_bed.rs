@@ -100,6 +100,34 @@ fn a_throttled_two_drive_bed_runs_a_command_inside_and_leaves_nothing() {
 }
 
 #[test]
+fn down_waits_for_a_loop_device_someone_still_holds_open() {
+    // What udev does after an unmount, for longer: a process holds the loop device open,
+    // so `losetup -d` only marks it for autoclear and it goes when the holder closes it.
+    // `down` returns only when the device is gone, and then nothing is left.
+    let mut bed = DriveBed::up(1, &[]);
+    let dev = bed.drives[0].dev.clone();
+    let mut holder = std::process::Command::new("sh")
+        .args(["-c", "exec 3<\"$0\"; sleep 1.5", &dev])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200)); // the holder has opened it
+    let t = Instant::now();
+    let out = bed.down();
+    assert!(
+        out.status.success(),
+        "down: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_gone(&bed.name);
+    assert!(
+        t.elapsed() >= Duration::from_millis(800),
+        "down waited for the holder: {:?}",
+        t.elapsed()
+    );
+    holder.wait().unwrap();
+}
+
+#[test]
 fn a_failing_command_and_sigterm_leave_nothing() {
     // `with`: the command's status comes back, the bed is gone.
     let name = unique_name();

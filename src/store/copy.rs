@@ -21,19 +21,19 @@ pub(crate) const CHUNKS: usize = 4;
 
 /// One chunk of a range: where it is in both files, and how long.
 #[derive(Clone, Copy, Debug)]
-struct Chunk {
+struct Span {
     offset: u64,
     len: u64,
 }
 
 /// The ranges cut into chunks of at most [`CHUNK`] bytes.
-fn chunks(ranges: &[(u64, u64)]) -> Vec<Chunk> {
+fn chunks(ranges: &[(u64, u64)]) -> Vec<Span> {
     let mut out = Vec::new();
     for &(offset, len) in ranges {
         let mut done = 0;
         while done < len {
             let n = (len - done).min(CHUNK);
-            out.push(Chunk {
+            out.push(Span {
                 offset: offset + done,
                 len: n,
             });
@@ -53,12 +53,12 @@ struct Copier<'a> {
     dst: &'a Arc<HeldFile>,
     bufs: Vec<AlignedBuf>,
     free: Vec<usize>,
-    reads: VecDeque<(usize, Chunk, Ticket)>,
+    reads: VecDeque<(usize, Span, Ticket)>,
     writes: VecDeque<(usize, Ticket)>,
 }
 
 impl Copier<'_> {
-    fn submit(&mut self, b: usize, c: Chunk, write: bool) -> Result<Ticket> {
+    fn submit(&mut self, b: usize, c: Span, write: bool) -> Result<Ticket> {
         let (engine, file) = if write {
             (self.write_engine, self.dst)
         } else {

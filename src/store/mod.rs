@@ -757,16 +757,28 @@ impl Store {
     /// Before a write: a key whose place a manifest names (see [`flush`]) is placed afresh
     /// when the write covers it whole (its flushed bytes stay, retired, until a newer
     /// manifest is durable); a write of part of it is refused (`BadState`), since the rest
-    /// would have to be copied. Bookkeeping, plus growth when the new place needs it.
+    /// would have to be copied. Any other key written whole may move by the drives'
+    /// weights ([`Store::follow_weights`]). Bookkeeping, plus growth when the new place
+    /// needs it.
     fn copy_on_write(&self, key: Key, offset: u64, len: u64) -> Result<()> {
-        let named = {
+        // One look under the lock: named, or a candidate for a move, or nothing to do.
+        let (bytes, named) = {
             let st = self.lock();
-            st.keys.get(&key).filter(|p| p.named.is_some()).map(|p| p.bytes)
+            match st.keys.get(&key) {
+                Some(p) if p.named.is_some() => (p.bytes, true),
+                Some(p) if !st.pinned && !p.weights.is_empty() => (p.bytes, false),
+                _ => return Ok(()),
+            }
         };
-        let Some(bytes) = named else {
-            return self.follow_weights(key, offset, len);
-        };
-        if offset != 0 || align_up(len, IO_ALIGNMENT) < bytes {
+        let whole = offset == 0 && align_up(len, IO_ALIGNMENT) >= bytes;
+        if !named {
+            return if whole {
+                self.follow_weights(key, bytes)
+            } else {
+                Ok(())
+            };
+        }
+        if !whole {
             return Err(Error::bad_state(format!(
                 "a write of bytes {offset} to {} of key {key}: a flushed manifest names its {bytes} bytes, which may \
                  only be rewritten whole (to fresh space) until the next flush",
@@ -776,52 +788,36 @@ impl Store {
         self.reserve(key, bytes, false)
     }
 
-    /// Before a write of bytes `offset..offset + len` of `key`: if it is the whole tensor
-    /// and the drives' measured weights have moved by [`REPLACE_STEP`] or more on some
-    /// drive since the tensor was placed, the tensor is placed afresh by the new weights
-    /// (its old bytes are not needed: the write replaces them all). Nothing otherwise: a
-    /// partial write keeps the place, as do set (pinned) weights and a single drive.
-    fn follow_weights(&self, key: Key, offset: u64, len: u64) -> Result<()> {
-        if self.drives.len() < 2 || offset != 0 {
-            return Ok(());
-        }
-        let bytes = {
-            let st = self.lock();
-            match st.keys.get(&key) {
-                Some(p) if !st.pinned && align_up(len, IO_ALIGNMENT) >= p.bytes && !p.weights.is_empty() => {
-                    p.bytes
-                }
-                _ => return Ok(()),
-            }
-        };
+    /// Before a write of the whole of `key` (`bytes`, placed on several drives by measured
+    /// weights): if the drives' weights have moved by [`REPLACE_STEP`] or more on some
+    /// drive since the tensor was placed, it is placed afresh by the new weights (its old
+    /// bytes are not needed: the write replaces them all). The old place is taken out of
+    /// the index (its load no longer counted, so the new plan is the one a fresh tensor
+    /// would get) but stays allocated until the new place is made: if that fails (every
+    /// drive full), the tensor keeps its old place.
+    fn follow_weights(&self, key: Key, bytes: u64) -> Result<()> {
         // Measured without the store's lock, as `reserve` does.
         let now = placement::weights_from_rates(&self.rates());
-        // The old place is taken out of the index (its load no longer counted, so the
-        // new plan is the one a fresh tensor would get) but kept allocated until the new
-        // place is made: if that fails (every drive full), the tensor keeps its old place.
         let old = {
             let mut st = self.lock();
-            let moved = match st.keys.get(&key) {
-                Some(p) if p.bytes == bytes && p.named.is_none() => p
-                    .weights
-                    .iter()
-                    .zip(&now)
-                    .any(|(a, b)| (a - b).abs() >= REPLACE_STEP - 1e-9),
-                _ => false,
-            };
+            let moved = st.keys.get(&key).is_some_and(|p| {
+                p.bytes == bytes
+                    && p.named.is_none()
+                    && p.weights
+                        .iter()
+                        .zip(&now)
+                        .any(|(a, b)| (a - b).abs() >= REPLACE_STEP - 1e-9)
+            });
             if !moved {
                 return Ok(());
             }
-            let old = st.keys.remove(&key);
-            if let Some(p) = &old {
-                for (d, pc) in &p.pieces {
-                    st.drives[*d].load = st.drives[*d].load.saturating_sub(pc.len);
-                }
+            let Some(old) = st.keys.remove(&key) else {
+                return Ok(());
+            };
+            for (d, pc) in &old.pieces {
+                st.drives[*d].load = st.drives[*d].load.saturating_sub(pc.len);
             }
             old
-        };
-        let Some(old) = old else {
-            return Ok(());
         };
         let placed = self.reserve(key, bytes, false);
         let mut st = self.lock();

@@ -122,31 +122,11 @@ fn copy_file(
         Ok(()) => CopyHow::Reflink,
         Err(libc::EXDEV | libc::EOPNOTSUPP | libc::EINVAL | libc::ENOTTY | libc::ENOSYS | libc::EBADF) => {
             clone::set_len(dst.as_raw_fd(), size).map_err(|e| Error::os("cannot size", path, None, e))?;
-            // O_DIRECT on the copy too, or the kernel's copy: a file system without
-            // O_DIRECT (tmpfs) answers EINVAL, which is no error here.
-            let direct = match src.held.is_direct() {
-                true => match file::open_read_write(dir, OsStr::new(name), true, false) {
-                    Ok(f) => Some(f.fd),
-                    Err(file::OpenError::Errno(libc::EINVAL)) => None,
-                    Err(file::OpenError::Errno(e)) => {
-                        return Err(Error::os("cannot open with O_DIRECT", path, None, e))
-                    }
-                    Err(file::OpenError::NotRegular(kind)) => {
-                        return Err(Error::new(
-                            Status::CorruptData,
-                            format!(
-                                "{} became {} while it was copied",
-                                path.display(),
-                                kind.describe()
-                            ),
-                        ))
-                    }
-                },
-                false => None,
-            };
-            match direct {
+            match open_direct(src, dir, name, path)? {
                 Some(fd) => {
-                    let copy_fd = dst.try_clone().map_err(|e| {
+                    // The engine needs both descriptors of the copy: its own for the
+                    // aligned transfers and a buffered one for an unaligned tail.
+                    let buffered = dst.try_clone().map_err(|e| {
                         Error::os(
                             "cannot duplicate the descriptor of",
                             path,
@@ -154,7 +134,7 @@ fn copy_file(
                             e.raw_os_error().unwrap_or(libc::EIO),
                         )
                     })?;
-                    let held = Arc::new(HeldFile::new(path.to_path_buf(), Some(fd), copy_fd));
+                    let held = Arc::new(HeldFile::new(path.to_path_buf(), Some(fd), buffered));
                     copy::copy_ranges(src.read, src.write, src.held, &held, ranges)?;
                     CopyHow::Direct
                 }
@@ -173,6 +153,28 @@ fn copy_file(
     };
     clone::sync(dst.as_raw_fd(), path).map_err(|e| Error::os("cannot sync", path, None, e))?;
     Ok(how)
+}
+
+/// An O_DIRECT descriptor of the new copy `name` (at `path`) when the source has one and
+/// the copy's file system takes O_DIRECT too; None where it answers EINVAL (tmpfs
+/// without O_DIRECT: the kernel's copy then). Any other failure is an error naming it.
+fn open_direct(src: &Source<'_>, dir: &Dir, name: &str, path: &Path) -> Result<Option<std::os::fd::OwnedFd>> {
+    if !src.held.is_direct() {
+        return Ok(None);
+    }
+    match file::open_read_write(dir, OsStr::new(name), true, false) {
+        Ok(f) => Ok(Some(f.fd)),
+        Err(file::OpenError::Errno(libc::EINVAL)) => Ok(None),
+        Err(file::OpenError::Errno(e)) => Err(Error::os("cannot open with O_DIRECT", path, None, e)),
+        Err(file::OpenError::NotRegular(kind)) => Err(Error::new(
+            Status::CorruptData,
+            format!(
+                "{} became {} while it was copied",
+                path.display(),
+                kind.describe()
+            ),
+        )),
+    }
 }
 
 /// Writes drive `k`'s copy of `m` into `folder` and syncs the folder.

@@ -106,11 +106,11 @@ fn down_waits_for_a_loop_device_someone_still_holds_open() {
     // `down` returns only when the device is gone, and then nothing is left.
     let mut bed = DriveBed::up(1, &[]);
     let dev = bed.drives[0].dev.clone();
-    let mut holder = std::process::Command::new("sh")
-        .args(["-c", "exec 3<\"$0\"; sleep 1.5", &dev])
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(200)); // the holder has opened it
+    let held = std::fs::File::open(&dev).unwrap();
+    let holder = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        drop(held);
+    });
     let t = Instant::now();
     let out = bed.down();
     assert!(
@@ -124,7 +124,7 @@ fn down_waits_for_a_loop_device_someone_still_holds_open() {
         "down waited for the holder: {:?}",
         t.elapsed()
     );
-    holder.wait().unwrap();
+    holder.join().unwrap();
 }
 
 #[test]

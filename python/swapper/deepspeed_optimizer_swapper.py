@@ -18,7 +18,7 @@ The protocol it speaks is docs/deepspeed-optimizer-swapper-protocol.md. In short
 | `initialize_from_swapped_fp16_params(...)` (fast_init) | as above, the fp16/bf16 pieces read by param id from the replacement parameter swapper (`SwappedParamPath`), or from DeepSpeed's own files |
 | `swap_out_gradients(parameter, offsets, tensors)` | `OptimizerSwapper.swap_out_gradients` (copied into the ring, written asynchronously) |
 | `swap_in_optimizer_state(p, async_parameter=next)` | the first of a chain begins a native step over the chain of sub-groups learned from earlier calls (p, next, next's next, ...); each call takes the next ready visit; `p.data`, `p.grad` (once gradients were swapped out) and the optimizer's state tensors become views of the ring |
-| `swap_out_optimizer_state(p, async_swap)` | copies in whatever the caller put elsewhere (the state tensors its first step created), hands the visit back (write-behind); the last of the chain ends the step (waits for every write, reports every failure) |
+| `swap_out_optimizer_state(p, async_swap)` | copies in whatever the caller put elsewhere (the state tensors its first step created), hands the visit back (write-behind); after the last of the chain the writes go on into the next forward pass, and the next call that needs them (gradients, swap-in, checkpoint, purge, close) ends the step: waits for every write, reports every failure (at once with `flush_at_end_step`) |
 | `release_swap_buffers(p)` | discards the visit (the files keep their state) |
 | `writeback_optimizer_state_and_gradients(p, write_opt_state, write_gradients)` | hands back (state) or discards, then rewrites the gradient |
 | `purge_state()` | nothing to forget: see below |
@@ -173,8 +173,12 @@ class DeepSpeedOptimizerSwapper:
         self._order = None  # the native step's order while one is under way
         self._pos = 0  # sub-groups of the order taken so far
         self._visits = {}  # index -> (swapper.optimizer.Visit, {name: torch view})
+        # The last step's chain is done and its end (the wait for its writes) is left to
+        # the next call that needs it (_settle): the writes overlap the next forward pass.
+        self._ending = False
         self.verify_checksums = bool(self.swapper_options.get("verify_checksums", False))
         self._nvme_path, self._rank = nvme_path, rank
+        self._defer_end = not self.swapper_options.get("flush_at_end_step", False)
         self._native = dict(
             ring_bytes=self.ring_bytes,
             pin_memory=True,  # DeepSpeed page-locks its optimizer swap buffers too
@@ -186,9 +190,24 @@ class DeepSpeedOptimizerSwapper:
         self.opt = OptimizerSwapper(nvme_path, rank=rank, **self._native)
 
     def close(self):
-        """Waits for I/O in flight and frees the ring. Idempotent."""
+        """Waits for I/O in flight (the last step's writes: their failures are raised)
+        and frees the ring. Idempotent."""
         if self.opt is not None:
-            self.opt.close()
+            try:
+                self._settle("close")
+            finally:
+                self.opt.close()
+
+    def _settle(self, what):
+        """Ends the last step if its end was left for later: waits for its writes and
+        raises their failures, naming `what` waited for them."""
+        if not self._ending:
+            return
+        self._ending = False
+        try:
+            self.opt.end_step()
+        except SwapperError as e:
+            raise type(e)(f"the last optimizer step's writes, waited for at {what}: {e.message}", e.status) from e
 
     def stats(self):
         return self.opt.stats()
@@ -218,7 +237,9 @@ class DeepSpeedOptimizerSwapper:
         """Nothing to do after backward: gradient writes are waited for at the next step."""
 
     def flush_gradients(self):
-        """Waits for every gradient write; raises their failures."""
+        """Waits for every gradient write (and the last step's writes); raises their
+        failures."""
+        self._settle("flush_gradients")
         self.opt.wait_gradients()
 
     # -- registration
@@ -229,6 +250,7 @@ class DeepSpeedOptimizerSwapper:
         return [(PARAM, numel)] + [(name, numel) for name in self.state_names] + [(GRAD, numel, "gradient")]
 
     def _register(self, parameters, numels):
+        self._settle("initialize")
         subs = []
         for p, n in zip(parameters, numels):
             n = int(n)
@@ -310,6 +332,7 @@ class DeepSpeedOptimizerSwapper:
             for off, t in zip(gradient_offsets, gradient_tensors)
         ]
         if fragments:
+            self._settle("swap_out_gradients")
             self.opt.swap_out_gradients(sub.index, GRAD, fragments)
             sub.has_gradients = True
 
@@ -351,6 +374,7 @@ class DeepSpeedOptimizerSwapper:
         sub = self._sub(parameter)
         if sub is None:
             return
+        self._settle("swap_in_optimizer_state")
         nxt = self._sub(async_parameter)
         if nxt is not None:
             self._succ[sub.index] = nxt.index
@@ -443,11 +467,17 @@ class DeepSpeedOptimizerSwapper:
             visit.discard()
         if self._order is not None and self._pos >= len(self._order) and not self._visits:
             self._order = None
-            self.opt.end_step()
+            if self._defer_end:
+                self._ending = True
+            else:
+                self.opt.end_step()
 
     def swap_out_optimizer_state(self, parameter, async_swap=False):
-        """Hands the sub-group back for writing (params and state); the last sub-group of
-        the native step ends it, waiting for every write."""
+        """Hands the sub-group back for writing (params and state). After the last
+        sub-group of the native step its writes go on while the caller runs the next
+        forward pass: the next call that needs them (gradients swapped out, a swap-in, a
+        checkpoint, purge_state, close) waits and raises their failures, naming itself
+        (with `flush_at_end_step`, the last sub-group ends the step at once)."""
         sub, views = self._visit_of(parameter, "swap_out_optimizer_state")
         if sub is None:
             return
@@ -482,6 +512,7 @@ class DeepSpeedOptimizerSwapper:
         self._release(parameter)
         self._end_visit(sub, write=bool(write_opt_state))
         if gradient is not None:
+            self._settle("writeback_optimizer_state_and_gradients")
             self.opt.swap_out_gradients(sub.index, GRAD, [(0, gradient)])
             self.opt.wait_gradients()
 
@@ -492,12 +523,14 @@ class DeepSpeedOptimizerSwapper:
         and settles the gradient writes."""
         if self._order is not None:
             raise BadStateError("purge_state while sub-groups of a step are swapped in")
+        self._settle("purge_state")
         self.opt.wait_gradients()
 
     # -- checkpoints
     def _between_steps(self, what):
         if self._order is not None:
             raise BadStateError(f"{what} while sub-groups of a step are swapped in: between steps only")
+        self._settle(what)
 
     def save_snapshot(self, dest):
         """DeepSpeed's save_checkpoint copy of `swap_folder` into `dest`

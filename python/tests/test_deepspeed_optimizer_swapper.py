@@ -5,9 +5,12 @@ get/set API; a step left part-way; and checkpoint snapshots (save, restore, adop
 torch and deepspeed (skipped without them, a failure with SWAPPER_REQUIRE_DEEPSPEED=1,
 as scripts/deepspeed-test.sh runs it)."""
 
+import fcntl
 import importlib
 import os
 import shutil
+import struct
+import subprocess
 import types
 
 import numpy as np
@@ -152,6 +155,55 @@ def test_safe_get_and_set_over_nvme(make):
     s.purge_state()
     with pytest.raises(errors.BadStateError, match="not swapped in"):
         s.swap_out_optimizer_state(p)
+
+
+def shut_down(folder):
+    """FS_IOC_SHUTDOWN (without flushing the log) on the file system holding `folder`:
+    every later read and write on it fails with EIO, as after a device failure."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.ioctl(fd, 0x8004587D, struct.pack("I", 2))  # _IOR('X', 125, __u32), FSOP_GOING_FLAGS_NOLOGFLUSH
+    finally:
+        os.close(fd)
+
+
+def test_the_last_steps_writes_overlap_the_next_pass_and_a_failure_is_raised_at_the_next_call(make, tmp_path):
+    """After the last sub-group of a step is handed back, its writes go on while the
+    caller runs the next forward pass; the next call that needs them waits. A write that
+    fails there (a real ext4 loop mount shut down before the last hand-back) is raised by
+    that call, naming it, and not lost."""
+    img, mnt = tmp_path / "fs.img", tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["truncate", "-s", "64M", str(img)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], check=True)
+    try:
+        params = [flat(f"{i}_{i}") for i in range(2)]
+        opt = torch.optim.Adam([torch.nn.Parameter(torch.empty(0))], lr=1e-2)
+        s = make(params, folder=str(mnt / "nvme"), optimizer=opt)
+        gen = torch.Generator().manual_seed(13)
+        s.initialize_parameters(params, [torch.randn(n, generator=gen) for n in NUMELS[:2]])
+        group = opt.param_groups[0]
+        step_all(s, opt, params, [torch.randn(n, generator=gen) for n in NUMELS[:2]], group)
+        # The step's writes were left to the next call: the native step is still under way.
+        with pytest.raises(errors.BadStateError, match="a step is already under way"):
+            s.opt.begin_step([0])
+        grads = [torch.randn(n, generator=gen) for n in NUMELS[:2]]
+        for p, g in zip(params, grads):
+            s.swap_out_gradients(p, [0], [g])  # the first waits for the last step's writes
+        for i, p in enumerate(params):
+            s.swap_in_optimizer_state(p, async_parameter=params[1] if i == 0 else None)
+            group["params"] = [p]
+            opt.step()
+            group["params"] = []
+            if i == 1:
+                shut_down(mnt)
+            s.swap_out_optimizer_state(p, async_swap=i == 0)  # the last returns: its write goes on
+        with pytest.raises(errors.SwapperIOError, match=r"the last optimizer step's writes, waited for at swap_out_gradients"):
+            s.swap_out_gradients(params[0], [0], [grads[0]])
+        s.close()
+    finally:
+        subprocess.run(["umount", "--lazy", str(mnt)], check=True)  # the swapper may still hold files
 
 
 def test_a_step_left_part_way_is_abandoned_and_the_files_keep_their_state(make):

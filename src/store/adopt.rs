@@ -293,7 +293,6 @@ pub(super) fn adopt(drives: &[Drive], parts: &[String]) -> Result<(State, Vec<Te
             keys,
             weights: vec![1.0; drives.len()],
             drives: states,
-            samples_seen: 0,
             pinned: false,
             durable,
         },
@@ -354,7 +353,6 @@ fn start_empty(drives: &[Drive]) -> Result<(State, Vec<TensorEntry>)> {
                     full: false,
                 })
                 .collect(),
-            samples_seen: 0,
             pinned: false,
             durable: Durable::new(manifest::new_store_id(), 0),
         },

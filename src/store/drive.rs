@@ -49,58 +49,34 @@ const SAMPLE_BYTES: u64 = 64 << 20;
 /// samples, four equal drives throttled to 200 MB/s measured 245-655 MB/s and their
 /// weights swung from 0.44 to 1; with 100 ms samples, 206-222 MB/s.
 const SAMPLE_BUSY: Duration = Duration::from_millis(100);
-/// A drive's measured rate: bytes over busy time of its engine ([`IoEngine::activity`])
-/// in the last sample, a sample taken whenever enough new activity has accumulated since
-/// the last (the sample's size makes it an average over many requests).
-///
-/// Bytes over busy time is what the drive does while it has work, and it overstates a
-/// drive that often idles: a throttled or cached device serves the first requests after
-/// an idle spell from a burst allowance (the blkio throttle grants a fresh slice's bytes
-/// at once). A drive given less than its share idles between transfers and looks fast: a
-/// 200 MB/s drive split equally with a 100 MB/s one, two 8 MiB tensors at a time,
-/// measured 1.9 GB/s, and 200-220 MB/s as soon as it was given most of the bytes. So
-/// the rate is the last sample, not a long average that would remember such a reading,
-/// and the store moves its weights towards what the rates say by bounded steps, one per
-/// new sample ([`super::placement::step_towards`]): a drive that is given more stops
-/// idling and its next sample says what it sustains.
+/// The weight of a new sample in the moving average.
+const EWMA_NEW: f64 = 0.25;
+
+/// A drive's measured rate: an exponentially weighted moving average of samples of
+/// bytes over busy time of its engine ([`IoEngine::activity`]), a sample taken whenever
+/// enough new activity has accumulated since the last.
 #[derive(Debug, Default)]
 pub struct RateMeter {
     /// The activity at the last sample.
     last: Activity,
-    /// The last sample, bytes per second (None before the first).
-    latest: Option<f64>,
-    /// Samples taken so far.
-    samples: u64,
-}
-
-/// What a drive's meter says: its rate and how many samples made it.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Rate {
-    /// Bytes per second of busy time (None until the first sample).
-    pub rate: Option<f64>,
-    /// Samples taken so far (a new one means the rate has news).
-    pub samples: u64,
+    /// The average, bytes per second (None before the first sample).
+    average: Option<f64>,
 }
 
 impl RateMeter {
-    /// Takes a sample if the engine did enough since the last one; the last sample.
+    /// Takes a sample if the engine did enough since the last one; the average.
     pub fn update(&mut self, now: Activity) -> Option<f64> {
-        self.measure(now).rate
-    }
-
-    /// As [`RateMeter::update`], with the number of samples taken.
-    pub fn measure(&mut self, now: Activity) -> Rate {
         let bytes = now.bytes.saturating_sub(self.last.bytes);
         let busy = now.busy.saturating_sub(self.last.busy);
         if bytes >= SAMPLE_BYTES && busy >= SAMPLE_BUSY {
-            self.latest = Some(bytes as f64 / busy.as_secs_f64());
-            self.samples += 1;
+            let sample = bytes as f64 / busy.as_secs_f64();
+            self.average = Some(match self.average {
+                Some(a) => a + EWMA_NEW * (sample - a),
+                None => sample,
+            });
             self.last = now;
         }
-        Rate {
-            rate: self.latest,
-            samples: self.samples,
-        }
+        self.average
     }
 }
 
@@ -187,13 +163,8 @@ impl Drive {
     /// The drive's measured rate in bytes per second of busy time (None until its engine
     /// has moved enough to tell; see [`RateMeter`]).
     pub fn rate(&self) -> Option<f64> {
-        self.measure().rate
-    }
-
-    /// The drive's rate and the number of samples behind it ([`RateMeter::measure`]).
-    pub fn measure(&self) -> Rate {
         let now = self.engine.activity();
-        self.rate.lock().unwrap_or_else(|e| e.into_inner()).measure(now)
+        self.rate.lock().unwrap_or_else(|e| e.into_inner()).update(now)
     }
 
     /// Extent-file checks made on this drive so far.
@@ -367,30 +338,19 @@ mod tests {
     }
 
     #[test]
-    fn the_rate_is_bytes_over_busy_time_of_the_last_large_enough_sample() {
+    fn the_rate_is_a_moving_average_of_bytes_over_busy_time_in_large_enough_samples() {
         let mut r = RateMeter::default();
-        assert_eq!(r.measure(at(0, 0)), Rate::default());
+        assert_eq!(r.update(at(0, 0)), None);
         // Too few bytes, or too little busy time: no sample yet.
         assert_eq!(r.update(at(SAMPLE_BYTES - 1, 1000)), None);
         assert_eq!(r.update(at(1 << 30, 10)), None);
-        // 100 MiB in 1 s of busy time.
+        // 100 MiB in 1 s of busy time: the first sample is the average.
         let mib = 1u64 << 20;
-        assert_eq!(
-            r.measure(at(100 * mib, 1000)),
-            Rate {
-                rate: Some(100.0 * mib as f64),
-                samples: 1
-            }
-        );
-        // The next 100 MiB took 2 s: the rate is that sample's, whatever came before.
-        assert_eq!(r.update(at(200 * mib, 3000)), Some(50.0 * mib as f64));
-        // Nothing new: the rate stays, and no sample is counted.
-        assert_eq!(
-            r.measure(at(200 * mib, 3000)),
-            Rate {
-                rate: Some(50.0 * mib as f64),
-                samples: 2
-            }
-        );
+        assert_eq!(r.update(at(100 * mib, 1000)), Some(100.0 * mib as f64));
+        // The next 100 MiB took 2 s: a quarter of the way towards 50 MiB/s.
+        let avg = r.update(at(200 * mib, 3000)).unwrap();
+        assert!((avg - 87.5 * mib as f64).abs() < 1.0, "{avg}");
+        // Nothing new: the average stays.
+        assert_eq!(r.update(at(200 * mib, 3000)), Some(avg));
     }
 }

@@ -26,9 +26,7 @@
 //!   drive follow the drives' weights; large ones split across drives in 1 MiB units.
 //!   The weights follow the drives' measured rates ([`drive::RateMeter`]: bytes per
 //!   second of busy time of each drive's engine; equal until every drive is measured,
-//!   bounded, in steps: [`placement::weights_from_rates`]), approached by at most a
-//!   factor of 1.5 per new rate sample ([`placement::step_towards`]: a drive that idles
-//!   looks faster than it is, so it is given more a little at a time), unless set
+//!   bounded, in steps: [`placement::weights_from_rates`]), unless set
 //!   ([`Store::set_weights`]). Placement at a tensor's first write decides where its
 //!   reads come from too, until a write of the whole tensor finds the weights moved by
 //!   at least [`REPLACE_STEP`] on some drive since it was placed: that write goes to a
@@ -160,8 +158,6 @@ struct State {
     keys: HashMap<Key, Placed>,
     drives: Vec<DriveState>,
     weights: Vec<f64>,
-    /// The drives' rate samples (all drives together) when `weights` last stepped.
-    samples_seen: u64,
     /// The durability bookkeeping ([`flush`]).
     durable: flush::Durable,
     /// The weights were set ([`Store::set_weights`]), not measured.
@@ -265,7 +261,6 @@ impl Store {
                     })
                     .collect(),
                 weights: vec![1.0; drives.len()],
-                samples_seen: 0,
                 pinned: false,
                 durable: flush::Durable::new(manifest::new_store_id(), 0),
             };
@@ -334,26 +329,6 @@ impl Store {
         self.drives.iter().map(Drive::rate).collect()
     }
 
-    /// The weights placement follows now: set ones, or (several drives) the measured
-    /// ones, one step ([`placement::step_towards`]) nearer what the rates say for every
-    /// new rate sample since the last step. The rates are read without the store's lock
-    /// (each drive's meter has its own).
-    fn follow_rates(&self) -> Vec<f64> {
-        let measured: Vec<drive::Rate> = if self.drives.len() > 1 {
-            self.drives.iter().map(Drive::measure).collect()
-        } else {
-            Vec::new()
-        };
-        let mut st = self.lock();
-        let samples: u64 = measured.iter().map(|m| m.samples).sum();
-        if !st.pinned && !measured.is_empty() && samples != st.samples_seen {
-            let rates: Vec<Option<f64>> = measured.iter().map(|m| m.rate).collect();
-            st.weights = placement::step_towards(&st.weights, &placement::weights_from_rates(&rates));
-            st.samples_seen = samples;
-        }
-        st.weights.clone()
-    }
-
     /// Extent-file checks made so far, on every drive (one per file an operation touches).
     pub fn file_checks(&self) -> u64 {
         self.drives.iter().map(Drive::checks).sum()
@@ -409,8 +384,9 @@ impl Store {
     /// flight.
     pub fn reserve(&self, key: Key, bytes: u64, zeroed: bool) -> Result<()> {
         let want = align_up(bytes, IO_ALIGNMENT);
-        // The weights are brought up to date once a new place is needed.
-        let mut followed = false;
+        // The weights from the drives' rates, read without the store's lock (each drive's
+        // meter has its own), once a new place is needed.
+        let mut measured: Option<Vec<f64>> = None;
         loop {
             let mut st = self.lock();
             if let Some(p) = st.keys.get(&key) {
@@ -423,11 +399,16 @@ impl Store {
                 }
                 Self::unplace(&mut st, key);
             }
-            if !followed {
-                drop(st);
-                self.follow_rates();
-                followed = true;
-                continue;
+            // (One drive takes every byte: no weights to measure.)
+            if !st.pinned && self.drives.len() > 1 {
+                match &measured {
+                    Some(w) => st.weights.clone_from(w),
+                    None => {
+                        drop(st);
+                        measured = Some(placement::weights_from_rates(&self.rates()));
+                        continue;
+                    }
+                }
             }
             // Full drives take nothing (unless all are: then the growth fails, named).
             let weights: Vec<f64> = st
@@ -815,7 +796,8 @@ impl Store {
     /// would get) but stays allocated until the new place is made: if that fails (every
     /// drive full), the tensor keeps its old place.
     fn follow_weights(&self, key: Key, bytes: u64) -> Result<()> {
-        let now = self.follow_rates();
+        // Measured without the store's lock, as `reserve` does.
+        let now = placement::weights_from_rates(&self.rates());
         let old = {
             let mut st = self.lock();
             let moved = st.keys.get(&key).is_some_and(|p| {

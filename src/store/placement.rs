@@ -60,37 +60,6 @@ pub fn weights_from_rates(rates: &[Option<f64>]) -> Vec<f64> {
         .collect()
 }
 
-/// The most a weight moves in one step of [`step_towards`]: by this factor (up or down).
-pub(crate) const STEP_FACTOR: f64 = 1.5;
-
-/// The weights one step from `current` towards `target` (both one per drive, as
-/// [`weights_from_rates`] gives them): each weight moves to its target but by a factor
-/// of at most [`STEP_FACTOR`] (1.5), the result scaled so that the heaviest weighs 1,
-/// rounded to `WEIGHT_STEP` and at least `MIN_WEIGHT`. The store takes one step per new
-/// rate sample: a rate can overstate a drive that idles (see
-/// [`super::drive::RateMeter`]), and a drive given a little more at a time shows what
-/// it sustains before it is given the rest; from 1 to 1/8 takes five steps. Lengths that
-/// differ, or a target that is not finite, give the target (or `current`) unchanged.
-pub fn step_towards(current: &[f64], target: &[f64]) -> Vec<f64> {
-    let usable = |w: &f64| w.is_finite() && *w > 0.0;
-    if current.len() != target.len() || !current.iter().all(usable) {
-        return target.to_vec();
-    }
-    if !target.iter().all(usable) {
-        return current.to_vec();
-    }
-    let moved: Vec<f64> = current
-        .iter()
-        .zip(target)
-        .map(|(&c, &t)| t.clamp(c / STEP_FACTOR, c * STEP_FACTOR))
-        .collect();
-    let top = moved.iter().copied().fold(0.0, f64::max);
-    moved
-        .iter()
-        .map(|&w| ((w / top / WEIGHT_STEP).round() * WEIGHT_STEP).clamp(MIN_WEIGHT, 1.0))
-        .collect()
-}
-
 /// One chunk of a tensor: `len` bytes on drive `drive`, following the previous chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Chunk {
@@ -355,30 +324,6 @@ mod tests {
         }
         let share = loads[1] as f64 / (loads[0] + loads[1]) as f64;
         assert!((share - 1.0 / 3.0).abs() < 0.01, "{loads:?}");
-    }
-
-    #[test]
-    fn weights_step_towards_their_target_by_at_most_half_again() {
-        // From equal towards 1/8: 2/3 (rounded to 11/16), then on down, five steps.
-        let mut w = vec![1.0, 1.0];
-        let mut path = Vec::new();
-        while w[1] > MIN_WEIGHT {
-            w = step_towards(&w, &[1.0, MIN_WEIGHT]);
-            path.push(w[1]);
-        }
-        assert_eq!(path, [0.6875, 0.4375, 0.3125, 0.1875, 0.125]);
-        assert_eq!(w[0], 1.0);
-        // A target within a step is reached at once.
-        assert_eq!(step_towards(&[1.0, 0.5], &[1.0, 0.4375]), [1.0, 0.4375]);
-        // The target flips: the heavier drive's weight falls, the lighter's rises, and
-        // the heaviest is scaled back to 1.
-        assert_eq!(step_towards(&[1.0, 0.5], &[0.5, 1.0]), [0.875, 1.0]);
-        // Equal stays equal; no news, no move.
-        assert_eq!(step_towards(&[1.0; 4], &[1.0; 4]), [1.0; 4]);
-        // Mismatched or unusable input: the target, or the current weights.
-        assert_eq!(step_towards(&[1.0], &[1.0, 0.5]), [1.0, 0.5]);
-        assert_eq!(step_towards(&[1.0, 0.0], &[1.0, 0.5]), [1.0, 0.5]);
-        assert_eq!(step_towards(&[1.0, 0.5], &[1.0, f64::NAN]), [1.0, 0.5]);
     }
 
     #[test]

@@ -75,21 +75,6 @@
 #define SWAPPER_OPTIMIZER_NONE UINT32_MAX
 
 /**
- * DeepSpeed's default `offload_optimizer.buffer_count`.
- */
-#define DEEPSPEED_BUFFER_COUNT 4
-
-/**
- * The format this library writes and reads.
- */
-#define FORMAT 1
-
-/**
- * A manifest larger than this is refused unread (a garbled size, not a real index).
- */
-#define MAX_BYTES (1 << 30)
-
-/**
  * DeepSpeed's `offload_param.buffer_count`.
  */
 #define SWAPPER_DEFAULT_BUFFER_COUNT 5

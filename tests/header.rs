@@ -76,3 +76,58 @@ fn every_exported_function_is_documented() {
         assert!(above.trim() == "*/", "no doc comment before: {line}");
     }
 }
+
+/// Every name the header puts into a C program's namespace (macros, types, functions,
+/// enum values) carries the library's prefix: a bare `FORMAT` or `MAX_BYTES` macro
+/// would rename a user's own identifiers. cbindgen exports every `pub const` of the
+/// crate, so a new one leaks unless cbindgen.toml excludes it; this catches it before
+/// anyone's build breaks.
+#[test]
+fn every_name_the_header_declares_carries_the_prefix() {
+    let header = committed_header();
+    let prefixed = |name: &str| {
+        ["SWAPPER_", "swapper_", "Swapper", "SWAPPER"]
+            .iter()
+            .any(|p| name.starts_with(p))
+    };
+    let ident = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut bare = Vec::new();
+    for line in header.lines() {
+        let line = line.trim();
+        let name = if let Some(rest) = line.strip_prefix("#define ") {
+            ident(rest)
+        } else if let Some(at) = line.find("(*").filter(|_| line.starts_with("typedef")) {
+            // A function pointer type.
+            ident(&line[at + 2..])
+        } else if let Some(rest) = line.strip_prefix("} ") {
+            // The name of a typedef'd enum or struct.
+            ident(rest)
+        } else if line.starts_with(|c: char| c.is_ascii_uppercase())
+            && (line.ends_with(',') || line.contains(" = "))
+        {
+            // An enum value.
+            ident(line)
+        } else if let Some(open) = line.find('(').filter(|_| !line.starts_with(['*', '/', '#'])) {
+            // A function declaration: the identifier before the parenthesis.
+            let before = line[..open].trim_end();
+            let start = before
+                .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .map_or(0, |i| i + 1);
+            before[start..].to_string()
+        } else {
+            continue;
+        };
+        if !name.is_empty() && !prefixed(&name) {
+            bare.push(format!("{name}  ({line})"));
+        }
+    }
+    assert!(
+        bare.is_empty(),
+        "names without the SWAPPER_/swapper_/Swapper prefix in include/swapper.h:\n{}",
+        bare.join("\n")
+    );
+}

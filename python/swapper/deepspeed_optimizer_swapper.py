@@ -18,7 +18,7 @@ The protocol it speaks is docs/deepspeed-optimizer-swapper-protocol.md. In short
 | `initialize_from_swapped_fp16_params(...)` (fast_init) | as above, the fp16/bf16 pieces read by param id from the replacement parameter swapper (`SwappedParamPath`), or from DeepSpeed's own files |
 | `swap_out_gradients(parameter, offsets, tensors)` | `OptimizerSwapper.swap_out_gradients` (copied into the ring, written asynchronously) |
 | `swap_in_optimizer_state(p, async_parameter=next)` | the first of a chain begins a native step over the chain of sub-groups learned from earlier calls (p, next, next's next, ...); each call takes the next ready visit; `p.data`, `p.grad` (once gradients were swapped out) and the optimizer's state tensors become views of the ring |
-| `swap_out_optimizer_state(p, async_swap)` | copies in whatever the caller put elsewhere (the state tensors its first step created), hands the visit back (write-behind); after the last of the chain the writes go on into the next forward pass, and the next call that needs them (gradients, swap-in, checkpoint, purge, close) ends the step: waits for every write, reports every failure (at once with `flush_at_end_step`) |
+| `swap_out_optimizer_state(p, async_swap)` | copies in whatever the caller put elsewhere (the state tensors its first step created), hands the visit back (write-behind); after the last of the chain the writes go on into the next forward pass, and the next call that needs them (gradients, swap-in, checkpoint, purge, close) ends the step: waits for every write, reports every failure |
 | `release_swap_buffers(p)` | discards the visit (the files keep their state) |
 | `writeback_optimizer_state_and_gradients(p, write_opt_state, write_gradients)` | hands back (state) or discards, then rewrites the gradient |
 | `purge_state()` | nothing to forget: see below |
@@ -178,7 +178,6 @@ class DeepSpeedOptimizerSwapper:
         self._ending = False
         self.verify_checksums = bool(self.swapper_options.get("verify_checksums", False))
         self._nvme_path, self._rank = nvme_path, rank
-        self._defer_end = not self.swapper_options.get("flush_at_end_step", False)
         self._native = dict(
             ring_bytes=self.ring_bytes,
             pin_memory=True,  # DeepSpeed page-locks its optimizer swap buffers too
@@ -467,17 +466,13 @@ class DeepSpeedOptimizerSwapper:
             visit.discard()
         if self._order is not None and self._pos >= len(self._order) and not self._visits:
             self._order = None
-            if self._defer_end:
-                self._ending = True
-            else:
-                self.opt.end_step()
+            self._ending = True
 
     def swap_out_optimizer_state(self, parameter, async_swap=False):
         """Hands the sub-group back for writing (params and state). After the last
         sub-group of the native step its writes go on while the caller runs the next
         forward pass: the next call that needs them (gradients swapped out, a swap-in, a
-        checkpoint, purge_state, close) waits and raises their failures, naming itself
-        (with `flush_at_end_step`, the last sub-group ends the step at once)."""
+        checkpoint, purge_state, close) waits and raises their failures, naming itself."""
         sub, views = self._visit_of(parameter, "swap_out_optimizer_state")
         if sub is None:
             return

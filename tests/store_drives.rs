@@ -236,6 +236,13 @@ fn a_full_drive_takes_no_more_and_only_when_all_are_full_is_a_swap_out_refused()
     }
 }
 
+/// An aligned buffer of `len` bytes of pattern `seed`.
+fn patterned(len: usize, seed: u64) -> common::TestBuf {
+    let mut b = common::TestBuf::new(len, 0);
+    b.as_mut_slice().copy_from_slice(&common::pattern(len, seed));
+    b
+}
+
 /// Moves the calling thread (only) into blkio group `cgroup` (cgroup v1 `tasks`); the
 /// threads it starts afterwards are in the group too.
 fn join_blkio_group(cgroup: &Path) {
@@ -267,8 +274,7 @@ fn store_in_bed(bed: &DriveBed) -> swapper::store::Store {
 fn placement_follows_the_drives_rates_when_one_is_at_half_rate() {
     let bed = DriveBed::up(2, &["--size", "512M", "--rates", "100,50"]);
     let s = store_in_bed(&bed);
-    let mut buf = common::TestBuf::new(4 << 20, 0);
-    buf.as_mut_slice().copy_from_slice(&common::pattern(4 << 20, 3));
+    let mut buf = patterned(4 << 20, 3);
     // A batch of writes, all queued before any is waited for (as a swap-out of many params
     // is), so that each drive streams without pause.
     let src = swapper::sys::RawBuf(buf.as_mut_slice().as_mut_ptr());
@@ -339,8 +345,7 @@ fn a_tensor_split_before_the_rates_were_known_follows_them_at_its_next_whole_rew
     let bed = DriveBed::up(2, &["--size", "512M", "--rates", "100,50"]);
     let s = store_in_bed(&bed);
     const LEN: usize = 64 << 20;
-    let mut a = common::TestBuf::new(LEN, 0);
-    a.as_mut_slice().copy_from_slice(&common::pattern(LEN, 7));
+    let mut a = patterned(LEN, 7);
     // Key 0 first: nothing measured, split equally.
     s.reserve(0, LEN as u64, false).unwrap();
     s.transfer(0, true, a.as_mut_slice(), 0).unwrap();
@@ -357,8 +362,7 @@ fn a_tensor_split_before_the_rates_were_known_follows_them_at_its_next_whole_rew
         s.rates()
     );
     // A partial write of key 0 keeps its place (its other bytes are needed).
-    let mut part = common::TestBuf::new(1 << 20, 0);
-    part.as_mut_slice().copy_from_slice(&common::pattern(1 << 20, 8));
+    let mut part = patterned(1 << 20, 8);
     s.transfer(0, true, part.as_mut_slice(), 4 << 20).unwrap();
     assert_eq!(bytes_per_drive(&s, 0), [32 << 20, 32 << 20]);
     let mut want = a.as_slice().to_vec();
@@ -368,8 +372,7 @@ fn a_tensor_split_before_the_rates_were_known_follows_them_at_its_next_whole_rew
     assert!(got.as_slice() == &want[..], "key 0 after a partial write");
     // A whole rewrite follows the weights: the slow drive's share falls toward its
     // weight's (1/3 at exactly half rate), and the new bytes come back.
-    let mut b = common::TestBuf::new(LEN, 0);
-    b.as_mut_slice().copy_from_slice(&common::pattern(LEN, 9));
+    let mut b = patterned(LEN, 9);
     s.transfer(0, true, b.as_mut_slice(), 0).unwrap();
     let per = bytes_per_drive(&s, 0);
     assert_eq!(per[0] + per[1], LEN as u64);
@@ -536,85 +539,4 @@ fn reused_space_reserved_zeroed_reads_zeros_on_ext4_and_xfs() {
             );
         }
     }
-}
-
-/// Writes `rounds` pairs of new 8 MiB tensors (keys from `first`), the two of a pair in
-/// flight together and waited for before the next pair: a shallow queue, each drive
-/// idle between its pieces whenever the other is slower. Returns the weights after each
-/// pair.
-fn write_pairs(
-    s: &swapper::store::Store,
-    buf: &mut common::TestBuf,
-    first: u64,
-    rounds: u64,
-) -> Vec<Vec<f64>> {
-    let len = buf.as_slice().len() as u64;
-    let src = swapper::sys::RawBuf(buf.as_mut_slice().as_mut_ptr());
-    (first..first + rounds)
-        .map(|round| {
-            let tickets: Vec<_> = [2 * round, 2 * round + 1]
-                .iter()
-                .map(|&key| {
-                    s.reserve(key, len, false).unwrap();
-                    // SAFETY: `buf` outlives the waits below and is only read meanwhile.
-                    unsafe { s.submit(key, true, src, 0, len, None) }.unwrap()
-                })
-                .collect();
-            for t in tickets {
-                t.wait().unwrap();
-            }
-            s.weights()
-        })
-        .collect()
-}
-
-/// Every byte of pair keys `keys` back.
-fn check_pairs(s: &swapper::store::Store, buf: &common::TestBuf, keys: &[u64]) {
-    let mut got = common::TestBuf::new(buf.as_slice().len(), 0);
-    for &key in keys {
-        s.transfer(key, false, got.as_mut_slice(), 0).unwrap();
-        assert!(got.as_slice() == buf.as_slice(), "key {key}");
-    }
-}
-
-#[test]
-fn equal_drives_under_a_shallow_queue_keep_equal_weights() {
-    let bed = DriveBed::up(2, &["--size", "512M", "--rates", "100,100"]);
-    let s = store_in_bed(&bed);
-    let mut buf = common::TestBuf::new(8 << 20, 0);
-    buf.as_mut_slice().copy_from_slice(&common::pattern(8 << 20, 5));
-    for (round, w) in write_pairs(&s, &mut buf, 0, 24).iter().enumerate() {
-        assert_eq!(w, &[1.0, 1.0], "round {round}, rates {:?}", s.rates());
-    }
-    assert_eq!(s.loads(), [192 << 20, 192 << 20]);
-    check_pairs(&s, &buf, &[0, 47]);
-    drop(s); // its threads leave the group before the bed goes
-}
-
-/// A 200 MB/s drive split equally with a 100 MB/s one, under a shallow queue, finishes its
-/// half early and idles: the blkio throttle then serves its next pieces from a fresh
-/// slice's burst, and bytes over busy time read 1.6-2 GB/s. Weights that believed such a
-/// reading fell to 1/8 for the slow drive, which then got 4-9% of the bytes and the fast
-/// one became the bottleneck. A drive busy less than a fair share of the busiest drive's
-/// time is only ever raised, bit by bit (drive::RateMeter).
-#[test]
-fn a_fast_drive_that_idles_under_a_shallow_queue_does_not_take_the_slow_drives_share() {
-    let bed = DriveBed::up(2, &["--size", "1024M", "--rates", "200,100"]);
-    let s = store_in_bed(&bed);
-    let mut buf = common::TestBuf::new(8 << 20, 0);
-    buf.as_mut_slice().copy_from_slice(&common::pattern(8 << 20, 6));
-    write_pairs(&s, &mut buf, 0, 30);
-    let before = s.loads();
-    let weights = write_pairs(&s, &mut buf, 30, 30);
-    let after = s.loads();
-    let slow = (after[1] - before[1]) as f64 / ((after[0] - before[0]) + (after[1] - before[1])) as f64;
-    // The ideal share is 1/3; the weights may swing around it (whichever drive idles
-    // reads fast for a sample), but the slow drive keeps taking its part.
-    assert!(
-        (0.22..=0.5).contains(&slow),
-        "the 100 MB/s drive took {slow:.3} of the last 30 pairs' bytes; weights {weights:?}, rates {:?}",
-        s.rates()
-    );
-    check_pairs(&s, &buf, &[0, 61, 119]);
-    drop(s); // its threads leave the group before the bed goes
 }

@@ -51,66 +51,31 @@ const SAMPLE_BYTES: u64 = 64 << 20;
 const SAMPLE_BUSY: Duration = Duration::from_millis(100);
 /// The weight of a new sample in the moving average.
 const EWMA_NEW: f64 = 0.25;
-/// A sample is the drive's rate only if the drive was busy at least this share of the
-/// time the store's busiest drive was busy meanwhile...
-const TRUSTED_SHARE: f64 = 0.4;
-/// ... otherwise the drive idled while another worked, and the bytes it moved per second
-/// of the store's busy time, times this, only raise its rate (see [`RateMeter`]).
-const PROBE: f64 = 1.5;
 
 /// A drive's measured rate: an exponentially weighted moving average of samples of
 /// bytes over busy time of its engine ([`IoEngine::activity`]), a sample taken whenever
 /// enough new activity has accumulated since the last.
-///
-/// Bytes over busy time overstates a drive that idles while the others work: a
-/// throttled or cached device serves the first requests after an idle spell from a
-/// burst allowance (the blkio throttle grants a fresh slice's bytes at once). A 200 MB/s
-/// drive split equally with a 100 MB/s one, two 8 MiB tensors in flight at a time,
-/// finished its halves early and measured 1.6-2 GB/s; the weights fell to 1 : 1/8 and the
-/// fast drive became the bottleneck. So a sample counts as the drive's rate only when
-/// the drive was busy at least [`TRUSTED_SHARE`] of the busiest drive's busy time over
-/// the same span (equal drives, and a drive twice as fast split equally, are); a drive
-/// that idled more is known only to be faster than its share needs, and its rate is
-/// raised, never lowered, to [`PROBE`] times what it moved per second of the busiest
-/// drive's busy time: it is given more, bit by bit, until it is busy enough to measure.
 #[derive(Debug, Default)]
 pub struct RateMeter {
     /// The activity at the last sample.
     last: Activity,
-    /// Every drive's busy time at the last sample (the span's start for all of them).
-    last_all: Vec<Duration>,
     /// The average, bytes per second (None before the first sample).
     average: Option<f64>,
 }
 
 impl RateMeter {
-    /// Takes a sample if the engine did enough since the last one; the average. `now` is
-    /// this drive's activity, `all_busy` every drive's busy time (this one's included),
-    /// read at the same moment.
-    pub fn update(&mut self, now: Activity, all_busy: &[Duration]) -> Option<f64> {
+    /// Takes a sample if the engine did enough since the last one; the average.
+    pub fn update(&mut self, now: Activity) -> Option<f64> {
         let bytes = now.bytes.saturating_sub(self.last.bytes);
         let busy = now.busy.saturating_sub(self.last.busy);
-        let busiest = all_busy
-            .iter()
-            .enumerate()
-            .map(|(j, b)| b.saturating_sub(self.last_all.get(j).copied().unwrap_or_default()))
-            .fold(busy, Duration::max);
-        if bytes < SAMPLE_BYTES || busiest < SAMPLE_BUSY {
-            return self.average;
-        }
-        let share = busy.as_secs_f64() / busiest.as_secs_f64();
-        if share >= TRUSTED_SHARE && busy >= SAMPLE_BUSY {
+        if bytes >= SAMPLE_BYTES && busy >= SAMPLE_BUSY {
             let sample = bytes as f64 / busy.as_secs_f64();
             self.average = Some(match self.average {
                 Some(a) => a + EWMA_NEW * (sample - a),
                 None => sample,
             });
-        } else {
-            let floor = PROBE * bytes as f64 / busiest.as_secs_f64();
-            self.average = Some(self.average.map_or(floor, |a| a.max(floor)));
+            self.last = now;
         }
-        self.last = now;
-        self.last_all = all_busy.to_vec();
         self.average
     }
 }
@@ -195,19 +160,11 @@ impl Drive {
         self.grow.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// What the drive's engine has done so far (reads, and writes unless split).
-    pub fn activity(&self) -> Activity {
-        self.engine.activity()
-    }
-
     /// The drive's measured rate in bytes per second of busy time (None until its engine
-    /// has moved enough to tell; see [`RateMeter`]), from its activity `now` and every
-    /// drive's busy time `all_busy`, read together ([`super::Store::rates`]).
-    pub fn rate(&self, now: Activity, all_busy: &[Duration]) -> Option<f64> {
-        self.rate
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .update(now, all_busy)
+    /// has moved enough to tell; see [`RateMeter`]).
+    pub fn rate(&self) -> Option<f64> {
+        let now = self.engine.activity();
+        self.rate.lock().unwrap_or_else(|e| e.into_inner()).update(now)
     }
 
     /// Extent-file checks made on this drive so far.
@@ -383,48 +340,17 @@ mod tests {
     #[test]
     fn the_rate_is_a_moving_average_of_bytes_over_busy_time_in_large_enough_samples() {
         let mut r = RateMeter::default();
-        // One drive: its own busy time is the busiest.
-        let mut up =
-            |bytes: u64, busy_ms: u64| r.update(at(bytes, busy_ms), &[Duration::from_millis(busy_ms)]);
-        assert_eq!(up(0, 0), None);
+        assert_eq!(r.update(at(0, 0)), None);
         // Too few bytes, or too little busy time: no sample yet.
-        assert_eq!(up(SAMPLE_BYTES - 1, 1000), None);
-        assert_eq!(up(1 << 30, 10), None);
+        assert_eq!(r.update(at(SAMPLE_BYTES - 1, 1000)), None);
+        assert_eq!(r.update(at(1 << 30, 10)), None);
         // 100 MiB in 1 s of busy time: the first sample is the average.
         let mib = 1u64 << 20;
-        assert_eq!(up(100 * mib, 1000), Some(100.0 * mib as f64));
+        assert_eq!(r.update(at(100 * mib, 1000)), Some(100.0 * mib as f64));
         // The next 100 MiB took 2 s: a quarter of the way towards 50 MiB/s.
-        let avg = up(200 * mib, 3000).unwrap();
+        let avg = r.update(at(200 * mib, 3000)).unwrap();
         assert!((avg - 87.5 * mib as f64).abs() < 1.0, "{avg}");
         // Nothing new: the average stays.
-        assert_eq!(up(200 * mib, 3000), Some(avg));
-    }
-
-    #[test]
-    fn a_drive_that_idles_while_another_works_is_only_ever_raised() {
-        let mib = 1u64 << 20;
-        let ms = Duration::from_millis;
-        let mut fast = RateMeter::default();
-        // Drive 0 moved 128 MiB in 100 ms of busy time (a burst) while drive 1 was busy
-        // 1 s: a share of 0.1, not its rate. It moved 128 MiB per second of the busiest
-        // drive's busy time: its rate is at least 1.5 times that.
-        let r = fast.update(at(128 * mib, 100), &[ms(100), ms(1000)]).unwrap();
-        assert!((r - 192.0 * mib as f64).abs() < 1.0, "{r}");
-        // A later idle spell that says less does not lower it...
-        assert_eq!(fast.update(at(192 * mib, 150), &[ms(150), ms(2000)]), Some(r));
-        // ... one that says more raises it at once...
-        let r2 = fast.update(at(448 * mib, 250), &[ms(250), ms(3000)]).unwrap();
-        assert!((r2 - 384.0 * mib as f64).abs() < 1.0, "{r2}");
-        // ... and once the drive is busy a fair share of the time, its samples count:
-        // 256 MiB in 1 s, busy 1 s of the busiest 2 s.
-        let r3 = fast.update(at(704 * mib, 1250), &[ms(1250), ms(5000)]).unwrap();
-        let want = r2 + EWMA_NEW * (256.0 * mib as f64 - r2);
-        assert!((r3 - want).abs() < 1.0, "{r3} {want}");
-        // Equal drives, both busy: plain samples.
-        let mut eq = RateMeter::default();
-        assert_eq!(
-            eq.update(at(100 * mib, 1000), &[ms(1000), ms(1100)]),
-            Some(100.0 * mib as f64)
-        );
+        assert_eq!(r.update(at(200 * mib, 3000)), Some(avg));
     }
 }

@@ -326,13 +326,7 @@ impl Store {
     /// Each drive's measured rate, bytes per second of busy time (None until it has moved
     /// enough to tell).
     pub fn rates(&self) -> Vec<Option<f64>> {
-        let now: Vec<crate::io::Activity> = self.drives.iter().map(Drive::activity).collect();
-        let busy: Vec<std::time::Duration> = now.iter().map(|a| a.busy).collect();
-        self.drives
-            .iter()
-            .zip(&now)
-            .map(|(d, a)| d.rate(*a, &busy))
-            .collect()
+        self.drives.iter().map(Drive::rate).collect()
     }
 
     /// Extent-file checks made so far, on every drive (one per file an operation touches).

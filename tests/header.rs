@@ -86,7 +86,7 @@ fn every_exported_function_is_documented() {
 fn every_name_the_header_declares_carries_the_prefix() {
     let header = committed_header();
     let prefixed = |name: &str| {
-        ["SWAPPER_", "swapper_", "Swapper", "SWAPPER"]
+        ["SWAPPER", "swapper_", "Swapper"]
             .iter()
             .any(|p| name.starts_with(p))
     };

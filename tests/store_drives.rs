@@ -516,8 +516,7 @@ fn reused_space_reserved_zeroed_reads_zeros_on_ext4_and_xfs() {
             adopt: false,
         })
         .unwrap();
-        let mut buf = common::TestBuf::new(3 << 20, 0);
-        buf.as_mut_slice().copy_from_slice(&common::pattern(3 << 20, 5));
+        let mut buf = patterned(3 << 20, 5);
         s.reserve(1, 3 << 20, false).unwrap();
         s.transfer(1, true, buf.as_mut_slice(), 0).unwrap();
         let old = s.locations(1);

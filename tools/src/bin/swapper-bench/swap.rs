@@ -244,8 +244,6 @@ impl SwapBench {
     }
 }
 
-/// The settings naming the drives: `nvme_path` for one folder, a DeepSpeed `nvme_path`
-/// list for several (only a library with the swap store reads one).
 /// `--drive-stats`: the store's weights, bytes per drive and measured rates after `phase`.
 fn drive_stats(on: bool, phase: &str, s: &Swapper) {
     if !on {
@@ -270,6 +268,8 @@ fn drive_stats(on: bool, phase: &str, s: &Swapper) {
     );
 }
 
+/// The settings naming the drives: `nvme_path` for one folder, a DeepSpeed `nvme_path`
+/// list for several (only a library with the swap store reads one).
 fn drive_settings(folders: &[PathBuf]) -> Result<Settings> {
     match folders {
         [] => bail!("no folder for the swap files"),

@@ -404,3 +404,28 @@ fn wait_lists_every_failed_operation() {
     assert!(e.message().starts_with("2 of 3 operations failed"), "{e}");
     assert_eq!(e.message().matches("Input/output error").count(), 2, "{e}");
 }
+
+#[test]
+fn engines_started_beside_each_other_meter_one_device() {
+    let dir = disk_dir();
+    let reads = IoEngine::new(IoConfig::default()).unwrap();
+    let writes = reads.beside(IoConfig::default()).unwrap();
+    let alone = IoEngine::new(IoConfig::default()).unwrap();
+    let path = dir.path().join("f");
+    let data = pattern(4 << 20, 7);
+    let mut src = TestBuf::new(data.len(), 0);
+    src.as_mut_slice().copy_from_slice(&data);
+    writes.write(src.as_slice(), &path, 0).unwrap();
+    // The write engine's bytes show in the read engine's activity: a drive whose writes
+    // have their own engine is measured by its writes too.
+    assert_eq!(reads.activity().bytes, 4 << 20);
+    let mut dst = TestBuf::new(data.len(), 0);
+    reads.read(dst.as_mut_slice(), &path, 0).unwrap();
+    assert!(dst.as_slice() == &data[..]);
+    let (r, w) = (reads.activity(), writes.activity());
+    assert_eq!(r.bytes, 8 << 20);
+    assert_eq!(w.bytes, r.bytes);
+    assert!(r.busy > std::time::Duration::ZERO);
+    // An engine started on its own keeps its own meter.
+    assert_eq!(alone.activity().bytes, 0);
+}

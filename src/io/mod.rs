@@ -56,8 +56,9 @@ pub(crate) struct Shared {
     fallback_logged: AtomicBool,
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
-    /// Bytes moved and busy time ([`IoEngine::activity`]).
-    pub(crate) meter: Meter,
+    /// Bytes moved and busy time ([`IoEngine::activity`]); shared with the engines
+    /// started [`IoEngine::beside`] this one.
+    pub(crate) meter: Arc<Meter>,
     /// Set (once) when a worker panicked: the error every later call returns.
     broken: OnceLock<Error>,
     /// The process that started the workers.
@@ -254,6 +255,18 @@ pub struct IoEngine {
 impl IoEngine {
     /// Starts the workers. `Backend::Auto` picks io_uring when the kernel allows it.
     pub fn new(config: IoConfig) -> Result<IoEngine> {
+        Self::with_meter(config, Arc::default())
+    }
+
+    /// Starts a second engine on the same device as `self` (its own queue and workers)
+    /// whose requests count in `self`'s [`IoEngine::activity`] and it in this one's: one
+    /// device's bytes and busy time, the union of both engines' busy intervals. A drive
+    /// whose writes have an engine of their own is measured by both.
+    pub fn beside(&self, config: IoConfig) -> Result<IoEngine> {
+        Self::with_meter(config, Arc::clone(&self.shared.meter))
+    }
+
+    fn with_meter(config: IoConfig, meter: Arc<Meter>) -> Result<IoEngine> {
         config.validate()?;
         let backend = match config.backend {
             Backend::Auto if auto_override() == Some(Backend::Blocking) => Backend::Blocking,
@@ -291,7 +304,7 @@ impl IoEngine {
             fallback_logged: AtomicBool::new(false),
             bytes_read: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
-            meter: Meter::default(),
+            meter,
             broken: OnceLock::new(),
             pid: std::process::id(),
         });
@@ -471,7 +484,8 @@ impl IoEngine {
 
     /// Bytes moved (read and written) and the time during which at least one request was
     /// in flight, since the engine started: their quotient is the device's rate as this
-    /// engine sees it, whatever the caller's pace (see `meter.rs`).
+    /// engine sees it, whatever the caller's pace (see `meter.rs`). Engines started
+    /// [`IoEngine::beside`] each other report the same, both engines' requests together.
     pub fn activity(&self) -> Activity {
         self.shared.meter.activity()
     }

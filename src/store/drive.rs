@@ -114,7 +114,9 @@ impl Drive {
 
     fn with_folder(index: usize, folder: RankFolder, io: IoConfig, split: bool) -> Result<Drive> {
         let engine = IoEngine::new(io)?;
-        let writer = if split { Some(IoEngine::new(io)?) } else { None };
+        // The write engine meters into the read engine's meter: the drive's rate is both
+        // directions' bytes over the time either had a request in flight.
+        let writer = if split { Some(engine.beside(io)?) } else { None };
         Ok(Drive {
             index,
             engine,
@@ -160,8 +162,9 @@ impl Drive {
         self.grow.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The drive's measured rate in bytes per second of busy time (None until its engine
-    /// has moved enough to tell; see [`RateMeter`]).
+    /// The drive's measured rate in bytes per second of busy time (None until its engines
+    /// have moved enough to tell; see [`RateMeter`]). A split drive's two engines share one
+    /// meter, so its writes count as well as its reads.
     pub fn rate(&self) -> Option<f64> {
         let now = self.engine.activity();
         self.rate.lock().unwrap_or_else(|e| e.into_inner()).update(now)

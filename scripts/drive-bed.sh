@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
 # drive-bed.sh: several throttled "drives" on a one-disk machine, for the multi-drive
-# tests and benchmarks. Each drive is a loop device over a sparse file in /dev/shm,
-# formatted and mounted; a cgroup v1 blkio group throttles each device's reads and
+# tests and benchmarks. Each drive is a loop device over a file in /dev/shm (sparse, or
+# with all its memory allocated up front), formatted and mounted; a cgroup v1 blkio group throttles each device's reads and
 # writes (blkio.throttle.{read,write}_bps_device "MAJ:MIN BYTES_PER_S"), and commands
 # run inside that group. Needs root, losetup, mkfs.<fs>, and the v1 blkio controller.
 #
 #   drive-bed.sh up N [--fs ext4|xfs|btrfs|ext2] [--size 2G | --sizes S1,S2,..]
-#                     [--rate-mbps R | --rates R1,R2,..] [--name NAME]
+#                     [--rate-mbps R | --rates R1,R2,..] [--backing sparse|allocated]
+#                     [--name NAME]
 #       Makes the bed and prints one key=value line per fact (below). Every drive has
 #       --size bytes, or each its own (--sizes: a tiny drive beside big ones, to fill
 #       it). No throttle unless asked (R in MB/s, 1 MB = 10^6 bytes; 0 = unthrottled).
+#       --backing sparse (the default) gives each drive's file its memory as blocks are
+#       first written, so a first write also costs the loop thread a page allocation
+#       and zeroing per 4 KiB, which a real drive does not; `allocated` takes all of
+#       --size from memory up front (fallocate), so first writes and overwrites cost the
+#       same below the file system, as on a real drive (the benchmarks use it).
+#       mkfs is told not to discard, which would give the memory back.
 #       ext2 is a file system without fallocate. A bed that fails half-way, or is
 #       interrupted (INT, TERM), is torn down before `up` returns.
 #   drive-bed.sh run [--name NAME] -- CMD...
@@ -211,7 +218,7 @@ bps() {
 }
 
 # up: parses options into globals and makes the bed.
-UP_N="" UP_FS=ext4 UP_SIZES=() UP_RATES=() UP_NAME=${DRIVE_BED_NAME:-}
+UP_N="" UP_FS=ext4 UP_SIZES=() UP_RATES=() UP_BACKING=sparse UP_NAME=${DRIVE_BED_NAME:-}
 parse_up() {
     [[ $# -ge 1 ]] || die "up: how many drives?"
     UP_N=$1
@@ -225,11 +232,13 @@ parse_up() {
         --sizes) sizes=${2:?--sizes needs a value}; shift 2 ;;
         --rate-mbps) rate=${2:?--rate-mbps needs a value}; shift 2 ;;
         --rates) rates=${2:?--rates needs a value}; shift 2 ;;
+        --backing) UP_BACKING=${2:?--backing needs a value}; shift 2 ;;
         --name) UP_NAME=${2:?--name needs a value}; shift 2 ;;
         *) die "up: unknown option '$1'" ;;
         esac
     done
     case $UP_FS in ext4 | xfs | btrfs | ext2) ;; *) die "up: --fs must be ext4, xfs, btrfs or ext2, not '$UP_FS'" ;; esac
+    case $UP_BACKING in sparse | allocated) ;; *) die "up: --backing must be sparse or allocated, not '$UP_BACKING'" ;; esac
     [[ -n $size && -n $sizes ]] && die "up: give --size or --sizes, not both"
     [[ -n $rate && -n $rates ]] && die "up: give --rate-mbps or --rates, not both"
     local i list
@@ -276,15 +285,18 @@ make_bed() {
         f="$SHM/$name-$i.img"
         record file "$f"
         truncate -s "${UP_SIZES[i]}" "$f"
+        if [[ $UP_BACKING == allocated ]]; then
+            fallocate -l "${UP_SIZES[i]}" "$f" || die "cannot allocate ${UP_SIZES[i]} for $f (is $SHM large enough?)"
+        fi
         crash_point file
         dev=$(losetup --find --show "$f")
         record loop "$dev" "$f"
         crash_point loop
         case $UP_FS in
-        ext4) mkfs.ext4 -q -F -E lazy_itable_init=1,lazy_journal_init=1 "$dev" ;;
-        ext2) mkfs.ext2 -q -F "$dev" ;;
-        xfs) mkfs.xfs -q -f "$dev" ;;
-        btrfs) mkfs.btrfs -q -f "$dev" >/dev/null ;;
+        ext4) mkfs.ext4 -q -F -E nodiscard,lazy_itable_init=1,lazy_journal_init=1 "$dev" ;;
+        ext2) mkfs.ext2 -q -F -E nodiscard "$dev" ;;
+        xfs) mkfs.xfs -q -f -K "$dev" ;;
+        btrfs) mkfs.btrfs -q -f -K "$dev" >/dev/null ;;
         esac
         crash_point mkfs
         m="$base/d$i"

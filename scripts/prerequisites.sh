@@ -25,7 +25,7 @@ xfsprogs       mkfs.xfs
 btrfs-progs    mkfs.btrfs
 e2fsprogs      mkfs.ext4 mkfs.ext2 chattr
 ninja-build    ninja
-util-linux     losetup findmnt
+util-linux     losetup findmnt fallocate
 mount          mount umount
 python3        python3
 bash           bash

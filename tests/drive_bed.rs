@@ -248,6 +248,31 @@ fn xfs_btrfs_ext2_a_rate_and_a_size_per_drive() {
     assert_gone(&name);
 }
 
+/// Bytes of memory a drive's file in /dev/shm holds (its allocated blocks).
+fn allocated(file: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(file).unwrap().blocks() * 512
+}
+
+#[test]
+fn allocated_backing_holds_every_byte_in_memory_from_the_start_and_mkfs_gives_none_back() {
+    for fs in ["ext4", "xfs"] {
+        let bed = DriveBed::up(1, &["--fs", fs, "--size", "320M", "--backing", "allocated"]);
+        let file = &bed.drives[0].file;
+        assert_eq!(allocated(file), 320 << 20, "{fs}: {file:?}");
+        let name = bed.name.clone();
+        drop(bed);
+        assert_gone(&name);
+    }
+    // Sparse (the default): only what mkfs wrote.
+    let bed = DriveBed::up(1, &["--fs", "ext4", "--size", "320M"]);
+    let held = allocated(&bed.drives[0].file);
+    assert!(held < 160 << 20, "a sparse drive holds {held} bytes");
+    let name = bed.name.clone();
+    drop(bed);
+    assert_gone(&name);
+}
+
 #[test]
 fn bad_input_is_refused_and_makes_nothing() {
     let name = unique_name();
@@ -262,6 +287,7 @@ fn bad_input_is_refused_and_makes_nothing() {
         vec!["up", "2", "--sizes", "64M"],
         vec!["up", "2", "--sizes", "64M,big"],
         vec!["up", "2", "--size", "64M", "--sizes", "64M,64M"],
+        vec!["up", "2", "--backing", "thick"],
         vec!["run", "--name", "no-such-bed-memlock", "--", "true"],
         vec!["run", "--name", "x"],
         vec!["down", "--name", "../etc"],

@@ -3,7 +3,8 @@
 # several drives, on the drive bed (scripts/drive-bed.sh: throttled loop drives).
 #
 #   tools/drives_bench.sh [--rate MBPS] [--rounds R] [--params N] [--param-size S]
-#                         [--big S] [--configs LIST] [--bench PATH] [--out DIR] [--smoke]
+#                         [--big S] [--configs LIST] [--bench PATH] [--out DIR]
+#                         [--backing allocated|sparse] [--smoke]
 #
 # Configurations (--configs, comma-separated; default all, in this order):
 #   ext4-1       one ext4 drive at --rate (the reference)
@@ -19,7 +20,10 @@
 #   big    one tensor of --big bytes (default 1GiB), 1 buffer, no prefetch
 # Each round runs every configuration and workload once, the rounds alternating the
 # order (forward, then reversed), so that drift of the machine spreads over all; each
-# run gets a bed of its own (up, run, down; torn down on every exit path).
+# run gets a bed of its own (up, run, down; torn down on every exit path). The drives'
+# files in /dev/shm have their memory allocated up front (--backing allocated, the
+# default), so that a first write costs what an overwrite does below the file system,
+# as on a real drive; --backing sparse allocates it as blocks are first written.
 #
 # Prints, per configuration, workload and op: the median MiB/s over the rounds with
 # [min..max], and the ratio the targets are about: for N equal drives, the aggregate
@@ -36,7 +40,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BED="$ROOT/scripts/drive-bed.sh"
-RATE=200 ROUNDS=3 PARAMS=64 PSIZE=32MiB BIG=1GiB BENCH="" OUT="" SMOKE=0
+RATE=200 ROUNDS=3 PARAMS=64 PSIZE=32MiB BIG=1GiB BENCH="" OUT="" SMOKE=0 BACKING=allocated
 CONFIGS="ext4-1,ext4-2,ext4-4,ext4-2half,xfs-1,xfs-2"
 
 die() {
@@ -54,6 +58,7 @@ while [[ $# -gt 0 ]]; do
     --configs) CONFIGS=${2:?--configs needs a value}; shift 2 ;;
     --bench) BENCH=${2:?--bench needs a value}; shift 2 ;;
     --out) OUT=${2:?--out needs a value}; shift 2 ;;
+    --backing) BACKING=${2:?--backing needs a value}; shift 2 ;;
     --smoke) SMOKE=1; shift ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option '$1' (--help)" ;;
@@ -65,6 +70,7 @@ fi
 [[ $RATE =~ ^[0-9]+$ ]] || die "--rate must be MB/s, an integer"
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "--rounds must be 1 or more"
 [[ $PARAMS =~ ^[1-9][0-9]*$ ]] || die "--params must be 1 or more"
+case $BACKING in allocated | sparse) ;; *) die "--backing must be allocated or sparse" ;; esac
 command -v python3 >/dev/null || die "python3 is needed for the summary"
 
 if [[ -z $BENCH ]]; then
@@ -114,7 +120,7 @@ measure() {
     size_mib=$((bytes * 2 / n / 1048576 + 512))
     echo "round $round: $config $workload (drives at ${rates//,/, } MB/s; 0 = unthrottled)" >&2
     # The bed's facts (its stdout) go to a .bed file, the benchmark's JSON to a .json file.
-    "$BED" with "$n" --fs "$fs" --size "${size_mib}M" --rates "$rates" -- \
+    "$BED" with "$n" --fs "$fs" --size "${size_mib}M" --rates "$rates" --backing "$BACKING" -- \
         sh -c 'out=$1; shift; exec "$0" swap --dirs "$SWAPPER_DRIVES" --runs 1 --json "$@" >"$out"' \
         "$BENCH" "$OUT/$config-$workload-$round.json" "${args[@]}" >"$OUT/$config-$workload-$round.bed"
 }

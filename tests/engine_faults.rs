@@ -343,3 +343,190 @@ fn c_calls_after_a_worker_panic_return_panic() {
         );
     }
 }
+
+/// A new file held open with O_DIRECT, as the swap store holds its extent files.
+fn held_file(path: &std::path::Path) -> std::sync::Arc<swapper::io::HeldFile> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = |direct: bool| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .custom_flags(if direct { libc::O_DIRECT } else { 0 })
+            .open(path)
+            .unwrap()
+    };
+    let buffered = open(false);
+    let direct = open(true);
+    std::sync::Arc::new(swapper::io::HeldFile::new(
+        path.to_path_buf(),
+        Some(direct.into()),
+        buffered.into(),
+    ))
+}
+
+const SMALL: usize = 64 << 10;
+
+/// An io_uring engine with one worker, so that requests meet fault injection in the
+/// order they were submitted.
+fn one_ring() -> swapper::io::IoEngine {
+    swapper::io::IoEngine::new(IoConfig {
+        backend: Backend::IoUring,
+        direct_io: DirectIo::On,
+        block_size: 1 << 20,
+        queue_depth: 4,
+        thread_count: 1,
+        ..IoConfig::default()
+    })
+    .unwrap()
+}
+
+/// Submits `n` adjacent operations of SMALL bytes on `file` (the first one held up 200 ms
+/// by fault injection, so that the rest queue behind it), each with its checksum;
+/// returns their results and checksums.
+fn adjacent_ops(
+    engine: &swapper::io::IoEngine,
+    file: &std::sync::Arc<swapper::io::HeldFile>,
+    write: bool,
+    bufs: &mut [TestBuf],
+) -> Vec<(swapper::Result<()>, Option<u32>)> {
+    fault::install(Rule {
+        call: if write { Call::Write } else { Call::Read },
+        path_contains: file.path().to_string_lossy().into_owned(),
+        fault: Fault::DelayMs(200),
+        skip: 0,
+        times: 1,
+    });
+    let tickets: Vec<_> = bufs
+        .iter_mut()
+        .enumerate()
+        .map(|(i, b)| {
+            let req = swapper::io::HeldRequest {
+                write,
+                buf: RawBuf(b.as_mut_slice().as_mut_ptr()),
+                len: SMALL as u64,
+                file,
+                offset: (i * SMALL) as u64,
+                checksum_len: Some(SMALL as u64),
+            };
+            // SAFETY: each buffer outlives its operation (waited for below) and nothing
+            // else touches it meanwhile.
+            unsafe { engine.submit_held(&req) }.unwrap()
+        })
+        .collect();
+    tickets.iter().map(|t| (t.wait(), t.checksum())).collect()
+}
+
+#[test]
+fn adjacent_small_operations_in_a_held_file_go_merged_and_every_byte_lands() {
+    let dir = disk_dir();
+    let path = dir.path().join("merged");
+    let file = held_file(&path);
+    let engine = one_ring();
+    let n = 64;
+    let data: Vec<Vec<u8>> = (0..n).map(|i| pattern(SMALL, 100 + i as u64)).collect();
+    let mut bufs: Vec<TestBuf> = data
+        .iter()
+        .map(|d| {
+            let mut b = TestBuf::new(SMALL, 0);
+            b.as_mut_slice().copy_from_slice(d);
+            b
+        })
+        .collect();
+    for (i, (res, crc)) in adjacent_ops(&engine, &file, true, &mut bufs)
+        .into_iter()
+        .enumerate()
+    {
+        res.unwrap();
+        assert_eq!(crc, Some(crc32c::crc32c(&data[i])), "write {i}");
+    }
+    let merged_writes = engine.merged_requests();
+    // The first write went alone (held up); the 63 behind it queued and went merged, in
+    // calls of at most block_size (16 of them).
+    assert!(
+        merged_writes >= 48,
+        "only {merged_writes} of 64 writes went merged"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), data.concat());
+    for b in bufs.iter_mut() {
+        b.as_mut_slice().fill(0);
+    }
+    for (i, (res, crc)) in adjacent_ops(&engine, &file, false, &mut bufs)
+        .into_iter()
+        .enumerate()
+    {
+        res.unwrap();
+        assert!(bufs[i].as_slice() == &data[i][..], "read {i}");
+        assert_eq!(crc, Some(crc32c::crc32c(&data[i])), "read {i}");
+    }
+    assert!(engine.merged_requests() - merged_writes >= 48);
+}
+
+#[test]
+fn a_merged_read_that_meets_the_end_of_the_file_fails_only_the_request_past_it() {
+    let dir = disk_dir();
+    let path = dir.path().join("short");
+    // 15.5 requests' worth: the 16th read meets the end of the file half-way.
+    let data = pattern(15 * SMALL + SMALL / 2, 9);
+    std::fs::write(&path, &data).unwrap();
+    let file = held_file(&path);
+    let engine = one_ring();
+    let mut bufs: Vec<TestBuf> = (0..16).map(|_| TestBuf::new(SMALL, 0)).collect();
+    let results = adjacent_ops(&engine, &file, false, &mut bufs);
+    assert!(engine.merged_requests() > 0, "nothing went merged");
+    for (i, (res, _)) in results.iter().enumerate().take(15) {
+        assert!(res.is_ok(), "read {i}: {res:?}");
+        assert!(
+            bufs[i].as_slice() == &data[i * SMALL..(i + 1) * SMALL],
+            "read {i}"
+        );
+    }
+    let err = results[15].0.as_ref().unwrap_err();
+    assert_eq!(err.status(), Status::IoError, "{err}");
+    let at = format!("at offset {}", 15 * SMALL + SMALL / 2);
+    assert!(
+        err.message().contains("unexpected end of file") && err.message().contains(&at),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_injected_error_in_a_merged_write_fails_the_request_it_was_injected_into_and_no_other() {
+    let dir = disk_dir();
+    let path = dir.path().join("eio");
+    let file = held_file(&path);
+    let engine = one_ring();
+    // The 10th write request fails (the rules are asked in order: this one lets nine
+    // through, the first of them also held up by adjacent_ops' rule).
+    fault::install(Rule {
+        call: Call::Write,
+        path_contains: path.to_string_lossy().into_owned(),
+        fault: Fault::Errno(libc::EIO),
+        skip: 9,
+        times: 1,
+    });
+    let data: Vec<Vec<u8>> = (0..32).map(|i| pattern(SMALL, 500 + i as u64)).collect();
+    let mut bufs: Vec<TestBuf> = data
+        .iter()
+        .map(|d| {
+            let mut b = TestBuf::new(SMALL, 0);
+            b.as_mut_slice().copy_from_slice(d);
+            b
+        })
+        .collect();
+    let results = adjacent_ops(&engine, &file, true, &mut bufs);
+    assert!(engine.merged_requests() > 0, "nothing went merged");
+    let on_disk = std::fs::read(&path).unwrap();
+    for (i, (res, _)) in results.iter().enumerate() {
+        if i == 9 {
+            let err = res.as_ref().unwrap_err();
+            assert!(
+                err.message().contains(&format!("offset {}", 9 * SMALL)) && err.message().contains("errno 5"),
+                "{err}"
+            );
+        } else {
+            assert!(res.is_ok(), "write {i}: {res:?}");
+            assert!(on_disk[i * SMALL..(i + 1) * SMALL] == data[i][..], "write {i}");
+        }
+    }
+}

@@ -4,6 +4,17 @@
 //! finish (empty the bounce buffer for a read, count bytes, tell the operation). Each
 //! request is metered from start to finish (`meter.rs`: bytes and busy time).
 //!
+//! An io_uring worker merges requests that continue each other in the same file (the
+//! next queued request starts where the one it took ends, same O_DIRECT descriptor, all
+//! aligned, together at most `block_size` bytes) into one vectored call (readv/writev):
+//! small tensors packed side by side in an extent file then cost the device one request
+//! per `block_size` instead of one each. Each request still counts, checksums and
+//! finishes on its own; a merged call that fails or comes back short is not trusted to
+//! say whose bytes are missing, so its requests are then carried out one by one, and an
+//! error is reported by the request it belongs to, with its own offset. Fault injection
+//! is consulted once per request per call, as without merging. `SWAPPER_MERGE=0` turns
+//! merging off (for comparison in the benchmarks).
+//!
 //! A worker that panics does not leave its requests hanging: every [`Active`] it held
 //! finishes with `Status::Panic` when dropped unfinished (an io_uring worker first waits
 //! for the completions the kernel still owes, so that no buffer is given back while the
@@ -13,13 +24,15 @@ use std::os::fd::RawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
+use std::collections::VecDeque;
+
 use super::op::{Chunk, Op};
-use super::Shared;
+use super::{Adjacent, Shared};
 use crate::config::{IoConfig, IO_ALIGNMENT};
 use crate::status::{Error, Result, Status};
 use crate::sys::alloc::AlignedBuf;
 use crate::sys::fault::{self, Call, Fault};
-use crate::sys::uring::Ring;
+use crate::sys::uring::{IoVecs, Ring};
 use crate::sys::{self, file, RawBuf};
 
 /// One request being carried out.
@@ -33,6 +46,18 @@ struct Active {
     /// The operation was told the request is over; dropped without it (a worker that
     /// panicked), the request fails with `Status::Panic`.
     reported: bool,
+    /// The fault-injection answer taken for this request's next call while it was to
+    /// ride in a merged call that did not happen (None: ask when issuing).
+    prechecked: Option<Option<Fault>>,
+}
+
+/// Most requests merged into one vectored call.
+const MAX_MERGED: usize = 128;
+
+/// Whether workers merge adjacent requests (`SWAPPER_MERGE=0` turns it off).
+fn merging() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var_os("SWAPPER_MERGE").is_none_or(|v| v != "0"))
 }
 
 impl Drop for Active {
@@ -108,6 +133,7 @@ impl Active {
             done: 0,
             checksummed: false,
             reported: false,
+            prechecked: None,
         })
     }
 
@@ -287,7 +313,14 @@ struct UringWorker {
     shared: Arc<Shared>,
     ring: Ring,
     config: IoConfig,
+    /// Each slot's request (the first of a merged call).
     slots: Vec<Option<Active>>,
+    /// The requests merged after each slot's, in file order.
+    riders: Vec<VecDeque<Active>>,
+    /// Each slot's vectored call's buffers, kept until its completion.
+    iovs: Vec<IoVecs>,
+    /// Slots whose merged call failed or came back short: their requests go one by one.
+    solo: Vec<bool>,
     bounces: Vec<Option<AlignedBuf>>,
     free: Vec<usize>,
     /// Requests pushed to the ring whose completion has not been popped.
@@ -311,6 +344,9 @@ pub(super) fn run_uring(shared: Arc<Shared>, ring: Ring, config: IoConfig) {
         ring,
         config,
         slots: (0..qd).map(|_| None).collect(),
+        riders: (0..qd).map(|_| VecDeque::new()).collect(),
+        iovs: (0..qd).map(|_| IoVecs::default()).collect(),
+        solo: vec![false; qd],
         bounces: (0..qd).map(|_| None).collect(),
         free: (0..qd).rev().collect(),
         in_kernel: 0,
@@ -346,6 +382,9 @@ impl UringWorker {
         self.finished.clear();
         for slot in self.slots.iter_mut() {
             drop(slot.take());
+        }
+        for riders in self.riders.iter_mut() {
+            riders.clear();
         }
     }
 
@@ -383,6 +422,9 @@ impl UringWorker {
                 }
                 while let Some(slot) = self.to_checksum.pop() {
                     if let Some(a) = self.slots[slot].as_mut() {
+                        a.checksum();
+                    }
+                    for a in self.riders[slot].iter_mut() {
                         a.checksum();
                     }
                 }
@@ -435,8 +477,11 @@ impl UringWorker {
         ) {
             Ok(a) => {
                 self.shared.meter.begin();
-                let write_checksum = a.op.write && a.op.checksum_part(&a.chunk).is_some();
                 self.slots[slot] = Some(a);
+                self.gather(slot);
+                let needs_checksum = |a: &Active| a.op.write && a.op.checksum_part(&a.chunk).is_some();
+                let write_checksum = self.slots[slot].as_ref().is_some_and(needs_checksum)
+                    || self.riders[slot].iter().any(needs_checksum);
                 self.issue(slot);
                 if write_checksum {
                     self.to_checksum.push(slot);
@@ -450,10 +495,141 @@ impl UringWorker {
         }
     }
 
-    fn issue(&mut self, slot: usize) {
-        let Some(active) = self.slots[slot].as_ref() else {
+    /// Claims the queued requests that continue slot `slot`'s request in its file
+    /// ([`Shared::claim_next_to`]), up to `block_size` bytes and [`MAX_MERGED`] requests
+    /// together, as its riders.
+    fn gather(&mut self, slot: usize) {
+        if !merging() {
+            return;
+        }
+        let Some(lead) = self.slots[slot].as_ref() else {
             return;
         };
+        let Some(fd) = lead.op.direct_fd() else {
+            return;
+        };
+        let c = lead.chunk;
+        let buf = lead.op.buf.offset_by(c.buf_offset as usize);
+        if lead.op.bounce
+            || buf.addr() as u64 % IO_ALIGNMENT != 0
+            || c.file_offset % IO_ALIGNMENT != 0
+            || c.len % IO_ALIGNMENT != 0
+        {
+            return;
+        }
+        let mut after = Adjacent {
+            write: lead.op.write,
+            fd,
+            end: c.file_offset + c.len,
+            room: self.config.block_size.saturating_sub(c.len),
+        };
+        while self.riders[slot].len() + 1 < MAX_MERGED && after.room > 0 {
+            let Some((op, index)) = self.shared.claim_next_to(&after) else {
+                break;
+            };
+            // No bounce buffer: claim_next_to takes only requests that need none.
+            match Active::start(Arc::clone(&op), index, &mut None, self.config.block_size) {
+                Ok(a) => {
+                    self.shared.meter.begin();
+                    after.end += a.chunk.len;
+                    after.room -= a.chunk.len;
+                    self.riders[slot].push_back(a);
+                }
+                Err(e) => {
+                    op.fail(e);
+                    op.finish_request();
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Issues slot `slot`'s requests as one vectored call; false (nothing issued) when
+    /// fault injection has a fault for one of them, which each then meets alone.
+    fn issue_merged(&mut self, slot: usize) -> bool {
+        let Some(lead) = self.slots[slot].as_mut() else {
+            return true;
+        };
+        let kind = if lead.op.write { Call::Write } else { Call::Read };
+        // One fault-injection answer per request per call, as when each goes alone; an
+        // answer taken for a call that does not happen is kept for the request's own.
+        let mut faulty = false;
+        for a in std::iter::once(lead).chain(self.riders[slot].iter_mut()) {
+            let answer = match a
+                .prechecked
+                .take()
+                .unwrap_or_else(|| fault::check(kind, &a.op.path))
+            {
+                Some(Fault::DelayMs(ms)) => {
+                    std::thread::sleep(std::time::Duration::from_millis(ms));
+                    None
+                }
+                other => other,
+            };
+            faulty |= answer.is_some();
+            a.prechecked = Some(answer);
+            if faulty {
+                break;
+            }
+        }
+        let Some(lead) = self.slots[slot].as_mut() else {
+            return true;
+        };
+        if faulty {
+            return false;
+        }
+        let iovs = &mut self.iovs[slot];
+        iovs.clear();
+        for a in std::iter::once(&mut *lead).chain(self.riders[slot].iter_mut()) {
+            a.prechecked = None;
+            let buf = a.op.buf.offset_by((a.chunk.buf_offset + a.done) as usize);
+            iovs.push(buf, (a.chunk.len - a.done) as usize);
+        }
+        let (write, offset) = (lead.op.write, lead.chunk.file_offset + lead.done);
+        let Some(fd) = lead.op.direct_fd() else {
+            return false;
+        };
+        loop {
+            // SAFETY: the buffers are the callers' (valid until their operations finish,
+            // which needs this call's completion), the iovec array is this slot's and is
+            // not touched until the completion is popped, and the descriptor belongs to
+            // the operations, which the slot keeps alive.
+            let pushed = unsafe {
+                self.ring
+                    .push_vectored(fd, write, &self.iovs[slot], offset, slot as u64)
+            };
+            if pushed {
+                break;
+            }
+            let _ = self.ring.submit_and_wait(0);
+        }
+        self.in_kernel += 1;
+        let n = 1 + self.riders[slot].len() as u64;
+        self.shared
+            .merged
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        if self.config.single_submit {
+            let _ = self.ring.submit_and_wait(0);
+        }
+        true
+    }
+
+    /// Whether slot `slot`'s next call is a merged one.
+    fn merged(&self, slot: usize) -> bool {
+        !self.solo[slot] && !self.riders[slot].is_empty()
+    }
+
+    fn issue(&mut self, slot: usize) {
+        if self.merged(slot) {
+            if self.issue_merged(slot) {
+                return;
+            }
+            self.solo[slot] = true;
+        }
+        let Some(active) = self.slots[slot].as_mut() else {
+            return;
+        };
+        let prechecked = active.prechecked.take();
         let call = match active.next_call(self.bounces[slot].as_ref()) {
             Ok(c) => c,
             Err(e) => {
@@ -463,7 +639,7 @@ impl UringWorker {
             }
         };
         let kind = if active.op.write { Call::Write } else { Call::Read };
-        match fault::check(kind, &active.op.path) {
+        match prechecked.unwrap_or_else(|| fault::check(kind, &active.op.path)) {
             Some(Fault::Errno(e)) => {
                 self.ready.push((slot, Err(e)));
                 return;
@@ -498,6 +674,37 @@ impl UringWorker {
     }
 
     fn on_result(&mut self, slot: usize, res: std::result::Result<usize, i32>) {
+        if self.merged(slot) {
+            match res {
+                Err(libc::EINTR) | Err(libc::EAGAIN) => self.issue(slot),
+                // Whose bytes failed is not known: each request alone says.
+                Err(_) => {
+                    self.solo[slot] = true;
+                    self.issue(slot);
+                }
+                Ok(n) => {
+                    let mut left = n as u64;
+                    let lead = self.slots[slot].as_mut();
+                    for a in lead.into_iter().chain(self.riders[slot].iter_mut()) {
+                        let take = left.min(a.chunk.len - a.done);
+                        a.done += take;
+                        left -= take;
+                    }
+                    let whole = |a: &Active| a.done == a.chunk.len;
+                    let lead_whole = self.slots[slot].as_ref().is_none_or(whole);
+                    if !(lead_whole && self.riders[slot].iter().all(whole)) {
+                        // A short transfer: the rest goes request by request.
+                        self.solo[slot] = true;
+                    }
+                    if lead_whole {
+                        self.end(slot);
+                    } else {
+                        self.issue(slot);
+                    }
+                }
+            }
+            return;
+        }
         let step = match self.slots[slot].as_mut() {
             Some(a) => a.on_result(res),
             None => return,
@@ -508,18 +715,35 @@ impl UringWorker {
         }
     }
 
+    /// Ends slot `slot`'s request; its next rider, if any, becomes the slot's request
+    /// (ended too if a merged call moved all of it, issued alone otherwise), and the slot
+    /// is free once none is left.
     fn end(&mut self, slot: usize) {
-        if let Some(a) = self.slots[slot].take() {
-            let deferred = !a.op.bounce
-                && !a.checksummed
-                && a.done == a.chunk.len
-                && a.op.checksum_part(&a.chunk).is_some();
-            if deferred {
-                self.finished.push(a);
-            } else {
-                a.finish(self.bounces[slot].as_ref(), &self.shared);
+        loop {
+            if let Some(a) = self.slots[slot].take() {
+                let deferred = !a.op.bounce
+                    && !a.checksummed
+                    && a.done == a.chunk.len
+                    && a.op.checksum_part(&a.chunk).is_some();
+                if deferred {
+                    self.finished.push(a);
+                } else {
+                    a.finish(self.bounces[slot].as_ref(), &self.shared);
+                }
+            }
+            let Some(next) = self.riders[slot].pop_front() else {
+                break;
+            };
+            let whole = next.done == next.chunk.len;
+            self.slots[slot] = Some(next);
+            if !whole {
+                // Riders left after a failed or short merged call go one by one.
+                self.solo[slot] = true;
+                self.issue(slot);
+                return;
             }
         }
+        self.solo[slot] = false;
         self.free.push(slot);
     }
 }

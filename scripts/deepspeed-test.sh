@@ -67,7 +67,7 @@ fi
 # end-to-end training stock against patched) at smoke-test sizes: every implementation
 # must run and agree (the same fp32 params after the update steps, the same losses).
 opt_dir=$(mktemp -d "$smoke_dir/optimizer.XXXXXX")
-opt=$("$VENV/bin/python" tools/vs_deepspeed_optimizer.py --smoke --dir "$opt_dir" 2>/dev/null) || true
+opt=$("$VENV/bin/python" tools/vs_deepspeed_optimizer.py --smoke --dir "$opt_dir" 2>"$opt_dir.err") || true
 echo "$opt" | grep -E '^==|identical'
 if echo "$opt" | grep -q '^vs_deepspeed_optimizer: done' \
     && echo "$opt" | grep -q '^update: digest identical across 6' \
@@ -75,6 +75,7 @@ if echo "$opt" | grep -q '^vs_deepspeed_optimizer: done' \
     echo "1 passed, 0 failed: tools/vs_deepspeed_optimizer.py --smoke"
 else
     echo "$opt"
+    tail -n 40 "$opt_dir.err" # why: the worker's traceback
     echo "0 passed, 1 failed: tools/vs_deepspeed_optimizer.py --smoke"
     exit 1
 fi
@@ -83,7 +84,7 @@ fi
 # copytree against patched snapshots) at smoke-test sizes: both must run and the losses
 # after a load agree.
 ckpt_dir=$(mktemp -d "$smoke_dir/checkpoint.XXXXXX")
-ckpt=$("$VENV/bin/python" tools/vs_deepspeed_optimizer.py --mode checkpoint --smoke --dir "$ckpt_dir" 2>/dev/null) || true
+ckpt=$("$VENV/bin/python" tools/vs_deepspeed_optimizer.py --mode checkpoint --smoke --dir "$ckpt_dir" 2>"$ckpt_dir.err") || true
 echo "$ckpt" | grep -E '^==|^impl |^stock |^patched|identical'
 if echo "$ckpt" | grep -q '^vs_deepspeed_optimizer: done' \
     && echo "$ckpt" | grep -q '^checkpoint: losses identical across 2' \
@@ -91,6 +92,7 @@ if echo "$ckpt" | grep -q '^vs_deepspeed_optimizer: done' \
     echo "1 passed, 0 failed: tools/vs_deepspeed_optimizer.py --mode checkpoint --smoke"
 else
     echo "$ckpt"
+    tail -n 40 "$ckpt_dir.err" # why: the worker's traceback
     echo "0 passed, 1 failed: tools/vs_deepspeed_optimizer.py --mode checkpoint --smoke"
     exit 1
 fi

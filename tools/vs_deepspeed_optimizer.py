@@ -259,8 +259,14 @@ def build_engine(a):
                 "overlap_events": True},
     }
     torch.manual_seed(0)
-    with deepspeed.zero.Init(config_dict_or_path=config, remote_device="nvme", dtype=torch.float32):
+    # fp32 because the config enables neither bf16 nor fp16. Not Init's dtype argument:
+    # DeepSpeed 0.19.8's Init._set_dtype reads `dtype or torch.float16 if fp16 else
+    # torch.bfloat16 if ...`, so on a CPU without fp16 support any dtype given becomes bf16.
+    with deepspeed.zero.Init(config_dict_or_path=config, remote_device="nvme"):
         model = torch.nn.Sequential(*[torch.nn.Linear(hidden, hidden) for _ in range(layers)])
+    dtypes = {p.dtype for p in model.parameters()}
+    if dtypes != {torch.float32}:
+        raise RuntimeError(f"the params are {sorted(map(str, dtypes))}, not fp32")
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
     gen = torch.Generator().manual_seed(1)
     data = [torch.randn(4, hidden, generator=gen) for _ in range(2)]

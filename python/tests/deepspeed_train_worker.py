@@ -85,8 +85,14 @@ config = {
 }
 deepspeed.init_distributed(dist_backend="gloo")
 rank = torch.distributed.get_rank()
-with deepspeed.zero.Init(config_dict_or_path=config, remote_device="nvme", dtype=opts.get("dtype", torch.bfloat16)):
+# The dtype comes from the config ("bf16" enabled or not), not from Init's dtype argument:
+# DeepSpeed 0.19.8's Init._set_dtype reads `dtype or torch.float16 if fp16 else torch.bfloat16
+# if ...`, so on a CPU without fp16 support (no AVX512-FP16/AMX) any dtype given becomes bf16.
+with deepspeed.zero.Init(config_dict_or_path=config, remote_device="nvme"):
     model = Model()
+want_dtype = opts.get("dtype", torch.bfloat16)
+assert all(p.dtype == want_dtype for p in model.parameters()), (
+    f"params are {sorted({str(p.dtype) for p in model.parameters()})}, the configuration asked for {want_dtype}")
 engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
 gen = torch.Generator().manual_seed(1 + rank)
 losses = []

@@ -59,6 +59,9 @@ pub(crate) struct Adjacent {
     pub(crate) end: u64,
     /// Bytes a further request may have.
     pub(crate) room: u64,
+    /// Free slots the worker has beside this one: a request is merged only while more
+    /// operations wait than these could take side by side.
+    pub(crate) spare: usize,
 }
 
 /// State shared by the engine and its workers.
@@ -125,12 +128,17 @@ impl Shared {
     /// Claims the next request only if it continues `after` in the same file: the
     /// operation at the front's next request writes (or reads, as `after.write`) through
     /// the same O_DIRECT descriptor from exactly `after.end`, moves at most `room` bytes,
-    /// and is aligned for O_DIRECT (buffer, offset and length) without a bounce buffer.
+    /// and is aligned for O_DIRECT (buffer, offset and length) without a bounce buffer;
+    /// and only while more operations wait than the worker's `after.spare` free slots
+    /// could take (a short queue goes to the device request by request, in parallel).
     /// Never waits. A worker merges such requests into one vectored system call
     /// ([`worker`]): adjacent small operations (params packed in an extent file) then
     /// cost the device one request instead of many.
     pub(crate) fn claim_next_to(&self, after: &Adjacent) -> Option<(Arc<Op>, usize)> {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if q.ops.len() <= after.spare {
+            return None;
+        }
         let op = q.ops.front()?;
         let i = op.next.load(Ordering::Relaxed);
         if i >= op.request_count() || op.write != after.write || op.bounce || op.direct_fd() != Some(after.fd)

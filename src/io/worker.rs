@@ -6,9 +6,11 @@
 //!
 //! An io_uring worker merges requests that continue each other in the same file (the
 //! next queued request starts where the one it took ends, same O_DIRECT descriptor, all
-//! aligned, together at most `block_size` bytes) into one vectored call (readv/writev):
-//! small tensors packed side by side in an extent file then cost the device one request
-//! per `block_size` instead of one each. Each request still counts, checksums and
+//! aligned, together at most `block_size` bytes) into one vectored call (readv/writev)
+//! when more operations wait than its free slots could take: small tensors packed side
+//! by side in an extent file then cost the device one request per `block_size` instead
+//! of one each, while a queue the slots can hold still goes request by request, in
+//! parallel. Each request still counts, checksums and
 //! finishes on its own; a merged call that fails or comes back short is not trusted to
 //! say whose bytes are missing, so its requests are then carried out one by one, and an
 //! error is reported by the request it belongs to, with its own offset. Fault injection
@@ -522,6 +524,7 @@ impl UringWorker {
             fd,
             end: c.file_offset + c.len,
             room: self.config.block_size.saturating_sub(c.len),
+            spare: self.free.len(),
         };
         while self.riders[slot].len() + 1 < MAX_MERGED && after.room > 0 {
             let Some((op, index)) = self.shared.claim_next_to(&after) else {

@@ -5,7 +5,9 @@
 //! worker claims the next request of the operation at the front, so one large
 //! operation is spread over every worker, and keeps up to `queue_depth` requests in
 //! flight (an io_uring ring per worker, or `queue_depth` threads per worker making
-//! blocking calls). A [`Ticket`] waits for one operation; [`handle::IoHandle`] adds the
+//! blocking calls); an io_uring worker whose queue runs deeper than its slots merges
+//! requests that continue each other in one file into one vectored call (`worker.rs`).
+//! A [`Ticket`] waits for one operation; [`handle::IoHandle`] adds the
 //! "wait for everything submitted" semantics of the C API.
 //!
 //! O_DIRECT needs the buffer address, file offset and length aligned to 4 KiB. The

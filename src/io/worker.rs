@@ -10,23 +10,22 @@
 //! when more operations wait than its free slots could take: small tensors packed side
 //! by side in an extent file then cost the device one request per `block_size` instead
 //! of one each, while a queue the slots can hold still goes request by request, in
-//! parallel. Each request still counts, checksums and
-//! finishes on its own; a merged call that fails or comes back short is not trusted to
-//! say whose bytes are missing, so its requests are then carried out one by one, and an
-//! error is reported by the request it belongs to, with its own offset. Fault injection
-//! is consulted once per request per call, as without merging. `SWAPPER_MERGE=0` turns
-//! merging off (for comparison in the benchmarks).
+//! parallel. Each request still meters, checksums and finishes on its own; a merged call
+//! that fails or comes back short is not trusted to say whose bytes are missing, so its
+//! requests are then carried out one by one, and an error is reported by the request it
+//! belongs to, with its own offset. Fault injection is consulted once per request per
+//! call, as without merging. `SWAPPER_MERGE=0` turns merging off (for comparison in the
+//! benchmarks). The blocking backend does not merge.
 //!
 //! A worker that panics does not leave its requests hanging: every [`Active`] it held
 //! finishes with `Status::Panic` when dropped unfinished (an io_uring worker first waits
 //! for the completions the kernel still owes, so that no buffer is given back while the
 //! kernel writes into it), and [`Shared::worker_panicked`] breaks the engine.
 
+use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-
-use std::collections::VecDeque;
 
 use super::op::{Chunk, Op};
 use super::{Adjacent, Shared};

@@ -417,15 +417,10 @@ fn adjacent_ops(
     tickets.iter().map(|t| (t.wait(), t.checksum())).collect()
 }
 
-#[test]
-fn adjacent_small_operations_in_a_held_file_go_merged_and_every_byte_lands() {
-    let dir = disk_dir();
-    let path = dir.path().join("merged");
-    let file = held_file(&path);
-    let engine = one_ring();
-    let n = 64;
-    let data: Vec<Vec<u8>> = (0..n).map(|i| pattern(SMALL, 100 + i as u64)).collect();
-    let mut bufs: Vec<TestBuf> = data
+/// `n` patterns of SMALL bytes (seeds from `seed` on) and aligned buffers holding them.
+fn small_patterns(n: usize, seed: u64) -> (Vec<Vec<u8>>, Vec<TestBuf>) {
+    let data: Vec<Vec<u8>> = (0..n).map(|i| pattern(SMALL, seed + i as u64)).collect();
+    let bufs = data
         .iter()
         .map(|d| {
             let mut b = TestBuf::new(SMALL, 0);
@@ -433,6 +428,17 @@ fn adjacent_small_operations_in_a_held_file_go_merged_and_every_byte_lands() {
             b
         })
         .collect();
+    (data, bufs)
+}
+
+#[test]
+fn adjacent_small_operations_in_a_held_file_go_merged_and_every_byte_lands() {
+    let dir = disk_dir();
+    let path = dir.path().join("merged");
+    let file = held_file(&path);
+    let engine = one_ring();
+    let n = 64;
+    let (data, mut bufs) = small_patterns(n, 100);
     for (i, (res, crc)) in adjacent_ops(&engine, &file, true, &mut bufs)
         .into_iter()
         .enumerate()
@@ -505,15 +511,7 @@ fn an_injected_error_in_a_merged_write_fails_the_request_it_was_injected_into_an
         skip: 9,
         times: 1,
     });
-    let data: Vec<Vec<u8>> = (0..32).map(|i| pattern(SMALL, 500 + i as u64)).collect();
-    let mut bufs: Vec<TestBuf> = data
-        .iter()
-        .map(|d| {
-            let mut b = TestBuf::new(SMALL, 0);
-            b.as_mut_slice().copy_from_slice(d);
-            b
-        })
-        .collect();
+    let (data, mut bufs) = small_patterns(32, 500);
     let results = adjacent_ops(&engine, &file, true, &mut bufs);
     assert!(engine.merged_requests() > 0, "nothing went merged");
     let on_disk = std::fs::read(&path).unwrap();

@@ -296,9 +296,13 @@ def run_params(a, specs, ds_worker, settings, impl_env):
     rows of every run."""
     import shutil
 
-    ds_dir, sw_dir = os.path.join(a.dir, "ds-params"), os.path.join(a.dir, "sw-params")
+    ds_dir = os.path.join(a.dir, "ds-params")
     os.makedirs(ds_dir, exist_ok=True)
-    os.makedirs(sw_dir, exist_ok=True)
+    # The swapper's side on several drives (--swapper-dirs), or beside DeepSpeed's.
+    sw_dirs = [os.path.join(d, "sw-params") for d in (a.swapper_dirs.split(",") if a.swapper_dirs else [a.dir])]
+    for d in sw_dirs:
+        os.makedirs(d, exist_ok=True)
+    sw_dir = sw_dirs if len(sw_dirs) > 1 else sw_dirs[0]
     sw_worker = Worker("swapper", "sw", impl_env, settings)
     results = []
     try:
@@ -348,7 +352,8 @@ def run_params(a, specs, ds_worker, settings, impl_env):
             remove(ds_files)
     finally:
         sw_worker.close()  # the swapper's lock and files go with it; then its folder
-        shutil.rmtree(sw_dir, ignore_errors=True)
+        for d in sw_dirs:
+            shutil.rmtree(d, ignore_errors=True)
         shutil.rmtree(ds_dir, ignore_errors=True)
     return results
 
@@ -481,6 +486,10 @@ def main():
     p.add_argument("--small", default="2048x64K,2048x8K", help="COUNTxSIZE,... of the many-files workloads")
     p.add_argument("--params", default="64x32M,2048x64K",
                    help="COUNTxSIZE,... of the native-swapper workload (default 64x32M,2048x64K)")
+    p.add_argument("--swapper-dirs",
+                   help="FOLDER,FOLDER,...: the params workload's native swapper on these folders (one per "
+                        "drive, the store spreading the params over them) instead of --dir, which DeepSpeed's "
+                        "side keeps (for instance a RAID-0 of the same drives)")
     p.add_argument("--workloads", default="seq,small,params",
                    help="any of seq, small, params (default seq,small,params)")
     p.add_argument("--phases", default="new,overwrite,read", help="default new,overwrite,read")
@@ -574,6 +583,8 @@ def main():
         f"{''.join(' ' + k + '=' + v for k, v in env.items())})" for name, kind, env in impls))
     if any(kind == "ls" for _, kind, _ in impls):
         print(f"SWAPPER_LIBRARY={os.environ['SWAPPER_LIBRARY']}")
+    if a.swapper_dirs:
+        print(f"the params workload's native swapper on {a.swapper_dirs} (DeepSpeed's side on {a.dir})")
 
     workers = []
     try:

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{disk_dir, pattern, TestBuf};
+use common::{disk_dir, pattern, patterned, TestBuf};
 use swapper::io::handle::IoHandle;
 use swapper::io::IoEngine;
 use swapper::sys::RawBuf;
@@ -413,8 +413,7 @@ fn engines_started_beside_each_other_meter_one_device() {
     let alone = IoEngine::new(IoConfig::default()).unwrap();
     let path = dir.path().join("f");
     let data = pattern(4 << 20, 7);
-    let mut src = TestBuf::new(data.len(), 0);
-    src.as_mut_slice().copy_from_slice(&data);
+    let src = patterned(data.len(), 7);
     writes.write(src.as_slice(), &path, 0).unwrap();
     // The write engine's bytes show in the read engine's activity: a drive whose writes
     // have their own engine is measured by its writes too.

@@ -13,7 +13,7 @@ use std::ptr::null_mut;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{disk_dir, pattern, TestBuf};
+use common::{disk_dir, pattern, patterned, TestBuf};
 use swapper::ffi::io::*;
 use swapper::ffi::swapper::*;
 use swapper::io::handle::IoHandle;
@@ -419,16 +419,9 @@ fn adjacent_ops(
 
 /// `n` patterns of SMALL bytes (seeds from `seed` on) and aligned buffers holding them.
 fn small_patterns(n: usize, seed: u64) -> (Vec<Vec<u8>>, Vec<TestBuf>) {
-    let data: Vec<Vec<u8>> = (0..n).map(|i| pattern(SMALL, seed + i as u64)).collect();
-    let bufs = data
-        .iter()
-        .map(|d| {
-            let mut b = TestBuf::new(SMALL, 0);
-            b.as_mut_slice().copy_from_slice(d);
-            b
-        })
-        .collect();
-    (data, bufs)
+    let seeds = seed..seed + n as u64;
+    let data = seeds.clone().map(|s| pattern(SMALL, s)).collect();
+    (data, seeds.map(|s| patterned(SMALL, s)).collect())
 }
 
 #[test]

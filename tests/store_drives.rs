@@ -236,13 +236,6 @@ fn a_full_drive_takes_no_more_and_only_when_all_are_full_is_a_swap_out_refused()
     }
 }
 
-/// An aligned buffer of `len` bytes of pattern `seed`.
-fn patterned(len: usize, seed: u64) -> common::TestBuf {
-    let mut b = common::TestBuf::new(len, 0);
-    b.as_mut_slice().copy_from_slice(&common::pattern(len, seed));
-    b
-}
-
 /// Moves the calling thread (only) into blkio group `cgroup` (cgroup v1 `tasks`); the
 /// threads it starts afterwards are in the group too.
 fn join_blkio_group(cgroup: &Path) {
@@ -274,7 +267,7 @@ fn store_in_bed(bed: &DriveBed) -> swapper::store::Store {
 fn placement_follows_the_drives_rates_when_one_is_at_half_rate() {
     let bed = DriveBed::up(2, &["--size", "512M", "--rates", "100,50"]);
     let s = store_in_bed(&bed);
-    let mut buf = patterned(4 << 20, 3);
+    let mut buf = common::patterned(4 << 20, 3);
     // A batch of writes, all queued before any is waited for (as a swap-out of many params
     // is), so that each drive streams without pause.
     let src = swapper::sys::RawBuf(buf.as_mut_slice().as_mut_ptr());
@@ -345,7 +338,7 @@ fn a_tensor_split_before_the_rates_were_known_follows_them_at_its_next_whole_rew
     let bed = DriveBed::up(2, &["--size", "512M", "--rates", "100,50"]);
     let s = store_in_bed(&bed);
     const LEN: usize = 64 << 20;
-    let mut a = patterned(LEN, 7);
+    let mut a = common::patterned(LEN, 7);
     // Key 0 first: nothing measured, split equally.
     s.reserve(0, LEN as u64, false).unwrap();
     s.transfer(0, true, a.as_mut_slice(), 0).unwrap();
@@ -362,7 +355,7 @@ fn a_tensor_split_before_the_rates_were_known_follows_them_at_its_next_whole_rew
         s.rates()
     );
     // A partial write of key 0 keeps its place (its other bytes are needed).
-    let mut part = patterned(1 << 20, 8);
+    let mut part = common::patterned(1 << 20, 8);
     s.transfer(0, true, part.as_mut_slice(), 4 << 20).unwrap();
     assert_eq!(bytes_per_drive(&s, 0), [32 << 20, 32 << 20]);
     let mut want = a.as_slice().to_vec();
@@ -372,7 +365,7 @@ fn a_tensor_split_before_the_rates_were_known_follows_them_at_its_next_whole_rew
     assert!(got.as_slice() == &want[..], "key 0 after a partial write");
     // A whole rewrite follows the weights: the slow drive's share falls toward its
     // weight's (1/3 at exactly half rate), and the new bytes come back.
-    let mut b = patterned(LEN, 9);
+    let mut b = common::patterned(LEN, 9);
     s.transfer(0, true, b.as_mut_slice(), 0).unwrap();
     let per = bytes_per_drive(&s, 0);
     assert_eq!(per[0] + per[1], LEN as u64);
@@ -516,7 +509,7 @@ fn reused_space_reserved_zeroed_reads_zeros_on_ext4_and_xfs() {
             adopt: false,
         })
         .unwrap();
-        let mut buf = patterned(3 << 20, 5);
+        let mut buf = common::patterned(3 << 20, 5);
         s.reserve(1, 3 << 20, false).unwrap();
         s.transfer(1, true, buf.as_mut_slice(), 0).unwrap();
         let old = s.locations(1);

@@ -95,6 +95,20 @@ struct Queue {
     sleeping: usize,
 }
 
+impl Queue {
+    /// Takes the next request of the operation at the front (the operation leaves the
+    /// queue with its last request): the operation and the request's index.
+    fn take_next(&mut self) -> Option<(Arc<Op>, usize)> {
+        let op = self.ops.front()?;
+        let i = op.next.fetch_add(1, Ordering::Relaxed);
+        let op = Arc::clone(op);
+        if i + 1 >= op.request_count() {
+            self.ops.pop_front();
+        }
+        Some((op, i))
+    }
+}
+
 impl Shared {
     /// Claims the next request: the operation and the request's index. With `block`, waits
     /// for work; returns None when the engine is shutting down and the queue is empty
@@ -103,12 +117,7 @@ impl Shared {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         let mut woken = false;
         loop {
-            if let Some(op) = q.ops.front() {
-                let i = op.next.fetch_add(1, Ordering::Relaxed);
-                let op = Arc::clone(op);
-                if i + 1 >= op.request_count() {
-                    q.ops.pop_front();
-                }
+            if let Some((op, i)) = q.take_next() {
                 // Pass the wake-up on: another sleeping worker takes what is left.
                 let more = woken && !q.ops.is_empty() && q.sleeping > 0;
                 drop(q);
@@ -149,17 +158,13 @@ impl Shared {
         }
         let chunk = op.plan.chunk(op.offset, i);
         let buf = op.buf.offset_by(chunk.buf_offset as usize);
-        let aligned = buf.addr() as u64 % crate::config::IO_ALIGNMENT == 0
-            && chunk.len % crate::config::IO_ALIGNMENT == 0;
-        if chunk.file_offset != after.end || chunk.len > after.room || !aligned {
+        if chunk.file_offset != after.end
+            || chunk.len > after.room
+            || !op::direct_aligned(buf, chunk.file_offset, chunk.len)
+        {
             return None;
         }
-        op.next.store(i + 1, Ordering::Relaxed);
-        let op = Arc::clone(op);
-        if i + 1 >= op.request_count() {
-            q.ops.pop_front();
-        }
-        Some((op, i))
+        q.take_next()
     }
 
     /// Whether the calling process is the one that started the workers (one getpid).

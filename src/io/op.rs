@@ -28,6 +28,13 @@ pub struct Plan {
     pub block: u64,
 }
 
+/// Whether a transfer of `len` bytes between `buf` and file offset `offset` may go with
+/// O_DIRECT: address, offset and length all aligned to [`IO_ALIGNMENT`].
+#[inline]
+pub(crate) fn direct_aligned(buf: RawBuf, offset: u64, len: u64) -> bool {
+    buf.addr() as u64 % IO_ALIGNMENT == 0 && offset % IO_ALIGNMENT == 0 && len % IO_ALIGNMENT == 0
+}
+
 /// One request of a plan: `len` bytes at `file_offset`, `buf_offset` bytes into the buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Chunk {

@@ -27,9 +27,9 @@ use std::os::fd::RawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use super::op::{Chunk, Op};
+use super::op::{direct_aligned, Chunk, Op};
 use super::{Adjacent, Shared};
-use crate::config::{IoConfig, IO_ALIGNMENT};
+use crate::config::IoConfig;
 use crate::status::{Error, Result, Status};
 use crate::sys::alloc::AlignedBuf;
 use crate::sys::fault::{self, Call, Fault};
@@ -169,10 +169,8 @@ impl Active {
                 .buf
                 .offset_by((self.chunk.buf_offset + self.done) as usize),
         };
-        let aligned =
-            buf.addr() as u64 % IO_ALIGNMENT == 0 && offset % IO_ALIGNMENT == 0 && rest % IO_ALIGNMENT == 0;
         let fd = match self.op.direct_fd() {
-            Some(fd) if aligned => fd,
+            Some(fd) if direct_aligned(buf, offset, rest) => fd,
             _ => self.op.buffered_fd()?,
         };
         Ok(Call_ {
@@ -511,11 +509,7 @@ impl UringWorker {
         };
         let c = lead.chunk;
         let buf = lead.op.buf.offset_by(c.buf_offset as usize);
-        if lead.op.bounce
-            || buf.addr() as u64 % IO_ALIGNMENT != 0
-            || c.file_offset % IO_ALIGNMENT != 0
-            || c.len % IO_ALIGNMENT != 0
-        {
+        if lead.op.bounce || !direct_aligned(buf, c.file_offset, c.len) {
             return;
         }
         let mut after = Adjacent {

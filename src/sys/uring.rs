@@ -28,16 +28,6 @@ impl IoVecs {
     pub fn clear(&mut self) {
         self.0.clear();
     }
-
-    /// How many buffers.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether there is none.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 /// One ring, driven by one worker thread.

@@ -54,6 +54,13 @@ impl TestBuf {
     }
 }
 
+/// An aligned buffer of `len` bytes of pattern `seed` ([`pattern`]).
+pub fn patterned(len: usize, seed: u64) -> TestBuf {
+    let mut b = TestBuf::new(len, 0);
+    b.as_mut_slice().copy_from_slice(&pattern(len, seed));
+    b
+}
+
 /// The crate's folder.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -249,9 +249,18 @@ fn join_blkio_group(cgroup: &Path) {
 /// throttle binds I/O issued from inside it): they start while this thread is in the
 /// group, which it leaves again at once.
 fn store_in_bed(bed: &DriveBed) -> swapper::store::Store {
-    use swapper::store::{Store, StoreConfig};
+    store_in_bed_with(bed, swapper::store::Store::open)
+}
+
+/// As [`store_in_bed`], opened by `open` ([`Store::open_split`]: reads and writes on
+/// engines of their own).
+fn store_in_bed_with(
+    bed: &DriveBed,
+    open: fn(swapper::store::StoreConfig) -> swapper::Result<swapper::store::Store>,
+) -> swapper::store::Store {
+    use swapper::store::StoreConfig;
     join_blkio_group(&bed.cgroup);
-    let s = Store::open(StoreConfig {
+    let s = open(StoreConfig {
         paths: bed.paths().iter().map(|p| p.to_path_buf()).collect(),
         folder: ["zero_stage_3", "float16params", "rank0"]
             .map(String::from)
@@ -261,6 +270,25 @@ fn store_in_bed(bed: &DriveBed) -> swapper::store::Store {
     });
     join_blkio_group(Path::new("/sys/fs/cgroup/blkio"));
     s.unwrap()
+}
+
+#[test]
+fn a_split_drive_is_measured_by_its_writes_too() {
+    // A store with writes on an engine of their own (the optimizer's): a drive that has
+    // only been written must have a rate, or placement weighs it by its reads alone.
+    let bed = DriveBed::up(1, &["--size", "256M", "--rate-mbps", "100"]);
+    let s = store_in_bed_with(&bed, swapper::store::Store::open_split);
+    let mut buf = common::patterned(8 << 20, 4);
+    for key in 0..12u64 {
+        s.reserve(key, 8 << 20, false).unwrap();
+        s.transfer(key, true, buf.as_mut_slice(), 0).unwrap();
+    }
+    // 96 MiB through a 100 MB/s drive: about a second of busy time, all of it writes.
+    let rate = s.rates()[0].unwrap_or_else(|| panic!("no rate after 96 MiB of writes"));
+    assert!(
+        rate > 50e6 && rate < 400e6,
+        "rate {rate} for a drive throttled to 100 MB/s"
+    );
 }
 
 #[test]

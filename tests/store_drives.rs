@@ -52,10 +52,17 @@ fn sizes() -> Vec<(u64, u64)> {
     v
 }
 
-fn round_trip(drives: &[&Path]) {
+/// Every byte back across `drives`. With `pinned`, placement follows set equal weights
+/// (bytes per drive balanced, large params split over all drives); without, the large
+/// params' first writes race ([`swapper::io::race`]: nothing is measured yet), and each
+/// keeps one piece per drive, in drive order, with no reserved span left behind.
+fn round_trip(drives: &[&Path], pinned: bool) {
     let params = sizes();
     let s = Swapper::new(settings(drives, params.len() as u32, 20 << 20)).unwrap();
     assert_eq!(s.folders().len(), drives.len());
+    if pinned {
+        s.store().set_weights(&vec![1.0; drives.len()]).unwrap();
+    }
     let data: Vec<Vec<u8>> = params.iter().map(|&(id, n)| put(&s, id, n)).collect();
     let ids: Vec<u64> = params.iter().map(|p| p.0).collect();
     s.swap_out_and_release(&ids, true, true).unwrap();
@@ -67,10 +74,32 @@ fn round_trip(drives: &[&Path]) {
         assert_eq!(s.param_status(id).unwrap(), ParamStatus::Available);
         assert!(held(&s, id) == *d, "param {id} on {} drives", drives.len());
     }
-    // Placement: every drive carries a share, the large params are split over all drives,
-    // and the bytes per drive are balanced (equal weights).
     let loads = s.store().loads();
     let total: u64 = loads.iter().sum();
+    let bytes: u64 = params.iter().map(|&(_, n)| n * 2).sum();
+    assert_eq!(
+        total, bytes,
+        "the drives carry the params' bytes, no more: {loads:?}"
+    );
+    for &(id, n) in &params {
+        let at = s.param_locations(id);
+        assert_eq!(at.iter().map(|e| e.len).sum::<u64>(), n * 2, "param {id}: {at:?}");
+        assert!(
+            at.windows(2).all(|w| w[0].drive < w[1].drive),
+            "param {id}: at most one piece per drive, in drive order: {at:?}"
+        );
+    }
+    if !pinned {
+        if drives.len() > 1 {
+            assert!(
+                loads.iter().all(|&l| l > 0),
+                "every drive took a share: {loads:?}"
+            );
+        }
+        return;
+    }
+    // Placement: every drive carries a share, the large params are split over all drives,
+    // and the bytes per drive are balanced (equal weights).
     for (d, &l) in loads.iter().enumerate() {
         let share = l as f64 / total as f64;
         let want = 1.0 / drives.len() as f64;
@@ -96,9 +125,8 @@ fn round_trip(drives: &[&Path]) {
         );
     }
     // Overwrite in place and read back once more: a rewrite keeps its place while the
-    // weights stay (set here: the measured rates of these unthrottled loop drives are
-    // the CPU's noise, and a move by measured weights has a test of its own).
-    s.store().set_weights(&vec![1.0; drives.len()]).unwrap();
+    // weights stay (set: the measured rates of these unthrottled loop drives are the
+    // CPU's noise, and a move by measured weights has a test of its own).
     let before = s.param_locations(52);
     s.swap_out_and_release(&ids, false, false).unwrap();
     assert_eq!(s.param_locations(52), before);
@@ -113,14 +141,17 @@ fn round_trip(drives: &[&Path]) {
 fn every_byte_comes_back_across_1_2_and_4_ext4_drives() {
     for n in [1usize, 2, 4] {
         let bed = DriveBed::up(n, &["--size", "256M"]);
-        round_trip(&bed.paths());
+        round_trip(&bed.paths(), false);
+        if n == 2 {
+            round_trip(&bed.paths(), true);
+        }
     }
 }
 
 #[test]
 fn every_byte_comes_back_across_2_xfs_drives() {
     let bed = DriveBed::up(2, &["--fs", "xfs", "--size", "320M"]);
-    round_trip(&bed.paths());
+    round_trip(&bed.paths(), false);
 }
 
 /// Each swap-in or swap-out checks each extent file it touches once (the store's check),
@@ -129,6 +160,8 @@ fn every_byte_comes_back_across_2_xfs_drives() {
 fn a_swap_checks_each_extent_file_it_touches_once() {
     let (x, y) = (common::disk_dir(), common::disk_dir());
     let s = Swapper::new(settings(&[x.path(), y.path()], 2, 2 << 20)).unwrap();
+    // Equal weights set: param 1 is split by them, not by a race that could leave a drive out.
+    s.store().set_weights(&[1.0, 1.0]).unwrap();
     put(&s, 1, 2 << 20); // 4 MiB: split over both drives
     put(&s, 2, 2048); // 4 KiB: whole on one
     s.swap_out_and_release(&[1, 2], false, false).unwrap();
@@ -367,8 +400,11 @@ fn a_tensor_split_before_the_rates_were_known_follows_them_at_its_next_whole_rew
     let s = store_in_bed(&bed);
     const LEN: usize = 64 << 20;
     let mut a = common::patterned(LEN, 7);
-    // Key 0 first: nothing measured, split equally.
+    // Key 0 first: nothing measured, and its first use is not a whole write (which would
+    // split it by a race), so it takes the equal split.
     s.reserve(0, LEN as u64, false).unwrap();
+    s.transfer(0, true, &mut a.as_mut_slice()[..1 << 20], 0).unwrap();
+    assert_eq!(bytes_per_drive(&s, 0), [32 << 20, 32 << 20]);
     s.transfer(0, true, a.as_mut_slice(), 0).unwrap();
     assert_eq!(bytes_per_drive(&s, 0), [32 << 20, 32 << 20]);
     // Key 1 written a few times: the drives' rates are measured (64 MiB, 100 ms samples).
@@ -406,12 +442,113 @@ fn a_tensor_split_before_the_rates_were_known_follows_them_at_its_next_whole_rew
     drop(s); // its threads leave the group before the bed goes
 }
 
+/// The first write of a tensor placed before any drive is measured splits it by the
+/// drives' real speed (a race, `io/race.rs`): with one drive at half the other's rate,
+/// the fast drive takes about two thirds, as an ideal split would, where an equal split
+/// left the fast drive idle for a third of the write. One piece per drive, the spans'
+/// unused parts freed, every byte and the checksum right; later tensors are placed by
+/// the rates the race measured.
+#[test]
+fn a_first_write_splits_by_the_drives_real_speed() {
+    let bed = DriveBed::up(2, &["--size", "512M", "--rates", "100,50"]);
+    let s = store_in_bed(&bed);
+    const LEN: usize = 128 << 20;
+    let mut a = common::patterned(LEN, 11);
+    s.reserve(0, LEN as u64, false).unwrap();
+    assert_eq!(s.rates(), [None, None], "nothing measured yet");
+    // SAFETY: `a` outlives the wait below and is only read meanwhile.
+    let t = unsafe {
+        s.submit(
+            0,
+            true,
+            swapper::sys::RawBuf(a.as_mut_slice().as_mut_ptr()),
+            0,
+            LEN as u64,
+            Some(LEN as u64),
+        )
+    }
+    .unwrap();
+    let crc = t.wait().unwrap().expect("a checksum was asked for");
+    assert_eq!(
+        crc,
+        crc32c::crc32c(a.as_slice()),
+        "the lanes' checksums combine in tensor order"
+    );
+    let at = s.locations(0);
+    assert_eq!(at.len(), 2, "one piece per drive: {at:?}");
+    assert_eq!((at[0].drive, at[1].drive), (0, 1));
+    let fast = at[0].len as f64 / LEN as f64;
+    assert!(
+        (0.58..=0.75).contains(&fast),
+        "the fast drive takes about 2/3 of the tensor (an equal split gives 1/2): {fast:.3} ({at:?})"
+    );
+    assert_eq!(
+        s.loads(),
+        [at[0].len, at[1].len],
+        "the spans' unused parts are not counted"
+    );
+    let mut got = common::TestBuf::new(LEN, 0);
+    s.transfer(0, false, got.as_mut_slice(), 0).unwrap();
+    assert!(got.as_slice() == a.as_slice(), "every byte back");
+    // Both drives now have a rate; the next tensor is placed by them, without a race, and
+    // the space the spans left is used again (nothing grows for it).
+    let rates = s.rates();
+    assert!(rates.iter().all(Option::is_some), "{rates:?}");
+    let w = s.weights();
+    s.reserve(1, 16 << 20, false).unwrap();
+    assert!(
+        s.weights()[1] < 1.0,
+        "drive 1 weighs less: {:?} (was {w:?})",
+        s.weights()
+    );
+    assert_eq!(s.locations(1).len(), 2, "placed at once, by the weights");
+    drop(s); // its threads leave the group before the bed goes
+}
+
+/// A race whose second drive has failed (its file system shut down: every write EIO):
+/// the write fails naming that drive and the key, the other drive's tensor stays good,
+/// and the failed tensor's reservation (both spans) goes back whole when it is forgotten.
+#[test]
+fn a_race_on_a_failed_drive_fails_naming_it_and_leaves_nothing_behind() {
+    let bed = DriveBed::up(2, &["--size", "256M"]);
+    let s = store_in_bed(&bed);
+    let mut small = common::patterned(1 << 20, 5);
+    s.reserve(1, 1 << 20, false).unwrap(); // under two units: whole, on drive 0
+    s.transfer(1, true, small.as_mut_slice(), 0).unwrap();
+    assert_eq!(s.locations(1)[0].drive, 0);
+    const LEN: usize = 64 << 20;
+    let mut a = common::patterned(LEN, 6);
+    s.reserve(0, LEN as u64, false).unwrap();
+    bed.drives[1].fail();
+    let e = s.transfer(0, true, a.as_mut_slice(), 0).unwrap_err();
+    let folder = s.folder(1).to_string_lossy().into_owned();
+    assert!(
+        e.message().contains("key 0")
+            && e.message().contains(&folder)
+            && e.message().contains("Input/output error"),
+        "the error names the key and the failed drive: {e}"
+    );
+    let mut got = common::TestBuf::new(1 << 20, 0);
+    s.transfer(1, false, got.as_mut_slice(), 0).unwrap();
+    assert!(got.as_slice() == small.as_slice(), "drive 0's tensor stays good");
+    s.forget(0);
+    assert_eq!(
+        s.loads(),
+        [1 << 20, 0],
+        "the failed tensor's spans are all given back"
+    );
+    drop(s);
+}
+
 #[test]
 fn a_drive_that_fails_with_eio_is_named_and_the_others_stay_readable() {
     for (fs, size) in [("ext4", "128M"), ("xfs", "320M")] {
         let bed = DriveBed::up(2, &["--fs", fs, "--size", size]);
         let b = &bed.drives[1];
         let s = Swapper::new(settings(&bed.paths(), 12, 4 << 20)).unwrap();
+        // Equal weights set: the large params are split over both drives for certain (a
+        // race could leave one on a drive whole). A race meeting a failing drive: below.
+        s.store().set_weights(&[1.0, 1.0]).unwrap();
         let ids: Vec<u64> = (0..12).collect();
         // 10 small params spread whole over both drives, 2 large ones split across both.
         let numel = |id: u64| if id < 10 { 8192 } else { 4 << 20 };

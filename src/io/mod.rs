@@ -30,6 +30,7 @@ pub mod handle;
 pub mod held;
 mod meter;
 pub mod op;
+pub mod race;
 mod worker;
 
 use std::collections::VecDeque;
@@ -47,6 +48,7 @@ pub use meter::Activity;
 use meter::Meter;
 use op::Op;
 pub use op::{HeldRequest, Request};
+pub use race::Race;
 
 /// Most threads the blocking backend starts (it runs `queue_depth` per worker).
 const MAX_BLOCKING_THREADS: u32 = 512;
@@ -97,15 +99,31 @@ struct Queue {
 
 impl Queue {
     /// Takes the next request of the operation at the front (the operation leaves the
-    /// queue with its last request): the operation and the request's index.
+    /// queue with its last request): the operation and the request's index. A race's
+    /// lane claims through its race, and leaves the queue once it is done.
+    /// A lane that has its share in flight already gives nothing now: the operations
+    /// behind it are looked at (it keeps its place).
     fn take_next(&mut self) -> Option<(Arc<Op>, usize)> {
-        let op = self.ops.front()?;
-        let i = op.next.fetch_add(1, Ordering::Relaxed);
-        let op = Arc::clone(op);
-        if i + 1 >= op.request_count() {
-            self.ops.pop_front();
+        let mut at = 0;
+        loop {
+            let op = Arc::clone(self.ops.get(at)?);
+            let Some(lane) = &op.race else {
+                let i = op.next.fetch_add(1, Ordering::Relaxed);
+                if i + 1 >= op.request_count() {
+                    self.ops.remove(at);
+                }
+                return Some((op, i));
+            };
+            let claim = lane.race.claim(lane.index);
+            if claim.lane_done {
+                self.ops.remove(at);
+            } else if claim.index.is_none() {
+                at += 1;
+            }
+            if let Some(i) = claim.index {
+                return Some((op, i));
+            }
         }
-        Some((op, i))
     }
 }
 
@@ -152,7 +170,11 @@ impl Shared {
         }
         let op = q.ops.front()?;
         let i = op.next.load(Ordering::Relaxed);
-        if i >= op.request_count() || op.write != after.write || op.bounce || op.direct_fd() != Some(after.fd)
+        if i >= op.request_count()
+            || op.race.is_some()
+            || op.write != after.write
+            || op.bounce
+            || op.direct_fd() != Some(after.fd)
         {
             return None;
         }
@@ -469,9 +491,51 @@ impl IoEngine {
         self.enqueue(op)
     }
 
+    /// As [`IoEngine::submit_held`], as lane `lane` of `race` ([`race`]): the request
+    /// covers the lane's span of the race's units ([`Race::span`]), one request of
+    /// `block_size` bytes per unit (the last unit may be shorter), and the engine carries
+    /// out only the units this lane claims; the others are written by the other lanes'
+    /// engines. The ticket finishes once the lane is done. `InvalidArgument` if the
+    /// request does not split into one aligned request per unit of the span.
+    ///
+    /// # Safety
+    /// As [`IoEngine::submit`], for the whole span.
+    pub unsafe fn submit_raced(
+        &self,
+        req: &HeldRequest<'_>,
+        race: &Arc<Race>,
+        lane: usize,
+    ) -> Result<Ticket> {
+        self.shared.usable()?;
+        let mut op = Op::held(req, self.config.block_size)?;
+        let (a, b) = race.span(lane);
+        if op.request_count() as u64 != b - a || op.bounce || op.plan.head > 0 || op.plan.tail > 0 {
+            return Err(Error::invalid(format!(
+                "a raced request of {} bytes at offset {} of {} does not split into the {} aligned requests of its lane",
+                req.len,
+                req.offset,
+                req.file.path().display(),
+                b - a
+            )));
+        }
+        op.race = Some(race::Lane {
+            race: Arc::clone(race),
+            index: lane,
+        });
+        let op = Arc::new(op);
+        if race.register(lane, &op) {
+            // Its neighbours took every unit it could have: finished already.
+            return Ok(Ticket(op, Arc::clone(&self.shared)));
+        }
+        self.enqueue_arc(op)
+    }
+
     /// Queues a built operation (one with no request is finished at once).
     fn enqueue(&self, op: Op) -> Result<Ticket> {
-        let op = Arc::new(op);
+        self.enqueue_arc(Arc::new(op))
+    }
+
+    fn enqueue_arc(&self, op: Arc<Op>) -> Result<Ticket> {
         if op.request_count() > 0 {
             let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
             // Checked again under the lock: `close` and `worker_panicked` set their flags

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use super::held::HeldFile;
+use super::race::Lane;
 use crate::config::IO_ALIGNMENT;
 use crate::status::{Error, Result, Status};
 use crate::sys::file::{self, Dir, OpenError, OpenMode};
@@ -234,6 +235,9 @@ pub struct Op {
     crcs: Vec<AtomicU32>,
     /// The next request to claim (touched only under the engine's queue lock).
     pub(crate) next: AtomicUsize,
+    /// The race this operation is a lane of ([`super::race`]): its requests are claimed
+    /// through the race, not in order.
+    pub(crate) race: Option<Lane>,
     remaining: AtomicUsize,
     outcome: Mutex<Outcome>,
     done: Condvar,
@@ -397,6 +401,7 @@ impl Op {
                 None => Vec::new(),
             },
             next: AtomicUsize::new(0),
+            race: None,
             remaining: AtomicUsize::new(count),
             outcome: Mutex::new(Outcome {
                 finished: count == 0,
@@ -458,9 +463,17 @@ impl Op {
         }
     }
 
-    /// Each request's part of the checksum, in order: (buffer offset, length, crc32c).
+    /// Each request's part of the checksum, in order: (buffer offset, length, crc32c). A
+    /// race's lane gives the parts of the requests it claimed (none before it is done).
     pub(crate) fn checksum_parts(&self) -> Vec<(u64, u64, u32)> {
-        (0..self.crcs.len())
+        let claimed = match &self.race {
+            None => 0..self.crcs.len(),
+            Some(l) => match l.race.lane_taken(l.index) {
+                Some((a, b)) => a..b.min(self.crcs.len()),
+                None => 0..0,
+            },
+        };
+        claimed
             .filter_map(|i| {
                 let (start, len) = self.checksum_part(&self.plan.chunk(self.offset, i))?;
                 Some((start, len, self.crcs[i].load(Ordering::Acquire)))
@@ -481,7 +494,22 @@ impl Op {
 
     /// Marks one request finished; the last one wakes the waiters.
     pub(crate) fn finish_request(&self) {
+        if let Some(l) = &self.race {
+            l.race.release(l.index);
+        }
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let mut o = self.outcome.lock().unwrap_or_else(|e| e.into_inner());
+            o.finished = true;
+            if o.waiters > 0 {
+                self.done.notify_all();
+            }
+        }
+    }
+
+    /// Marks `n` requests finished at once (a race's lane: the requests its neighbours
+    /// took); the last one wakes the waiters.
+    pub(crate) fn finish_requests(&self, n: usize) {
+        if n > 0 && self.remaining.fetch_sub(n, Ordering::AcqRel) == n {
             let mut o = self.outcome.lock().unwrap_or_else(|e| e.into_inner());
             o.finished = true;
             if o.waiters > 0 {

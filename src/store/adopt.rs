@@ -274,6 +274,7 @@ pub(super) fn adopt(drives: &[Drive], parts: &[String]) -> Result<(State, Vec<Te
                 pieces,
                 named: Some(chosen.generation),
                 weights: Vec::new(),
+                pending: None,
             },
         );
     }

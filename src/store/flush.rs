@@ -105,6 +105,9 @@ impl<'a> FlushLock<'a> {
     pub fn prepare(self, tensors: Vec<(Key, TensorRecord)>, keep: &[Key]) -> Result<PreparedFlush<'a>> {
         let FlushLock { store, guard } = self;
         let mut st = store.lock();
+        if let Some((k, _)) = tensors.iter().find(|(k, _)| st.settle(*k)) {
+            return Err(Store::racing(*k));
+        }
         if let Some((k, _)) = tensors.iter().find(|(k, _)| !st.keys.contains_key(k)) {
             return Err(Error::new(
                 Status::NotFound,

@@ -25,9 +25,14 @@
 //! - **Placement** ([`placement`]): small tensors whole on one drive, so that bytes per
 //!   drive follow the drives' weights; large ones split across drives in 1 MiB units.
 //!   The weights follow the drives' measured rates ([`drive::RateMeter`]: bytes per
-//!   second of busy time of each drive's engine; equal until every drive is measured,
-//!   bounded, in steps: [`placement::weights_from_rates`]), unless set
-//!   ([`Store::set_weights`]). Placement at a tensor's first write decides where its
+//!   second of busy time of each drive's engine; bounded, in steps:
+//!   [`placement::weights_from_rates`]), unless set ([`Store::set_weights`]). Until
+//!   every drive has a rate, a large tensor is not split by guess: it is reserved for a
+//!   race ([`raced`], [`crate::io::race`]) whose first whole write the drives' engines
+//!   share unit by unit as their requests finish, so each drive takes what its real speed
+//!   gives it (a drive at half rate a third of the tensor), still one piece per drive in
+//!   drive order; each drive reserves the span its lane may reach and gives back the rest
+//!   once the lanes have met. Placement at a tensor's first write decides where its
 //!   reads come from too, until a write of the whole tensor finds the weights moved by
 //!   at least [`REPLACE_STEP`] on some drive since it was placed: that write goes to a
 //!   new place by the new weights (the old one is freed, or retired if a manifest names
@@ -70,6 +75,7 @@ pub mod flush;
 pub mod folder;
 pub mod manifest;
 pub mod placement;
+mod raced;
 pub mod snapshot;
 pub mod space;
 pub mod ticket;
@@ -80,6 +86,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::config::{IoConfig, IO_ALIGNMENT};
 use crate::io::HeldRequest;
+use crate::io::Race;
 use crate::status::{Error, Result, Status};
 use crate::sys::{file, RawBuf};
 use drive::{Drive, ExtentFile};
@@ -135,6 +142,17 @@ struct Placed {
     named: Option<u64>,
     /// The weights its placement followed (empty: one drive, or adopted).
     weights: Vec<f64>,
+    /// Reserved for a race, its layout not known yet (`pieces` is empty meanwhile).
+    pending: Option<raced::Pending>,
+}
+
+impl Placed {
+    /// Every piece it holds: its pieces, or its reserved spans while pending.
+    fn held(&self) -> impl Iterator<Item = &(usize, Piece)> {
+        self.pieces
+            .iter()
+            .chain(self.pending.iter().flat_map(|p| p.spans.iter()))
+    }
 }
 
 /// A whole rewrite moves a tensor when a drive's weight has changed by at least this
@@ -162,6 +180,46 @@ struct State {
     durable: flush::Durable,
     /// The weights were set ([`Store::set_weights`]), not measured.
     pinned: bool,
+}
+
+impl State {
+    /// Gives a tensor reserved for a race its layout once it is known ([`raced`]): the
+    /// spans are cut to what each lane took (or to the equal split, when the first use
+    /// was not a whole write), the rest freed, and the loads counted anew. Returns true
+    /// while the race still runs (the layout is not known: the tensor's write is under
+    /// way). Bookkeeping only.
+    fn settle(&mut self, key: Key) -> bool {
+        let State { keys, drives, .. } = self;
+        let Some(p) = keys.get_mut(&key) else {
+            return false;
+        };
+        let Some(pending) = &p.pending else {
+            return false;
+        };
+        let Some(taken) = pending.layout() else {
+            return true;
+        };
+        let cut = pending.cut(&taken);
+        for (&(d, _), &n) in pending.spans.iter().zip(&pending.counted) {
+            drives[d].load = drives[d].load.saturating_sub(n);
+        }
+        for (d, pc) in cut.freed {
+            drives[d].space.free(pc);
+        }
+        let mut share = vec![0u64; drives.len()];
+        for (d, pc) in &cut.pieces {
+            drives[*d].load += pc.len;
+            share[*d] += pc.len;
+        }
+        if pending.started {
+            // The weights the race found: each drive's share over the largest.
+            let most = share.iter().copied().max().unwrap_or(0).max(1) as f64;
+            p.weights = share.iter().map(|&b| b as f64 / most).collect();
+        }
+        p.pieces = cut.pieces;
+        p.pending = None;
+        false
+    }
 }
 
 /// A piece of an operation, resolved under the lock.
@@ -285,6 +343,18 @@ impl Store {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The error for a tensor whose layout is asked for while its first write still races.
+    fn racing(key: Key) -> Error {
+        Error::bad_state(format!(
+            "key {key}: its first write is still under way (split across the drives as it goes); wait for it first"
+        ))
+    }
+
+    /// Bytes per unit of a race: the drives' block size.
+    fn unit(&self) -> u64 {
+        self.drives[0].engine_for(true).config().block_size
+    }
+
     /// How many drives.
     pub fn drives(&self) -> usize {
         self.drives.len()
@@ -385,27 +455,34 @@ impl Store {
     pub fn reserve(&self, key: Key, bytes: u64, zeroed: bool) -> Result<()> {
         let want = align_up(bytes, IO_ALIGNMENT);
         // The weights from the drives' rates, read without the store's lock (each drive's
-        // meter has its own), once a new place is needed.
-        let mut measured: Option<Vec<f64>> = None;
+        // meter has its own), once a new place is needed; and whether every drive has a
+        // rate yet.
+        let mut measured: Option<(Vec<f64>, bool)> = None;
         loop {
             let mut st = self.lock();
             if let Some(p) = st.keys.get(&key) {
-                let damaged = p
-                    .pieces
-                    .iter()
-                    .any(|(d, pc)| st.drives[*d].space.is_damaged(pc.file));
+                let damaged = p.held().any(|(d, pc)| st.drives[*d].space.is_damaged(pc.file));
                 if p.bytes == want && !damaged && p.named.is_none() {
                     return Ok(());
+                }
+                if st.settle(key) {
+                    return Err(Self::racing(key));
                 }
                 Self::unplace(&mut st, key);
             }
             // (One drive takes every byte: no weights to measure.)
+            let mut known = true;
             if !st.pinned && self.drives.len() > 1 {
                 match &measured {
-                    Some(w) => st.weights.clone_from(w),
+                    Some((w, all)) => {
+                        st.weights.clone_from(w);
+                        known = *all;
+                    }
                     None => {
                         drop(st);
-                        measured = Some(placement::weights_from_rates(&self.rates()));
+                        let rates = self.rates();
+                        let all = rates.iter().all(Option::is_some);
+                        measured = Some((placement::weights_from_rates(&rates), all));
                         continue;
                     }
                 }
@@ -418,7 +495,25 @@ impl Store {
                 .map(|(&w, d)| if d.full { 0.0 } else { w })
                 .collect();
             let loads: Vec<u64> = st.drives.iter().map(|d| d.load).collect();
-            let chunks = placement::plan(want, &weights, &loads);
+            // Before every drive has a rate, a large tensor is reserved for a race
+            // (`raced`): its first whole write splits it by the drives' real speed.
+            let race = if !known
+                && !zeroed
+                && want >= 2 * placement::SPLIT_UNIT
+                && st.drives.iter().all(|d| !d.full)
+            {
+                raced::Pending::plan(want, self.unit(), self.drives.len())
+            } else {
+                None
+            };
+            let chunks = match &race {
+                Some((_, lens)) => lens
+                    .iter()
+                    .enumerate()
+                    .map(|(drive, &len)| placement::Chunk { drive, len })
+                    .collect(),
+                None => placement::plan(want, &weights, &loads),
+            };
             let mut got: Vec<(usize, Piece)> = Vec::with_capacity(chunks.len());
             let mut need = None;
             for c in &chunks {
@@ -464,23 +559,48 @@ impl Store {
                 .filter(|(_, p)| zeroed && !p.fresh)
                 .map(|(d, p)| (*d, Arc::clone(&st.drives[*d].files[p.file]), *p))
                 .collect();
-            for (d, p) in &got {
-                st.drives[*d].load += p.len;
-            }
             let placed_by = if self.drives.len() > 1 {
                 st.weights.clone()
             } else {
                 Vec::new()
             };
-            st.keys.insert(
-                key,
-                Placed {
-                    bytes: want,
-                    pieces: got,
-                    named: None,
-                    weights: placed_by,
-                },
-            );
+            let placed = match race {
+                Some((race, _)) => {
+                    // Each drive's load counts the equal split until the layout is known.
+                    let n = got.len() as u64;
+                    let counted: Vec<u64> = (0..n).map(|d| want * (d + 1) / n - want * d / n).collect();
+                    for (&(d, _), &c) in got.iter().zip(&counted) {
+                        st.drives[d].load += c;
+                    }
+                    Placed {
+                        bytes: want,
+                        pieces: Vec::new(),
+                        named: None,
+                        weights: placed_by,
+                        pending: Some(raced::Pending {
+                            race,
+                            unit: self.unit(),
+                            bytes: want,
+                            spans: got,
+                            counted,
+                            started: false,
+                        }),
+                    }
+                }
+                None => {
+                    for (d, p) in &got {
+                        st.drives[*d].load += p.len;
+                    }
+                    Placed {
+                        bytes: want,
+                        pieces: got,
+                        named: None,
+                        weights: placed_by,
+                        pending: None,
+                    }
+                }
+            };
+            st.keys.insert(key, placed);
             drop(st);
             for (d, f, p) in to_zero {
                 if let Err(e) = file::zero_range(f.held.fd(), p.offset, p.len) {
@@ -505,6 +625,16 @@ impl Store {
     /// pieces a manifest names, retired until a newer manifest is durable.
     fn unplace(st: &mut State, key: Key) {
         if let Some(p) = st.keys.remove(&key) {
+            if let Some(pending) = p.pending {
+                // Reserved for a race that did not run to its end (or never started):
+                // every span back (no manifest names any of it).
+                for ((d, pc), c) in pending.spans.into_iter().zip(pending.counted) {
+                    let ds = &mut st.drives[d];
+                    ds.load = ds.load.saturating_sub(c);
+                    ds.space.free(pc);
+                    ds.full = false;
+                }
+            }
             for (d, pc) in p.pieces {
                 let ds = &mut st.drives[d];
                 ds.load = ds.load.saturating_sub(pc.len);
@@ -588,8 +718,12 @@ impl Store {
     }
 
     /// Where `key`'s bytes are, in tensor order (empty for an unknown key).
+    /// (Empty too while the tensor's first write still races: its layout is not known.)
     pub fn locations(&self, key: Key) -> Vec<Extent> {
-        let st = self.lock();
+        let mut st = self.lock();
+        if st.settle(key) {
+            return Vec::new();
+        }
         let Some(p) = st.keys.get(&key) else {
             return Vec::new();
         };
@@ -606,7 +740,10 @@ impl Store {
 
     /// The pieces of `key` that bytes `offset..offset + len` of the tensor touch.
     fn segments(&self, key: Key, offset: u64, len: u64) -> Result<Vec<Segment>> {
-        let st = self.lock();
+        let mut st = self.lock();
+        if st.settle(key) {
+            return Err(Self::racing(key));
+        }
         let p = st.keys.get(&key).ok_or_else(|| {
             Error::new(
                 Status::NotFound,
@@ -700,6 +837,12 @@ impl Store {
     ) -> Result<StoreTicket> {
         if write {
             self.copy_on_write(key, offset, len)?;
+            if offset == 0 {
+                // SAFETY: as this function's contract.
+                if let Some(t) = unsafe { self.race(key, buf, len, checksum_len) }? {
+                    return Ok(t);
+                }
+            }
         }
         let mut segs = self.segments(key, offset, len)?;
         if let Err(e) = self.check_segments(key, &segs) {
@@ -734,7 +877,6 @@ impl Store {
                     drive: s.drive,
                     folder: drive.path().to_path_buf(),
                     buf_offset: s.buf_offset,
-                    len: s.len,
                     checksum_len: ck.unwrap_or(0),
                     ticket,
                 }),
@@ -754,6 +896,113 @@ impl Store {
         Ok(StoreTicket::new(key, write, parts))
     }
 
+    /// The first whole write of a tensor reserved for a race ([`raced`]): one lane per
+    /// drive, each queued on its drive's write engine over its reserved span; the lanes
+    /// split the tensor as they go. None (nothing done) when `key` is not waiting for
+    /// such a write, or `buf` and `len` do not cover its reservation exactly with an
+    /// aligned buffer (the caller then settles it to the equal split). A damaged file of
+    /// the reservation is handled as in [`Store::submit`] (a new place, and None).
+    ///
+    /// # Safety
+    /// As [`Store::submit`].
+    unsafe fn race(
+        &self,
+        key: Key,
+        buf: RawBuf,
+        len: u64,
+        checksum_len: Option<u64>,
+    ) -> Result<Option<StoreTicket>> {
+        // The lanes' spans, resolved under the lock.
+        let (race, segs) = {
+            let st = self.lock();
+            let Some(p) = st.keys.get(&key) else {
+                return Ok(None);
+            };
+            let Some(pending) = p.pending.as_ref().filter(|q| !q.started) else {
+                return Ok(None);
+            };
+            if len != p.bytes || buf.addr() as u64 % IO_ALIGNMENT != 0 {
+                return Ok(None);
+            }
+            let segs: Vec<Segment> = pending
+                .spans
+                .iter()
+                .enumerate()
+                .map(|(lane, (d, pc))| {
+                    let (start, bytes) = pending.span_bytes(lane);
+                    let ds = &st.drives[*d];
+                    Segment {
+                        drive: *d,
+                        file_index: pc.file,
+                        file: Arc::clone(&ds.files[pc.file]),
+                        capacity: ds.space.capacity(pc.file),
+                        file_offset: pc.offset,
+                        buf_offset: start,
+                        len: bytes,
+                    }
+                })
+                .collect();
+            (Arc::clone(&pending.race), segs)
+        };
+        if let Err(e) = self.check_segments(key, &segs) {
+            if e.status() != Status::CorruptData {
+                return Err(e);
+            }
+            crate::log!(Warn, "{}; writing key {key} to a new place", e.message());
+            self.forget(key);
+            self.reserve(key, len, false)?;
+            return Ok(None);
+        }
+        {
+            let mut st = self.lock();
+            match st.keys.get_mut(&key).and_then(|p| p.pending.as_mut()) {
+                Some(q) if Arc::ptr_eq(&q.race, &race) && !q.started => q.started = true,
+                _ => return Ok(None),
+            }
+        }
+        let mut parts: Vec<Part> = Vec::with_capacity(segs.len());
+        for (lane, s) in segs.iter().enumerate() {
+            let drive = &self.drives[s.drive];
+            let ck = checksum_len.map(|c| c.min(len).saturating_sub(s.buf_offset).min(s.len));
+            let req = HeldRequest {
+                write: true,
+                buf: buf.offset_by(s.buf_offset as usize),
+                len: s.len,
+                file: &s.file.held,
+                offset: s.file_offset,
+                checksum_len: ck.filter(|&c| c > 0),
+            };
+            // SAFETY: the span is inside the caller's buffer (`buf_offset + len` <= the
+            // tensor's bytes = `len`), covered by this function's contract.
+            match unsafe { drive.engine_for(true).submit_raced(&req, &race, lane) } {
+                Ok(ticket) => parts.push(Part {
+                    drive: s.drive,
+                    folder: drive.path().to_path_buf(),
+                    buf_offset: s.buf_offset,
+                    checksum_len: ck.unwrap_or(0),
+                    ticket,
+                }),
+                Err(e) => {
+                    // The buffer must be free when the error returns; the lanes queued
+                    // cover what they can, and the tensor gets a race afresh (the lanes not
+                    // queued would leave it unsplit for ever).
+                    for p in &parts {
+                        let _ = p.ticket.wait();
+                    }
+                    let mut st = self.lock();
+                    if let Some(q) = st.keys.get_mut(&key).and_then(|p| p.pending.as_mut()) {
+                        if let Some(fresh) = Race::new(race.units(), race.lanes()) {
+                            q.race = fresh;
+                            q.started = false;
+                        }
+                    }
+                    return Err(e.context(format!("write of key {key} on {}", drive.describe())));
+                }
+            }
+        }
+        Ok(Some(StoreTicket::new(key, true, parts)))
+    }
+
     /// Before a write: a key whose place a manifest names (see [`flush`]) is placed afresh
     /// when the write covers it whole (its flushed bytes stay, retired, until a newer
     /// manifest is durable); a write of part of it is refused (`BadState`), since the rest
@@ -766,7 +1015,8 @@ impl Store {
             let st = self.lock();
             match st.keys.get(&key) {
                 Some(p) if p.named.is_some() => (p.bytes, true),
-                Some(p) if !st.pinned && !p.weights.is_empty() => (p.bytes, false),
+                // (A tensor reserved for a race is split by its first write itself.)
+                Some(p) if !st.pinned && !p.weights.is_empty() && p.pending.is_none() => (p.bytes, false),
                 _ => return Ok(()),
             }
         };
@@ -988,6 +1238,8 @@ mod tests {
         let a = tempfile::tempdir().unwrap();
         let b = tempfile::tempdir().unwrap();
         let s = store(&[a.path(), b.path()]);
+        // (Set weights: a split by them, not a race, whose lanes may leave a drive out.)
+        s.set_weights(&[1.0, 1.0]).unwrap();
         s.reserve(1, 8 << 20, false).unwrap(); // split over both drives
         s.reserve(2, 4096, false).unwrap(); // whole on one
         let mut big = filled(8 << 20, 1);

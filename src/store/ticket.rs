@@ -17,8 +17,6 @@ pub(crate) struct Part {
     pub folder: PathBuf,
     /// Where the piece starts in the operation's buffer.
     pub buf_offset: u64,
-    /// Bytes.
-    pub len: u64,
     /// Bytes of the piece the checksum covers (a prefix of it).
     pub checksum_len: u64,
     pub ticket: Ticket,
@@ -78,16 +76,18 @@ impl StoreTicket {
 
     /// The crc32c of the first `checksum_len` bytes of the operation's buffer, combined
     /// over the pieces; None when not asked for or not finished.
+    /// (The pieces of a raced write cover overlapping spans, of which each drive wrote
+    /// the part it claimed: the parts are combined in buffer order.)
     pub fn checksum(&self) -> Option<u32> {
-        let mut acc: Option<u32> = None;
-        for p in self.0.parts.iter().filter(|p| p.checksum_len > 0) {
-            let crc = p.ticket.checksum()?;
-            acc = Some(match acc {
-                None => crc,
-                Some(a) => crc32c::crc32c_combine(a, crc, p.checksum_len as usize),
-            });
+        if !self.is_finished() || self.0.parts.iter().all(|p| p.checksum_len == 0) {
+            return None;
         }
-        acc
+        let mut parts = self.checksum_parts();
+        parts.sort_unstable_by_key(|&(offset, _, _)| offset);
+        let (first, rest) = parts.split_first()?;
+        Some(rest.iter().fold(first.2, |acc, &(_, len, crc)| {
+            crc32c::crc32c_combine(acc, crc, len as usize)
+        }))
     }
 
     /// The checksum's parts, as the workers computed them: (offset in the operation's
@@ -118,10 +118,5 @@ impl StoreTicket {
     /// The key.
     pub fn key(&self) -> Key {
         self.0.key
-    }
-
-    /// The drives the operation touches, with each one's bytes.
-    pub fn drives(&self) -> Vec<(usize, u64)> {
-        self.0.parts.iter().map(|p| (p.drive, p.len)).collect()
     }
 }

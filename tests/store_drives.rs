@@ -502,6 +502,19 @@ fn a_first_write_splits_by_the_drives_real_speed() {
         s.weights()
     );
     assert_eq!(s.locations(1).len(), 2, "placed at once, by the weights");
+    // Its next whole write places it by the measured weights (the first writes' rates are
+    // not the steady ones); every byte of the new contents back.
+    let mut b = common::patterned(LEN, 12);
+    s.transfer(0, true, b.as_mut_slice(), 0).unwrap();
+    let after = s.locations(0);
+    assert_ne!(after, at, "moved by the weights");
+    let fast = after[0].len as f64 / LEN as f64;
+    assert!(
+        (0.55..=0.8).contains(&fast),
+        "still about 2/3 on the fast drive: {fast:.3}"
+    );
+    s.transfer(0, false, got.as_mut_slice(), 0).unwrap();
+    assert!(got.as_slice() == b.as_slice(), "the rewrite back");
     drop(s); // its threads leave the group before the bed goes
 }
 

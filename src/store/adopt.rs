@@ -275,6 +275,7 @@ pub(super) fn adopt(drives: &[Drive], parts: &[String]) -> Result<(State, Vec<Te
                 named: Some(chosen.generation),
                 weights: Vec::new(),
                 pending: None,
+                raced: false,
             },
         );
     }

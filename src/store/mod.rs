@@ -144,6 +144,9 @@ struct Placed {
     weights: Vec<f64>,
     /// Reserved for a race, its layout not known yet (`pieces` is empty meanwhile).
     pending: Option<raced::Pending>,
+    /// Its layout is what a race's lanes took: fitted to its first write, not to the
+    /// drives' measured rates, so its next whole write places it by them.
+    raced: bool,
 }
 
 impl Placed {
@@ -206,16 +209,10 @@ impl State {
         for (d, pc) in cut.freed {
             drives[d].space.free(pc);
         }
-        let mut share = vec![0u64; drives.len()];
         for (d, pc) in &cut.pieces {
             drives[*d].load += pc.len;
-            share[*d] += pc.len;
         }
-        if pending.started {
-            // The weights the race found: each drive's share over the largest.
-            let most = share.iter().copied().max().unwrap_or(0).max(1) as f64;
-            p.weights = share.iter().map(|&b| b as f64 / most).collect();
-        }
+        p.raced = pending.started;
         p.pieces = cut.pieces;
         p.pending = None;
         false
@@ -223,6 +220,7 @@ impl State {
 }
 
 /// A piece of an operation, resolved under the lock.
+#[derive(Clone)]
 struct Segment {
     drive: usize,
     file_index: usize,
@@ -502,7 +500,7 @@ impl Store {
                 && want >= 2 * placement::SPLIT_UNIT
                 && st.drives.iter().all(|d| !d.full)
             {
-                raced::Pending::plan(want, self.unit(), self.drives.len())
+                raced::Pending::plan(bytes, want, self.unit(), self.drives.len())
             } else {
                 None
             };
@@ -577,10 +575,11 @@ impl Store {
                         pieces: Vec::new(),
                         named: None,
                         weights: placed_by,
+                        raced: false,
                         pending: Some(raced::Pending {
+                            rest: want - race.units() * self.unit(),
                             race,
                             unit: self.unit(),
-                            bytes: want,
                             spans: got,
                             counted,
                             started: false,
@@ -596,6 +595,7 @@ impl Store {
                         pieces: got,
                         named: None,
                         weights: placed_by,
+                        raced: false,
                         pending: None,
                     }
                 }
@@ -912,7 +912,8 @@ impl Store {
         len: u64,
         checksum_len: Option<u64>,
     ) -> Result<Option<StoreTicket>> {
-        // The lanes' spans, resolved under the lock.
+        // The lanes' spans (their whole units), and the rest after them on the last
+        // drive, resolved under the lock.
         let (race, segs) = {
             let st = self.lock();
             let Some(p) = st.keys.get(&key) else {
@@ -921,30 +922,41 @@ impl Store {
             let Some(pending) = p.pending.as_ref().filter(|q| !q.started) else {
                 return Ok(None);
             };
-            if len != p.bytes || buf.addr() as u64 % IO_ALIGNMENT != 0 {
+            if align_up(len, IO_ALIGNMENT) != p.bytes
+                || len < pending.rest_at()
+                || buf.addr() as u64 % IO_ALIGNMENT != 0
+            {
                 return Ok(None);
             }
-            let segs: Vec<Segment> = pending
-                .spans
-                .iter()
-                .enumerate()
-                .map(|(lane, (d, pc))| {
-                    let (start, bytes) = pending.span_bytes(lane);
-                    let ds = &st.drives[*d];
-                    Segment {
-                        drive: *d,
-                        file_index: pc.file,
-                        file: Arc::clone(&ds.files[pc.file]),
-                        capacity: ds.space.capacity(pc.file),
-                        file_offset: pc.offset,
-                        buf_offset: start,
-                        len: bytes,
-                    }
+            let segment = |lane: usize, buf_offset: u64, len: u64| {
+                let (d, pc) = pending.spans[lane];
+                let ds = &st.drives[d];
+                let (start, _) = pending.span_units(lane);
+                Segment {
+                    drive: d,
+                    file_index: pc.file,
+                    file: Arc::clone(&ds.files[pc.file]),
+                    capacity: ds.space.capacity(pc.file),
+                    file_offset: pc.offset + (buf_offset - start),
+                    buf_offset,
+                    len,
+                }
+            };
+            let lanes = pending.spans.len();
+            let mut segs: Vec<(Segment, Option<usize>)> = (0..lanes)
+                .map(|lane| {
+                    let (start, bytes) = pending.span_units(lane);
+                    (segment(lane, start, bytes), Some(lane))
                 })
                 .collect();
+            let rest = len - pending.rest_at();
+            if rest > 0 {
+                segs.push((segment(lanes - 1, pending.rest_at(), rest), None));
+            }
             (Arc::clone(&pending.race), segs)
         };
-        if let Err(e) = self.check_segments(key, &segs) {
+        let plain: Vec<Segment> = segs.iter().map(|(s, _)| s.clone()).collect();
+        if let Err(e) = self.check_segments(key, &plain) {
             if e.status() != Status::CorruptData {
                 return Err(e);
             }
@@ -961,7 +973,7 @@ impl Store {
             }
         }
         let mut parts: Vec<Part> = Vec::with_capacity(segs.len());
-        for (lane, s) in segs.iter().enumerate() {
+        for (s, lane) in &segs {
             let drive = &self.drives[s.drive];
             let ck = checksum_len.map(|c| c.min(len).saturating_sub(s.buf_offset).min(s.len));
             let req = HeldRequest {
@@ -972,9 +984,16 @@ impl Store {
                 offset: s.file_offset,
                 checksum_len: ck.filter(|&c| c > 0),
             };
-            // SAFETY: the span is inside the caller's buffer (`buf_offset + len` <= the
-            // tensor's bytes = `len`), covered by this function's contract.
-            match unsafe { drive.engine_for(true).submit_raced(&req, &race, lane) } {
+            let engine = drive.engine_for(true);
+            // SAFETY: the span (or the rest) is inside the caller's buffer (`buf_offset +
+            // len` <= `len` of the write), covered by this function's contract.
+            let queued = unsafe {
+                match lane {
+                    Some(l) => engine.submit_raced(&req, &race, *l),
+                    None => engine.submit_held(&req),
+                }
+            };
+            match queued {
                 Ok(ticket) => parts.push(Part {
                     drive: s.drive,
                     folder: drive.path().to_path_buf(),
@@ -1012,11 +1031,22 @@ impl Store {
     fn copy_on_write(&self, key: Key, offset: u64, len: u64) -> Result<()> {
         // One look under the lock: named, or a candidate for a move, or nothing to do.
         let (bytes, named) = {
-            let st = self.lock();
+            let mut st = self.lock();
+            // A race that has run gives the tensor its layout now (one that has not is
+            // split by this write itself, below).
+            if st
+                .keys
+                .get(&key)
+                .and_then(|p| p.pending.as_ref())
+                .is_some_and(|q| q.started)
+            {
+                st.settle(key);
+            }
             match st.keys.get(&key) {
                 Some(p) if p.named.is_some() => (p.bytes, true),
-                // (A tensor reserved for a race is split by its first write itself.)
-                Some(p) if !st.pinned && !p.weights.is_empty() && p.pending.is_none() => (p.bytes, false),
+                Some(p) if !st.pinned && (p.raced || !p.weights.is_empty()) && p.pending.is_none() => {
+                    (p.bytes, false)
+                }
                 _ => return Ok(()),
             }
         };
@@ -1047,16 +1077,26 @@ impl Store {
     /// drive full), the tensor keeps its old place.
     fn follow_weights(&self, key: Key, bytes: u64) -> Result<()> {
         // Measured without the store's lock, as `reserve` does.
-        let now = placement::weights_from_rates(&self.rates());
+        let rates = self.rates();
+        let known = rates.iter().all(Option::is_some);
+        let now = placement::weights_from_rates(&rates);
         let old = {
             let mut st = self.lock();
+            // A layout a race gave goes by the weights once every drive is measured: the
+            // first writes' rates are not the steady ones (equal drives differ by up to
+            // 20% while they allocate), and a split a few percent off costs every later
+            // transfer of the tensor as much.
             let moved = st.keys.get(&key).is_some_and(|p| {
                 p.bytes == bytes
                     && p.named.is_none()
-                    && p.weights
-                        .iter()
-                        .zip(&now)
-                        .any(|(a, b)| (a - b).abs() >= REPLACE_STEP - 1e-9)
+                    && if p.raced {
+                        known
+                    } else {
+                        p.weights
+                            .iter()
+                            .zip(&now)
+                            .any(|(a, b)| (a - b).abs() >= REPLACE_STEP - 1e-9)
+                    }
             });
             if !moved {
                 return Ok(());
@@ -1231,6 +1271,60 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(e.status(), Status::NotFound);
+    }
+
+    /// Raced first writes (nothing measured) of tensors whose size is not a multiple of
+    /// the unit or of 4 KiB: the lanes take the whole units, the rest goes to the last
+    /// drive after them; every byte and the checksum come back, one piece per drive, and
+    /// the spans leave nothing behind (loads are the reserved bytes).
+    #[test]
+    fn raced_writes_of_odd_sizes_keep_every_byte_and_give_the_spans_back() {
+        let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        for n in [2usize, 3] {
+            let paths: Vec<&Path> = dirs[..n].iter().map(|d| d.path()).collect();
+            let s = store(&paths);
+            let sizes = [(8 << 20) + 5000, 9 << 20, (3 << 20) + 4096, (6 << 20) - 1];
+            let mut reserved = 0;
+            for (key, &len) in sizes.iter().enumerate() {
+                let key = key as u64;
+                s.reserve(key, len as u64, false).unwrap();
+                reserved += align_up(len as u64, IO_ALIGNMENT);
+                let mut b = filled(len, key as u8 + 1);
+                let raw = RawBuf(b.as_mut_slice().as_mut_ptr());
+                // SAFETY: `b` outlives the wait.
+                let t = unsafe { s.submit(key, true, raw, 0, len as u64, Some(len as u64)) }.unwrap();
+                let crc = t.wait().unwrap();
+                assert_eq!(
+                    crc,
+                    Some(crc32c::crc32c(&b.as_slice()[..len])),
+                    "{n} drives, key {key}"
+                );
+                let at = s.locations(key);
+                assert_eq!(
+                    at.iter().map(|e| e.len).sum::<u64>(),
+                    align_up(len as u64, IO_ALIGNMENT)
+                );
+                assert!(at.windows(2).all(|w| w[0].drive < w[1].drive), "{at:?}");
+                if len % (1 << 20) != 0 {
+                    assert_eq!(
+                        at.last().map(|e| e.drive),
+                        Some(n - 1),
+                        "the rest is the last drive's: {at:?}"
+                    );
+                }
+            }
+            assert_eq!(s.loads().iter().sum::<u64>(), reserved);
+            for (key, &len) in sizes.iter().enumerate() {
+                let want = filled(len, key as u8 + 1);
+                let mut got = AlignedBuf::new(len, false).unwrap();
+                s.transfer(key as u64, false, &mut got.as_mut_slice()[..len], 0)
+                    .unwrap();
+                assert!(
+                    got.as_slice()[..len] == want.as_slice()[..len],
+                    "{n} drives, key {key}"
+                );
+            }
+        }
     }
 
     #[test]

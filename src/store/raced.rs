@@ -14,10 +14,11 @@ use crate::io::Race;
 pub(super) struct Pending {
     /// The race its first whole write runs (its spans sized the reservation).
     pub race: Arc<Race>,
-    /// Bytes per unit (the engines' block size); the tensor's last unit may be shorter.
+    /// Bytes per unit (the engines' block size).
     pub unit: u64,
-    /// The tensor's reserved bytes.
-    pub bytes: u64,
+    /// Bytes after the last whole unit of the tensor's own size (its last partial unit and
+    /// the reservation's alignment): always the last drive's, past the race.
+    pub rest: u64,
     /// Lane d's drive and reserved span, in lane order.
     pub spans: Vec<(usize, Piece)>,
     /// Bytes counted in each lane's drive's load until the layout is known (the equal
@@ -36,28 +37,37 @@ pub(super) struct Cut {
 }
 
 impl Pending {
-    /// Reserves for `bytes` over the drives `lanes` (lane d on drive `lanes[d]`), in units
-    /// of `unit`: None when the tensor has fewer units than drives.
-    pub fn plan(bytes: u64, unit: u64, lanes: usize) -> Option<(Arc<Race>, Vec<u64>)> {
-        let race = Race::new(bytes.div_ceil(unit), lanes)?;
+    /// The race for a tensor of `bytes` (reserved as `reserved`, its 4 KiB multiple) over
+    /// `lanes` drives in units of `unit`: the race over its whole units, and each lane's
+    /// span in bytes (the last one's with the rest); None when the tensor has fewer whole
+    /// units than there are drives.
+    pub fn plan(bytes: u64, reserved: u64, unit: u64, lanes: usize) -> Option<(Arc<Race>, Vec<u64>)> {
+        let race = Race::new(bytes / unit, lanes)?;
+        let rest = reserved - race.units() * unit;
         let lens = (0..lanes)
             .map(|d| {
                 let (a, b) = race.span(d);
-                Self::bytes_of(bytes, unit, a, b)
+                (b - a) * unit + if d + 1 == lanes { rest } else { 0 }
             })
             .collect();
         Some((race, lens))
     }
 
-    /// Bytes of units `a..b` of a tensor of `bytes`.
-    fn bytes_of(bytes: u64, unit: u64, a: u64, b: u64) -> u64 {
-        (b * unit).min(bytes).saturating_sub(a * unit)
+    /// Bytes of lane `d`'s units `lo..hi`, with the rest for the last lane.
+    fn bytes_of(&self, d: usize, lo: u64, hi: u64) -> u64 {
+        (hi - lo) * self.unit + if d + 1 == self.spans.len() { self.rest } else { 0 }
     }
 
-    /// Where lane `d`'s span starts in the tensor, and its bytes.
-    pub fn span_bytes(&self, d: usize) -> (u64, u64) {
+    /// Where lane `d`'s span starts in the tensor, and its bytes of whole units (the
+    /// raced part; the last lane's span holds the rest after it).
+    pub fn span_units(&self, d: usize) -> (u64, u64) {
         let (a, b) = self.race.span(d);
-        (a * self.unit, Self::bytes_of(self.bytes, self.unit, a, b))
+        (a * self.unit, (b - a) * self.unit)
+    }
+
+    /// Where the rest starts in the tensor (the end of its whole units).
+    pub fn rest_at(&self) -> u64 {
+        self.race.units() * self.unit
     }
 
     /// The units each lane keeps, once known: what the race's lanes took, or the equal
@@ -76,8 +86,8 @@ impl Pending {
         let mut freed = Vec::new();
         for (d, (&(drive, span), &(lo, hi))) in self.spans.iter().zip(taken).enumerate() {
             let (a, _) = self.race.span(d);
-            let before = Self::bytes_of(self.bytes, self.unit, a, lo);
-            let kept = Self::bytes_of(self.bytes, self.unit, lo, hi);
+            let before = (lo - a) * self.unit;
+            let kept = self.bytes_of(d, lo, hi);
             let part = |offset: u64, len: u64| Piece {
                 file: span.file,
                 offset: span.offset + offset,
@@ -106,7 +116,8 @@ mod tests {
     const MIB: u64 = 1 << 20;
 
     fn pending(bytes: u64, lanes: usize) -> Pending {
-        let (race, lens) = Pending::plan(bytes, MIB, lanes).expect("a race");
+        let reserved = bytes.div_ceil(4096) * 4096;
+        let (race, lens) = Pending::plan(bytes, reserved, MIB, lanes).expect("a race");
         let spans = lens
             .iter()
             .enumerate()
@@ -122,10 +133,11 @@ mod tests {
                 )
             })
             .collect();
+        let rest = reserved - race.units() * MIB;
         Pending {
             race,
             unit: MIB,
-            bytes,
+            rest,
             spans,
             counted: vec![0; lanes],
             started: false,
@@ -134,8 +146,9 @@ mod tests {
 
     #[test]
     fn two_drives_reserve_the_whole_tensor_each_and_keep_a_half_by_default() {
-        let p = pending(10 * MIB + 8192, 2);
-        assert_eq!(p.spans[0].1.len, 10 * MIB + 8192);
+        let p = pending(10 * MIB + 5000, 2);
+        assert_eq!(p.rest, 8192, "the last partial unit, 4 KiB-aligned");
+        assert_eq!(p.spans[0].1.len, 10 * MIB);
         assert_eq!(p.spans[1].1.len, 10 * MIB + 8192);
         let cut = p.cut(&p.layout().expect("the equal split"));
         let lens: Vec<u64> = cut.pieces.iter().map(|(_, pc)| pc.len).collect();
@@ -144,27 +157,42 @@ mod tests {
         // span's offset 5 MiB on.
         assert_eq!(cut.pieces[1].1.offset, 100 * MIB + 5 * MIB);
         let freed: u64 = cut.freed.iter().map(|(_, pc)| pc.len).sum();
-        assert_eq!(freed, 10 * MIB + 8192);
+        assert_eq!(freed, 10 * MIB);
     }
 
     #[test]
     fn a_cut_keeps_every_byte_once_and_frees_the_rest() {
         for lanes in 2..5 {
-            let bytes = 37 * MIB + 4096;
-            let p = pending(bytes, lanes);
-            let units = p.race.units();
-            // Any layout within the spans: here the lanes' starts pushed to one side.
-            let mut taken = p.race.even();
-            let mid = taken[0].1.saturating_sub(1).max(taken[0].0);
-            taken[0].1 = mid;
-            taken[1].0 = mid;
-            let cut = p.cut(&taken);
-            let kept: u64 = cut.pieces.iter().map(|(_, pc)| pc.len).sum();
-            assert_eq!(kept, bytes);
-            let reserved: u64 = p.spans.iter().map(|(_, pc)| pc.len).sum();
-            let freed: u64 = cut.freed.iter().map(|(_, pc)| pc.len).sum();
-            assert_eq!(kept + freed, reserved);
-            assert_eq!(taken.last().map(|t| t.1), Some(units));
+            for bytes in [37 * MIB + 4096, 37 * MIB, 40 * MIB - 1] {
+                let p = pending(bytes, lanes);
+                let units = p.race.units();
+                // Layouts within the spans: the equal split, the lanes' starts pushed to
+                // one side, and the last lane taking nothing.
+                let even = p.race.even();
+                let mut pushed = even.clone();
+                let mid = pushed[0].1.saturating_sub(1).max(pushed[0].0);
+                pushed[0].1 = mid;
+                pushed[1].0 = mid;
+                let mut layouts = vec![even, pushed];
+                if lanes == 2 {
+                    // The last lane took no unit: it still keeps the rest.
+                    layouts.push(vec![(0, units), (units, units)]);
+                }
+                for taken in layouts {
+                    let cut = p.cut(&taken);
+                    let kept: u64 = cut.pieces.iter().map(|(_, pc)| pc.len).sum();
+                    assert_eq!(kept, bytes.div_ceil(4096) * 4096);
+                    let reserved: u64 = p.spans.iter().map(|(_, pc)| pc.len).sum();
+                    let freed: u64 = cut.freed.iter().map(|(_, pc)| pc.len).sum();
+                    assert_eq!(kept + freed, reserved);
+                    assert_eq!(taken.last().map(|t| t.1), Some(units));
+                    // The rest is the last drive's, at the end of its piece.
+                    if p.rest > 0 {
+                        let last = cut.pieces.last().expect("a piece");
+                        assert_eq!(last.0, lanes - 1);
+                    }
+                }
+            }
         }
     }
 }

@@ -518,6 +518,52 @@ fn a_first_write_splits_by_the_drives_real_speed() {
     drop(s); // its threads leave the group before the bed goes
 }
 
+/// A race needs room for more than a drive's share (its span: the whole tensor on each
+/// of two drives), and a move by the weights needs room beside the old place: neither may
+/// mark a drive full that has room for its share. Drive 0 (the fast one) holds 82 MiB,
+/// drive 1 134 MiB.
+#[test]
+fn a_drive_short_of_room_for_a_span_or_a_move_is_not_taken_for_full() {
+    let bed = DriveBed::up(2, &["--sizes", "100M,160M", "--rates", "100,50"]);
+    let s = store_in_bed(&bed);
+    const MIB: u64 = 1 << 20;
+    // 96 MiB: no room for a span on drive 0; split by the (equal) weights instead.
+    let mut a = common::patterned(96 << 20, 21);
+    s.reserve(0, 96 * MIB, false).unwrap();
+    assert_eq!(s.full(), [false, false]);
+    s.transfer(0, true, a.as_mut_slice(), 0).unwrap();
+    let lens: Vec<u64> = s.locations(0).iter().map(|e| e.len).collect();
+    assert_eq!(lens, [48 * MIB, 48 * MIB]);
+    // (A part back: the whole would measure drive 0.)
+    let mut got = common::TestBuf::new(4 << 20, 0);
+    s.transfer(0, false, got.as_mut_slice(), 46 * MIB).unwrap();
+    assert!(got.as_slice() == &a.as_slice()[46 << 20..50 << 20]);
+    s.forget(0);
+    assert_eq!(s.rates()[0], None, "48 MiB do not measure drive 0 yet");
+    // 72 MiB: spans fit; the race gives drive 0 about 48 MiB; its whole rewrite by the
+    // measured weights (about the same split) has no room beside the old place on drive 0
+    // (72 + 48 > 82 MiB) and goes over it.
+    const LEN: usize = 72 << 20;
+    let mut b = common::patterned(LEN, 22);
+    s.reserve(1, LEN as u64, false).unwrap();
+    s.transfer(1, true, b.as_mut_slice(), 0).unwrap();
+    assert!(s.rates().iter().all(Option::is_some), "{:?}", s.rates());
+    let mut c = common::patterned(LEN, 23);
+    s.transfer(1, true, c.as_mut_slice(), 0).unwrap();
+    assert_eq!(s.full(), [false, false], "no drive taken for full");
+    let at = s.locations(1);
+    assert_eq!(at.len(), 2, "{at:?}");
+    let fast = at[0].len as f64 / LEN as f64;
+    assert!(
+        (0.55..=0.8).contains(&fast),
+        "about 2/3 on the fast drive: {fast:.3} {at:?}"
+    );
+    let mut got = common::TestBuf::new(LEN, 0);
+    s.transfer(1, false, got.as_mut_slice(), 0).unwrap();
+    assert!(got.as_slice() == c.as_slice(), "the rewrite back");
+    drop(s); // its threads leave the group before the bed goes
+}
+
 /// A race whose second drive has failed (its file system shut down: every write EIO):
 /// the write fails naming that drive and the key, the other drive's tensor stays good,
 /// and the failed tensor's reservation (both spans) goes back whole when it is forgotten.

@@ -100,9 +100,9 @@ struct Queue {
 impl Queue {
     /// Takes the next request of the operation at the front (the operation leaves the
     /// queue with its last request): the operation and the request's index. A race's
-    /// lane claims through its race, and leaves the queue once it is done.
-    /// A lane that has its share in flight already gives nothing now: the operations
-    /// behind it are looked at (it keeps its place).
+    /// lane claims through its race and leaves the queue once it is done; a lane that has
+    /// its share in flight already gives nothing now, and the operations behind it are
+    /// looked at (it keeps its place).
     fn take_next(&mut self) -> Option<(Arc<Op>, usize)> {
         let mut at = 0;
         loop {

@@ -497,13 +497,7 @@ impl Op {
         if let Some(l) = &self.race {
             l.race.release(l.index);
         }
-        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let mut o = self.outcome.lock().unwrap_or_else(|e| e.into_inner());
-            o.finished = true;
-            if o.waiters > 0 {
-                self.done.notify_all();
-            }
-        }
+        self.finish_requests(1);
     }
 
     /// Marks `n` requests finished at once (a race's lane: the requests its neighbours

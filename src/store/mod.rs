@@ -456,6 +456,8 @@ impl Store {
         // meter has its own), once a new place is needed; and whether every drive has a
         // rate yet.
         let mut measured: Option<(Vec<f64>, bool)> = None;
+        // Whether a race's spans (up to the whole tensor on a drive) may still be tried.
+        let mut race_fits = true;
         loop {
             let mut st = self.lock();
             if let Some(p) = st.keys.get(&key) {
@@ -495,7 +497,8 @@ impl Store {
             let loads: Vec<u64> = st.drives.iter().map(|d| d.load).collect();
             // Before every drive has a rate, a large tensor is reserved for a race
             // (`raced`): its first whole write splits it by the drives' real speed.
-            let race = if !known
+            let race = if race_fits
+                && !known
                 && !zeroed
                 && want >= 2 * placement::SPLIT_UNIT
                 && st.drives.iter().all(|d| !d.full)
@@ -534,7 +537,14 @@ impl Store {
                 }
                 drop(st);
                 if let Err(e) = self.grow(d, len, align) {
-                    let st = self.lock();
+                    let mut st = self.lock();
+                    if race.is_some() && st.drives[d].full {
+                        // No room for a span, which is more than the drive's share: the
+                        // drive is not full for that; the tensor is split by the weights.
+                        st.drives[d].full = false;
+                        race_fits = false;
+                        continue;
+                    }
                     if st.drives[d].full && st.drives.iter().any(|x| !x.full) {
                         drop(st);
                         crate::log!(
@@ -1107,6 +1117,14 @@ impl Store {
             for (d, pc) in &old.pieces {
                 st.drives[*d].load = st.drives[*d].load.saturating_sub(pc.len);
             }
+            if Self::replace_in_room(&mut st, key, &old, &now) {
+                drop(st);
+                crate::log!(
+                    Debug,
+                    "key {key}: the drives' weights moved to {now:?}; rewritten to a new place"
+                );
+                return Ok(());
+            }
             old
         };
         let placed = self.reserve(key, bytes, false);
@@ -1137,6 +1155,65 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// A move of `old` (taken out of the index, its loads uncounted) by `weights`, within
+    /// the room the drives have now, its own place counted free (a whole rewrite needs
+    /// none of its bytes): under the lock, no growth. Places the key and frees what the new
+    /// place does not reuse; false (nothing changed) when it does not fit, and the caller
+    /// grows the drives for a new place beside the old one.
+    fn replace_in_room(st: &mut State, key: Key, old: &Placed, weights: &[f64]) -> bool {
+        if old.pending.is_some() || old.named.is_some() {
+            return false;
+        }
+        for (d, pc) in &old.pieces {
+            st.drives[*d].space.free(*pc);
+        }
+        let usable: Vec<f64> = weights
+            .iter()
+            .zip(&st.drives)
+            .map(|(&w, d)| if d.full { 0.0 } else { w })
+            .collect();
+        let loads: Vec<u64> = st.drives.iter().map(|d| d.load).collect();
+        let mut got: Vec<(usize, Piece)> = Vec::new();
+        for c in placement::plan(old.bytes, &usable, &loads) {
+            let align = if c.len >= LARGE_ALIGN {
+                LARGE_ALIGN
+            } else {
+                IO_ALIGNMENT
+            };
+            match st.drives[c.drive].space.allocate(c.len, align) {
+                Some(p) => got.push((c.drive, p)),
+                None => {
+                    // Back as it was: the new pieces freed, the old ones taken again
+                    // (still free: nothing was allocated but the new pieces).
+                    for (d, p) in got.into_iter().rev() {
+                        st.drives[d].space.free(p);
+                    }
+                    for (d, pc) in &old.pieces {
+                        let taken = st.drives[*d].space.take(*pc);
+                        debug_assert!(taken, "an old piece was free again");
+                    }
+                    return false;
+                }
+            }
+        }
+        for (d, p) in &got {
+            st.drives[*d].load += p.len;
+        }
+        st.weights = weights.to_vec();
+        st.keys.insert(
+            key,
+            Placed {
+                bytes: old.bytes,
+                pieces: got,
+                named: None,
+                weights: weights.to_vec(),
+                pending: None,
+                raced: false,
+            },
+        );
+        true
     }
 
     /// Reads or writes a whole range and waits (a convenience for tests and tools).

@@ -167,6 +167,32 @@ impl Space {
         }
     }
 
+    /// Takes back exactly `piece`, which must lie in the free list (one just freed, with
+    /// nothing allocated since): true if it did; false (nothing changed) otherwise.
+    pub fn take(&mut self, piece: Piece) -> bool {
+        let Some(f) = self.files.get_mut(piece.file) else {
+            return false;
+        };
+        if piece.len == 0 {
+            return true;
+        }
+        let Some((&start, &n)) = f.free.range(..=piece.offset).next_back() else {
+            return false;
+        };
+        let end = piece.offset + piece.len;
+        if end > start + n {
+            return false;
+        }
+        f.free.remove(&start);
+        if piece.offset > start {
+            f.free.insert(start, piece.offset - start);
+        }
+        if start + n > end {
+            f.free.insert(end, start + n - end);
+        }
+        true
+    }
+
     fn insert_free(free: &mut BTreeMap<u64, u64>, mut offset: u64, mut len: u64) {
         if let Some((&s, &n)) = free.range(..=offset).next_back() {
             if s + n == offset {
@@ -400,6 +426,24 @@ mod tests {
         );
         s.grown(1, 50 * M1);
         assert_eq!(s.allocate(50 * M1, M1).unwrap().file, 1);
+    }
+
+    #[test]
+    fn a_freed_piece_is_taken_back_exactly() {
+        let mut s = Space::new();
+        s.grown(0, 1 << 20);
+        let a = s.allocate(K4, K4).unwrap();
+        let b = s.allocate(2 * K4, K4).unwrap();
+        let c = s.allocate(K4, K4).unwrap();
+        s.free(a);
+        s.free(b);
+        s.free(c);
+        // b sits in the middle of one merged free range: taken back, the rest stays free.
+        assert!(s.take(b));
+        assert!(!s.take(b), "not free any more");
+        assert_eq!(s.allocate(K4, K4).map(|p| p.offset), Some(a.offset));
+        assert_eq!(s.allocate(K4, K4).map(|p| p.offset), Some(c.offset));
+        assert!(!s.take(Piece { file: 3, ..a }), "no such file");
     }
 
     #[test]

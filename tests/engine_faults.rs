@@ -10,10 +10,9 @@ mod common;
 
 use std::ffi::CString;
 use std::ptr::null_mut;
-use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{disk_dir, pattern, patterned, TestBuf};
+use common::{disk_dir, held_file, pattern, patterned, within, TestBuf};
 use swapper::ffi::io::*;
 use swapper::ffi::swapper::*;
 use swapper::io::handle::IoHandle;
@@ -37,17 +36,6 @@ fn delay_reads(path: &std::path::Path, requests: u64, ms: u64) {
         skip: 0,
         times: requests,
     });
-}
-
-/// Runs `f` on a thread and fails the test if it has not finished within `secs`
-/// (instead of hanging the test run).
-fn within<T: Send + 'static>(secs: u64, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(Duration::from_secs(secs))
-        .unwrap_or_else(|_| panic!("{what} did not finish within {secs} s (hang)"))
 }
 
 const BLOCK: u64 = 256 << 10;
@@ -342,27 +330,6 @@ fn c_calls_after_a_worker_panic_return_panic() {
             "{backend:?}"
         );
     }
-}
-
-/// A new file held open with O_DIRECT, as the swap store holds its extent files.
-fn held_file(path: &std::path::Path) -> std::sync::Arc<swapper::io::HeldFile> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let open = |direct: bool| {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .custom_flags(if direct { libc::O_DIRECT } else { 0 })
-            .open(path)
-            .unwrap()
-    };
-    let buffered = open(false);
-    let direct = open(true);
-    std::sync::Arc::new(swapper::io::HeldFile::new(
-        path.to_path_buf(),
-        Some(direct.into()),
-        buffered.into(),
-    ))
 }
 
 const SMALL: usize = 64 << 10;

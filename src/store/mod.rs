@@ -185,7 +185,50 @@ struct State {
     pinned: bool,
 }
 
+/// The alignment of a piece of `len` bytes: 1 MiB for a large one, else 4 KiB.
+fn piece_align(len: u64) -> u64 {
+    if len >= LARGE_ALIGN {
+        LARGE_ALIGN
+    } else {
+        IO_ALIGNMENT
+    }
+}
+
 impl State {
+    /// `weights` with the full drives' set to 0 (they take nothing new, unless all are
+    /// full: then the growth fails, named), and each drive's load.
+    fn usable(&self, weights: &[f64]) -> (Vec<f64>, Vec<u64>) {
+        let w = weights
+            .iter()
+            .zip(&self.drives)
+            .map(|(&w, d)| if d.full { 0.0 } else { w })
+            .collect();
+        (w, self.drives.iter().map(|d| d.load).collect())
+    }
+
+    /// Allocates every chunk from the drives' free space, or none: on the first that does
+    /// not fit, those allocated are undone and (drive, bytes, alignment) of the one that
+    /// did not fit is returned.
+    fn allocate_all(
+        &mut self,
+        chunks: &[placement::Chunk],
+    ) -> std::result::Result<Vec<(usize, Piece)>, (usize, u64, u64)> {
+        let mut got: Vec<(usize, Piece)> = Vec::with_capacity(chunks.len());
+        for c in chunks {
+            let align = piece_align(c.len);
+            match self.drives[c.drive].space.allocate(c.len, align) {
+                Some(p) => got.push((c.drive, p)),
+                None => {
+                    for (d, p) in got.into_iter().rev() {
+                        self.drives[d].space.undo(p);
+                    }
+                    return Err((c.drive, c.len, align));
+                }
+            }
+        }
+        Ok(got)
+    }
+
     /// Gives a tensor reserved for a race its layout once it is known ([`raced`]): the
     /// spans are cut to what each lane took (or to the equal split, when the first use
     /// was not a whole write), the rest freed, and the loads counted anew. Returns true
@@ -487,14 +530,7 @@ impl Store {
                     }
                 }
             }
-            // Full drives take nothing (unless all are: then the growth fails, named).
-            let weights: Vec<f64> = st
-                .weights
-                .iter()
-                .zip(&st.drives)
-                .map(|(&w, d)| if d.full { 0.0 } else { w })
-                .collect();
-            let loads: Vec<u64> = st.drives.iter().map(|d| d.load).collect();
+            let (weights, loads) = st.usable(&st.weights);
             // Before every drive has a rate, a large tensor is reserved for a race
             // (`raced`): its first whole write splits it by the drives' real speed.
             let race = if race_fits
@@ -515,53 +551,37 @@ impl Store {
                     .collect(),
                 None => placement::plan(want, &weights, &loads),
             };
-            let mut got: Vec<(usize, Piece)> = Vec::with_capacity(chunks.len());
-            let mut need = None;
-            for c in &chunks {
-                let align = if c.len >= LARGE_ALIGN {
-                    LARGE_ALIGN
-                } else {
-                    IO_ALIGNMENT
-                };
-                match st.drives[c.drive].space.allocate(c.len, align) {
-                    Some(p) => got.push((c.drive, p)),
-                    None => {
-                        need = Some((c.drive, c.len, align));
-                        break;
+            let got = match st.allocate_all(&chunks) {
+                Ok(got) => got,
+                Err((d, len, align)) => {
+                    drop(st);
+                    if let Err(e) = self.grow(d, len, align) {
+                        let mut st = self.lock();
+                        if race.is_some() && st.drives[d].full {
+                            // No room for a span, which is more than the drive's share: the
+                            // drive is not full for that; the tensor is split by the weights.
+                            st.drives[d].full = false;
+                            race_fits = false;
+                            continue;
+                        }
+                        if st.drives[d].full && st.drives.iter().any(|x| !x.full) {
+                            drop(st);
+                            crate::log!(
+                                Warn,
+                                "{} is full ({}); key {key} goes to the other drives",
+                                self.drives[d].describe(),
+                                e.message()
+                            );
+                            continue;
+                        }
+                        return Err(e.context(format!(
+                            "cannot place {want} bytes of key {key} on {}",
+                            self.drives[d].describe()
+                        )));
                     }
+                    continue;
                 }
-            }
-            if let Some((d, len, align)) = need {
-                for (gd, p) in got.into_iter().rev() {
-                    st.drives[gd].space.undo(p);
-                }
-                drop(st);
-                if let Err(e) = self.grow(d, len, align) {
-                    let mut st = self.lock();
-                    if race.is_some() && st.drives[d].full {
-                        // No room for a span, which is more than the drive's share: the
-                        // drive is not full for that; the tensor is split by the weights.
-                        st.drives[d].full = false;
-                        race_fits = false;
-                        continue;
-                    }
-                    if st.drives[d].full && st.drives.iter().any(|x| !x.full) {
-                        drop(st);
-                        crate::log!(
-                            Warn,
-                            "{} is full ({}); key {key} goes to the other drives",
-                            self.drives[d].describe(),
-                            e.message()
-                        );
-                        continue;
-                    }
-                    return Err(e.context(format!(
-                        "cannot place {want} bytes of key {key} on {}",
-                        self.drives[d].describe()
-                    )));
-                }
-                continue;
-            }
+            };
             let to_zero: Vec<(usize, Arc<ExtentFile>, Piece)> = got
                 .iter()
                 .filter(|(_, p)| zeroed && !p.fresh)
@@ -868,8 +888,32 @@ impl Store {
             segs = self.segments(key, offset, len)?;
             self.check_segments(key, &segs)?;
         }
+        let segs: Vec<(Segment, Option<usize>)> = segs.into_iter().map(|s| (s, None)).collect();
+        // SAFETY: the pieces are inside the caller's buffer, this function's contract.
+        unsafe { self.queue(key, write, buf, len, checksum_len, &segs, None) }
+    }
+
+    /// Queues one engine operation per segment, on its drive's engine (a segment with a
+    /// lane as that lane of `race`); one ticket over them all. If one cannot be queued,
+    /// those queued are waited for (the buffer is free when the error returns) and the
+    /// error names the key and the drive.
+    ///
+    /// # Safety
+    /// Each segment's `buf_offset + len` lies within `buf`'s `len` bytes, valid (writable
+    /// for a read) until the ticket has finished and not used by anyone else meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn queue(
+        &self,
+        key: Key,
+        write: bool,
+        buf: RawBuf,
+        len: u64,
+        checksum_len: Option<u64>,
+        segs: &[(Segment, Option<usize>)],
+        race: Option<&Arc<Race>>,
+    ) -> Result<StoreTicket> {
         let mut parts: Vec<Part> = Vec::with_capacity(segs.len());
-        for s in &segs {
+        for (s, lane) in segs {
             let drive = &self.drives[s.drive];
             let ck = checksum_len.map(|c| c.min(len).saturating_sub(s.buf_offset).min(s.len));
             let req = HeldRequest {
@@ -880,9 +924,15 @@ impl Store {
                 offset: s.file_offset,
                 checksum_len: ck.filter(|&c| c > 0),
             };
-            // SAFETY: the piece is inside the caller's buffer (`buf_offset + len` <= `len`
-            // of the operation), covered by this function's contract.
-            match unsafe { drive.engine_for(write).submit_held(&req) } {
+            let engine = drive.engine_for(write);
+            // SAFETY: the segment is inside the caller's buffer (this function's contract).
+            let queued = unsafe {
+                match (lane, race) {
+                    (Some(l), Some(r)) => engine.submit_raced(&req, r, *l),
+                    _ => engine.submit_held(&req),
+                }
+            };
+            match queued {
                 Ok(ticket) => parts.push(Part {
                     drive: s.drive,
                     folder: drive.path().to_path_buf(),
@@ -982,54 +1032,23 @@ impl Store {
                 _ => return Ok(None),
             }
         }
-        let mut parts: Vec<Part> = Vec::with_capacity(segs.len());
-        for (s, lane) in &segs {
-            let drive = &self.drives[s.drive];
-            let ck = checksum_len.map(|c| c.min(len).saturating_sub(s.buf_offset).min(s.len));
-            let req = HeldRequest {
-                write: true,
-                buf: buf.offset_by(s.buf_offset as usize),
-                len: s.len,
-                file: &s.file.held,
-                offset: s.file_offset,
-                checksum_len: ck.filter(|&c| c > 0),
-            };
-            let engine = drive.engine_for(true);
-            // SAFETY: the span (or the rest) is inside the caller's buffer (`buf_offset +
-            // len` <= `len` of the write), covered by this function's contract.
-            let queued = unsafe {
-                match lane {
-                    Some(l) => engine.submit_raced(&req, &race, *l),
-                    None => engine.submit_held(&req),
-                }
-            };
-            match queued {
-                Ok(ticket) => parts.push(Part {
-                    drive: s.drive,
-                    folder: drive.path().to_path_buf(),
-                    buf_offset: s.buf_offset,
-                    checksum_len: ck.unwrap_or(0),
-                    ticket,
-                }),
-                Err(e) => {
-                    // The buffer must be free when the error returns; the lanes queued
-                    // cover what they can, and the tensor gets a race afresh (the lanes not
-                    // queued would leave it unsplit for ever).
-                    for p in &parts {
-                        let _ = p.ticket.wait();
+        // SAFETY: the spans and the rest lie within the caller's `len` bytes, covered by
+        // this function's contract.
+        match unsafe { self.queue(key, true, buf, len, checksum_len, &segs, Some(&race)) } {
+            Ok(t) => Ok(Some(t)),
+            Err(e) => {
+                // The lanes queued covered what they could; the tensor gets a race afresh
+                // (lanes never queued would leave this one unsplit for ever).
+                let mut st = self.lock();
+                if let Some(q) = st.keys.get_mut(&key).and_then(|p| p.pending.as_mut()) {
+                    if let Some(fresh) = Race::new(race.units(), race.lanes()) {
+                        q.race = fresh;
+                        q.started = false;
                     }
-                    let mut st = self.lock();
-                    if let Some(q) = st.keys.get_mut(&key).and_then(|p| p.pending.as_mut()) {
-                        if let Some(fresh) = Race::new(race.units(), race.lanes()) {
-                            q.race = fresh;
-                            q.started = false;
-                        }
-                    }
-                    return Err(e.context(format!("write of key {key} on {}", drive.describe())));
                 }
+                Err(e)
             }
         }
-        Ok(Some(StoreTicket::new(key, true, parts)))
     }
 
     /// Before a write: a key whose place a manifest names (see [`flush`]) is placed afresh
@@ -1169,35 +1188,17 @@ impl Store {
         for (d, pc) in &old.pieces {
             st.drives[*d].space.free(*pc);
         }
-        let usable: Vec<f64> = weights
-            .iter()
-            .zip(&st.drives)
-            .map(|(&w, d)| if d.full { 0.0 } else { w })
-            .collect();
-        let loads: Vec<u64> = st.drives.iter().map(|d| d.load).collect();
-        let mut got: Vec<(usize, Piece)> = Vec::new();
-        for c in placement::plan(old.bytes, &usable, &loads) {
-            let align = if c.len >= LARGE_ALIGN {
-                LARGE_ALIGN
-            } else {
-                IO_ALIGNMENT
-            };
-            match st.drives[c.drive].space.allocate(c.len, align) {
-                Some(p) => got.push((c.drive, p)),
-                None => {
-                    // Back as it was: the new pieces freed, the old ones taken again
-                    // (still free: nothing was allocated but the new pieces).
-                    for (d, p) in got.into_iter().rev() {
-                        st.drives[d].space.free(p);
-                    }
-                    for (d, pc) in &old.pieces {
-                        let taken = st.drives[*d].space.take(*pc);
-                        debug_assert!(taken, "an old piece was free again");
-                    }
-                    return false;
-                }
+        let (usable, loads) = st.usable(weights);
+        let chunks = placement::plan(old.bytes, &usable, &loads);
+        let Ok(got) = st.allocate_all(&chunks) else {
+            // Back as it was: the old pieces taken again (still free: nothing else was
+            // allocated meanwhile).
+            for (d, pc) in &old.pieces {
+                let taken = st.drives[*d].space.take(*pc);
+                debug_assert!(taken, "an old piece was free again");
             }
-        }
+            return false;
+        };
         for (d, p) in &got {
             st.drives[*d].load += p.len;
         }

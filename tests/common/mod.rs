@@ -172,3 +172,36 @@ pub fn flip_stored_byte(s: &swapper::Swapper, id: u64, mut at: u64) -> std::path
     }
     panic!("param {id} has no byte {at} in the store");
 }
+
+/// A new file held open with O_DIRECT (and a buffered descriptor), as the swap store
+/// holds its extent files.
+pub fn held_file(path: &Path) -> std::sync::Arc<swapper::io::HeldFile> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = |direct: bool| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .custom_flags(if direct { libc::O_DIRECT } else { 0 })
+            .open(path)
+            .unwrap()
+    };
+    let buffered = open(false);
+    let direct = open(true);
+    std::sync::Arc::new(swapper::io::HeldFile::new(
+        path.to_path_buf(),
+        Some(direct.into()),
+        buffered.into(),
+    ))
+}
+
+/// Runs `f` on a thread and fails the test if it has not finished within `secs`
+/// (instead of hanging the test run).
+pub fn within<T: Send + 'static>(secs: u64, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(secs))
+        .unwrap_or_else(|_| panic!("{what} did not finish within {secs} s (hang)"))
+}

@@ -24,7 +24,7 @@
 //! what it did not take ([`Race::taken`]); a lane that never claims (its engine refused
 //! the operation) is covered by its neighbours.
 //!
-//! Claims happen in the engines' queues ([`super::Shared::claim`]), one lock each, under
+//! Claims happen in the engines' queues (`Shared::claim`), one lock each, under
 //! the race's own mutex; nothing here waits or calls the file system.
 
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -149,7 +149,7 @@ impl Race {
     }
 
     /// The units lane `d` may take (between its neighbours' starts): what its drive
-    /// reserves.
+    /// reserves. Panics on a lane out of range (`d >= lanes()`).
     pub fn span(&self, d: usize) -> (u64, u64) {
         self.lock().span[d]
     }

@@ -270,12 +270,8 @@ pub(super) fn adopt(drives: &[Drive], parts: &[String]) -> Result<(State, Vec<Te
         keys.insert(
             t.key,
             Placed {
-                bytes: t.reserved,
-                pieces,
                 named: Some(chosen.generation),
-                weights: Vec::new(),
-                pending: None,
-                raced: false,
+                ..Placed::at(t.reserved, pieces, Vec::new())
             },
         );
     }

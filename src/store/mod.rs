@@ -28,7 +28,7 @@
 //!   second of busy time of each drive's engine; bounded, in steps:
 //!   [`placement::weights_from_rates`]), unless set ([`Store::set_weights`]). Until
 //!   every drive has a rate, a large tensor is not split by guess: it is reserved for a
-//!   race ([`raced`], [`crate::io::race`]) whose first whole write the drives' engines
+//!   race (`raced.rs`, [`crate::io::race`]) whose first whole write the drives' engines
 //!   share unit by unit as their requests finish, so each drive takes what its real speed
 //!   gives it (a drive at half rate a third of the tensor), still one piece per drive in
 //!   drive order; each drive reserves the span its lane may reach and gives back the rest
@@ -150,6 +150,19 @@ struct Placed {
 }
 
 impl Placed {
+    /// A tensor of `bytes` at `pieces`, placed by `weights`: not named by a manifest, not
+    /// raced.
+    fn at(bytes: u64, pieces: Vec<(usize, Piece)>, weights: Vec<f64>) -> Placed {
+        Placed {
+            bytes,
+            pieces,
+            named: None,
+            weights,
+            pending: None,
+            raced: false,
+        }
+    }
+
     /// Every piece it holds: its pieces, or its reserved spans while pending.
     fn held(&self) -> impl Iterator<Item = &(usize, Piece)> {
         self.pieces
@@ -229,7 +242,7 @@ impl State {
         Ok(got)
     }
 
-    /// Gives a tensor reserved for a race its layout once it is known ([`raced`]): the
+    /// Gives a tensor reserved for a race its layout once it is known (`raced.rs`): the
     /// spans are cut to what each lane took (or to the equal split, when the first use
     /// was not a whole write), the rest freed, and the loads counted anew. Returns true
     /// while the race still runs (the layout is not known: the tensor's write is under
@@ -246,7 +259,7 @@ impl State {
             return true;
         };
         let cut = pending.cut(&taken);
-        for (&(d, _), &n) in pending.spans.iter().zip(&pending.counted) {
+        for (d, n) in pending.even_loads() {
             drives[d].load = drives[d].load.saturating_sub(n);
         }
         for (d, pc) in cut.freed {
@@ -263,7 +276,6 @@ impl State {
 }
 
 /// A piece of an operation, resolved under the lock.
-#[derive(Clone)]
 struct Segment {
     drive: usize,
     file_index: usize,
@@ -595,39 +607,20 @@ impl Store {
             let placed = match race {
                 Some((race, _)) => {
                     // Each drive's load counts the equal split until the layout is known.
-                    let n = got.len() as u64;
-                    let counted: Vec<u64> = (0..n).map(|d| want * (d + 1) / n - want * d / n).collect();
-                    for (&(d, _), &c) in got.iter().zip(&counted) {
-                        st.drives[d].load += c;
+                    let pending = raced::Pending::new(race, self.unit(), want, got);
+                    for (d, n) in pending.even_loads() {
+                        st.drives[d].load += n;
                     }
                     Placed {
-                        bytes: want,
-                        pieces: Vec::new(),
-                        named: None,
-                        weights: placed_by,
-                        raced: false,
-                        pending: Some(raced::Pending {
-                            rest: want - race.units() * self.unit(),
-                            race,
-                            unit: self.unit(),
-                            spans: got,
-                            counted,
-                            started: false,
-                        }),
+                        pending: Some(pending),
+                        ..Placed::at(want, Vec::new(), placed_by)
                     }
                 }
                 None => {
                     for (d, p) in &got {
                         st.drives[*d].load += p.len;
                     }
-                    Placed {
-                        bytes: want,
-                        pieces: got,
-                        named: None,
-                        weights: placed_by,
-                        raced: false,
-                        pending: None,
-                    }
+                    Placed::at(want, got, placed_by)
                 }
             };
             st.keys.insert(key, placed);
@@ -658,11 +651,12 @@ impl Store {
             if let Some(pending) = p.pending {
                 // Reserved for a race that did not run to its end (or never started):
                 // every span back (no manifest names any of it).
-                for ((d, pc), c) in pending.spans.into_iter().zip(pending.counted) {
-                    let ds = &mut st.drives[d];
-                    ds.load = ds.load.saturating_sub(c);
-                    ds.space.free(pc);
-                    ds.full = false;
+                for (d, n) in pending.even_loads() {
+                    st.drives[d].load = st.drives[d].load.saturating_sub(n);
+                }
+                for (d, pc) in pending.spans {
+                    st.drives[d].space.free(pc);
+                    st.drives[d].full = false;
                 }
             }
             for (d, pc) in p.pieces {
@@ -812,7 +806,7 @@ impl Store {
 
     /// Checks each distinct file of `segs` (see [`Drive::check_file`]); a damaged one is
     /// marked so and named with the key and drive.
-    fn check_segments(&self, key: Key, segs: &[Segment]) -> Result<()> {
+    fn check_segments<'a>(&self, key: Key, segs: impl IntoIterator<Item = &'a Segment>) -> Result<()> {
         let mut done: Vec<(usize, usize)> = Vec::new();
         for s in segs {
             if done.contains(&(s.drive, s.file_index)) {
@@ -865,14 +859,10 @@ impl Store {
         len: u64,
         checksum_len: Option<u64>,
     ) -> Result<StoreTicket> {
-        if write {
-            self.copy_on_write(key, offset, len)?;
-            // (One drive never races: no look for it.)
-            if offset == 0 && self.drives.len() > 1 {
-                // SAFETY: as this function's contract.
-                if let Some(t) = unsafe { self.race(key, buf, len, checksum_len) }? {
-                    return Ok(t);
-                }
+        if write && self.copy_on_write(key, offset, len)? && offset == 0 {
+            // SAFETY: as this function's contract.
+            if let Some(t) = unsafe { self.race(key, buf, len, checksum_len) }? {
+                return Ok(t);
             }
         }
         let mut segs = self.segments(key, offset, len)?;
@@ -957,7 +947,7 @@ impl Store {
         Ok(StoreTicket::new(key, write, parts))
     }
 
-    /// The first whole write of a tensor reserved for a race ([`raced`]): one lane per
+    /// The first whole write of a tensor reserved for a race (`raced.rs`): one lane per
     /// drive, each queued on its drive's write engine over its reserved span; the lanes
     /// split the tensor as they go. None (nothing done) when `key` is not waiting for
     /// such a write, or `buf` and `len` do not cover its reservation exactly with an
@@ -1016,8 +1006,7 @@ impl Store {
             }
             (Arc::clone(&pending.race), segs)
         };
-        let plain: Vec<Segment> = segs.iter().map(|(s, _)| s.clone()).collect();
-        if let Err(e) = self.check_segments(key, &plain) {
+        if let Err(e) = self.check_segments(key, segs.iter().map(|(s, _)| s)) {
             if e.status() != Status::CorruptData {
                 return Err(e);
             }
@@ -1058,8 +1047,12 @@ impl Store {
     /// would have to be copied. Any other key written whole may move by the drives'
     /// weights ([`Store::follow_weights`]). Bookkeeping, plus growth when the new place
     /// needs it.
-    fn copy_on_write(&self, key: Key, offset: u64, len: u64) -> Result<()> {
-        // One look under the lock: named, or a candidate for a move, or nothing to do.
+    ///
+    /// Returns whether the key is reserved for a race whose layout is not known yet
+    /// (`raced.rs`): [`Store::race`] then queues the race if this write covers the tensor.
+    fn copy_on_write(&self, key: Key, offset: u64, len: u64) -> Result<bool> {
+        // One look under the lock: awaiting its race, named, or a candidate for a move, or
+        // nothing to do.
         let (bytes, named) = {
             let mut st = self.lock();
             // A race that has run gives the tensor its layout now (one that has not is
@@ -1073,20 +1066,18 @@ impl Store {
                 st.settle(key);
             }
             match st.keys.get(&key) {
+                Some(p) if p.pending.is_some() => return Ok(true),
                 Some(p) if p.named.is_some() => (p.bytes, true),
-                Some(p) if !st.pinned && (p.raced || !p.weights.is_empty()) && p.pending.is_none() => {
-                    (p.bytes, false)
-                }
-                _ => return Ok(()),
+                Some(p) if !st.pinned && (p.raced || !p.weights.is_empty()) => (p.bytes, false),
+                _ => return Ok(false),
             }
         };
         let whole = offset == 0 && align_up(len, IO_ALIGNMENT) >= bytes;
         if !named {
-            return if whole {
-                self.follow_weights(key, bytes)
-            } else {
-                Ok(())
-            };
+            if whole {
+                self.follow_weights(key, bytes)?;
+            }
+            return Ok(false);
         }
         if !whole {
             return Err(Error::bad_state(format!(
@@ -1095,7 +1086,7 @@ impl Store {
                 offset.saturating_add(len)
             )));
         }
-        self.reserve(key, bytes, false)
+        self.reserve(key, bytes, false).map(|()| false)
     }
 
     /// Before a write of the whole of `key` (`bytes`, placed on several drives by measured
@@ -1204,17 +1195,7 @@ impl Store {
             st.drives[*d].load += p.len;
         }
         st.weights = weights.to_vec();
-        st.keys.insert(
-            key,
-            Placed {
-                bytes: old.bytes,
-                pieces: got,
-                named: None,
-                weights: weights.to_vec(),
-                pending: None,
-                raced: false,
-            },
-        );
+        st.keys.insert(key, Placed::at(old.bytes, got, weights.to_vec()));
         true
     }
 

@@ -21,9 +21,6 @@ pub(super) struct Pending {
     pub rest: u64,
     /// Lane d's drive and reserved span, in lane order.
     pub spans: Vec<(usize, Piece)>,
-    /// Bytes counted in each lane's drive's load until the layout is known (the equal
-    /// split's).
-    pub counted: Vec<u64>,
     /// The write that runs the race has been queued.
     pub started: bool,
 }
@@ -51,6 +48,28 @@ impl Pending {
             })
             .collect();
         Some((race, lens))
+    }
+
+    /// The reservation of `reserved` bytes over `spans` (from [`Pending::plan`]) for
+    /// `race`, in units of `unit`; not started.
+    pub fn new(race: Arc<Race>, unit: u64, reserved: u64, spans: Vec<(usize, Piece)>) -> Pending {
+        Pending {
+            rest: reserved - race.units() * unit,
+            race,
+            unit,
+            spans,
+            started: false,
+        }
+    }
+
+    /// Each lane's drive and the bytes the equal split gives it: what the drive's load
+    /// counts until the layout is known.
+    pub fn even_loads(&self) -> Vec<(usize, u64)> {
+        self.cut(&self.race.even())
+            .pieces
+            .into_iter()
+            .map(|(d, pc)| (d, pc.len))
+            .collect()
     }
 
     /// Bytes of lane `d`'s units `lo..hi`, with the rest for the last lane.
@@ -133,15 +152,7 @@ mod tests {
                 )
             })
             .collect();
-        let rest = reserved - race.units() * MIB;
-        Pending {
-            race,
-            unit: MIB,
-            rest,
-            spans,
-            counted: vec![0; lanes],
-            started: false,
-        }
+        Pending::new(race, MIB, reserved, spans)
     }
 
     #[test]

@@ -196,6 +196,20 @@ fn a_lane_refused_by_a_closed_engine_leaves_every_unit_to_the_other() {
     let ta = p.lane(0).unwrap();
     let e = p.lane(1).err().expect("a closed engine refuses");
     assert_eq!(e.status(), Status::BadState, "{e}");
+    // A lane the race does not have is refused, not a panic.
+    let req = HeldRequest {
+        write: true,
+        buf: RawBuf(p.buf.as_mut_slice().as_mut_ptr()),
+        len: LEN as u64,
+        file: &p.files[0],
+        offset: 0,
+        checksum_len: None,
+    };
+    // SAFETY: refused before any I/O.
+    let e = unsafe { p.engines[0].submit_raced(&req, &p.race, 2) }
+        .err()
+        .expect("lane 2 of 2");
+    assert_eq!(e.status(), Status::InvalidArgument, "{e}");
     within(30, "the remaining lane", move || ta.wait()).unwrap();
     assert_eq!(p.race.taken().unwrap(), vec![(0, UNITS), (UNITS, UNITS)]);
     p.check_landed(&[(0, UNITS), (UNITS, UNITS)]);

@@ -495,8 +495,9 @@ impl IoEngine {
     /// covers the lane's span of the race's units ([`Race::span`]), one request of
     /// `block_size` bytes per unit (the last unit may be shorter), and the engine carries
     /// out only the units this lane claims; the others are written by the other lanes'
-    /// engines. The ticket finishes once the lane is done. `InvalidArgument` if the
-    /// request does not split into one aligned request per unit of the span.
+    /// engines. The ticket finishes once the lane is done. `InvalidArgument` if `lane` is
+    /// not one of the race's or the request does not split into one aligned request per
+    /// unit of the span.
     ///
     /// # Safety
     /// As [`IoEngine::submit`], for the whole span.
@@ -507,6 +508,12 @@ impl IoEngine {
         lane: usize,
     ) -> Result<Ticket> {
         self.shared.usable()?;
+        if lane >= race.lanes() {
+            return Err(Error::invalid(format!(
+                "lane {lane} of a race of {} lanes",
+                race.lanes()
+            )));
+        }
         let mut op = Op::held(req, self.config.block_size)?;
         let (a, b) = race.span(lane);
         if op.request_count() as u64 != b - a || op.bounce || op.plan.head > 0 || op.plan.tail > 0 {
